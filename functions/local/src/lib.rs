@@ -1,0 +1,247 @@
+//! `touchpoint`: the whole service as one local process on an embedded SQLite store, for
+//! development and small installs. No AWS account, no Docker.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use touchpoint::{SystemClock, Touchpoints, UrlPolicy};
+use touchpoint_admin_api::{ApiKeys, AppState};
+use touchpoint_embedded::SqliteStore;
+
+mod config;
+
+pub use config::{Command, Config};
+
+/// The file in the data directory that holds the generated admin key.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+/// Parses the command line and environment, runs, and returns the process exit code.
+pub fn main_entry() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match config::parse(&args, |name| std::env::var(name).ok()) {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("touchpoint: {message}\n\n{}", config::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{}", config::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("touchpoint {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Serve(cfg) => {
+            init_logging(cfg.json_logs, &cfg.log_filter);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("touchpoint: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    tracing::error!("{message}");
+                    eprintln!("touchpoint: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(json: bool, filter: &str) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let targets: Targets = filter
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(targets);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    }
+}
+
+/// How callers authenticate, and what the banner tells the person who started the service.
+struct Keys {
+    keys: ApiKeys,
+    banner: String,
+}
+
+fn load_keys(cfg: &Config) -> Result<Keys, String> {
+    if let Some(spec) = &cfg.api_keys {
+        let keys = ApiKeys::parse(spec).map_err(|e| format!("TOUCHPOINT_API_KEYS: {e}"))?;
+        let banner = format!(
+            "authenticate with: Authorization: Bearer <one of the {} key(s) in TOUCHPOINT_API_KEYS>",
+            keys.len()
+        );
+        return Ok(Keys { keys, banner });
+    }
+    let path = cfg.data_dir.join(ADMIN_KEY_FILE);
+    let key = match std::fs::read_to_string(&path) {
+        Ok(k) => k.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => generate_key(&path)?,
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let keys = ApiKeys::parse(&format!("{key}=1:admin")).map_err(|e| {
+        format!(
+            "{} holds an unusable key ({e}); delete it to get a new one",
+            path.display()
+        )
+    })?;
+    let banner = format!(
+        "authenticate with: Authorization: Bearer {key}\n  (admin of project 1; kept in {}; set TOUCHPOINT_API_KEYS to use your own keys)",
+        path.display()
+    );
+    Ok(Keys { keys, banner })
+}
+
+/// Creates a random admin key in a file only the owner can read.
+fn generate_key(path: &Path) -> Result<String, String> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| format!("cannot generate a key: {e}"))?;
+    let key: String = format!(
+        "tpk_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(format!("{key}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(key)
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<PathBuf, String> {
+    if !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder
+            .create(dir)
+            .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    }
+    dir.canonicalize()
+        .map_err(|e| format!("cannot open the data directory {}: {e}", dir.display()))
+}
+
+/// The database holds touchpoint tokens: keep its files readable by the owner only, even in a
+/// data directory that existed before with looser permissions.
+fn restrict_to_owner(dir: &Path) {
+    #[cfg(unix)]
+    for name in ["touchpoint.db", "touchpoint.db-wal", "touchpoint.db-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        if path.exists()
+            && let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(file = %path.display(), error = %e, "cannot restrict permissions");
+        }
+    }
+}
+
+async fn serve(mut cfg: Config) -> Result<(), String> {
+    cfg.data_dir = prepare_data_dir(&cfg.data_dir)?;
+    let store = SqliteStore::open(&cfg.data_dir)
+        .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
+    restrict_to_owner(&cfg.data_dir);
+    let keys = load_keys(&cfg)?;
+    if cfg.allow_plain_http {
+        tracing::warn!(
+            "plain http:// touchpoint URLs are accepted (TOUCHPOINT_ALLOW_PLAIN_HTTP=true)"
+        );
+    }
+    let touchpoints = Touchpoints::new(
+        Arc::new(store),
+        Arc::new(SystemClock),
+        UrlPolicy {
+            allow_plain_http: cfg.allow_plain_http,
+        },
+    );
+    let app = touchpoint_admin_api::router(AppState {
+        touchpoints,
+        auth: Arc::new(keys.keys),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let bound: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    println!("touchpoint {}", env!("CARGO_PKG_VERSION"));
+    println!("listening on http://{bound}");
+    println!("data directory: {}", cfg.data_dir.display());
+    println!("{}", keys.banner);
+    let _ = std::io::stdout().flush();
+    tracing::info!(%bound, data_dir = %cfg.data_dir.display(), "serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM; in-flight requests then finish before the process exits.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,58 @@
+//! Schema migrations, applied in order at start-up and tracked in `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema one version up. Never edit a released entry; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: touchpoints, their authorized spaces, and the campaigns that reference them.
+    "CREATE TABLE touchpoints (
+         project_id INTEGER NOT NULL,
+         id         TEXT    NOT NULL,
+         name       TEXT    NOT NULL,
+         kind       TEXT    NOT NULL,
+         enabled    INTEGER NOT NULL,
+         version    INTEGER NOT NULL,
+         spec       TEXT    NOT NULL,
+         token      TEXT,
+         created_at INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL,
+         PRIMARY KEY (project_id, id),
+         UNIQUE (project_id, name)
+     ) WITHOUT ROWID;
+     CREATE TABLE touchpoint_spaces (
+         project_id    INTEGER NOT NULL,
+         space_id      TEXT    NOT NULL,
+         touchpoint_id TEXT    NOT NULL,
+         PRIMARY KEY (project_id, space_id, touchpoint_id),
+         FOREIGN KEY (project_id, touchpoint_id) REFERENCES touchpoints (project_id, id) ON DELETE CASCADE
+     ) WITHOUT ROWID;
+     CREATE INDEX touchpoint_spaces_by_touchpoint ON touchpoint_spaces (project_id, touchpoint_id);
+     CREATE TABLE campaign_refs (
+         project_id    INTEGER NOT NULL,
+         touchpoint_id TEXT    NOT NULL,
+         campaign_id   TEXT    NOT NULL,
+         name          TEXT    NOT NULL,
+         state         TEXT    NOT NULL,
+         updated_at    INTEGER NOT NULL,
+         PRIMARY KEY (project_id, touchpoint_id, campaign_id),
+         FOREIGN KEY (project_id, touchpoint_id) REFERENCES touchpoints (project_id, id) ON DELETE CASCADE
+     ) WITHOUT ROWID;",
+];
+
+/// Brings the database up to the newest schema; refuses a database from a newer release.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "the database has schema version {current}, newer than this release knows ({}); upgrade touchpoint",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,441 @@
+//! [`TouchpointStore`] on SQLite.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, Transaction, params};
+use touchpoint::ProjectId;
+use touchpoint::model::{CampaignRef, CampaignState, Token, Touchpoint, TouchpointSpec};
+use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
+
+use crate::schema;
+
+/// The file inside the data directory.
+pub const DATABASE_FILE: &str = "touchpoint.db";
+
+/// A SQLite database shared by every use case of the process.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `data_dir` and migrates it.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(data_dir.join(DATABASE_FILE)).map_err(StoreError::backend)?;
+        Self::setup(conn)
+    }
+
+    /// A private in-memory database, for tests and throwaway runs.
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        Self::setup(Connection::open_in_memory().map_err(StoreError::backend)?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(StoreError::backend)?;
+        schema::migrate(&mut conn).map_err(StoreError::backend)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection inside one transaction, on the blocking pool.
+    async fn tx<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a half-done transaction behind
+            // (it rolls back on drop), so a poisoned lock is safe to reuse.
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction().map_err(StoreError::backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(StoreError::backend)?;
+            Ok(out)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+}
+
+const COLUMNS: &str = "project_id, id, enabled, version, spec, token, created_at, updated_at";
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+/// A row without its spaces; [`load_spaces`] fills them in.
+fn row_to_touchpoint(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Touchpoint, StoreError>> {
+    let spec: String = row.get(4)?;
+    let token: Option<String> = row.get(5)?;
+    let spec: TouchpointSpec = match serde_json::from_str(&spec) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(StoreError::backend(e))),
+    };
+    Ok(Ok(Touchpoint {
+        project_id: row.get(0)?,
+        id: row.get(1)?,
+        enabled: row.get(2)?,
+        version: row.get::<_, i64>(3)? as u64,
+        spec,
+        token: token.map(Token::new),
+        space_ids: Vec::new(),
+        created_at: row.get(6)?,
+        updated_at: row.get(7)?,
+    }))
+}
+
+fn load_spaces(tx: &Transaction<'_>, tp: &mut Touchpoint) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT space_id FROM touchpoint_spaces WHERE project_id = ?1 AND touchpoint_id = ?2 ORDER BY space_id",
+        )
+        .map_err(backend)?;
+    tp.space_ids = stmt
+        .query_map(params![tp.project_id, tp.id], |r| r.get(0))
+        .map_err(backend)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn query_touchpoints(
+    tx: &Transaction<'_>,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Touchpoint>, StoreError> {
+    let mut stmt = tx.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(args, row_to_touchpoint)
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut tp = row?;
+        load_spaces(tx, &mut tp)?;
+        out.push(tp);
+    }
+    Ok(out)
+}
+
+fn get_row(
+    tx: &Transaction<'_>,
+    project: ProjectId,
+    id: &str,
+) -> Result<Option<Touchpoint>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM touchpoints WHERE project_id = ?1 AND id = ?2");
+    Ok(query_touchpoints(tx, &sql, &[&project, &id])?.pop())
+}
+
+fn name_taken(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn spec_json(tp: &Touchpoint) -> Result<String, StoreError> {
+    serde_json::to_string(&tp.spec).map_err(StoreError::backend)
+}
+
+fn write_spaces(tx: &Transaction<'_>, tp: &Touchpoint) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM touchpoint_spaces WHERE project_id = ?1 AND touchpoint_id = ?2",
+        params![tp.project_id, tp.id],
+    )
+    .map_err(backend)?;
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO touchpoint_spaces (project_id, space_id, touchpoint_id) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(backend)?;
+    for space in &tp.space_ids {
+        stmt.execute(params![tp.project_id, space, tp.id])
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn campaigns_of(
+    tx: &Transaction<'_>,
+    project: ProjectId,
+    id: &str,
+) -> Result<Vec<CampaignRef>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT campaign_id, name, state, updated_at FROM campaign_refs
+             WHERE project_id = ?1 AND touchpoint_id = ?2 ORDER BY campaign_id",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![project, id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    rows.into_iter()
+        .map(|(campaign_id, name, state, updated_at)| {
+            let state = CampaignState::parse(&state).ok_or_else(|| {
+                StoreError::Backend(
+                    format!("unknown campaign state {state:?} in the database").into(),
+                )
+            })?;
+            Ok(CampaignRef {
+                campaign_id,
+                name,
+                state,
+                updated_at,
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl TouchpointStore for SqliteStore {
+    async fn insert(&self, tp: &Touchpoint) -> Result<(), StoreError> {
+        let tp = tp.clone();
+        self.tx(move |tx| {
+            let spec = spec_json(&tp)?;
+            tx.execute(
+                "INSERT INTO touchpoints (project_id, id, name, kind, enabled, version, spec, token, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    tp.project_id,
+                    tp.id,
+                    tp.spec.name,
+                    tp.spec.kind.as_str(),
+                    tp.enabled,
+                    tp.version as i64,
+                    spec,
+                    tp.token.as_ref().map(Token::expose),
+                    tp.created_at,
+                    tp.updated_at
+                ],
+            )
+            .map_err(|e| {
+                if name_taken(&e) {
+                    StoreError::NameTaken(tp.spec.name.clone())
+                } else {
+                    backend(e)
+                }
+            })?;
+            write_spaces(tx, &tp)
+        })
+        .await
+    }
+
+    async fn get(&self, project: ProjectId, id: &str) -> Result<Option<Touchpoint>, StoreError> {
+        let id = id.to_owned();
+        self.tx(move |tx| get_row(tx, project, &id)).await
+    }
+
+    async fn list(
+        &self,
+        project: ProjectId,
+        filter: &ListFilter,
+    ) -> Result<Vec<Touchpoint>, StoreError> {
+        let filter = filter.clone();
+        self.tx(move |tx| {
+            let kind = filter.kind.map(|k| k.as_str());
+            let limit = filter.limit as i64;
+            let sql = format!(
+                "SELECT {COLUMNS} FROM touchpoints
+                 WHERE project_id = ?1
+                   AND (?2 IS NULL OR id > ?2)
+                   AND (?3 IS NULL OR kind = ?3)
+                   AND (?4 IS NULL OR enabled = ?4)
+                   AND (?5 IS NULL OR instr(lower(name), lower(?5)) > 0)
+                 ORDER BY id LIMIT ?6"
+            );
+            query_touchpoints(
+                tx,
+                &sql,
+                &[
+                    &project,
+                    &filter.after_id,
+                    &kind,
+                    &filter.enabled,
+                    &filter.name_contains,
+                    &limit,
+                ],
+            )
+        })
+        .await
+    }
+
+    async fn list_for_space(
+        &self,
+        project: ProjectId,
+        space: &str,
+    ) -> Result<Vec<Touchpoint>, StoreError> {
+        let space = space.to_owned();
+        self.tx(move |tx| {
+            let sql = format!(
+                "SELECT {} FROM touchpoints t JOIN touchpoint_spaces s
+                   ON s.project_id = t.project_id AND s.touchpoint_id = t.id
+                 WHERE t.project_id = ?1 AND s.space_id = ?2 AND t.enabled = 1
+                 ORDER BY t.id",
+                COLUMNS
+                    .split(", ")
+                    .map(|c| format!("t.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            query_touchpoints(tx, &sql, &[&project, &space])
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        next: &Touchpoint,
+        expected_version: u64,
+        guard: UpdateGuard,
+    ) -> Result<(), StoreError> {
+        let next = next.clone();
+        self.tx(move |tx| {
+            let current = get_row(tx, next.project_id, &next.id)?.ok_or(StoreError::NotFound)?;
+            if current.version != expected_version {
+                return Err(StoreError::VersionConflict {
+                    current: current.version,
+                });
+            }
+            match guard {
+                UpdateGuard::None => {}
+                UpdateGuard::MustBeDisabled if current.enabled => return Err(StoreError::Enabled),
+                UpdateGuard::MustBeDisabled => {}
+                UpdateGuard::NoBlockingCampaigns => {
+                    let blocking: Vec<_> = campaigns_of(tx, next.project_id, &next.id)?
+                        .into_iter()
+                        .filter(|c| c.state.blocks_disable())
+                        .collect();
+                    if !blocking.is_empty() {
+                        return Err(StoreError::InUse(blocking));
+                    }
+                }
+            }
+            let spec = spec_json(&next)?;
+            tx.execute(
+                "UPDATE touchpoints SET name = ?3, kind = ?4, enabled = ?5, version = ?6, spec = ?7,
+                        token = ?8, updated_at = ?9
+                 WHERE project_id = ?1 AND id = ?2",
+                params![
+                    next.project_id,
+                    next.id,
+                    next.spec.name,
+                    next.spec.kind.as_str(),
+                    next.enabled,
+                    next.version as i64,
+                    spec,
+                    next.token.as_ref().map(Token::expose),
+                    next.updated_at
+                ],
+            )
+            .map_err(|e| {
+                if name_taken(&e) {
+                    StoreError::NameTaken(next.spec.name.clone())
+                } else {
+                    backend(e)
+                }
+            })?;
+            if current.space_ids != next.space_ids {
+                write_spaces(tx, &next)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        project: ProjectId,
+        id: &str,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.tx(move |tx| {
+            let current = get_row(tx, project, &id)?.ok_or(StoreError::NotFound)?;
+            if current.version != expected_version {
+                return Err(StoreError::VersionConflict {
+                    current: current.version,
+                });
+            }
+            if current.enabled {
+                return Err(StoreError::Enabled);
+            }
+            tx.execute(
+                "DELETE FROM touchpoints WHERE project_id = ?1 AND id = ?2",
+                params![project, id],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn campaigns(
+        &self,
+        project: ProjectId,
+        id: &str,
+    ) -> Result<Vec<CampaignRef>, StoreError> {
+        let id = id.to_owned();
+        self.tx(move |tx| campaigns_of(tx, project, &id)).await
+    }
+
+    async fn put_campaign(
+        &self,
+        project: ProjectId,
+        id: &str,
+        campaign: &CampaignRef,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        let campaign = campaign.clone();
+        self.tx(move |tx| {
+            let current = get_row(tx, project, &id)?.ok_or(StoreError::NotFound)?;
+            if !current.enabled && campaign.state.blocks_disable() {
+                return Err(StoreError::Disabled);
+            }
+            tx.execute(
+                "INSERT INTO campaign_refs (project_id, touchpoint_id, campaign_id, name, state, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (project_id, touchpoint_id, campaign_id)
+                 DO UPDATE SET name = excluded.name, state = excluded.state, updated_at = excluded.updated_at",
+                params![project, id, campaign.campaign_id, campaign.name, campaign.state.as_str(), campaign.updated_at],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_campaign(
+        &self,
+        project: ProjectId,
+        id: &str,
+        campaign_id: &str,
+    ) -> Result<bool, StoreError> {
+        let (id, campaign_id) = (id.to_owned(), campaign_id.to_owned());
+        self.tx(move |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM campaign_refs WHERE project_id = ?1 AND touchpoint_id = ?2 AND campaign_id = ?3",
+                    params![project, id, campaign_id],
+                )
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}

@@ -1,0 +1,325 @@
+//! The touchpoint and the things it is made of, as product.md describes them.
+//!
+//! Serde derives here give the stored and API field names (camelCase). The token is deliberately
+//! outside every serialisable type: it lives in [`Token`], which has no `Serialize` and a redacted
+//! `Debug`, so no response or log line can carry it by accident.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::Millis;
+
+/// A project of the data center; every resource belongs to exactly one.
+pub type ProjectId = i64;
+
+/// Longest touchpoint name, in Unicode characters.
+pub const MAX_NAME_CHARS: usize = 15;
+/// Smallest and largest number of users per touch request.
+pub const BATCH_SIZE_RANGE: std::ops::RangeInclusive<u16> = 1..=500;
+/// Batch size when the admin does not choose one: batching is the default.
+pub const DEFAULT_BATCH_SIZE: u16 = 500;
+/// Receipt timeout bounds and default, in minutes, for async touchpoints.
+pub const RECEIPT_TIMEOUT_RANGE: std::ops::RangeInclusive<u32> = 5..=10_080;
+pub const DEFAULT_RECEIPT_TIMEOUT_MINUTES: u32 = 60;
+/// Caps that keep a touchpoint small enough to render and store.
+pub const MAX_USER_ATTRIBUTES: usize = 50;
+pub const MAX_TEMPLATE_PARAMS: usize = 50;
+pub const MAX_ENUM_OPTIONS: usize = 100;
+pub const MAX_SPACES: usize = 1_000;
+
+/// What a touchpoint does for the user; fixed at creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// SMS, official-account message, …
+    Notification,
+    /// Coupon, points, …
+    Benefit,
+    Other,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Notification, Kind::Benefit, Kind::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Notification => "notification",
+            Kind::Benefit => "benefit",
+            Kind::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// How the receiver reports each user's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "mode",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Receipt {
+    /// Results come in the touch response.
+    Sync,
+    /// The touch response only accepts; results are polled from `receipt_url` every 5 minutes,
+    /// and whatever is unresolved after `timeout_minutes` fails.
+    Async {
+        receipt_url: String,
+        timeout_minutes: u32,
+    },
+}
+
+/// A user attribute sent in `dynamicData`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAttribute {
+    /// The source attribute or identity in the data center.
+    pub attribute: String,
+    /// The key sent to the receiver.
+    pub identifier: String,
+    pub display_name: String,
+    /// Sent when the user's value is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+}
+
+/// The type of a template parameter, which decides the operator's input widget and validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    Date,
+    Number,
+    Enum,
+    Text,
+}
+
+impl ParamType {
+    pub const ALL: [ParamType; 4] = [
+        ParamType::Date,
+        ParamType::Number,
+        ParamType::Enum,
+        ParamType::Text,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::Date => "date",
+            ParamType::Number => "number",
+            ParamType::Enum => "enum",
+            ParamType::Text => "text",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ParamType> {
+        ParamType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// A template parameter sent in `temData`, filled in by operators per campaign strategy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateParam {
+    pub identifier: String,
+    pub display_name: String,
+    #[serde(rename = "type")]
+    pub param_type: ParamType,
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    /// Present exactly when `param_type` is [`ParamType::Enum`].
+    #[serde(rename = "enum", default, skip_serializing_if = "Option::is_none")]
+    pub enum_spec: Option<EnumSpec>,
+}
+
+/// Where an enum parameter's options come from, and whether several may be chosen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnumSpec {
+    pub multiple: bool,
+    #[serde(flatten)]
+    pub source: EnumSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "source",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
+pub enum EnumSource {
+    /// Entered by hand by the admin.
+    Manual { options: Vec<EnumOption> },
+    /// Fetched from the content system's options API (protocol §4).
+    Api { options_url: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnumOption {
+    pub code: String,
+    pub name: String,
+}
+
+/// The fields an admin edits. Everything else on a [`Touchpoint`] is managed by the service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TouchpointSpec {
+    pub name: String,
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub url: String,
+    pub batch_size: u16,
+    pub receipt: Receipt,
+    pub user_attributes: Vec<UserAttribute>,
+    pub template_params: Vec<TemplateParam>,
+}
+
+/// The secret a touchpoint signs with. Never serialised; `Debug` shows only that it exists.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(secret: impl Into<String>) -> Token {
+        Token(secret.into())
+    }
+
+    /// The secret itself, for signing and for storing. Do not log or return it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// A registered touchpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Touchpoint {
+    pub id: String,
+    pub project_id: ProjectId,
+    pub spec: TouchpointSpec,
+    pub token: Option<Token>,
+    pub enabled: bool,
+    /// Spaces whose operators may use it, sorted and unique.
+    pub space_ids: Vec<String>,
+    /// Incremented by every change; a change names the version it was based on.
+    pub version: u64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// The state of a campaign that references a touchpoint, as the campaign system reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    Running,
+    Paused,
+    NotStarted,
+    PendingPublish,
+    InApproval,
+    Ended,
+    Draft,
+}
+
+impl CampaignState {
+    pub const ALL: [CampaignState; 7] = [
+        CampaignState::Running,
+        CampaignState::Paused,
+        CampaignState::NotStarted,
+        CampaignState::PendingPublish,
+        CampaignState::InApproval,
+        CampaignState::Ended,
+        CampaignState::Draft,
+    ];
+
+    /// Whether a campaign in this state keeps its touchpoints from being disabled (and so from
+    /// being selected once disabled).
+    pub fn blocks_disable(self) -> bool {
+        !matches!(self, CampaignState::Ended | CampaignState::Draft)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CampaignState::Running => "running",
+            CampaignState::Paused => "paused",
+            CampaignState::NotStarted => "not_started",
+            CampaignState::PendingPublish => "pending_publish",
+            CampaignState::InApproval => "in_approval",
+            CampaignState::Ended => "ended",
+            CampaignState::Draft => "draft",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CampaignState> {
+        CampaignState::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A campaign's reference to a touchpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CampaignRef {
+    pub campaign_id: String,
+    pub name: String,
+    pub state: CampaignState,
+    #[serde(skip)]
+    pub updated_at: Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_the_live_campaign_states_block_disabling() {
+        let blocking: Vec<_> = CampaignState::ALL
+            .into_iter()
+            .filter(|s| s.blocks_disable())
+            .map(CampaignState::as_str)
+            .collect();
+        assert_eq!(
+            blocking,
+            [
+                "running",
+                "paused",
+                "not_started",
+                "pending_publish",
+                "in_approval"
+            ]
+        );
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let t = Token::new("s3cret");
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn enum_spec_has_the_documented_shape() {
+        let spec = EnumSpec {
+            multiple: true,
+            source: EnumSource::Api {
+                options_url: "https://cms.example.com/enum-options".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            serde_json::json!({"multiple": true, "source": "api", "optionsUrl": "https://cms.example.com/enum-options"})
+        );
+        let receipt = Receipt::Async {
+            receipt_url: "https://x/r".into(),
+            timeout_minutes: 60,
+        };
+        assert_eq!(
+            serde_json::to_value(&receipt).unwrap(),
+            serde_json::json!({"mode": "async", "receiptUrl": "https://x/r", "timeoutMinutes": 60})
+        );
+    }
+}

@@ -1,0 +1,510 @@
+//! The admin use cases: create, read, list, edit, enable, disable, authorize spaces, delete,
+//! and the campaign references that guard disabling.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+
+use crate::clock::Clock;
+use crate::error::{DomainError, FieldError};
+use crate::ids::{is_touchpoint_id, new_touchpoint_id};
+pub use crate::input::UrlPolicy;
+use crate::input::{TokenPatch, parse_touchpoint};
+use crate::model::*;
+use crate::ports::{ListFilter, TouchpointStore, UpdateGuard};
+
+/// Listing size when none is asked for, and the most one page may hold.
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+pub const MAX_PAGE_SIZE: usize = 100;
+const MAX_SPACE_ID_CHARS: usize = 64;
+const MAX_CAMPAIGN_ID_CHARS: usize = 128;
+const MAX_CAMPAIGN_NAME_CHARS: usize = 100;
+
+/// A listing request as it arrives (query-string values, unchecked).
+#[derive(Clone, Debug, Default)]
+pub struct ListParams {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+    pub kind: Option<String>,
+    pub enabled: Option<String>,
+    pub q: Option<String>,
+}
+
+/// One page of a listing and the opaque cursor of the next, if any.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// The touchpoint use cases over a store.
+#[derive(Clone)]
+pub struct Touchpoints {
+    store: Arc<dyn TouchpointStore>,
+    clock: Arc<dyn Clock>,
+    urls: UrlPolicy,
+}
+
+impl Touchpoints {
+    pub fn new(store: Arc<dyn TouchpointStore>, clock: Arc<dyn Clock>, urls: UrlPolicy) -> Self {
+        Touchpoints { store, clock, urls }
+    }
+
+    pub fn url_policy(&self) -> UrlPolicy {
+        self.urls
+    }
+
+    /// Registers a touchpoint: enabled, authorized for no space, version 1.
+    pub async fn create(
+        &self,
+        project: ProjectId,
+        body: &Value,
+    ) -> Result<Touchpoint, DomainError> {
+        let input = parse_touchpoint(body, &self.urls, false).map_err(DomainError::Validation)?;
+        let now = self.clock.now_ms();
+        let tp = Touchpoint {
+            id: new_touchpoint_id(now),
+            project_id: project,
+            spec: input.spec,
+            token: match input.token {
+                TokenPatch::Set(t) => Some(t),
+                TokenPatch::Keep | TokenPatch::Clear => None,
+            },
+            enabled: true,
+            space_ids: Vec::new(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert(&tp).await?;
+        Ok(tp)
+    }
+
+    pub async fn get(&self, project: ProjectId, id: &str) -> Result<Touchpoint, DomainError> {
+        if !is_touchpoint_id(id) {
+            return Err(DomainError::NotFound("touchpoint"));
+        }
+        self.store
+            .get(project, id)
+            .await?
+            .ok_or(DomainError::NotFound("touchpoint"))
+    }
+
+    pub async fn list(
+        &self,
+        project: ProjectId,
+        params: &ListParams,
+    ) -> Result<Page<Touchpoint>, DomainError> {
+        let mut errors = Vec::new();
+        let limit = match params.limit.as_deref() {
+            None => DEFAULT_PAGE_SIZE,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+                _ => {
+                    errors.push(FieldError::new(
+                        "limit",
+                        format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                    ));
+                    DEFAULT_PAGE_SIZE
+                }
+            },
+        };
+        let after_id = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => match decode_cursor(c) {
+                Some(id) => Some(id),
+                None => {
+                    errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
+                    None
+                }
+            },
+        };
+        let kind = match params.kind.as_deref().filter(|k| !k.is_empty()) {
+            None => None,
+            Some(k) => Kind::parse(k).or_else(|| {
+                errors.push(FieldError::new(
+                    "kind",
+                    "must be one of notification, benefit, other",
+                ));
+                None
+            }),
+        };
+        let enabled = match params.enabled.as_deref().filter(|e| !e.is_empty()) {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(_) => {
+                errors.push(FieldError::new("enabled", "must be true or false"));
+                None
+            }
+        };
+        let name_contains = params
+            .q
+            .as_deref()
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_owned);
+        if name_contains
+            .as_deref()
+            .is_some_and(|q| q.chars().count() > 100)
+        {
+            errors.push(FieldError::new("q", "must be at most 100 characters"));
+        }
+        if !errors.is_empty() {
+            return Err(DomainError::Validation(errors));
+        }
+        let filter = ListFilter {
+            kind,
+            enabled,
+            name_contains,
+            after_id,
+            limit: limit + 1,
+        };
+        let mut items = self.store.list(project, &filter).await?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|tp| URL_SAFE_NO_PAD.encode(&tp.id))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Replaces the editable fields of a disabled touchpoint; the kind never changes.
+    pub async fn update(
+        &self,
+        project: ProjectId,
+        id: &str,
+        body: &Value,
+    ) -> Result<Touchpoint, DomainError> {
+        let current = self.get(project, id).await?;
+        let input = parse_touchpoint(body, &self.urls, true).map_err(DomainError::Validation)?;
+        if input.spec.kind != current.spec.kind {
+            return Err(DomainError::field(
+                "kind",
+                format!(
+                    "cannot change after creation (it is {})",
+                    current.spec.kind.as_str()
+                ),
+            ));
+        }
+        let expected = input.version.unwrap_or(current.version);
+        check_version(&current, Some(expected))?;
+        if current.enabled {
+            return Err(DomainError::TouchpointEnabled);
+        }
+        let mut next = current.clone();
+        next.spec = input.spec;
+        match input.token {
+            TokenPatch::Keep => {}
+            TokenPatch::Clear => next.token = None,
+            TokenPatch::Set(t) => next.token = Some(t),
+        }
+        self.commit(next, expected, UpdateGuard::MustBeDisabled)
+            .await
+    }
+
+    pub async fn enable(
+        &self,
+        project: ProjectId,
+        id: &str,
+        expected: Option<u64>,
+    ) -> Result<Touchpoint, DomainError> {
+        let current = self.get(project, id).await?;
+        check_version(&current, expected)?;
+        if current.enabled {
+            return Ok(current);
+        }
+        let version = current.version;
+        let mut next = current;
+        next.enabled = true;
+        self.commit(next, version, UpdateGuard::None).await
+    }
+
+    /// Disables a touchpoint unless a campaign in a blocking state references it.
+    pub async fn disable(
+        &self,
+        project: ProjectId,
+        id: &str,
+        expected: Option<u64>,
+    ) -> Result<Touchpoint, DomainError> {
+        let current = self.get(project, id).await?;
+        check_version(&current, expected)?;
+        if !current.enabled {
+            return Ok(current);
+        }
+        let blocking: Vec<CampaignRef> = self
+            .store
+            .campaigns(project, id)
+            .await?
+            .into_iter()
+            .filter(|c| c.state.blocks_disable())
+            .collect();
+        if !blocking.is_empty() {
+            return Err(DomainError::InUse(blocking));
+        }
+        let version = current.version;
+        let mut next = current;
+        next.enabled = false;
+        self.commit(next, version, UpdateGuard::NoBlockingCampaigns)
+            .await
+    }
+
+    /// Replaces the set of spaces authorized to use the touchpoint, from
+    /// `{"spaceIds": [...], "version": n?}`.
+    pub async fn set_spaces(
+        &self,
+        project: ProjectId,
+        id: &str,
+        body: &Value,
+    ) -> Result<Touchpoint, DomainError> {
+        let current = self.get(project, id).await?;
+        let (spaces, expected) = parse_spaces(body)?;
+        check_version(&current, expected)?;
+        if current.space_ids == spaces {
+            return Ok(current);
+        }
+        let version = current.version;
+        let mut next = current;
+        next.space_ids = spaces;
+        self.commit(next, version, UpdateGuard::None).await
+    }
+
+    /// Deletes a disabled touchpoint.
+    pub async fn delete(
+        &self,
+        project: ProjectId,
+        id: &str,
+        expected: Option<u64>,
+    ) -> Result<(), DomainError> {
+        let current = self.get(project, id).await?;
+        check_version(&current, expected)?;
+        if current.enabled {
+            return Err(DomainError::TouchpointEnabled);
+        }
+        self.store.delete(project, id, current.version).await?;
+        Ok(())
+    }
+
+    /// What operators of `space` may pick: enabled touchpoints authorized for it.
+    pub async fn for_space(
+        &self,
+        project: ProjectId,
+        space: &str,
+    ) -> Result<Vec<Touchpoint>, DomainError> {
+        check_space_id(space, "spaceId")?;
+        Ok(self.store.list_for_space(project, space).await?)
+    }
+
+    pub async fn campaigns(
+        &self,
+        project: ProjectId,
+        id: &str,
+    ) -> Result<Vec<CampaignRef>, DomainError> {
+        self.get(project, id).await?;
+        Ok(self.store.campaigns(project, id).await?)
+    }
+
+    /// Records that a campaign references the touchpoint, from `{"state": …, "name": …}`.
+    pub async fn put_campaign(
+        &self,
+        project: ProjectId,
+        id: &str,
+        campaign_id: &str,
+        body: &Value,
+    ) -> Result<CampaignRef, DomainError> {
+        let campaign = parse_campaign(campaign_id, body, self.clock.now_ms())?;
+        let current = self.get(project, id).await?;
+        if !current.enabled && campaign.state.blocks_disable() {
+            return Err(DomainError::TouchpointDisabled);
+        }
+        self.store.put_campaign(project, id, &campaign).await?;
+        Ok(campaign)
+    }
+
+    pub async fn delete_campaign(
+        &self,
+        project: ProjectId,
+        id: &str,
+        campaign_id: &str,
+    ) -> Result<(), DomainError> {
+        self.get(project, id).await?;
+        if self.store.delete_campaign(project, id, campaign_id).await? {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound("campaign reference"))
+        }
+    }
+
+    async fn commit(
+        &self,
+        mut next: Touchpoint,
+        expected: u64,
+        guard: UpdateGuard,
+    ) -> Result<Touchpoint, DomainError> {
+        next.version = expected + 1;
+        next.updated_at = self.clock.now_ms().max(next.updated_at);
+        self.store.update(&next, expected, guard).await?;
+        Ok(next)
+    }
+}
+
+fn check_version(current: &Touchpoint, expected: Option<u64>) -> Result<(), DomainError> {
+    match expected {
+        Some(v) if v != current.version => Err(DomainError::VersionConflict {
+            current: current.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let id = String::from_utf8(bytes).ok()?;
+    is_touchpoint_id(&id).then_some(id)
+}
+
+fn check_space_id(space: &str, path: &str) -> Result<(), DomainError> {
+    let n = space.chars().count();
+    if n == 0 || n > MAX_SPACE_ID_CHARS || space.chars().any(|c| c.is_control() || c == '/') {
+        return Err(DomainError::field(
+            path,
+            format!(
+                "must be 1 to {MAX_SPACE_ID_CHARS} characters, without '/' or control characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads an optional `version` from a small action body (`{}` or `{"version": n}`).
+pub fn parse_version(body: &Value) -> Result<Option<u64>, DomainError> {
+    match body {
+        Value::Null => Ok(None),
+        Value::Object(m) => {
+            if let Some(k) = m.keys().find(|k| k.as_str() != "version") {
+                return Err(DomainError::field(k.clone(), "unknown field"));
+            }
+            match m.get("version") {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|v| *v >= 1)
+                    .map(Some)
+                    .ok_or_else(|| DomainError::field("version", "must be a positive integer")),
+            }
+        }
+        _ => Err(DomainError::field("", "must be an object")),
+    }
+}
+
+fn parse_spaces(body: &Value) -> Result<(Vec<String>, Option<u64>), DomainError> {
+    let Value::Object(m) = body else {
+        return Err(DomainError::field("", "must be an object"));
+    };
+    let mut errors = Vec::new();
+    for k in m.keys() {
+        if k != "spaceIds" && k != "version" {
+            errors.push(FieldError::new(k.clone(), "unknown field"));
+        }
+    }
+    let mut spaces = Vec::new();
+    match m.get("spaceIds") {
+        Some(Value::Array(items)) if items.len() > MAX_SPACES => errors.push(FieldError::new(
+            "spaceIds",
+            format!("at most {MAX_SPACES} spaces allowed"),
+        )),
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("spaceIds[{i}]");
+                match item.as_str() {
+                    Some(s) => match check_space_id(s, &path) {
+                        Ok(()) => spaces.push(s.to_owned()),
+                        Err(DomainError::Validation(mut e)) => errors.append(&mut e),
+                        Err(_) => {}
+                    },
+                    None => errors.push(FieldError::new(path, "must be a string")),
+                }
+            }
+        }
+        None | Some(Value::Null) => errors.push(FieldError::new("spaceIds", "is required")),
+        Some(_) => errors.push(FieldError::new("spaceIds", "must be an array of space ids")),
+    }
+    let version = match m.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().filter(|v| *v >= 1) {
+            Some(v) => Some(v),
+            None => {
+                errors.push(FieldError::new("version", "must be a positive integer"));
+                None
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(DomainError::Validation(errors));
+    }
+    spaces.sort();
+    spaces.dedup();
+    Ok((spaces, version))
+}
+
+fn parse_campaign(campaign_id: &str, body: &Value, now: i64) -> Result<CampaignRef, DomainError> {
+    let mut errors = Vec::new();
+    let n = campaign_id.chars().count();
+    if n == 0 || n > MAX_CAMPAIGN_ID_CHARS || campaign_id.chars().any(char::is_control) {
+        errors.push(FieldError::new(
+            "campaignId",
+            format!("must be 1 to {MAX_CAMPAIGN_ID_CHARS} characters"),
+        ));
+    }
+    let Value::Object(m) = body else {
+        return Err(DomainError::field("", "must be an object"));
+    };
+    for k in m.keys() {
+        if k != "state" && k != "name" && k != "campaignId" {
+            errors.push(FieldError::new(k.clone(), "unknown field"));
+        }
+    }
+    let state = match m
+        .get("state")
+        .and_then(Value::as_str)
+        .and_then(CampaignState::parse)
+    {
+        Some(s) => Some(s),
+        None => {
+            errors.push(FieldError::new(
+                "state",
+                "must be one of running, paused, not_started, pending_publish, in_approval, ended, draft",
+            ));
+            None
+        }
+    };
+    let name = match m.get("name") {
+        None | Some(Value::Null) => campaign_id.to_owned(),
+        Some(Value::String(s))
+            if !s.trim().is_empty()
+                && s.chars().count() <= MAX_CAMPAIGN_NAME_CHARS
+                && !s.chars().any(char::is_control) =>
+        {
+            s.trim().to_owned()
+        }
+        Some(_) => {
+            errors.push(FieldError::new(
+                "name",
+                format!("must be a string of 1 to {MAX_CAMPAIGN_NAME_CHARS} characters"),
+            ));
+            String::new()
+        }
+    };
+    match state {
+        Some(state) if errors.is_empty() => Ok(CampaignRef {
+            campaign_id: campaign_id.to_owned(),
+            name,
+            state,
+            updated_at: now,
+        }),
+        _ => Err(DomainError::Validation(errors)),
+    }
+}
