@@ -13,26 +13,40 @@ pub fn new_touchpoint_id(now: Millis) -> String {
 }
 
 /// A 26-character ULID: 48 bits of milliseconds, then 80 random bits, in Crockford base 32.
+///
+/// Monotonic within the process: an id made in the same millisecond as the previous one (or
+/// after the clock stepped back) takes the previous random part plus one, so ids always sort in
+/// creation order and a listing's cursor never skips a touchpoint.
 pub fn ulid(now: Millis) -> String {
-    let mut random = [0u8; 10];
-    // The OS random source failing is not something a caller can handle; fall back to the
-    // clock's low bits mixed with a counter so ids stay unique within the process.
-    if getrandom::fill(&mut random).is_err() {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        random[..8].copy_from_slice(&n.to_be_bytes());
+    use std::sync::Mutex;
+    static LAST: Mutex<(u64, u128)> = Mutex::new((0, 0));
+    const RANDOM_MASK: u128 = (1 << 80) - 1;
+
+    let mut random = [0u8; 16];
+    // The OS random source failing is not something a caller can handle; the monotonic
+    // increment below still keeps ids unique within the process.
+    let _ = getrandom::fill(&mut random[6..]);
+    let fresh = u128::from_be_bytes(random) & RANDOM_MASK;
+    let ms = (now.max(0) as u64) & 0xFFFF_FFFF_FFFF;
+    let (ms, rand) = {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let next = if ms > last.0 {
+            (ms, fresh)
+        } else if last.1 < RANDOM_MASK {
+            (last.0, last.1 + 1)
+        } else {
+            (last.0 + 1, fresh)
+        };
+        *last = next;
+        next
+    };
+    let value: u128 = (u128::from(ms) << 80) | rand;
+    let mut out = String::with_capacity(26);
+    for i in 0..26u32 {
+        let shift = 125 - 5 * i;
+        out.push(CROCKFORD[((value >> shift) & 0x1F) as usize] as char);
     }
-    let mut value: u128 = (u128::from(now.max(0) as u64) & 0xFFFF_FFFF_FFFF) << 80;
-    for (i, b) in random.iter().enumerate() {
-        value |= u128::from(*b) << (72 - 8 * i);
-    }
-    let mut out = [0u8; 26];
-    for (i, slot) in out.iter_mut().enumerate() {
-        let shift = 125 - 5 * i as u32;
-        *slot = CROCKFORD[((value >> shift) & 0x1F) as usize];
-    }
-    out.iter().map(|&b| b as char).collect()
+    out
 }
 
 /// Whether `id` has the shape of a touchpoint id (cheap check before touching storage).
@@ -51,7 +65,9 @@ mod tests {
         let b = new_touchpoint_id(2_000);
         assert!(is_touchpoint_id(&a), "{a}");
         assert!(a < b);
-        assert_ne!(new_touchpoint_id(1_000), new_touchpoint_id(1_000));
+        let (c, d) = (new_touchpoint_id(2_000), new_touchpoint_id(2_000));
+        assert!(b < c && c < d, "same-millisecond ids still sort in creation order");
+        assert!(new_touchpoint_id(1_000) > d, "a clock stepping back does not reorder ids");
         assert!(!is_touchpoint_id("tp_short"));
         assert!(!is_touchpoint_id("../etc/passwd"));
     }

@@ -1,0 +1,131 @@
+//! The SQLite store's own guarantees: the guards it enforces at the moment of the write, and
+//! durability across reopening the same data directory.
+
+use serde_json::json;
+use touchpoint::model::*;
+use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
+use touchpoint_embedded::SqliteStore;
+
+fn touchpoint(id: &str, name: &str) -> Touchpoint {
+    Touchpoint {
+        id: id.into(),
+        project_id: 1,
+        spec: TouchpointSpec {
+            name: name.into(),
+            kind: Kind::Notification,
+            description: None,
+            url: "https://sms.example.com/touch".into(),
+            batch_size: 100,
+            receipt: Receipt::Sync,
+            user_attributes: vec![UserAttribute {
+                attribute: "usr_phone".into(),
+                identifier: "phone".into(),
+                display_name: "手机号".into(),
+                default: Some(json!("")),
+            }],
+            template_params: vec![TemplateParam {
+                identifier: "title".into(),
+                display_name: "标题".into(),
+                param_type: ParamType::Text,
+                required: true,
+                default: None,
+                enum_spec: None,
+            }],
+        },
+        token: Some(Token::new("abc123")),
+        enabled: true,
+        space_ids: vec!["space-a".into()],
+        version: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn running(id: &str) -> CampaignRef {
+    CampaignRef {
+        campaign_id: id.into(),
+        name: "双十一".into(),
+        state: CampaignState::Running,
+        updated_at: 2,
+    }
+}
+
+#[tokio::test]
+async fn guards_hold_at_the_moment_of_the_write() {
+    let store = SqliteStore::in_memory().unwrap();
+    let tp = touchpoint("tp_1", "sms");
+    store.insert(&tp).await.unwrap();
+
+    // A live campaign arrives after the use case looked: the disabling write still refuses.
+    store.put_campaign(1, "tp_1", &running("cmp-42")).await.unwrap();
+    let mut off = tp.clone();
+    off.enabled = false;
+    off.version = 2;
+    match store.update(&off, 1, UpdateGuard::NoBlockingCampaigns).await {
+        Err(StoreError::InUse(refs)) => assert_eq!(refs[0].campaign_id, "cmp-42"),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    // Edits need a disabled touchpoint at write time.
+    assert!(matches!(
+        store.update(&off, 1, UpdateGuard::MustBeDisabled).await,
+        Err(StoreError::Enabled)
+    ));
+    // A stale version loses.
+    assert!(matches!(
+        store.update(&off, 7, UpdateGuard::None).await,
+        Err(StoreError::VersionConflict { current: 1 })
+    ));
+    store.delete_campaign(1, "tp_1", "cmp-42").await.unwrap();
+    store.update(&off, 1, UpdateGuard::NoBlockingCampaigns).await.unwrap();
+    // Once disabled, a live campaign cannot attach.
+    assert!(matches!(
+        store.put_campaign(1, "tp_1", &running("cmp-43")).await,
+        Err(StoreError::Disabled)
+    ));
+    // Deleting checks the version, and removes the references too.
+    assert!(matches!(
+        store.delete(1, "tp_1", 1).await,
+        Err(StoreError::VersionConflict { current: 2 })
+    ));
+    store.delete(1, "tp_1", 2).await.unwrap();
+    assert!(store.get(1, "tp_1").await.unwrap().is_none());
+    assert!(store.campaigns(1, "tp_1").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn names_are_unique_per_project() {
+    let store = SqliteStore::in_memory().unwrap();
+    store.insert(&touchpoint("tp_1", "sms")).await.unwrap();
+    assert!(matches!(
+        store.insert(&touchpoint("tp_2", "sms")).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    let mut other = touchpoint("tp_3", "sms");
+    other.project_id = 2;
+    store.insert(&other).await.unwrap();
+    assert!(store.get(1, "tp_3").await.unwrap().is_none(), "projects do not see each other");
+}
+
+#[tokio::test]
+async fn everything_survives_reopening_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = touchpoint("tp_1", "sms");
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.insert(&tp).await.unwrap();
+        store.put_campaign(1, "tp_1", &running("cmp-42")).await.unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.get(1, "tp_1").await.unwrap(), Some(tp));
+    assert_eq!(store.campaigns(1, "tp_1").await.unwrap(), vec![running("cmp-42")]);
+    let listed = store
+        .list_for_space(1, "space-a")
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let page = store
+        .list(1, &ListFilter { limit: 10, name_contains: Some("SM".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1, "name search ignores ASCII case");
+}
