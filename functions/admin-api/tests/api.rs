@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use touchpoint::{SystemClock, Touchpoints, UrlPolicy};
@@ -75,10 +75,7 @@ impl Api {
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(
-            !text.contains(SECRET),
-            "a response carried a token: {text}"
-        );
+        assert!(!text.contains(SECRET), "a response carried a token: {text}");
         assert!(status != StatusCode::INTERNAL_SERVER_ERROR, "500: {text}");
         let body = if bytes.is_empty() {
             Value::Null
@@ -88,7 +85,13 @@ impl Api {
         Reply { status, body }
     }
 
-    async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(key) = key {
             req = req.header("authorization", format!("Bearer {key}"));
@@ -121,8 +124,13 @@ impl Api {
     }
 
     async fn disable(&self, id: &str) -> Reply {
-        self.call(Method::POST, &format!("/v1/touchpoints/{id}/disable"), Some(ADMIN), None)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/v1/touchpoints/{id}/disable"),
+            Some(ADMIN),
+            None,
+        )
+        .await
     }
 
     async fn campaign(&self, id: &str, campaign: &str, state: &str) -> Reply {
@@ -219,7 +227,12 @@ async fn duplicate_name_in_a_project_conflicts_but_not_across_projects() {
     assert_eq!(r.error_code(), "name_taken");
     assert_eq!(r.error_paths(), ["name"]);
     let other = api
-        .call(Method::POST, "/v1/touchpoints", Some(ADMIN_2), Some(coupon()))
+        .call(
+            Method::POST,
+            "/v1/touchpoints",
+            Some(ADMIN_2),
+            Some(coupon()),
+        )
         .await;
     assert_eq!(other.status, StatusCode::CREATED);
 }
@@ -227,7 +240,10 @@ async fn duplicate_name_in_a_project_conflicts_but_not_across_projects() {
 #[tokio::test]
 async fn batch_size_must_be_1_to_500() {
     let api = Api::new();
-    for (i, (n, ok)) in [(0, false), (1, true), (500, true), (501, false)].into_iter().enumerate() {
+    for (i, (n, ok)) in [(0, false), (1, true), (500, true), (501, false)]
+        .into_iter()
+        .enumerate()
+    {
         let mut body = named(&format!("batch {i}"));
         body["batchSize"] = json!(n);
         let r = api.post("/v1/touchpoints", body).await;
@@ -244,9 +260,18 @@ async fn batch_size_must_be_1_to_500() {
 #[tokio::test]
 async fn each_parameter_rule_is_reported_at_its_path() {
     let api = Api::new();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
-        ("no user attribute", Box::new(|b| b["userAttributes"] = json!([])), "userAttributes"),
-        ("no template parameter", Box::new(|b| b["templateParams"] = json!([])), "templateParams"),
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "no user attribute",
+            Box::new(|b| b["userAttributes"] = json!([])),
+            "userAttributes",
+        ),
+        (
+            "no template parameter",
+            Box::new(|b| b["templateParams"] = json!([])),
+            "templateParams",
+        ),
         (
             "duplicate user attribute identifier",
             Box::new(|b| b["userAttributes"][1]["identifier"] = json!("phone")),
@@ -282,8 +307,16 @@ async fn each_parameter_rule_is_reported_at_its_path() {
             Box::new(|b| b["receipt"]["timeoutMinutes"] = json!(4)),
             "receipt.timeoutMinutes",
         ),
-        ("plain http when not allowed", Box::new(|b| b["url"] = json!("http://coupons.example.com/touch")), "url"),
-        ("unknown kind", Box::new(|b| b["kind"] = json!("sms")), "kind"),
+        (
+            "plain http when not allowed",
+            Box::new(|b| b["url"] = json!("http://coupons.example.com/touch")),
+            "url",
+        ),
+        (
+            "unknown kind",
+            Box::new(|b| b["kind"] = json!("sms")),
+            "kind",
+        ),
         (
             "text placeholder naming no attribute",
             Box::new(|b| b["templateParams"][0]["default"] = json!("Hi {{nickname}}")),
@@ -294,7 +327,12 @@ async fn each_parameter_rule_is_reported_at_its_path() {
         let mut body = coupon();
         edit(&mut body);
         let r = api.post("/v1/touchpoints", body).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{what}: {}",
+            r.body
+        );
         assert_eq!(r.error_code(), "validation_failed", "{what}");
         assert_eq!(r.error_paths(), [path], "{what}");
     }
@@ -315,7 +353,12 @@ async fn all_broken_rules_come_back_together() {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         r.error_paths(),
-        ["name", "batchSize", "userAttributes", "templateParams[3].enum.options"]
+        [
+            "name",
+            "batchSize",
+            "userAttributes",
+            "templateParams[3].enum.options"
+        ]
     );
 }
 
@@ -404,10 +447,19 @@ async fn token_is_kept_when_absent_cleared_by_null_and_replaced_by_a_string() {
 #[tokio::test]
 async fn disabling_is_refused_while_a_live_campaign_uses_the_touchpoint() {
     let api = Api::new();
-    for state in ["running", "paused", "not_started", "pending_publish", "in_approval"] {
+    for state in [
+        "running",
+        "paused",
+        "not_started",
+        "pending_publish",
+        "in_approval",
+    ] {
         let tp = api.create(named(&state[..state.len().min(15)])).await;
         let id = id_of(&tp);
-        assert_eq!(api.campaign(&id, "cmp-1", "ended").await.status, StatusCode::OK);
+        assert_eq!(
+            api.campaign(&id, "cmp-1", "ended").await.status,
+            StatusCode::OK
+        );
         let r = api.campaign(&id, "cmp-42", state).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         let r = api.disable(&id).await;
@@ -415,7 +467,10 @@ async fn disabling_is_refused_while_a_live_campaign_uses_the_touchpoint() {
         assert_eq!(r.error_code(), "touchpoint_in_use");
         let message = r.body["error"]["message"].as_str().unwrap();
         assert!(message.contains("活动 cmp-42"), "{message}");
-        assert!(!message.contains("cmp-1 "), "ended campaigns do not block: {message}");
+        assert!(
+            !message.contains("cmp-1 "),
+            "ended campaigns do not block: {message}"
+        );
         assert_eq!(r.body["error"]["campaigns"][0]["campaignId"], "cmp-42");
         assert_eq!(r.body["error"]["campaigns"][0]["state"], state);
         assert_eq!(r.body["error"]["campaigns"].as_array().unwrap().len(), 1);
@@ -447,11 +502,21 @@ async fn ended_and_draft_campaigns_do_not_block_disabling() {
     assert_eq!(r.error_code(), "touchpoint_disabled");
     // Removing a reference.
     let r = api
-        .call(Method::DELETE, &format!("/v1/touchpoints/{id}/campaigns/cmp-draft"), Some(CAMPAIGN), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/touchpoints/{id}/campaigns/cmp-draft"),
+            Some(CAMPAIGN),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = api
-        .call(Method::DELETE, &format!("/v1/touchpoints/{id}/campaigns/cmp-draft"), Some(CAMPAIGN), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/touchpoints/{id}/campaigns/cmp-draft"),
+            Some(CAMPAIGN),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
@@ -476,7 +541,12 @@ async fn deleting_needs_a_disabled_touchpoint() {
     assert_eq!(r.error_code(), "touchpoint_enabled");
     let version = api.disable(&id).await.body["version"].as_u64().unwrap();
     let r = api
-        .call(Method::DELETE, &format!("{path}?version={}", version - 1), Some(ADMIN), None)
+        .call(
+            Method::DELETE,
+            &format!("{path}?version={}", version - 1),
+            Some(ADMIN),
+            None,
+        )
         .await;
     assert_eq!(r.error_code(), "version_conflict");
     let r = api.call(Method::DELETE, &path, Some(ADMIN), None).await;
@@ -491,15 +561,30 @@ async fn enable_and_disable_check_a_version_when_given() {
     let api = Api::new();
     let id = id_of(&api.create(coupon()).await);
     let r = api
-        .call(Method::POST, &format!("/v1/touchpoints/{id}/disable"), Some(ADMIN), Some(json!({"version": 7})))
+        .call(
+            Method::POST,
+            &format!("/v1/touchpoints/{id}/disable"),
+            Some(ADMIN),
+            Some(json!({"version": 7})),
+        )
         .await;
     assert_eq!(r.error_code(), "version_conflict");
     let r = api
-        .call(Method::POST, &format!("/v1/touchpoints/{id}/disable"), Some(ADMIN), Some(json!({"version": 1})))
+        .call(
+            Method::POST,
+            &format!("/v1/touchpoints/{id}/disable"),
+            Some(ADMIN),
+            Some(json!({"version": 1})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let r = api
-        .call(Method::POST, &format!("/v1/touchpoints/{id}/enable"), Some(ADMIN), Some(json!({"version": 2})))
+        .call(
+            Method::POST,
+            &format!("/v1/touchpoints/{id}/enable"),
+            Some(ADMIN),
+            Some(json!({"version": 2})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["enabled"], true);
@@ -513,9 +598,16 @@ async fn operators_see_only_enabled_touchpoints_authorized_for_their_space() {
     let other_space = id_of(&api.create(named("other space")).await);
     let off = id_of(&api.create(named("disabled")).await);
     api.create(named("unauthorized")).await;
-    for (id, spaces) in [(&shown, json!(["space-a", "space-b", "space-a"])), (&other_space, json!(["space-b"])), (&off, json!(["space-a"]))] {
+    for (id, spaces) in [
+        (&shown, json!(["space-a", "space-b", "space-a"])),
+        (&other_space, json!(["space-b"])),
+        (&off, json!(["space-a"])),
+    ] {
         let r = api
-            .put(&format!("/v1/touchpoints/{id}/spaces"), json!({"spaceIds": spaces}))
+            .put(
+                &format!("/v1/touchpoints/{id}/spaces"),
+                json!({"spaceIds": spaces}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
@@ -524,7 +616,12 @@ async fn operators_see_only_enabled_touchpoints_authorized_for_their_space() {
     assert_eq!(tp.body["spaceIds"], json!(["space-a", "space-b"]));
 
     let r = api
-        .call(Method::GET, "/v1/spaces/space-a/touchpoints", Some(OPERATOR_A), None)
+        .call(
+            Method::GET,
+            "/v1/spaces/space-a/touchpoints",
+            Some(OPERATOR_A),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let items = r.body["items"].as_array().unwrap();
@@ -538,23 +635,48 @@ async fn operators_see_only_enabled_touchpoints_authorized_for_their_space() {
         .iter()
         .map(|p| p["input"].as_str().unwrap())
         .collect();
-    assert_eq!(inputs, ["text-input", "date-picker", "number-input", "select", "multi-select"]);
+    assert_eq!(
+        inputs,
+        [
+            "text-input",
+            "date-picker",
+            "number-input",
+            "select",
+            "multi-select"
+        ]
+    );
     assert_eq!(item["templateParams"][3]["options"][0]["code"], "JUMP_H5");
     assert_eq!(
         item["templateParams"][4]["optionsPath"],
         format!("/v1/touchpoints/{shown}/params/material/options")
     );
-    assert_eq!(item["templateParams"][0]["insertableAttributes"][1]["identifier"], "name");
+    assert_eq!(
+        item["templateParams"][0]["insertableAttributes"][1]["identifier"],
+        "name"
+    );
 
     let r = api
-        .call(Method::GET, "/v1/spaces/space-b/touchpoints", Some(OPERATOR_A), None)
+        .call(
+            Method::GET,
+            "/v1/spaces/space-b/touchpoints",
+            Some(OPERATOR_A),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // Authorizing no space hides it again.
-    api.put(&format!("/v1/touchpoints/{shown}/spaces"), json!({"spaceIds": []}))
-        .await;
+    api.put(
+        &format!("/v1/touchpoints/{shown}/spaces"),
+        json!({"spaceIds": []}),
+    )
+    .await;
     let r = api
-        .call(Method::GET, "/v1/spaces/space-a/touchpoints", Some(OPERATOR_A), None)
+        .call(
+            Method::GET,
+            "/v1/spaces/space-a/touchpoints",
+            Some(OPERATOR_A),
+            None,
+        )
         .await;
     assert_eq!(r.body["items"], json!([]));
 }
@@ -608,12 +730,25 @@ async fn listing_pages_with_a_cursor_and_filters() {
     assert_eq!(seen, ids, "every touchpoint once, in creation order");
 
     let count = |r: &Reply| r.body["items"].as_array().unwrap().len();
-    assert_eq!(count(&api.get("/v1/touchpoints?kind=notification").await), 3);
+    assert_eq!(
+        count(&api.get("/v1/touchpoints?kind=notification").await),
+        3
+    );
     assert_eq!(count(&api.get("/v1/touchpoints?enabled=false").await), 1);
     assert_eq!(count(&api.get("/v1/touchpoints?q=短信").await), 3);
-    assert_eq!(count(&api.get("/v1/touchpoints?q=COUPON&enabled=true").await), 3);
+    assert_eq!(
+        count(&api.get("/v1/touchpoints?q=COUPON&enabled=true").await),
+        3
+    );
 
-    for bad in ["limit=0", "limit=101", "limit=x", "kind=sms", "enabled=maybe", "cursor=nonsense"] {
+    for bad in [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "kind=sms",
+        "enabled=maybe",
+        "cursor=nonsense",
+    ] {
         let r = api.get(&format!("/v1/touchpoints?{bad}")).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     }
@@ -625,22 +760,43 @@ async fn another_projects_touchpoint_is_not_found_on_every_route() {
     let id = id_of(&api.create(coupon()).await);
     let routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, format!("/v1/touchpoints/{id}"), None),
-        (Method::PUT, format!("/v1/touchpoints/{id}"), Some({
-            let mut b = coupon();
-            b["version"] = json!(1);
-            b
-        })),
+        (
+            Method::PUT,
+            format!("/v1/touchpoints/{id}"),
+            Some({
+                let mut b = coupon();
+                b["version"] = json!(1);
+                b
+            }),
+        ),
         (Method::DELETE, format!("/v1/touchpoints/{id}"), None),
         (Method::POST, format!("/v1/touchpoints/{id}/enable"), None),
         (Method::POST, format!("/v1/touchpoints/{id}/disable"), None),
-        (Method::PUT, format!("/v1/touchpoints/{id}/spaces"), Some(json!({"spaceIds": ["x"]}))),
+        (
+            Method::PUT,
+            format!("/v1/touchpoints/{id}/spaces"),
+            Some(json!({"spaceIds": ["x"]})),
+        ),
         (Method::GET, format!("/v1/touchpoints/{id}/campaigns"), None),
-        (Method::PUT, format!("/v1/touchpoints/{id}/campaigns/c1"), Some(json!({"state": "running"}))),
-        (Method::DELETE, format!("/v1/touchpoints/{id}/campaigns/c1"), None),
+        (
+            Method::PUT,
+            format!("/v1/touchpoints/{id}/campaigns/c1"),
+            Some(json!({"state": "running"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/touchpoints/{id}/campaigns/c1"),
+            None,
+        ),
     ];
     for (method, path, body) in routes {
         let r = api.call(method.clone(), &path, Some(ADMIN_2), body).await;
-        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {path}: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{method} {path}: {}",
+            r.body
+        );
         assert_eq!(r.error_code(), "not_found");
     }
     // And nothing changed for its owner.
@@ -658,17 +814,38 @@ async fn roles_are_enforced() {
     let api = Api::new();
     let id = id_of(&api.create(coupon()).await);
     let r = api
-        .call(Method::POST, "/v1/touchpoints", Some(OPERATOR_A), Some(coupon()))
+        .call(
+            Method::POST,
+            "/v1/touchpoints",
+            Some(OPERATOR_A),
+            Some(coupon()),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "operator creating");
     assert_eq!(r.error_code(), "forbidden");
     for (key, method, path) in [
         (OPERATOR_A, Method::GET, format!("/v1/touchpoints/{id}")),
-        (OPERATOR_A, Method::POST, format!("/v1/touchpoints/{id}/disable")),
+        (
+            OPERATOR_A,
+            Method::POST,
+            format!("/v1/touchpoints/{id}/disable"),
+        ),
         (CAMPAIGN, Method::GET, "/v1/touchpoints".to_owned()),
-        (CAMPAIGN, Method::POST, format!("/v1/touchpoints/{id}/disable")),
-        (CAMPAIGN, Method::GET, "/v1/spaces/space-a/touchpoints".to_owned()),
-        (OPERATOR_A, Method::PUT, format!("/v1/touchpoints/{id}/campaigns/c")),
+        (
+            CAMPAIGN,
+            Method::POST,
+            format!("/v1/touchpoints/{id}/disable"),
+        ),
+        (
+            CAMPAIGN,
+            Method::GET,
+            "/v1/spaces/space-a/touchpoints".to_owned(),
+        ),
+        (
+            OPERATOR_A,
+            Method::PUT,
+            format!("/v1/touchpoints/{id}/campaigns/c"),
+        ),
     ] {
         let body = (method != Method::GET).then(|| json!({"state": "running"}));
         let r = api.call(method.clone(), &path, Some(key), body).await;
@@ -692,7 +869,10 @@ async fn missing_or_unknown_keys_are_unauthorized() {
         .unwrap();
     assert_eq!(api.send(req).await.status, StatusCode::UNAUTHORIZED);
     // Health and the API description need no key.
-    assert_eq!(api.call(Method::GET, "/healthz", None, None).await.status, StatusCode::OK);
+    assert_eq!(
+        api.call(Method::GET, "/healthz", None, None).await.status,
+        StatusCode::OK
+    );
 }
 
 async fn raw(api: &Api, content_type: &str, body: Vec<u8>) -> Reply {
@@ -737,7 +917,9 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let r = api.get("/v1/nothing-here").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error_code(), "not_found");
-    let r = api.call(Method::PATCH, "/v1/touchpoints", Some(ADMIN), None).await;
+    let r = api
+        .call(Method::PATCH, "/v1/touchpoints", Some(ADMIN), None)
+        .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.error_code(), "method_not_allowed");
     let r = api.get("/v1/touchpoints/tp_not-an-id").await;

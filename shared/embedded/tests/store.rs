@@ -57,11 +57,17 @@ async fn guards_hold_at_the_moment_of_the_write() {
     store.insert(&tp).await.unwrap();
 
     // A live campaign arrives after the use case looked: the disabling write still refuses.
-    store.put_campaign(1, "tp_1", &running("cmp-42")).await.unwrap();
+    store
+        .put_campaign(1, "tp_1", &running("cmp-42"))
+        .await
+        .unwrap();
     let mut off = tp.clone();
     off.enabled = false;
     off.version = 2;
-    match store.update(&off, 1, UpdateGuard::NoBlockingCampaigns).await {
+    match store
+        .update(&off, 1, UpdateGuard::NoBlockingCampaigns)
+        .await
+    {
         Err(StoreError::InUse(refs)) => assert_eq!(refs[0].campaign_id, "cmp-42"),
         other => panic!("expected InUse, got {other:?}"),
     }
@@ -76,7 +82,10 @@ async fn guards_hold_at_the_moment_of_the_write() {
         Err(StoreError::VersionConflict { current: 1 })
     ));
     store.delete_campaign(1, "tp_1", "cmp-42").await.unwrap();
-    store.update(&off, 1, UpdateGuard::NoBlockingCampaigns).await.unwrap();
+    store
+        .update(&off, 1, UpdateGuard::NoBlockingCampaigns)
+        .await
+        .unwrap();
     // Once disabled, a live campaign cannot attach.
     assert!(matches!(
         store.put_campaign(1, "tp_1", &running("cmp-43")).await,
@@ -103,7 +112,10 @@ async fn names_are_unique_per_project() {
     let mut other = touchpoint("tp_3", "sms");
     other.project_id = 2;
     store.insert(&other).await.unwrap();
-    assert!(store.get(1, "tp_3").await.unwrap().is_none(), "projects do not see each other");
+    assert!(
+        store.get(1, "tp_3").await.unwrap().is_none(),
+        "projects do not see each other"
+    );
 }
 
 #[tokio::test]
@@ -113,18 +125,28 @@ async fn everything_survives_reopening_the_data_directory() {
     {
         let store = SqliteStore::open(dir.path()).unwrap();
         store.insert(&tp).await.unwrap();
-        store.put_campaign(1, "tp_1", &running("cmp-42")).await.unwrap();
+        store
+            .put_campaign(1, "tp_1", &running("cmp-42"))
+            .await
+            .unwrap();
     }
     let store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(store.get(1, "tp_1").await.unwrap(), Some(tp));
-    assert_eq!(store.campaigns(1, "tp_1").await.unwrap(), vec![running("cmp-42")]);
-    let listed = store
-        .list_for_space(1, "space-a")
-        .await
-        .unwrap();
+    assert_eq!(
+        store.campaigns(1, "tp_1").await.unwrap(),
+        vec![running("cmp-42")]
+    );
+    let listed = store.list_for_space(1, "space-a").await.unwrap();
     assert_eq!(listed.len(), 1);
     let page = store
-        .list(1, &ListFilter { limit: 10, name_contains: Some("SM".into()), ..Default::default() })
+        .list(
+            1,
+            &ListFilter {
+                limit: 10,
+                name_contains: Some("SM".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(page.len(), 1, "name search ignores ASCII case");

@@ -66,8 +66,14 @@ mod tests {
         assert!(is_touchpoint_id(&a), "{a}");
         assert!(a < b);
         let (c, d) = (new_touchpoint_id(2_000), new_touchpoint_id(2_000));
-        assert!(b < c && c < d, "same-millisecond ids still sort in creation order");
-        assert!(new_touchpoint_id(1_000) > d, "a clock stepping back does not reorder ids");
+        assert!(
+            b < c && c < d,
+            "same-millisecond ids still sort in creation order"
+        );
+        assert!(
+            new_touchpoint_id(1_000) > d,
+            "a clock stepping back does not reorder ids"
+        );
         assert!(!is_touchpoint_id("tp_short"));
         assert!(!is_touchpoint_id("../etc/passwd"));
     }

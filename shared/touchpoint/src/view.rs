@@ -129,14 +129,17 @@ pub fn operator_view(tp: &Touchpoint) -> Value {
             field
         })
         .collect();
-    json!({
+    let mut view = json!({
         "id": tp.id,
         "name": tp.spec.name,
         "kind": tp.spec.kind,
-        "description": tp.spec.description,
         "batchSize": tp.spec.batch_size,
         "receiptMode": match tp.spec.receipt { Receipt::Sync => "sync", Receipt::Async { .. } => "async" },
         "userAttributes": attributes,
         "templateParams": params,
-    })
+    });
+    if let Some(d) = &tp.spec.description {
+        view["description"] = json!(d);
+    }
+    view
 }
