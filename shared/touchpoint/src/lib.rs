@@ -7,11 +7,13 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod dispatch;
 pub mod error;
 pub mod ids;
 pub mod input;
 pub mod model;
 pub mod ports;
+pub mod protocol;
 pub mod service;
 pub mod template;
 pub mod view;
