@@ -173,7 +173,7 @@ pub fn resolve_template(
     if !tp.enabled {
         return Err(format!("touchpoint {} is disabled", tp.id));
     }
-    if !tp.space_ids.iter().any(|s| *s == d.space_id) {
+    if !tp.space_ids.contains(&d.space_id) {
         return Err(format!(
             "touchpoint {} is not authorized for space {}",
             tp.id, d.space_id
