@@ -11,8 +11,12 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use touchpoint::Touchpoints;
+use touchpoint::clock::Clock;
+use touchpoint::delivery::{DeliveryStore, DispatchIntake};
+use touchpoint_dispatcher::Dispatcher;
 
 pub mod auth;
+mod delivery_routes;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -26,6 +30,10 @@ pub use error::ApiError;
 pub struct AppState {
     pub touchpoints: Touchpoints,
     pub auth: Arc<dyn Authenticator>,
+    pub delivery: Arc<dyn DeliveryStore>,
+    pub intake: Arc<dyn DispatchIntake>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The whole admin API.
@@ -53,6 +61,24 @@ pub fn router(state: AppState) -> Router {
             put(put_campaign).delete(delete_campaign),
         )
         .route("/v1/spaces/{spaceId}/touchpoints", get(space_touchpoints))
+        .route(
+            "/v1/touchpoints/{id}/test",
+            post(delivery_routes::test_send),
+        )
+        .route(
+            "/v1/touchpoints/{id}/stats",
+            get(delivery_routes::touchpoint_stats),
+        )
+        .route("/v1/dispatches", post(delivery_routes::submit_dispatch))
+        .route(
+            "/v1/dispatches/{dispatchId}",
+            get(delivery_routes::get_dispatch),
+        )
+        .route("/v1/batches/{orderNo}", get(delivery_routes::get_batch))
+        .route(
+            "/v1/campaigns/{campaignId}/stats",
+            get(delivery_routes::campaign_stats),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))

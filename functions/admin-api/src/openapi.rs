@@ -282,6 +282,23 @@ fn schemas() -> Value {
             "spaceId": {"type": "string"},
             "items": {"type": "array", "items": {"type": "object", "description": "id, name, kind, receiptMode, userAttributes and templateParams, each parameter with its input: date-picker, number-input, select, multi-select or text-input"}}
         }},
+        "Dispatch": {"type": "object", "required": ["dispatchId", "projectId", "spaceId", "campaignId", "touchpointId", "users"], "properties": {
+            "dispatchId": {"type": "string", "description": "the producer's idempotency key, unique per project"},
+            "projectId": {"type": "integer"}, "spaceId": {"type": "string"}, "campaignId": {"type": "string"},
+            "strategyId": {"type": "string"}, "touchpointId": {"type": "string"},
+            "templateValues": {"type": "object"},
+            "users": {"type": "array", "minItems": 1, "maxItems": touchpoint::dispatch::MAX_USERS, "items": {"type": "object", "required": ["gid"], "properties": {
+                "gid": {"type": "integer"}, "attributes": {"type": "object"}}}}
+        }},
+        "DispatchAccepted": {"type": "object", "properties": {"dispatchId": {"type": "string"}, "status": {"enum": ["queued", "duplicate"]}}},
+        "DispatchState": {"type": "object", "properties": {"state": {"enum": ["in_progress", "completed", "rejected"]}, "counts": {"type": "object"}, "batches": {"type": "array"}}},
+        "BatchState": {"type": "object", "properties": {"orderNo": {"type": "string"}, "state": {"enum": ["in_flight", "retry_wait", "accepted", "final"]}, "results": {"type": "array"}}},
+        "Counters": {"type": "object", "properties": {"sent": {"type": "integer"}, "succeeded": {"type": "integer"}, "failed": {"type": "integer"}, "pending": {"type": "integer"}}},
+        "TestSendInput": {"type": "object", "required": ["users"], "properties": {
+            "users": {"type": "array", "minItems": 1, "maxItems": 10, "items": {"type": "object", "properties": {"gid": {"type": "integer"}, "attributes": {"type": "object"}}}},
+            "templateValues": {"type": "object"}}},
+        "TestSendReport": {"type": "object", "properties": {"orderNo": {"type": "string"}, "request": {"type": "object"}, "httpStatus": {"type": ["integer", "null"]},
+            "latencyMs": {"type": ["integer", "null"]}, "ok": {"type": "boolean"}, "error": {"type": ["string", "null"]}, "responseExcerpt": {"type": ["string", "null"]}, "results": {"type": "array"}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
             "code": {"type": "string"},
             "message": {"type": "string"},
@@ -294,7 +311,7 @@ fn schemas() -> Value {
 
 fn parameters(path: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for name in ["id", "campaignId", "spaceId"] {
+    for name in ["id", "campaignId", "spaceId", "dispatchId", "orderNo"] {
         if path.contains(&format!("{{{name}}}")) {
             out.push(
                 json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}),

@@ -12,7 +12,9 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use touchpoint::{SystemClock, Touchpoints, UrlPolicy};
 use touchpoint_admin_api::{ApiKeys, AppState, router};
+use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
 use touchpoint_embedded::SqliteStore;
+use touchpoint_outbound::Outbound;
 use tower::ServiceExt;
 
 const ADMIN: &str = "admin-key-project-1";
@@ -55,17 +57,30 @@ impl Api {
             "{ADMIN}=1:admin,{ADMIN_2}=2:admin,{OPERATOR_A}=1:operator:space-a,{CAMPAIGN}=1:campaign"
         ))
         .unwrap();
+        let store = Arc::new(store);
+        let clock = Arc::new(SystemClock);
         let touchpoints = Touchpoints::new(
-            Arc::new(store),
-            Arc::new(SystemClock),
+            store.clone(),
+            clock.clone(),
             UrlPolicy {
                 allow_plain_http: false,
             },
+        );
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            store.clone(),
+            Outbound::new(false).unwrap(),
+            clock.clone(),
+            DispatcherConfig::default(),
         );
         Api {
             app: router(AppState {
                 touchpoints,
                 auth: Arc::new(keys),
+                delivery: store.clone(),
+                intake: store,
+                dispatcher: Arc::new(dispatcher),
+                clock,
             }),
         }
     }
@@ -940,7 +955,9 @@ async fn every_documented_operation_is_served() {
             let concrete = path
                 .replace("{id}", "tp_01JDX3ZZZZZZZZZZZZZZZZZZZZ")
                 .replace("{campaignId}", "c1")
-                .replace("{spaceId}", "space-a");
+                .replace("{spaceId}", "space-a")
+                .replace("{dispatchId}", "d1")
+                .replace("{orderNo}", "0123456789abcdef0123456789abcdef");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = api.call(method.clone(), &concrete, Some(ADMIN), None).await;
             assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");

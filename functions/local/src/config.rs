@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use touchpoint_dispatcher::{DispatcherConfig, RetryPolicy, parse_duration};
+
 pub const USAGE: &str = "\
 usage: touchpoint [serve] [--listen ADDR] [--data-dir DIR]
+       touchpoint receiver [--listen ADDR] [--token TOKEN] [--mode sync|async]
        touchpoint --help | --version
 
   --listen ADDR     address to serve the API on (default 127.0.0.1:8080; port 0 picks a free one)
@@ -17,17 +20,24 @@ environment:
                                 roles admin, operator, campaign. Unset: one admin key for project 1 is
                                 generated into the data directory and shown at start-up.
   TOUCHPOINT_ALLOW_PLAIN_HTTP   accept http:// touchpoint URLs (default true locally)
+  TOUCHPOINT_ALLOW_PRIVATE_NETWORKS  let outbound requests reach loopback and private addresses
+                                (default false: the SSRF guard is on)
+  TOUCHPOINT_RETRY_SCHEDULE     waits between delivery attempts (default 30s,2m,10m,30m,1h)
+  TOUCHPOINT_REQUEST_TIMEOUT    per request to a receiver (default 15s, at most 60s)
+  TOUCHPOINT_CONCURRENCY        requests in flight per touchpoint (default 4)
+  TOUCHPOINT_MAX_RECEIVES       deliveries of a queued dispatch before it is dead-lettered (default 20)
   TOUCHPOINT_LOG_FORMAT         human (default) or json
   TOUCHPOINT_LOG                log filter, e.g. info or touchpoint=debug (default info)";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     Serve(Config),
+    Receiver(crate::receiver::ReceiverConfig),
     Help,
     Version,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -36,6 +46,10 @@ pub struct Config {
     pub allow_plain_http: bool,
     pub json_logs: bool,
     pub log_filter: String,
+    /// Turn the SSRF guard off (receivers on localhost in the quick start).
+    pub allow_private_networks: bool,
+    pub dispatcher: DispatcherConfig,
+    pub max_receives: u32,
 }
 
 fn flag(name: &str, value: Option<String>) -> Result<bool, String> {
@@ -47,8 +61,51 @@ fn flag(name: &str, value: Option<String>) -> Result<bool, String> {
     }
 }
 
+fn parse_receiver(args: &[String]) -> Result<Command, String> {
+    let mut listen = "127.0.0.1:9000".to_owned();
+    let mut token = None;
+    let mut mode = crate::receiver::Mode::Sync;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| rest.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--listen" => listen = value()?,
+            "--token" => token = Some(value()?).filter(|t| !t.is_empty()),
+            "--mode" => {
+                mode = match value()?.as_str() {
+                    "sync" => crate::receiver::Mode::Sync,
+                    "async" => crate::receiver::Mode::Async,
+                    other => return Err(format!("--mode must be sync or async, not {other:?}")),
+                }
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let listen = listen
+        .parse()
+        .map_err(|_| format!("--listen: {listen:?} is not an address"))?;
+    Ok(Command::Receiver(crate::receiver::ReceiverConfig {
+        listen,
+        token,
+        mode,
+    }))
+}
+
 /// Reads `args` (without the program name) and the environment through `env`.
 pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, String> {
+    if args.first().map(String::as_str) == Some("receiver") {
+        return parse_receiver(&args[1..]);
+    }
     let mut listen = env("TOUCHPOINT_LISTEN").filter(|s| !s.is_empty());
     let mut data_dir = env("TOUCHPOINT_DATA_DIR").filter(|s| !s.is_empty());
     let mut rest = args.iter();
@@ -87,6 +144,35 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             ));
         }
     };
+    let mut dispatcher = DispatcherConfig::default();
+    if let Some(s) = env("TOUCHPOINT_RETRY_SCHEDULE").filter(|s| !s.trim().is_empty()) {
+        dispatcher.retry =
+            RetryPolicy::parse(&s).map_err(|e| format!("TOUCHPOINT_RETRY_SCHEDULE: {e}"))?;
+    }
+    if let Some(s) = env("TOUCHPOINT_REQUEST_TIMEOUT").filter(|s| !s.trim().is_empty()) {
+        let t = parse_duration(&s).map_err(|e| format!("TOUCHPOINT_REQUEST_TIMEOUT: {e}"))?;
+        if t.is_zero() || t > std::time::Duration::from_secs(60) {
+            return Err("TOUCHPOINT_REQUEST_TIMEOUT must be between 1ms and 60s".into());
+        }
+        dispatcher.request_timeout = t;
+    }
+    if let Some(s) = env("TOUCHPOINT_CONCURRENCY").filter(|s| !s.trim().is_empty()) {
+        dispatcher.per_touchpoint_concurrency = s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=256).contains(n))
+            .ok_or("TOUCHPOINT_CONCURRENCY must be an integer from 1 to 256")?;
+    }
+    let max_receives = match env("TOUCHPOINT_MAX_RECEIVES").filter(|s| !s.trim().is_empty()) {
+        None => 20,
+        Some(s) => s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n >= 2)
+            .ok_or("TOUCHPOINT_MAX_RECEIVES must be an integer of at least 2")?,
+    };
     Ok(Command::Serve(Config {
         listen,
         data_dir: PathBuf::from(data_dir.unwrap_or_else(|| "touchpoint-data".into())),
@@ -97,6 +183,12 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         },
         json_logs,
         log_filter: env("TOUCHPOINT_LOG").unwrap_or_else(|| "info".into()),
+        allow_private_networks: match env("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS") {
+            None => false,
+            v => flag("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", v)?,
+        },
+        dispatcher,
+        max_receives,
     }))
 }
 
@@ -137,6 +229,14 @@ mod tests {
                 .then(|| "xml".into()))
             .is_err()
         );
-        assert_eq!(parse(&args(&["--help"]), |_| None).unwrap(), Command::Help);
+        assert!(matches!(
+            parse(&args(&["--help"]), |_| None).unwrap(),
+            Command::Help
+        ));
+        assert!(
+            parse(&[], |n| (n == "TOUCHPOINT_RETRY_SCHEDULE")
+                .then(|| "soon".into()))
+            .is_err()
+        );
     }
 }

@@ -10,11 +10,18 @@ use std::sync::Arc;
 
 use touchpoint::{SystemClock, Touchpoints, UrlPolicy};
 use touchpoint_admin_api::{ApiKeys, AppState};
-use touchpoint_embedded::SqliteStore;
+use touchpoint_dispatcher::Dispatcher;
+use touchpoint_embedded::{ResultsFile, SqliteStore};
+use touchpoint_outbound::Outbound;
 
 mod config;
+pub mod receiver;
+mod worker;
 
 pub use config::{Command, Config};
+
+/// The file in the data directory where result events are appended.
+pub const RESULTS_FILE: &str = "results.jsonl";
 
 /// The file in the data directory that holds the generated admin key.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
@@ -37,6 +44,19 @@ pub fn main_entry() -> ExitCode {
         Command::Version => {
             println!("touchpoint {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        Command::Receiver(cfg) => {
+            init_logging(false, "info");
+            match tokio::runtime::Runtime::new()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(receiver::run(cfg)))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("touchpoint receiver: {message}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve(cfg) => {
             init_logging(cfg.json_logs, &cfg.log_filter);
@@ -190,17 +210,57 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
             "plain http:// touchpoint URLs are accepted (TOUCHPOINT_ALLOW_PLAIN_HTTP=true)"
         );
     }
+    if cfg.allow_private_networks {
+        tracing::warn!(
+            "outbound requests may reach loopback and private networks (TOUCHPOINT_ALLOW_PRIVATE_NETWORKS=true); never in production"
+        );
+    }
+    let clock: Arc<dyn touchpoint::Clock> = Arc::new(SystemClock);
+    let (recovered_messages, recovered_batches) = store
+        .recover_after_restart(clock.now_ms())
+        .await
+        .map_err(|e| format!("cannot recover the queue: {e}"))?;
+    if recovered_messages + recovered_batches > 0 {
+        tracing::info!(
+            recovered_messages,
+            recovered_batches,
+            "resuming work left by the previous run"
+        );
+    }
+    let shared = Arc::new(store.clone());
     let touchpoints = Touchpoints::new(
-        Arc::new(store),
-        Arc::new(SystemClock),
+        shared.clone(),
+        clock.clone(),
         UrlPolicy {
             allow_plain_http: cfg.allow_plain_http,
         },
     );
+    let outbound = Outbound::new(cfg.allow_private_networks)?;
+    let dispatcher = Arc::new(Dispatcher::new(
+        shared.clone(),
+        shared.clone(),
+        outbound,
+        clock.clone(),
+        cfg.dispatcher.clone(),
+    ));
     let app = touchpoint_admin_api::router(AppState {
         touchpoints,
         auth: Arc::new(keys.keys),
+        delivery: shared.clone(),
+        intake: shared,
+        dispatcher: dispatcher.clone(),
+        clock: clock.clone(),
     });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = Arc::new(worker::Worker {
+        store: store.clone(),
+        dispatcher,
+        clock,
+        max_receives: cfg.max_receives,
+    });
+    let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
+    let results = ResultsFile::new(store.clone(), cfg.data_dir.join(RESULTS_FILE));
+    let publisher_task = tokio::spawn(worker::publish_results(results, store.clone(), stop_rx));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -217,12 +277,16 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"))?;
+    let _ = stop_tx.send(true);
+    // Batches still in flight are sent again with the same orderNo after the next start.
+    worker_task.abort();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), publisher_task).await;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM; in-flight requests then finish before the process exits.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -6,7 +6,9 @@
 //! load is small, and a single writer is what SQLite allows anyway.
 #![forbid(unsafe_code)]
 
+mod delivery;
 mod schema;
 mod store;
 
+pub use delivery::{QueuedDispatch, ResultsFile};
 pub use store::SqliteStore;

@@ -37,6 +37,68 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (project_id, touchpoint_id, campaign_id),
          FOREIGN KEY (project_id, touchpoint_id) REFERENCES touchpoints (project_id, id) ON DELETE CASCADE
      ) WITHOUT ROWID;",
+    // 2: dispatch intake and the local queue, the delivery ledger, statistics.
+    "CREATE TABLE dispatch_intake (
+         project_id  INTEGER NOT NULL,
+         dispatch_id TEXT    NOT NULL,
+         body        TEXT    NOT NULL,
+         received_at INTEGER NOT NULL,
+         PRIMARY KEY (project_id, dispatch_id)
+     ) WITHOUT ROWID;
+     CREATE TABLE queue (
+         id          INTEGER PRIMARY KEY,
+         project_id  INTEGER NOT NULL,
+         dispatch_id TEXT    NOT NULL,
+         visible_at  INTEGER NOT NULL,
+         receives    INTEGER NOT NULL,
+         dead        INTEGER NOT NULL DEFAULT 0,
+         dead_reason TEXT
+     );
+     CREATE INDEX queue_visible ON queue (dead, visible_at);
+     CREATE TABLE dispatches (
+         project_id  INTEGER NOT NULL,
+         dispatch_id TEXT    NOT NULL,
+         meta        TEXT    NOT NULL,
+         users       INTEGER NOT NULL,
+         batch_size  INTEGER NOT NULL,
+         rejected    TEXT,
+         received_at INTEGER NOT NULL,
+         PRIMARY KEY (project_id, dispatch_id)
+     ) WITHOUT ROWID;
+     CREATE TABLE batches (
+         order_no         TEXT    PRIMARY KEY,
+         project_id       INTEGER NOT NULL,
+         dispatch_id      TEXT    NOT NULL,
+         batch_index      INTEGER NOT NULL,
+         touchpoint_id    TEXT    NOT NULL,
+         campaign_id      TEXT    NOT NULL,
+         users            INTEGER NOT NULL,
+         state            TEXT    NOT NULL,
+         attempts         INTEGER NOT NULL,
+         lease_until      INTEGER,
+         next_attempt_at  INTEGER,
+         last_http_status INTEGER,
+         last_error       TEXT,
+         response_excerpt TEXT,
+         sent_at          INTEGER,
+         resolved_at      INTEGER,
+         succeeded        INTEGER NOT NULL,
+         failed           INTEGER NOT NULL,
+         results          TEXT,
+         published_offset INTEGER
+     );
+     CREATE INDEX batches_by_dispatch ON batches (project_id, dispatch_id, batch_index);
+     CREATE INDEX batches_unpublished ON batches (resolved_at) WHERE state = 'final' AND published_offset IS NULL;
+     CREATE INDEX batches_published ON batches (published_offset) WHERE published_offset IS NOT NULL;
+     CREATE TABLE stats (
+         project_id INTEGER NOT NULL,
+         scope      TEXT    NOT NULL,
+         key        TEXT    NOT NULL,
+         sent       INTEGER NOT NULL,
+         succeeded  INTEGER NOT NULL,
+         failed     INTEGER NOT NULL,
+         PRIMARY KEY (project_id, scope, key)
+     ) WITHOUT ROWID;",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

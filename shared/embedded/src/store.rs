@@ -1,6 +1,7 @@
 //! [`TouchpointStore`] on SQLite.
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -18,6 +19,10 @@ pub const DATABASE_FILE: &str = "touchpoint.db";
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Ledger writes (claims, records, dispatch opens), for the benchmarks' writes-per-batch.
+    writes: Arc<AtomicU64>,
+    queue_ready: Arc<tokio::sync::Notify>,
+    results_ready: Arc<tokio::sync::Notify>,
 }
 
 impl SqliteStore {
@@ -43,11 +48,41 @@ impl SqliteStore {
         schema::migrate(&mut conn).map_err(StoreError::backend)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            writes: Arc::new(AtomicU64::new(0)),
+            queue_ready: Arc::new(tokio::sync::Notify::new()),
+            results_ready: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
+    /// Ledger writes made by this process so far.
+    pub fn ledger_writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn writes(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.writes)
+    }
+
+    /// Wakes when a dispatch is queued.
+    pub fn queue_ready(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.queue_ready)
+    }
+
+    /// Wakes when final results wait to be published.
+    pub fn results_ready(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.results_ready)
+    }
+
+    pub(crate) fn notify_queue(&self) {
+        self.queue_ready.notify_one();
+    }
+
+    pub(crate) fn notify_results(&self) {
+        self.results_ready.notify_one();
+    }
+
     /// Runs `f` on the connection inside one transaction, on the blocking pool.
-    async fn tx<T: Send + 'static>(
+    pub(crate) async fn tx<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -68,7 +103,7 @@ impl SqliteStore {
 
 const COLUMNS: &str = "project_id, id, enabled, version, spec, token, created_at, updated_at";
 
-fn backend(e: rusqlite::Error) -> StoreError {
+pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::backend(e)
 }
 

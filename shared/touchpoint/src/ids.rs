@@ -55,6 +55,18 @@ pub fn is_touchpoint_id(id: &str) -> bool {
         .is_some_and(|rest| rest.len() == 26 && rest.bytes().all(|b| CROCKFORD.contains(&b)))
 }
 
+/// 32 random lower-case hex characters (an `orderNo` for a test send).
+pub fn random_order_no() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Still unique within the process: a hash of a monotonic id.
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(ulid(0).as_bytes());
+        bytes.copy_from_slice(&digest[..16]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,283 @@
+//! Dispatch intake, delivery visibility and test send.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use touchpoint::delivery::{BatchState, StatsScope};
+use touchpoint::dispatch::{
+    Dispatch, DispatchUser, dynamic_data, read_dispatch, render_for_user, resolve_template,
+};
+use touchpoint::ids::random_order_no;
+use touchpoint::protocol::UserData;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParams};
+
+const CAMPAIGN_SYSTEM: &[&str] = &["admin", "campaign"];
+/// Most users one test send may carry.
+const MAX_TEST_USERS: usize = 10;
+
+/// `POST /v1/dispatches`: store durably and queue; the same `dispatchId` again queues nothing.
+pub async fn submit_dispatch(
+    State(state): State<AppState>,
+    who: Principal,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    who.require(CAMPAIGN_SYSTEM)?;
+    let (dispatch, _) = read_dispatch(&body)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "malformed_dispatch", m.0))?;
+    if dispatch.project_id != who.project_id {
+        return Err(ApiError::forbidden(format!(
+            "this key acts for project {}, not {}",
+            who.project_id, dispatch.project_id
+        )));
+    }
+    let queued = state
+        .intake
+        .submit(
+            who.project_id,
+            &dispatch.dispatch_id,
+            body.to_string(),
+            state.clock.now_ms(),
+        )
+        .await
+        .map_err(touchpoint::DomainError::from)?;
+    let status = if queued {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let what = if queued { "queued" } else { "duplicate" };
+    if queued {
+        tracing::info!(project = who.project_id, dispatch = %dispatch.dispatch_id, users = dispatch.users.len(), "dispatch queued");
+    }
+    Ok((
+        status,
+        Json(json!({"dispatchId": dispatch.dispatch_id, "status": what})),
+    )
+        .into_response())
+}
+
+pub async fn get_dispatch(
+    State(state): State<AppState>,
+    who: Principal,
+    PathParams(dispatch_id): PathParams<String>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(CAMPAIGN_SYSTEM)?;
+    let store = |e| ApiError::from(touchpoint::DomainError::from(e));
+    let view = state
+        .delivery
+        .dispatch(who.project_id, &dispatch_id)
+        .await
+        .map_err(store)?;
+    let Some(view) = view else {
+        // Submitted but not picked up yet?
+        return Err(ApiError::not_found(
+            "no such dispatch (a just-submitted one appears once the dispatcher takes it)",
+        ));
+    };
+    let batches = state
+        .delivery
+        .dispatch_batches(who.project_id, &dispatch_id)
+        .await
+        .map_err(store)?;
+    let succeeded: u32 = batches.iter().map(|b| b.succeeded).sum();
+    let failed: u32 = batches.iter().map(|b| b.failed).sum();
+    let finished = batches
+        .iter()
+        .filter(|b| b.state == BatchState::Final)
+        .count() as u32;
+    let state_name = if view.rejected.is_some() {
+        "rejected"
+    } else if succeeded + failed >= view.users {
+        "completed"
+    } else {
+        "in_progress"
+    };
+    let listed: Vec<Value> = batches
+        .iter()
+        .map(|b| {
+            json!({
+                "orderNo": b.order_no, "index": b.batch_index, "state": b.state, "users": b.users,
+                "succeeded": b.succeeded, "failed": b.failed, "attempts": b.attempts,
+                "lastHttpStatus": b.last_http_status, "lastError": b.last_error,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "dispatchId": view.meta.dispatch_id,
+        "projectId": view.meta.project_id,
+        "campaignId": view.meta.campaign_id,
+        "strategyId": view.meta.strategy_id,
+        "spaceId": view.meta.space_id,
+        "touchpointId": view.meta.touchpoint_id,
+        "state": state_name,
+        "rejected": view.rejected,
+        "receivedAt": touchpoint::clock::rfc3339(view.received_at),
+        "counts": {
+            "users": view.users,
+            "succeeded": succeeded,
+            "failed": failed,
+            "pending": view.users.saturating_sub(succeeded + failed),
+            "batches": view.batches,
+            "batchesFinished": finished,
+        },
+        "batches": listed,
+    })))
+}
+
+pub async fn get_batch(
+    State(state): State<AppState>,
+    who: Principal,
+    PathParams(order_no): PathParams<String>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(CAMPAIGN_SYSTEM)?;
+    let batch = state
+        .delivery
+        .batch(who.project_id, &order_no)
+        .await
+        .map_err(|e| ApiError::from(touchpoint::DomainError::from(e)))?
+        .ok_or_else(|| ApiError::not_found("no such batch"))?;
+    let results: Vec<Value> = batch
+        .results
+        .iter()
+        .map(|r| json!({"gid": r.gid, "status": r.status.code(), "errorMsg": r.status.reason()}))
+        .collect();
+    let time = |t: Option<i64>| t.map(touchpoint::clock::rfc3339);
+    Ok(Json(json!({
+        "orderNo": batch.order_no,
+        "dispatchId": batch.dispatch_id,
+        "index": batch.batch_index,
+        "touchpointId": batch.touchpoint_id,
+        "campaignId": batch.campaign_id,
+        "state": batch.state,
+        "users": batch.users,
+        "succeeded": batch.succeeded,
+        "failed": batch.failed,
+        "pending": batch.users.saturating_sub(batch.succeeded + batch.failed),
+        "attempts": batch.attempts,
+        "lastHttpStatus": batch.last_http_status,
+        "lastError": batch.last_error,
+        "responseExcerpt": batch.response_excerpt,
+        "nextAttemptAt": time(batch.next_attempt_at),
+        "sentAt": time(batch.sent_at),
+        "resolvedAt": time(batch.resolved_at),
+        "results": results,
+    })))
+}
+
+pub async fn campaign_stats(
+    State(state): State<AppState>,
+    who: Principal,
+    PathParams(campaign_id): PathParams<String>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(CAMPAIGN_SYSTEM)?;
+    let c = state
+        .delivery
+        .stats(who.project_id, StatsScope::Campaign, &campaign_id)
+        .await
+        .map_err(|e| ApiError::from(touchpoint::DomainError::from(e)))?;
+    Ok(Json(
+        json!({"campaignId": campaign_id, "sent": c.sent, "succeeded": c.succeeded, "failed": c.failed, "pending": c.pending}),
+    ))
+}
+
+pub async fn touchpoint_stats(
+    State(state): State<AppState>,
+    who: Principal,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(&["admin"])?;
+    state.touchpoints.get(who.project_id, &id).await?;
+    let c = state
+        .delivery
+        .stats(who.project_id, StatsScope::Touchpoint, &id)
+        .await
+        .map_err(|e| ApiError::from(touchpoint::DomainError::from(e)))?;
+    Ok(Json(
+        json!({"touchpointId": id, "sent": c.sent, "succeeded": c.succeeded, "failed": c.failed, "pending": c.pending}),
+    ))
+}
+
+/// `POST /v1/touchpoints/{id}/test`: one real signed request, enabled or not, not counted.
+pub async fn test_send(
+    State(state): State<AppState>,
+    who: Principal,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    who.require(&["admin"])?;
+    let tp = state.touchpoints.get(who.project_id, &id).await?;
+    let invalid = |m: String| ApiError::validation(vec![touchpoint::FieldError::new("", m)]);
+    let users: Vec<DispatchUser> = match body.get("users") {
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_TEST_USERS => items
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let gid = u.get("gid").and_then(Value::as_i64).ok_or_else(|| {
+                    ApiError::validation(vec![touchpoint::FieldError::new(
+                        format!("users[{i}].gid"),
+                        "must be an integer",
+                    )])
+                })?;
+                let attributes = u
+                    .get("attributes")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                Ok(DispatchUser { gid, attributes })
+            })
+            .collect::<Result<_, ApiError>>()?,
+        _ => {
+            return Err(ApiError::validation(vec![touchpoint::FieldError::new(
+                "users",
+                format!(
+                    "1 to {MAX_TEST_USERS} test users required, each {{\"gid\": …, \"attributes\": {{…}}}}"
+                ),
+            )]));
+        }
+    };
+    // Checked like a dispatch, except that a test works whether the touchpoint is enabled
+    // and authorized or not.
+    let mut reachable = tp.clone();
+    reachable.enabled = true;
+    let dispatch = Dispatch {
+        dispatch_id: "test".into(),
+        project_id: who.project_id,
+        space_id: "test".into(),
+        campaign_id: "test".into(),
+        strategy_id: None,
+        touchpoint_id: tp.id.clone(),
+        template_values: body
+            .get("templateValues")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
+        users,
+    };
+    reachable.space_ids = vec![dispatch.space_id.clone()];
+    let template = resolve_template(&dispatch, Some(&reachable)).map_err(invalid)?;
+    let data: Vec<UserData> = dispatch
+        .users
+        .iter()
+        .map(|u| {
+            let dynamic = dynamic_data(&tp, u);
+            let tem_data = render_for_user(&tp, &template, &dynamic);
+            UserData {
+                gid: u.gid,
+                dynamic_data: dynamic,
+                tem_data,
+            }
+        })
+        .collect();
+    let report = state
+        .dispatcher
+        .test_send(&tp, data, random_order_no())
+        .await;
+    tracing::info!(project = who.project_id, touchpoint = %tp.id, status = ?report.get("httpStatus"), "test send");
+    Ok(Json(report))
+}

@@ -1,0 +1,136 @@
+//! The in-process halves of the local service: the dispatch worker that drains the durable
+//! local queue through the same [`Dispatcher`] the SQS Lambda uses, and the results publisher.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Semaphore, watch};
+use touchpoint::clock::Clock;
+use touchpoint_dispatcher::{Dispatcher, Handled};
+use touchpoint_embedded::{QueuedDispatch, ResultsFile, SqliteStore};
+
+/// Messages handled at once; each runs its batches under the per-touchpoint gates.
+const CONCURRENT_MESSAGES: usize = 8;
+/// How long a received message stays hidden while it is handled.
+const VISIBILITY_MS: i64 = 10 * 60 * 1000;
+/// Longest sleep when nothing is queued (a submit wakes the worker at once).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+pub struct Worker {
+    pub store: SqliteStore,
+    pub dispatcher: Arc<Dispatcher>,
+    pub clock: Arc<dyn Clock>,
+    /// Receives after which a message is dead-lettered and its remaining users failed.
+    pub max_receives: u32,
+}
+
+impl Worker {
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(CONCURRENT_MESSAGES));
+        let wake = self.store.queue_ready();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let now = self.clock.now_ms();
+            match self.store.receive(now, VISIBILITY_MS).await {
+                Ok(Some(message)) => {
+                    let worker = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        worker.handle(message).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    let next = self.store.next_visible().await.ok().flatten();
+                    let sleep = next
+                        .map(|t| {
+                            Duration::from_millis((t - self.clock.now_ms()).clamp(1, 1000) as u64)
+                        })
+                        .unwrap_or(IDLE_POLL);
+                    tokio::select! {
+                        () = wake.notified() => {}
+                        () = tokio::time::sleep(sleep) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::error!(error = %e, "cannot read the local queue");
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, message: QueuedDispatch) {
+        let body: Value = match serde_json::from_str(&message.body) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self
+                    .store
+                    .dead_letter(message.id, &format!("not JSON: {e}"))
+                    .await;
+                return;
+            }
+        };
+        if message.receives > self.max_receives {
+            let reason = format!("dead-lettered after {} deliveries", message.receives - 1);
+            tracing::error!(queue_id = message.id, %reason, "giving up on a dispatch");
+            match self.dispatcher.give_up(&body, &reason).await {
+                Ok(()) => {
+                    let _ = self.store.dead_letter(message.id, &reason).await;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot record the dead-lettered dispatch"),
+            }
+            return;
+        }
+        let outcome = self.dispatcher.handle(&body).await;
+        let result = match outcome {
+            Ok(Handled::Done) => self.store.ack(message.id).await,
+            Ok(Handled::RetryAt(at)) => self.store.redeliver_at(message.id, at).await,
+            Ok(Handled::Malformed(reason)) => {
+                tracing::error!(queue_id = message.id, %reason, "malformed dispatch dead-lettered");
+                self.store.dead_letter(message.id, &reason).await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dispatch failed on storage; it will be retried");
+                self.store
+                    .redeliver_at(message.id, self.clock.now_ms() + 1_000)
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, queue_id = message.id, "cannot update the local queue");
+        }
+    }
+}
+
+/// Publishes final outcomes to `results.jsonl` until stopped.
+pub async fn publish_results(
+    results: ResultsFile,
+    store: SqliteStore,
+    mut stop: watch::Receiver<bool>,
+) {
+    let wake = store.results_ready();
+    loop {
+        match results.publish_pending().await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot publish results"),
+        }
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,695 @@
+//! [`DeliveryStore`] on SQLite, the local dispatch queue, and the results file publisher.
+
+use std::io::{Seek, Write};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde_json::{Value, json};
+use touchpoint::ProjectId;
+use touchpoint::clock::Millis;
+use touchpoint::delivery::*;
+use touchpoint::dispatch::order_no;
+use touchpoint::ports::StoreError;
+use touchpoint::protocol::UserStatus;
+
+use crate::store::{SqliteStore, backend};
+
+/// Index of the pseudo-batch that holds a refused dispatch's users.
+const REJECTED_INDEX: i64 = -1;
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn bump_stats(
+    tx: &Transaction<'_>,
+    project: ProjectId,
+    campaign: &str,
+    touchpoint: &str,
+    sent: i64,
+    succeeded: i64,
+    failed: i64,
+) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO stats (project_id, scope, key, sent, succeeded, failed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (project_id, scope, key) DO UPDATE SET
+               sent = sent + excluded.sent, succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed",
+        )
+        .map_err(backend)?;
+    stmt.execute(params![
+        project, "campaign", campaign, sent, succeeded, failed
+    ])
+    .map_err(backend)?;
+    stmt.execute(params![
+        project,
+        "touchpoint",
+        touchpoint,
+        sent,
+        succeeded,
+        failed
+    ])
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn counts(results: &[UserResult]) -> (i64, i64) {
+    let ok = results
+        .iter()
+        .filter(|r| r.status == UserStatus::Succeeded)
+        .count() as i64;
+    (ok, results.len() as i64 - ok)
+}
+
+fn insert_dispatch(
+    tx: &Transaction<'_>,
+    meta: &DispatchMeta,
+    users: u32,
+    batch_size: u32,
+    rejected: Option<&str>,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let meta_json = serde_json::to_string(meta).map_err(json_err)?;
+    let n = tx
+        .execute(
+            "INSERT OR IGNORE INTO dispatches (project_id, dispatch_id, meta, users, batch_size, rejected, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![meta.project_id, meta.dispatch_id, meta_json, users, batch_size, rejected, now],
+        )
+        .map_err(backend)?;
+    Ok(n == 1)
+}
+
+const BATCH_COLUMNS: &str = "order_no, dispatch_id, batch_index, touchpoint_id, campaign_id, state, users, succeeded, failed,
+     attempts, last_http_status, last_error, response_excerpt, next_attempt_at, sent_at, resolved_at, results";
+
+fn row_to_batch(r: &rusqlite::Row<'_>) -> rusqlite::Result<(BatchView, String)> {
+    let state: String = r.get(5)?;
+    Ok((
+        BatchView {
+            order_no: r.get(0)?,
+            dispatch_id: r.get(1)?,
+            batch_index: r.get(2)?,
+            touchpoint_id: r.get(3)?,
+            campaign_id: r.get(4)?,
+            state: BatchState::parse(&state).unwrap_or(BatchState::InFlight),
+            users: r.get(6)?,
+            succeeded: r.get(7)?,
+            failed: r.get(8)?,
+            attempts: r.get(9)?,
+            last_http_status: r.get(10)?,
+            last_error: r.get(11)?,
+            response_excerpt: r.get(12)?,
+            next_attempt_at: r.get(13)?,
+            sent_at: r.get(14)?,
+            resolved_at: r.get(15)?,
+            results: Vec::new(),
+        },
+        r.get::<_, Option<String>>(16)?.unwrap_or_default(),
+    ))
+}
+
+fn with_results((mut view, results): (BatchView, String)) -> Result<BatchView, StoreError> {
+    if !results.is_empty() {
+        view.results = serde_json::from_str(&results).map_err(json_err)?;
+    }
+    Ok(view)
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn open_dispatch(
+        &self,
+        meta: &DispatchMeta,
+        users: u32,
+        batch_size: u32,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let meta = meta.clone();
+        let writes = self.writes();
+        self.tx(move |tx| {
+            let new = insert_dispatch(tx, &meta, users, batch_size, None, now)?;
+            if new {
+                bump_stats(
+                    tx,
+                    meta.project_id,
+                    &meta.campaign_id,
+                    &meta.touchpoint_id,
+                    i64::from(users),
+                    0,
+                    0,
+                )?;
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(new)
+        })
+        .await
+    }
+
+    async fn reject_dispatch(
+        &self,
+        meta: &DispatchMeta,
+        gids: &[i64],
+        reason: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let meta = meta.clone();
+        let gids = gids.to_vec();
+        let reason = reason.to_owned();
+        self.tx(move |tx| {
+            if !insert_dispatch(tx, &meta, gids.len() as u32, 0, Some(&reason), now)? {
+                return Ok(());
+            }
+            let results: Vec<UserResult> = gids
+                .iter()
+                .map(|gid| UserResult { gid: *gid, status: UserStatus::failed(reason.clone()) })
+                .collect();
+            let results_json = serde_json::to_string(&results).map_err(json_err)?;
+            tx.execute(
+                "INSERT INTO batches (order_no, project_id, dispatch_id, batch_index, touchpoint_id, campaign_id, users,
+                                      state, attempts, last_error, resolved_at, succeeded, failed, results)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'final', 0, ?8, ?9, 0, ?7, ?10)",
+                params![
+                    order_no(meta.project_id, &meta.dispatch_id, usize::MAX),
+                    meta.project_id,
+                    meta.dispatch_id,
+                    REJECTED_INDEX,
+                    meta.touchpoint_id,
+                    meta.campaign_id,
+                    gids.len() as i64,
+                    reason,
+                    now,
+                    results_json
+                ],
+            )
+            .map_err(backend)?;
+            let n = gids.len() as i64;
+            bump_stats(tx, meta.project_id, &meta.campaign_id, &meta.touchpoint_id, n, 0, n)
+        })
+        .await?;
+        self.notify_results();
+        Ok(())
+    }
+
+    async fn claim_batch(
+        &self,
+        meta: &DispatchMeta,
+        index: usize,
+        order_no: &str,
+        users: u32,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError> {
+        let meta = meta.clone();
+        let order_no = order_no.to_owned();
+        let writes = self.writes();
+        self.tx(move |tx| {
+            let row: Option<(String, u32, Option<i64>, Option<i64>)> = tx
+                .query_row(
+                    "SELECT state, attempts, lease_until, next_attempt_at FROM batches WHERE order_no = ?1",
+                    params![order_no],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let attempt = match row {
+                None => {
+                    tx.execute(
+                        "INSERT INTO batches (order_no, project_id, dispatch_id, batch_index, touchpoint_id, campaign_id,
+                                              users, state, attempts, lease_until, sent_at, succeeded, failed)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'in_flight', 1, ?8, ?9, 0, 0)",
+                        params![
+                            order_no,
+                            meta.project_id,
+                            meta.dispatch_id,
+                            index as i64,
+                            meta.touchpoint_id,
+                            meta.campaign_id,
+                            users,
+                            lease_until,
+                            now
+                        ],
+                    )
+                    .map_err(backend)?;
+                    writes.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Claim::Send { attempt: 1 });
+                }
+                Some((state, attempts, lease, next)) => match BatchState::parse(&state) {
+                    Some(BatchState::Final | BatchState::Accepted) => return Ok(Claim::Done),
+                    Some(BatchState::InFlight) if lease.unwrap_or(0) > now => {
+                        return Ok(Claim::NotBefore(lease.unwrap_or(now)));
+                    }
+                    Some(BatchState::RetryWait) if next.unwrap_or(0) > now => {
+                        return Ok(Claim::NotBefore(next.unwrap_or(now)));
+                    }
+                    _ => attempts + 1,
+                },
+            };
+            tx.execute(
+                "UPDATE batches SET state = 'in_flight', attempts = ?2, lease_until = ?3 WHERE order_no = ?1",
+                params![order_no, attempt, lease_until],
+            )
+            .map_err(backend)?;
+            writes.fetch_add(1, Ordering::Relaxed);
+            Ok(Claim::Send { attempt })
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        let writes = self.writes();
+        let is_final = matches!(record.outcome, AttemptOutcome::Final(_));
+        self.tx(move |tx| {
+            writes.fetch_add(1, Ordering::Relaxed);
+            match &record.outcome {
+                AttemptOutcome::Retry { next_attempt_at } => {
+                    tx.execute(
+                        "UPDATE batches SET state = 'retry_wait', attempts = ?2, next_attempt_at = ?3, last_http_status = ?4,
+                                last_error = ?5, response_excerpt = ?6, lease_until = NULL
+                         WHERE order_no = ?1 AND state = 'in_flight'",
+                        params![
+                            record.order_no,
+                            record.attempt,
+                            next_attempt_at,
+                            record.http_status,
+                            record.error,
+                            record.response_excerpt
+                        ],
+                    )
+                    .map_err(backend)?;
+                    Ok(())
+                }
+                AttemptOutcome::Final(results) => {
+                    let (ok, failed) = counts(results);
+                    let results_json = serde_json::to_string(results).map_err(json_err)?;
+                    let owner: Option<(ProjectId, String, String)> = tx
+                        .query_row(
+                            "UPDATE batches SET state = 'final', attempts = ?2, last_http_status = ?3, last_error = ?4,
+                                    response_excerpt = ?5, resolved_at = ?6, succeeded = ?7, failed = ?8, results = ?9,
+                                    lease_until = NULL, next_attempt_at = NULL
+                             WHERE order_no = ?1 AND state != 'final'
+                             RETURNING project_id, campaign_id, touchpoint_id",
+                            params![
+                                record.order_no,
+                                record.attempt,
+                                record.http_status,
+                                record.error,
+                                record.response_excerpt,
+                                record.at,
+                                ok,
+                                failed,
+                                results_json
+                            ],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        )
+                        .optional()
+                        .map_err(backend)?;
+                    // Already final (a duplicate record): count nothing twice.
+                    if let Some((project, campaign, touchpoint)) = owner {
+                        bump_stats(tx, project, &campaign, &touchpoint, 0, ok, failed)?;
+                    }
+                    Ok(())
+                }
+            }
+        })
+        .await?;
+        if is_final {
+            self.notify_results();
+        }
+        Ok(())
+    }
+
+    async fn dispatch(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Option<DispatchView>, StoreError> {
+        let dispatch_id = dispatch_id.to_owned();
+        self.tx(move |tx| {
+            let row: Option<(String, u32, u32, Option<String>, Millis)> = tx
+                .query_row(
+                    "SELECT meta, users, batch_size, rejected, received_at FROM dispatches
+                     WHERE project_id = ?1 AND dispatch_id = ?2",
+                    params![project, dispatch_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            row.map(|(meta, users, batch_size, rejected, received_at)| {
+                let batches = if rejected.is_some() || batch_size == 0 {
+                    0
+                } else {
+                    users.div_ceil(batch_size)
+                };
+                Ok(DispatchView {
+                    meta: serde_json::from_str(&meta).map_err(json_err)?,
+                    users,
+                    batches,
+                    batch_size,
+                    rejected,
+                    received_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn dispatch_batches(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Vec<BatchView>, StoreError> {
+        let dispatch_id = dispatch_id.to_owned();
+        self.tx(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {BATCH_COLUMNS} FROM batches WHERE project_id = ?1 AND dispatch_id = ?2 ORDER BY batch_index"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![project, dispatch_id], row_to_batch)
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            // The listing shows counts, not every user's result.
+            Ok(rows.into_iter().map(|(view, _)| view).collect())
+        })
+        .await
+    }
+
+    async fn batch(
+        &self,
+        project: ProjectId,
+        order_no: &str,
+    ) -> Result<Option<BatchView>, StoreError> {
+        let order_no = order_no.to_owned();
+        self.tx(move |tx| {
+            tx.query_row(
+                &format!(
+                    "SELECT {BATCH_COLUMNS} FROM batches WHERE order_no = ?1 AND project_id = ?2"
+                ),
+                params![order_no, project],
+                row_to_batch,
+            )
+            .optional()
+            .map_err(backend)?
+            .map(with_results)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn stats(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key: &str,
+    ) -> Result<Counters, StoreError> {
+        let key = key.to_owned();
+        let scope = match scope {
+            StatsScope::Campaign => "campaign",
+            StatsScope::Touchpoint => "touchpoint",
+        };
+        self.tx(move |tx| {
+            let row: Option<(u64, u64, u64)> = tx
+                .query_row(
+                    "SELECT sent, succeeded, failed FROM stats WHERE project_id = ?1 AND scope = ?2 AND key = ?3",
+                    params![project, scope, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let (sent, succeeded, failed) = row.unwrap_or_default();
+            Ok(Counters { sent, succeeded, failed, pending: sent.saturating_sub(succeeded + failed) })
+        })
+        .await
+    }
+}
+
+/// A message taken from the local queue.
+#[derive(Debug)]
+pub struct QueuedDispatch {
+    pub id: i64,
+    pub body: String,
+    pub receives: u32,
+}
+
+impl SqliteStore {
+    /// Stores a dispatch and queues it, in one transaction. False when the project already
+    /// submitted this dispatch id (nothing is queued).
+    pub async fn submit_dispatch(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+        body: String,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let dispatch_id = dispatch_id.to_owned();
+        let new = self
+            .tx(move |tx| {
+                let n = tx
+                    .execute(
+                        "INSERT OR IGNORE INTO dispatch_intake (project_id, dispatch_id, body, received_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![project, dispatch_id, body, now],
+                    )
+                    .map_err(backend)?;
+                if n == 1 {
+                    tx.execute(
+                        "INSERT INTO queue (project_id, dispatch_id, visible_at, receives) VALUES (?1, ?2, ?3, 0)",
+                        params![project, dispatch_id, now],
+                    )
+                    .map_err(backend)?;
+                }
+                Ok(n == 1)
+            })
+            .await?;
+        if new {
+            self.notify_queue();
+        }
+        Ok(new)
+    }
+
+    /// Takes the next visible message and hides it until `now + visibility`.
+    pub async fn receive(
+        &self,
+        now: Millis,
+        visibility_ms: i64,
+    ) -> Result<Option<QueuedDispatch>, StoreError> {
+        self.tx(move |tx| {
+            let row: Option<(i64, String, u32)> = tx
+                .query_row(
+                    "SELECT q.id, i.body, q.receives FROM queue q
+                       JOIN dispatch_intake i ON i.project_id = q.project_id AND i.dispatch_id = q.dispatch_id
+                     WHERE q.dead = 0 AND q.visible_at <= ?1 ORDER BY q.visible_at, q.id LIMIT 1",
+                    params![now],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some((id, body, receives)) = row else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE queue SET visible_at = ?2, receives = receives + 1 WHERE id = ?1",
+                params![id, now + visibility_ms],
+            )
+            .map_err(backend)?;
+            Ok(Some(QueuedDispatch { id, body, receives: receives + 1 }))
+        })
+        .await
+    }
+
+    /// The earliest time a queued message becomes visible, if any is queued.
+    pub async fn next_visible(&self) -> Result<Option<Millis>, StoreError> {
+        self.tx(|tx| {
+            tx.query_row(
+                "SELECT min(visible_at) FROM queue WHERE dead = 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    pub async fn ack(&self, id: i64) -> Result<(), StoreError> {
+        self.tx(move |tx| {
+            tx.execute("DELETE FROM queue WHERE id = ?1", params![id])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn redeliver_at(&self, id: i64, at: Millis) -> Result<(), StoreError> {
+        self.tx(move |tx| {
+            tx.execute(
+                "UPDATE queue SET visible_at = ?2 WHERE id = ?1",
+                params![id, at],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn dead_letter(&self, id: i64, reason: &str) -> Result<(), StoreError> {
+        let reason = reason.to_owned();
+        self.tx(move |tx| {
+            tx.execute(
+                "UPDATE queue SET dead = 1, dead_reason = ?2 WHERE id = ?1",
+                params![id, reason],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// After a restart nothing of this database is in flight any more (one process owns it):
+    /// hidden messages become visible and batch leases end, so in-flight batches are sent again
+    /// at once with their `orderNo`.
+    pub async fn recover_after_restart(&self, now: Millis) -> Result<(u64, u64), StoreError> {
+        self.tx(move |tx| {
+            let messages = tx
+                .execute("UPDATE queue SET visible_at = ?1 WHERE dead = 0 AND visible_at > ?1", params![now])
+                .map_err(backend)?;
+            let batches = tx
+                .execute(
+                    "UPDATE batches SET lease_until = ?1 WHERE state = 'in_flight' AND lease_until > ?1",
+                    params![now],
+                )
+                .map_err(backend)?;
+            Ok((messages as u64, batches as u64))
+        })
+        .await
+    }
+}
+
+/// Appends every final outcome to `results.jsonl` exactly once, packed per batch.
+///
+/// The file and the database cannot change in one atomic step, so each batch records the file
+/// length after its events were written and synced. On start the file is cut back to the last
+/// recorded length: events written by a process that died before recording them are removed,
+/// then written again.
+pub struct ResultsFile {
+    store: SqliteStore,
+    path: PathBuf,
+}
+
+/// Batches published per round at most.
+const PUBLISH_ROUND: i64 = 256;
+
+impl ResultsFile {
+    pub fn new(store: SqliteStore, path: PathBuf) -> ResultsFile {
+        ResultsFile { store, path }
+    }
+
+    /// Publishes what is waiting; returns the number of events written.
+    pub async fn publish_pending(&self) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        self.store
+            .tx(move |tx| {
+                let committed: i64 = tx
+                    .query_row("SELECT coalesce(max(published_offset), 0) FROM batches", [], |r| r.get(0))
+                    .map_err(backend)?;
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT b.order_no, b.batch_index, b.sent_at, b.resolved_at, b.results, d.meta
+                         FROM batches b JOIN dispatches d ON d.project_id = b.project_id AND d.dispatch_id = b.dispatch_id
+                         WHERE b.state = 'final' AND b.published_offset IS NULL
+                         ORDER BY b.resolved_at, b.order_no LIMIT ?1",
+                    )
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![PUBLISH_ROUND], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                            r.get::<_, String>(5)?,
+                        ))
+                    })
+                    .map_err(backend)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(backend)?;
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(StoreError::backend)?;
+                // Cut anything written after the last recorded publication.
+                file.set_len(committed as u64).map_err(StoreError::backend)?;
+                file.seek(std::io::SeekFrom::Start(committed as u64)).map_err(StoreError::backend)?;
+                let mut events = 0;
+                let mut offset = committed;
+                let mut marks = Vec::with_capacity(rows.len());
+                let mut out = Vec::new();
+                for (order, index, sent_at, resolved_at, results, meta) in rows {
+                    let meta: DispatchMeta = serde_json::from_str(&meta).map_err(json_err)?;
+                    let results: Vec<UserResult> =
+                        serde_json::from_str(results.as_deref().unwrap_or("[]")).map_err(json_err)?;
+                    let shown_order = if index == REJECTED_INDEX { "" } else { order.as_str() };
+                    let packed: Vec<Value> = results
+                        .iter()
+                        .map(|r| {
+                            json!({
+                                "event": "$ma_channel_touch",
+                                "projectId": meta.project_id,
+                                "gid": r.gid,
+                                "campaignId": meta.campaign_id,
+                                "strategyId": meta.strategy_id,
+                                "spaceId": meta.space_id,
+                                "touchpointId": meta.touchpoint_id,
+                                "touchpointKind": meta.touchpoint_kind,
+                                "orderNo": shown_order,
+                                "dispatchId": meta.dispatch_id,
+                                "status": r.status.code(),
+                                "errorMsg": r.status.reason(),
+                                "sentAt": sent_at.or(resolved_at),
+                                "resolvedAt": resolved_at,
+                            })
+                        })
+                        .collect();
+                    events += packed.len();
+                    serde_json::to_writer(&mut out, &json!({ "events": packed })).map_err(json_err)?;
+                    out.push(b'\n');
+                    offset = committed + out.len() as i64;
+                    marks.push((order, offset));
+                }
+                file.write_all(&out).and_then(|()| file.sync_data()).map_err(StoreError::backend)?;
+                let mut mark = tx
+                    .prepare_cached("UPDATE batches SET published_offset = ?2 WHERE order_no = ?1")
+                    .map_err(backend)?;
+                for (order, end) in marks {
+                    mark.execute(params![order, end]).map_err(backend)?;
+                }
+                let _ = offset;
+                Ok(events)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl DispatchIntake for SqliteStore {
+    async fn submit(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+        body: String,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.submit_dispatch(project, dispatch_id, body, now).await
+    }
+}

@@ -1,0 +1,232 @@
+//! The delivery ledger: what the dispatcher records so that every user ends in exactly one
+//! final state, no final batch is sent again, and results are published once.
+//!
+//! Write budget per batch on the success path: one conditional claim before sending and one
+//! record after (the record also moves the statistics counters and queues the result events).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+use crate::model::{Kind, ProjectId};
+use crate::ports::StoreError;
+use crate::protocol::UserStatus;
+
+/// What every batch and event of a dispatch carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchMeta {
+    pub project_id: ProjectId,
+    pub dispatch_id: String,
+    pub space_id: String,
+    pub campaign_id: String,
+    pub strategy_id: Option<String>,
+    pub touchpoint_id: String,
+    pub touchpoint_kind: Option<Kind>,
+}
+
+/// Where a batch stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    /// Claimed by a sender; `lease_until` says until when.
+    InFlight,
+    /// Failed transiently; sent again from `next_attempt_at`.
+    RetryWait,
+    /// Accepted by an async receiver; some users wait for their receipt.
+    Accepted,
+    /// Every user has a final status.
+    Final,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::InFlight => "in_flight",
+            BatchState::RetryWait => "retry_wait",
+            BatchState::Accepted => "accepted",
+            BatchState::Final => "final",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BatchState> {
+        [
+            BatchState::InFlight,
+            BatchState::RetryWait,
+            BatchState::Accepted,
+            BatchState::Final,
+        ]
+        .into_iter()
+        .find(|b| b.as_str() == s)
+    }
+}
+
+/// The answer to a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Send now; this is attempt number `attempt` (1-based).
+    Send { attempt: u32 },
+    /// Someone holds the batch until then (another sender, or a retry not yet due).
+    NotBefore(Millis),
+    /// Nothing to send: the outcome is final (or the receiver accepted it and receipts are
+    /// awaited).
+    Done,
+}
+
+/// One user's recorded outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserResult {
+    pub gid: i64,
+    #[serde(flatten)]
+    pub status: UserStatus,
+}
+
+/// What one attempt (or the decision to give up) produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub order_no: String,
+    pub attempt: u32,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    pub at: Millis,
+    pub outcome: AttemptOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Every user final.
+    Final(Vec<UserResult>),
+    /// Send again from this time.
+    Retry { next_attempt_at: Millis },
+}
+
+/// A batch as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchView {
+    pub order_no: String,
+    pub dispatch_id: String,
+    pub batch_index: i64,
+    pub touchpoint_id: String,
+    pub campaign_id: String,
+    pub state: BatchState,
+    pub users: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub attempts: u32,
+    pub last_http_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub response_excerpt: Option<String>,
+    pub next_attempt_at: Option<Millis>,
+    pub sent_at: Option<Millis>,
+    pub resolved_at: Option<Millis>,
+    /// Per-user results once final.
+    pub results: Vec<UserResult>,
+}
+
+/// A dispatch as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchView {
+    pub meta: DispatchMeta,
+    pub users: u32,
+    pub batches: u32,
+    /// Users per batch when it was planned, so its batches can be found again without the
+    /// touchpoint.
+    pub batch_size: u32,
+    /// Why the whole dispatch was refused, when it was.
+    pub rejected: Option<String>,
+    pub received_at: Millis,
+}
+
+/// sent / succeeded / failed / pending counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub sent: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub pending: u64,
+}
+
+/// The statistics scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsScope {
+    Campaign,
+    Touchpoint,
+}
+
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Records a dispatch about to be delivered (idempotent: the first call wins) and counts
+    /// its users as sent. Returns false when it was already open.
+    async fn open_dispatch(
+        &self,
+        meta: &DispatchMeta,
+        users: u32,
+        batch_size: u32,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// Records a refused dispatch: every user final with `reason` (idempotent).
+    async fn reject_dispatch(
+        &self,
+        meta: &DispatchMeta,
+        gids: &[i64],
+        reason: &str,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Claims batch `index` of a dispatch for sending until `lease_until`.
+    async fn claim_batch(
+        &self,
+        meta: &DispatchMeta,
+        index: usize,
+        order_no: &str,
+        users: u32,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError>;
+
+    /// Records an attempt's outcome. A final one also counts the results and queues their
+    /// events for publication, in the same atomic write.
+    async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError>;
+
+    async fn dispatch(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Option<DispatchView>, StoreError>;
+
+    async fn dispatch_batches(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Vec<BatchView>, StoreError>;
+
+    async fn batch(
+        &self,
+        project: ProjectId,
+        order_no: &str,
+    ) -> Result<Option<BatchView>, StoreError>;
+
+    async fn stats(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key: &str,
+    ) -> Result<Counters, StoreError>;
+}
+
+/// Where dispatches are handed in over HTTP: stored durably and queued for the dispatcher.
+#[async_trait]
+pub trait DispatchIntake: Send + Sync {
+    /// Queues the dispatch unless the project already submitted this id; true when queued.
+    async fn submit(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+        body: String,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+}
