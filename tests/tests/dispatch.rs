@@ -1,0 +1,678 @@
+//! Delivery end to end through the dispatcher library, its SQLite ledger and real receivers
+//! on 127.0.0.1: batching, signing, receipts, retries, idempotency, the SSRF guard and invalid
+//! dispatches.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Receiver, Reply, Seen};
+use touchpoint::clock::{Clock, SystemClock};
+use touchpoint::delivery::{BatchState, BatchView, DeliveryStore, StatsScope};
+use touchpoint::protocol::{verify_sign, verify_webhook_signature};
+use touchpoint::{Touchpoints, UrlPolicy};
+use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled, RetryPolicy};
+use touchpoint_embedded::{ResultsFile, SqliteStore};
+use touchpoint_outbound::{Lookup, Outbound};
+
+const TOKEN: &str = "abc123";
+
+struct Rig {
+    store: SqliteStore,
+    touchpoints: Touchpoints,
+    dispatcher: Dispatcher,
+    dir: tempfile::TempDir,
+}
+
+fn config(waits: &str, timeout_ms: u64) -> DispatcherConfig {
+    DispatcherConfig {
+        retry: RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::parse(waits).unwrap()
+        },
+        request_timeout: Duration::from_millis(timeout_ms),
+        ..DispatcherConfig::default()
+    }
+}
+
+impl Rig {
+    fn new(cfg: DispatcherConfig) -> Rig {
+        Self::with_outbound(cfg, Outbound::new(true).unwrap())
+    }
+
+    fn with_outbound(cfg: DispatcherConfig, outbound: Outbound) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let shared = Arc::new(store.clone());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let touchpoints = Touchpoints::new(
+            shared.clone(),
+            clock.clone(),
+            UrlPolicy {
+                allow_plain_http: true,
+            },
+        );
+        let dispatcher = Dispatcher::new(shared.clone(), shared, outbound, clock, cfg);
+        Rig {
+            store,
+            touchpoints,
+            dispatcher,
+            dir,
+        }
+    }
+
+    async fn touchpoint(&self, name: &str, url: &str, batch: u16) -> String {
+        let tp = self
+            .touchpoints
+            .create(
+                1,
+                &json!({
+                    "name": name, "kind": "notification", "url": url, "token": TOKEN, "batchSize": batch,
+                    "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "姓名", "default": "会员"}],
+                    "templateParams": [
+                        {"identifier": "title", "displayName": "标题", "type": "text", "required": true},
+                        {"identifier": "day", "displayName": "日期", "type": "date"}
+                    ]
+                }),
+            )
+            .await
+            .unwrap();
+        self.touchpoints
+            .set_spaces(1, &tp.id, &json!({"spaceIds": ["space-a"]}))
+            .await
+            .unwrap();
+        tp.id
+    }
+
+    /// Handles the message until it is done, sleeping through retries like the queue would.
+    async fn deliver(&self, message: &Value) -> Handled {
+        let started = Instant::now();
+        loop {
+            let handled = self.dispatcher.handle(message).await.unwrap();
+            match handled {
+                Handled::RetryAt(at) => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "never finished"
+                    );
+                    let wait = at - SystemClock.now_ms();
+                    tokio::time::sleep(Duration::from_millis(wait.clamp(1, 5_000) as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn batches(&self, dispatch_id: &str) -> Vec<BatchView> {
+        let mut out = Vec::new();
+        for b in self.store.dispatch_batches(1, dispatch_id).await.unwrap() {
+            out.push(self.store.batch(1, &b.order_no).await.unwrap().unwrap());
+        }
+        out
+    }
+
+    /// Every result event published so far.
+    async fn events(&self) -> Vec<Value> {
+        let path = self.dir.path().join("results.jsonl");
+        let results = ResultsFile::new(self.store.clone(), path.clone());
+        while results.publish_pending().await.unwrap() > 0 {}
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .flat_map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["events"]
+                    .as_array()
+                    .unwrap()
+                    .clone()
+            })
+            .collect()
+    }
+}
+
+fn dispatch(id: &str, touchpoint: &str, users: usize) -> Value {
+    let users: Vec<Value> = (0..users as i64)
+        .map(|g| json!({"gid": g, "attributes": {"usr_name": format!("u{g}")}}))
+        .collect();
+    json!({
+        "dispatchId": id, "projectId": 1, "spaceId": "space-a", "campaignId": "cmp-42", "strategyId": "node-7",
+        "touchpointId": touchpoint, "templateValues": {"title": "Hi {{name}}", "day": "2026-12-01"}, "users": users
+    })
+}
+
+fn results_of(batches: &[BatchView]) -> Vec<(i64, String, String)> {
+    let mut out: Vec<_> = batches
+        .iter()
+        .flat_map(|b| {
+            b.results.iter().map(|r| {
+                (
+                    r.gid,
+                    r.status.code().to_owned(),
+                    r.status.reason().to_owned(),
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn every_user_is_delivered_once_in_signed_batches_and_reported_once() {
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let rig = Rig::new(config("50ms", 2_000));
+    let tp = rig.touchpoint("sms", &rx.url(), 500).await;
+    assert_eq!(
+        rig.deliver(&dispatch("d1", &tp, 1_001)).await,
+        Handled::Done
+    );
+
+    let seen = rx.seen();
+    assert_eq!(seen.len(), 3, "1,001 users at batch 500 are three requests");
+    for s in &seen {
+        let b = &s.body;
+        let ts = b["timeStamp"].as_i64().unwrap();
+        assert!(verify_sign(
+            TOKEN,
+            ts,
+            &s.order_no,
+            b["sign"].as_str().unwrap()
+        ));
+        let h = |n: &str| s.headers[n].to_str().unwrap().to_owned();
+        assert_eq!(h("webhook-id"), s.order_no);
+        assert!(verify_webhook_signature(
+            TOKEN,
+            &s.order_no,
+            h("webhook-timestamp").parse().unwrap(),
+            &s.raw,
+            &h("webhook-signature")
+        ));
+        assert!(h("user-agent").starts_with("touchpoint/"));
+        assert!(h("content-type").starts_with("application/json"));
+        assert_eq!(s.order_no.len(), 32);
+        let first = &b["dataList"][0];
+        let gid = first["gid"].as_i64().unwrap();
+        assert_eq!(first["dynamicData"]["name"], format!("u{gid}"));
+        assert_eq!(
+            first["temData"]["title"],
+            format!("Hi u{gid}"),
+            "text rendered per user"
+        );
+        assert_eq!(first["temData"]["day"], "2026-12-01");
+    }
+    let counts = rx.gid_counts();
+    assert_eq!(counts.len(), 1_001);
+    assert!(counts.values().all(|c| *c == 1));
+
+    let events = rig.events().await;
+    assert_eq!(events.len(), 1_001, "one event per user");
+    let e = &events[0];
+    assert_eq!(e["event"], "$ma_channel_touch");
+    assert_eq!(e["status"], "TOU_SUCC");
+    assert_eq!(e["campaignId"], "cmp-42");
+    assert_eq!(e["strategyId"], "node-7");
+    assert_eq!(e["touchpointKind"], "notification");
+    let stats = rig
+        .store
+        .stats(1, StatsScope::Campaign, "cmp-42")
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.sent, stats.succeeded, stats.failed, stats.pending),
+        (1_001, 1_001, 0, 0)
+    );
+    let by_tp = rig
+        .store
+        .stats(1, StatsScope::Touchpoint, &tp)
+        .await
+        .unwrap();
+    assert_eq!(by_tp.succeeded, 1_001);
+    // Publishing again adds nothing.
+    assert_eq!(rig.events().await.len(), 1_001);
+}
+
+#[tokio::test]
+async fn the_ledger_writes_at_most_two_rows_per_batch_on_the_success_path() {
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let rig = Rig::new(config("50ms", 2_000));
+    let tp = rig.touchpoint("sms", &rx.url(), 10).await;
+    let before = rig.store.ledger_writes();
+    rig.deliver(&dispatch("d1", &tp, 1_000)).await;
+    let writes = rig.store.ledger_writes() - before;
+    // 100 batches: a claim and a record each, plus opening the dispatch once.
+    assert_eq!(writes, 100 * 2 + 1, "{writes} ledger writes");
+}
+
+#[tokio::test]
+async fn batch_sizes_1_2_and_500_send_the_right_number_of_requests() {
+    for (batch, requests) in [(1u16, 1_001usize), (2, 501), (500, 3)] {
+        let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+        let rig = Rig::new(DispatcherConfig {
+            per_touchpoint_concurrency: 16,
+            ..config("50ms", 2_000)
+        });
+        let tp = rig.touchpoint("sms", &rx.url(), batch).await;
+        rig.deliver(&dispatch("d1", &tp, 1_001)).await;
+        assert_eq!(rx.requests(), requests, "batch size {batch}");
+        assert!(rx.seen().iter().all(|s| s.gids.len() <= batch as usize));
+        let counts = rx.gid_counts();
+        assert_eq!(counts.len(), 1_001);
+        assert!(
+            counts.values().all(|c| *c == 1),
+            "batch size {batch}: a user twice"
+        );
+        assert_eq!(rig.events().await.len(), 1_001);
+    }
+}
+
+#[tokio::test]
+async fn receipts_decide_each_users_outcome() {
+    let rig = Rig::new(config("50ms", 2_000));
+    type Behave = Box<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
+    type Expect = Box<dyn Fn(i64) -> (&'static str, &'static str)>;
+    let cases: Vec<(&str, Behave, Expect)> = vec![
+        (
+            "partial",
+            Box::new(|s, _| {
+                Reply::statuses(s, |g| {
+                    if g % 2 == 0 {
+                        ("TOU_SUCC", "")
+                    } else {
+                        ("TOU_FAIL", "blacklisted")
+                    }
+                })
+            }),
+            Box::new(|g| {
+                if g % 2 == 0 {
+                    ("TOU_SUCC", "")
+                } else {
+                    ("TOU_FAIL", "blacklisted")
+                }
+            }),
+        ),
+        (
+            "code500",
+            Box::new(|_, _| Reply::Json(200, json!({"code": 500, "message": "服务调用异常"}))),
+            Box::new(|_| ("TOU_FAIL", "服务调用异常")),
+        ),
+        (
+            "missing",
+            Box::new(|s, _| {
+                Reply::statuses(
+                    &Seen {
+                        gids: s.gids.iter().copied().filter(|g| *g != 3).collect(),
+                        ..s.clone()
+                    },
+                    |_| ("TOU_SUCC", ""),
+                )
+            }),
+            Box::new(|g| {
+                if g == 3 {
+                    ("TOU_FAIL", "no status returned")
+                } else {
+                    ("TOU_SUCC", "")
+                }
+            }),
+        ),
+        (
+            "garbage",
+            Box::new(|_, _| Reply::Raw(200, vec![], b"<html>oops</html>".to_vec())),
+            Box::new(|_| ("TOU_FAIL", "invalid receipt: not a JSON object")),
+        ),
+        (
+            "a 404",
+            Box::new(|_, _| Reply::Json(404, json!({}))),
+            Box::new(|_| ("TOU_FAIL", "HTTP 404")),
+        ),
+    ];
+    for (name, behaviour, expect) in cases {
+        let rx = Receiver::start(behaviour).await;
+        let tp = rig.touchpoint(name, &rx.url(), 3).await;
+        let id = format!("d-{name}");
+        rig.deliver(&dispatch(&id, &tp, 6)).await;
+        assert_eq!(rx.requests(), 2, "{name}: final outcomes are not retried");
+        let got = results_of(&rig.batches(&id).await);
+        let want: Vec<_> = (0..6)
+            .map(|g| {
+                let (s, e) = expect(g);
+                (g, s.to_owned(), e.to_owned())
+            })
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_the_same_order_number() {
+    let rx = Receiver::start(|seen, n| {
+        if n <= 2 {
+            Reply::Json(500, json!({}))
+        } else {
+            Reply::all_ok(seen)
+        }
+    })
+    .await;
+    let rig = Rig::new(config("50ms,50ms,50ms", 2_000));
+    let tp = rig.touchpoint("sms", &rx.url(), 10).await;
+    rig.deliver(&dispatch("d1", &tp, 10)).await;
+    let seen = rx.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|s| s.order_no == seen[0].order_no),
+        "one orderNo on every retry"
+    );
+    let batches = rig.batches("d1").await;
+    assert_eq!(batches[0].attempts, 3);
+    assert_eq!(batches[0].state, BatchState::Final);
+    assert_eq!(batches[0].succeeded, 10);
+    assert_eq!(rig.events().await.len(), 10, "one final outcome per user");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_up_to_the_schedules_cap() {
+    let rx = Receiver::start(|seen, n| {
+        if n == 1 {
+            Reply::Raw(429, vec![("retry-after", "1".into())], b"{}".to_vec())
+        } else {
+            Reply::all_ok(seen)
+        }
+    })
+    .await;
+    let rig = Rig::new(config("50ms,5s", 2_000));
+    let tp = rig.touchpoint("sms", &rx.url(), 10).await;
+    rig.deliver(&dispatch("d1", &tp, 3)).await;
+    let seen = rx.seen();
+    assert_eq!(seen.len(), 2);
+    let gap = seen[1].at - seen[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "waited only {gap:?} despite Retry-After: 1"
+    );
+    assert_eq!(rig.batches("d1").await[0].succeeded, 3);
+}
+
+#[tokio::test]
+async fn timeouts_refused_connections_and_endless_5xx_exhaust_the_retries() {
+    let slow = Receiver::start(|seen, _| {
+        Reply::After(Duration::from_secs(3), Box::new(Reply::all_ok(seen)))
+    })
+    .await;
+    let broken = Receiver::start(|_, _| Reply::Json(503, json!({}))).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}/touch")
+    };
+    let rig = Rig::new(config("20ms,20ms", 300));
+    for (name, url, needle) in [
+        ("slow", slow.url(), "timed out"),
+        ("broken", broken.url(), "HTTP 503"),
+        ("closed", closed, "connection failed"),
+    ] {
+        let tp = rig.touchpoint(name, &url, 5).await;
+        let id = format!("d-{name}");
+        rig.deliver(&dispatch(&id, &tp, 5)).await;
+        let b = &rig.batches(&id).await[0];
+        assert_eq!(b.attempts, 3, "{name}");
+        assert_eq!(b.failed, 5, "{name}");
+        let reason = b.results[0].status.reason().to_owned();
+        assert!(
+            reason.starts_with("retries exhausted after 3 attempts"),
+            "{name}: {reason}"
+        );
+        assert!(reason.contains(needle), "{name}: {reason}");
+    }
+    assert_eq!(slow.requests(), 3);
+    assert_eq!(broken.requests(), 3);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let target = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let location = target.url();
+    let rx =
+        Receiver::start(move |_, _| Reply::Raw(302, vec![("location", location.clone())], vec![]))
+            .await;
+    let rig = Rig::new(config("20ms", 2_000));
+    let tp = rig.touchpoint("sms", &rx.url(), 5).await;
+    rig.deliver(&dispatch("d1", &tp, 5)).await;
+    assert_eq!(rx.requests(), 1, "a 3xx is final");
+    assert_eq!(target.requests(), 0, "the redirect target is never reached");
+    let b = &rig.batches("d1").await[0];
+    assert_eq!(b.failed, 5);
+    assert!(b.results[0].status.reason().contains("302"));
+}
+
+#[tokio::test]
+async fn the_same_dispatch_twice_sends_nothing_twice() {
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let rig = Rig::new(config("20ms", 2_000));
+    let tp = rig.touchpoint("sms", &rx.url(), 7).await;
+    let d = dispatch("d1", &tp, 50);
+    rig.deliver(&d).await;
+    assert_eq!(rx.requests(), 8);
+    rig.deliver(&d).await;
+    rig.deliver(&d).await;
+    assert_eq!(rx.requests(), 8, "redelivery sent a batch again");
+    assert_eq!(rig.events().await.len(), 50);
+    let stats = rig
+        .store
+        .stats(1, StatsScope::Campaign, "cmp-42")
+        .await
+        .unwrap();
+    assert_eq!(stats.sent, 50, "counted once");
+}
+
+#[tokio::test]
+async fn invalid_dispatches_send_nothing_and_fail_every_user_with_the_reason() {
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let rig = Rig::new(config("20ms", 2_000));
+    let tp = rig.touchpoint("sms", &rx.url(), 10).await;
+    let off = rig.touchpoint("off", &rx.url(), 10).await;
+    rig.touchpoints.disable(1, &off, None).await.unwrap();
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "missing touchpoint",
+            Box::new(|d| d["touchpointId"] = json!("tp_01JDX3ZZZZZZZZZZZZZZZZZZZZ")),
+            "does not exist",
+        ),
+        (
+            "disabled",
+            Box::new(move |d| d["touchpointId"] = json!(off)),
+            "is disabled",
+        ),
+        (
+            "other space",
+            Box::new(|d| d["spaceId"] = json!("space-z")),
+            "not authorized for space space-z",
+        ),
+        (
+            "bad date",
+            Box::new(|d| d["templateValues"]["day"] = json!("2026-02-30")),
+            "templateValues.day",
+        ),
+        (
+            "required",
+            Box::new(|d| {
+                d["templateValues"].as_object_mut().unwrap().remove("title");
+            }),
+            "title is required",
+        ),
+        (
+            "unknown key",
+            Box::new(|d| d["templateValues"]["colour"] = json!("red")),
+            "colour is not a parameter",
+        ),
+        (
+            "duplicate gid",
+            Box::new(|d| d["users"][1]["gid"] = json!(0)),
+            "appears more than once",
+        ),
+        (
+            "too many users",
+            Box::new(|d| {
+                d["users"] = Value::Array((0..10_001).map(|g| json!({"gid": g})).collect())
+            }),
+            "at most 10000",
+        ),
+    ];
+    for (i, (name, edit, needle)) in cases.into_iter().enumerate() {
+        let id = format!("bad-{i}");
+        let mut d = dispatch(&id, &tp, 5);
+        edit(&mut d);
+        assert_eq!(rig.deliver(&d).await, Handled::Done, "{name}");
+        let view = rig.store.dispatch(1, &id).await.unwrap().unwrap();
+        let reason = view.rejected.unwrap_or_default();
+        assert!(reason.contains(needle), "{name}: {reason}");
+        let results = results_of(&rig.batches(&id).await);
+        assert!(
+            !results.is_empty()
+                && results
+                    .iter()
+                    .all(|(_, s, r)| s == "TOU_FAIL" && r == &reason),
+            "{name}"
+        );
+    }
+    assert_eq!(rx.requests(), 0, "nothing of an invalid dispatch is sent");
+    // Unreadable envelopes cannot be attributed to users at all.
+    assert!(matches!(
+        rig.dispatcher
+            .handle(&json!({"dispatchId": 7}))
+            .await
+            .unwrap(),
+        Handled::Malformed(_)
+    ));
+}
+
+/// Answers every name with loopback, as a hostile or misconfigured DNS server might.
+struct LoopbackDns;
+
+impl Lookup for LoopbackDns {
+    fn lookup(
+        &self,
+        _host: String,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<std::net::IpAddr>>> + Send>,
+    > {
+        Box::pin(async { Ok(vec!["127.0.0.1".parse().unwrap()]) })
+    }
+}
+
+#[tokio::test]
+async fn the_ssrf_guard_refuses_internal_destinations_at_connection_time() {
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let port = rx.addr.port();
+    let guarded =
+        Outbound::with_lookup(false, Arc::new(touchpoint_outbound::SystemLookup)).unwrap();
+    let forms = [
+        "127.0.0.1",
+        "127.1",
+        "2130706433",
+        "0x7f000001",
+        "0177.0.0.1",
+        "127.0.0.2",
+        "localhost",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "10.0.0.1",
+        "172.16.0.1",
+        "172.31.255.254",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "[::]",
+        "[fc00::1]",
+        "[fd00::1]",
+        "[fe80::1]",
+        "[64:ff9b::7f00:1]",
+        "[2002:7f00:1::1]",
+        "224.0.0.1",
+        "255.255.255.255",
+    ];
+    assert!(forms.len() >= 20);
+    for host in forms {
+        let url = format!("http://{host}:{port}/touch");
+        let err = guarded
+            .post_json(&url, b"{}".to_vec(), &[], Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(!err.retryable(), "{host}: {err}");
+        assert!(err.to_string().contains("refused"), "{host}: {err}");
+    }
+    // A name that resolves to loopback is refused after resolution.
+    let lying = Outbound::with_lookup(false, Arc::new(LoopbackDns)).unwrap();
+    let err = lying
+        .post_json(
+            "http://receiver.example.com:80/touch",
+            b"{}".to_vec(),
+            &[],
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("non-public address 127.0.0.1"),
+        "{err}"
+    );
+    for bad in ["ftp://127.0.0.1/", "http://user@example.com/"] {
+        assert!(
+            !guarded
+                .post_json(bad, vec![], &[], Duration::from_secs(1))
+                .await
+                .unwrap_err()
+                .retryable()
+        );
+    }
+    assert_eq!(rx.requests(), 0, "nothing reached the receiver");
+
+    // Through the dispatcher: a final failure with its reason, not retried.
+    let rig = Rig::with_outbound(config("20ms,20ms", 2_000), guarded);
+    let tp = rig.touchpoint("sms", &rx.url(), 5).await;
+    rig.deliver(&dispatch("d1", &tp, 5)).await;
+    let b = &rig.batches("d1").await[0];
+    assert_eq!(b.attempts, 1);
+    assert!(
+        b.results[0].status.reason().contains("destination refused"),
+        "{:?}",
+        b.results[0]
+    );
+    assert_eq!(rx.requests(), 0);
+}
+
+#[tokio::test]
+async fn independent_touchpoints_do_not_wait_for_each_other() {
+    let slow = Receiver::start(|seen, _| {
+        Reply::After(Duration::from_millis(1_500), Box::new(Reply::all_ok(seen)))
+    })
+    .await;
+    let fast = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let rig = Arc::new(Rig::new(config("20ms", 5_000)));
+    let slow_tp = rig.touchpoint("slow", &slow.url(), 1).await;
+    let fast_tp = rig.touchpoint("fast", &fast.url(), 1).await;
+    let r = Arc::clone(&rig);
+    let slow_run = tokio::spawn(async move { r.deliver(&dispatch("slow", &slow_tp, 8)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    rig.deliver(&dispatch("fast", &fast_tp, 8)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "the fast touchpoint waited {:?}",
+        started.elapsed()
+    );
+    assert!(!slow_run.is_finished());
+    // The slow one runs 4 requests at a time: 8 users at batch 1 take two rounds.
+    slow_run.await.unwrap();
+    let seen = slow.seen();
+    let first_round = seen
+        .iter()
+        .filter(|s| s.at < seen[0].at + Duration::from_millis(500))
+        .count();
+    assert_eq!(
+        first_round, 4,
+        "at most 4 requests in flight per touchpoint"
+    );
+}

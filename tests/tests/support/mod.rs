@@ -1,0 +1,167 @@
+//! Real HTTP receivers on 127.0.0.1 whose behaviour each test programs, recording every
+//! request they get.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub order_no: String,
+    pub gids: Vec<i64>,
+    pub body: Value,
+    pub raw: Bytes,
+    pub headers: HeaderMap,
+    pub at: Instant,
+}
+
+/// What to answer: given the request and how many times this orderNo was seen (1-based).
+pub type Behaviour = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
+
+pub enum Reply {
+    /// Status and JSON body.
+    Json(u16, Value),
+    /// Status, extra headers and raw body.
+    Raw(u16, Vec<(&'static str, String)>, Vec<u8>),
+    /// Sleep, then answer.
+    After(Duration, Box<Reply>),
+}
+
+impl Reply {
+    /// Every gid of the request succeeded.
+    pub fn all_ok(seen: &Seen) -> Reply {
+        Reply::statuses(seen, |_| ("TOU_SUCC", ""))
+    }
+
+    pub fn statuses(seen: &Seen, f: impl Fn(i64) -> (&'static str, &'static str)) -> Reply {
+        let list: Vec<Value> = seen
+            .gids
+            .iter()
+            .map(|g| {
+                let (status, error) = f(*g);
+                json!({"gid": g, "status": status, "errorMsg": error})
+            })
+            .collect();
+        Reply::Json(
+            200,
+            json!({"code": 0, "message": "", "orderNo": seen.order_no, "sendStatusList": list}),
+        )
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    behaviour: Behaviour,
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn touch(State(s): State<Shared>, headers: HeaderMap, raw: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let order_no = body["orderNo"].as_str().unwrap_or_default().to_owned();
+    let gids = body["dataList"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|u| u["gid"].as_i64()).collect())
+        .unwrap_or_default();
+    let seen = Seen {
+        order_no: order_no.clone(),
+        gids,
+        body,
+        raw,
+        headers,
+        at: Instant::now(),
+    };
+    let n = {
+        let mut counts = s.counts.lock().unwrap();
+        let c = counts.entry(order_no).or_insert(0);
+        *c += 1;
+        *c
+    };
+    s.seen.lock().unwrap().push(seen.clone());
+    let mut reply = (s.behaviour)(&seen, n);
+    loop {
+        match reply {
+            Reply::After(wait, next) => {
+                tokio::time::sleep(wait).await;
+                reply = *next;
+            }
+            Reply::Json(status, v) => {
+                return (StatusCode::from_u16(status).unwrap(), axum::Json(v)).into_response();
+            }
+            Reply::Raw(status, headers, body) => {
+                let mut r = Response::builder().status(status);
+                for (k, v) in headers {
+                    r = r.header(k, v);
+                }
+                return r.body(Body::from(body)).unwrap();
+            }
+        }
+    }
+}
+
+impl Receiver {
+    pub async fn start(
+        behaviour: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let shared = Shared {
+            seen: Arc::default(),
+            counts: Arc::default(),
+            behaviour: Arc::new(behaviour),
+        };
+        let seen = Arc::clone(&shared.seen);
+        let app = Router::new().fallback(post(touch)).with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/touch", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// How many times each gid arrived.
+    pub fn gid_counts(&self) -> HashMap<i64, usize> {
+        let mut m = HashMap::new();
+        for s in self.seen.lock().unwrap().iter() {
+            for g in &s.gids {
+                *m.entry(*g).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+}
