@@ -676,3 +676,44 @@ async fn independent_touchpoints_do_not_wait_for_each_other() {
         "at most 4 requests in flight per touchpoint"
     );
 }
+
+#[tokio::test]
+async fn a_touchpoint_can_set_its_own_concurrency_and_timeout() {
+    let slow = Receiver::start(|seen, _| {
+        Reply::After(Duration::from_millis(1_300), Box::new(Reply::all_ok(seen)))
+    })
+    .await;
+    let rig = Rig::new(config("20ms", 10_000));
+    let tp = rig
+        .touchpoints
+        .create(
+            1,
+            &json!({
+                "name": "tuned", "kind": "other", "url": slow.url(), "batchSize": 1,
+                "maxConcurrency": 2, "requestTimeoutSeconds": 1,
+                "userAttributes": [{"attribute": "a", "displayName": "a"}],
+                "templateParams": [{"identifier": "t", "displayName": "t", "type": "text"}]
+            }),
+        )
+        .await
+        .unwrap();
+    rig.touchpoints
+        .set_spaces(1, &tp.id, &json!({"spaceIds": ["space-a"]}))
+        .await
+        .unwrap();
+    let mut d = dispatch("d1", &tp.id, 4);
+    d["templateValues"] = json!({});
+    rig.deliver(&d).await;
+    let seen = slow.seen();
+    let first_round = seen
+        .iter()
+        .filter(|s| s.at < seen[0].at + Duration::from_millis(500))
+        .count();
+    assert_eq!(first_round, 2, "maxConcurrency 2");
+    let b = &rig.batches("d1").await[0];
+    assert!(
+        b.results[0].status.reason().contains("timed out after 1s"),
+        "{:?}",
+        b.results[0]
+    );
+}

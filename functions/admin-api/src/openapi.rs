@@ -225,7 +225,9 @@ fn schemas() -> Value {
         "batchSize": {"type": "integer", "minimum": BATCH_SIZE_RANGE.start(), "maximum": BATCH_SIZE_RANGE.end(), "default": DEFAULT_BATCH_SIZE},
         "receipt": receipt,
         "userAttributes": {"type": "array", "minItems": 1, "maxItems": MAX_USER_ATTRIBUTES, "items": user_attribute},
-        "templateParams": {"type": "array", "minItems": 1, "maxItems": MAX_TEMPLATE_PARAMS, "items": template_param}
+        "templateParams": {"type": "array", "minItems": 1, "maxItems": MAX_TEMPLATE_PARAMS, "items": template_param},
+        "requestTimeoutSeconds": {"type": "integer", "minimum": REQUEST_TIMEOUT_SECONDS_RANGE.start(), "maximum": REQUEST_TIMEOUT_SECONDS_RANGE.end(), "description": "per request to the receiver; default 15"},
+        "maxConcurrency": {"type": "integer", "minimum": MAX_CONCURRENCY_RANGE.start(), "maximum": MAX_CONCURRENCY_RANGE.end(), "description": "requests in flight per process; default 4"}
     });
     let mut replace = editable.clone();
     replace["version"] = json!({"type": "integer", "minimum": 1, "description": "the version this edit is based on"});

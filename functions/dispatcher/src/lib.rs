@@ -286,11 +286,31 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn gate(&self, touchpoint_id: &str) -> Arc<Semaphore> {
+    /// Requests in flight at once towards this touchpoint.
+    fn concurrency(&self, tp: &Touchpoint) -> usize {
+        tp.spec
+            .max_concurrency
+            .map_or(self.cfg.per_touchpoint_concurrency, usize::from)
+            .max(1)
+    }
+
+    fn timeout(&self, tp: &Touchpoint) -> Duration {
+        tp.spec
+            .request_timeout_seconds
+            .map_or(self.cfg.request_timeout, |s| {
+                Duration::from_secs(u64::from(s))
+            })
+    }
+
+    fn gate(&self, tp: &Touchpoint) -> Arc<Semaphore> {
+        let limit = self.concurrency(tp);
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(gates.entry(touchpoint_id.to_owned()).or_insert_with(|| {
-            Arc::new(Semaphore::new(self.cfg.per_touchpoint_concurrency.max(1)))
-        }))
+        // Keyed by the limit too, so an edited limit takes effect at once.
+        Arc::clone(
+            gates
+                .entry(format!("{}#{limit}", tp.id))
+                .or_insert_with(|| Arc::new(Semaphore::new(limit))),
+        )
     }
 
     async fn deliver_all(
@@ -299,7 +319,9 @@ impl Dispatcher {
         meta: &DispatchMeta,
         batches: &[PlannedBatch],
     ) -> Result<Handled, StoreError> {
-        let gate = self.gate(&tp.id);
+        let gate = self.gate(tp);
+        let limit = self.concurrency(tp);
+        let timeout = self.timeout(tp);
         let mut set = tokio::task::JoinSet::new();
         let mut retry_at: Option<Millis> = None;
         let mut first_error = None;
@@ -309,7 +331,7 @@ impl Dispatcher {
         let shared = Arc::new((tp.clone(), meta.clone()));
         let mut pending = batches.iter();
         loop {
-            while set.len() <= self.cfg.per_touchpoint_concurrency {
+            while set.len() <= limit {
                 let Some(batch) = pending.next() else { break };
                 let permit = Arc::clone(&gate)
                     .acquire_owned()
@@ -321,7 +343,10 @@ impl Dispatcher {
                     ledger: Arc::clone(&self.ledger),
                     outbound: self.outbound.clone(),
                     clock: Arc::clone(&self.clock),
-                    cfg: self.cfg.clone(),
+                    cfg: DispatcherConfig {
+                        request_timeout: timeout,
+                        ..self.cfg.clone()
+                    },
                 };
                 set.spawn(async move {
                     let out = job.run().await;
@@ -371,15 +396,7 @@ impl Dispatcher {
             "body": serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
         });
         let gids: Vec<i64> = users.iter().map(|u| u.gid).collect();
-        let exchange = exchange(
-            &self.outbound,
-            tp,
-            body,
-            &headers,
-            &gids,
-            self.cfg.request_timeout,
-        )
-        .await;
+        let exchange = exchange(&self.outbound, tp, body, &headers, &gids, self.timeout(tp)).await;
         let results: Vec<Value> = match &exchange.verdict {
             Verdict::Final(statuses) => gids
                 .iter()

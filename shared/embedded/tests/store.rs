@@ -31,6 +31,8 @@ fn touchpoint(id: &str, name: &str) -> Touchpoint {
                 default: None,
                 enum_spec: None,
             }],
+            request_timeout_seconds: None,
+            max_concurrency: None,
         },
         token: Some(Token::new("abc123")),
         enabled: true,

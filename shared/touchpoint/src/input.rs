@@ -353,6 +353,8 @@ pub fn parse_touchpoint(
         "receipt",
         "userAttributes",
         "templateParams",
+        "requestTimeoutSeconds",
+        "maxConcurrency",
         "version",
     ];
     known.extend(READ_ONLY_FIELDS);
@@ -400,6 +402,21 @@ pub fn parse_touchpoint(
             )
             .map(|n| n as u16),
     };
+    let mut optional_int = |key: &str, range: std::ops::RangeInclusive<u64>| match m.get(key) {
+        None | Some(Value::Null) => None,
+        v => r.integer(v, key, range),
+    };
+    let request_timeout_seconds = optional_int(
+        "requestTimeoutSeconds",
+        u64::from(*REQUEST_TIMEOUT_SECONDS_RANGE.start())
+            ..=u64::from(*REQUEST_TIMEOUT_SECONDS_RANGE.end()),
+    )
+    .map(|n| n as u8);
+    let max_concurrency = optional_int(
+        "maxConcurrency",
+        u64::from(*MAX_CONCURRENCY_RANGE.start())..=u64::from(*MAX_CONCURRENCY_RANGE.end()),
+    )
+    .map(|n| n as u16);
     let receipt = parse_receipt(&mut r, m.get("receipt"), policy);
     let user_attributes = parse_user_attributes(&mut r, m.get("userAttributes"));
     let attribute_ids: HashSet<&str> = user_attributes
@@ -428,6 +445,8 @@ pub fn parse_touchpoint(
                     receipt,
                     user_attributes,
                     template_params,
+                    request_timeout_seconds,
+                    max_concurrency,
                 },
                 token,
                 version,
@@ -1030,6 +1049,24 @@ mod tests {
         );
         body["token"] = json!("whsec_!!!");
         assert_eq!(paths(&body, &STRICT), ["token"]);
+    }
+
+    #[test]
+    fn delivery_settings_are_optional_and_bounded() {
+        let mut body = valid();
+        body["requestTimeoutSeconds"] = json!(60);
+        body["maxConcurrency"] = json!(16);
+        let spec = parse_touchpoint(&body, &STRICT, false).unwrap().spec;
+        assert_eq!(
+            (spec.request_timeout_seconds, spec.max_concurrency),
+            (Some(60), Some(16))
+        );
+        body["requestTimeoutSeconds"] = json!(61);
+        body["maxConcurrency"] = json!(0);
+        assert_eq!(
+            paths(&body, &STRICT),
+            ["requestTimeoutSeconds", "maxConcurrency"]
+        );
     }
 
     #[test]

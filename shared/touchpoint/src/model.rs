@@ -175,7 +175,18 @@ pub struct TouchpointSpec {
     pub receipt: Receipt,
     pub user_attributes: Vec<UserAttribute>,
     pub template_params: Vec<TemplateParam>,
+    /// Per-request timeout towards this receiver (default: the deployment's, 15 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_seconds: Option<u8>,
+    /// Requests in flight at once per process towards this receiver (default: the
+    /// deployment's, 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u16>,
 }
+
+/// Bounds of the per-touchpoint delivery settings.
+pub const REQUEST_TIMEOUT_SECONDS_RANGE: std::ops::RangeInclusive<u8> = 1..=60;
+pub const MAX_CONCURRENCY_RANGE: std::ops::RangeInclusive<u16> = 1..=64;
 
 /// The secret a touchpoint signs with. Never serialised; `Debug` shows only that it exists.
 #[derive(Clone, PartialEq, Eq)]

@@ -22,6 +22,10 @@ pub struct TouchpointView<'a> {
     pub receipt: &'a Receipt,
     pub user_attributes: &'a [UserAttribute],
     pub template_params: &'a [TemplateParam],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_seconds: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u16>,
     pub enabled: bool,
     pub space_ids: &'a [String],
     pub version: u64,
@@ -43,6 +47,8 @@ impl<'a> From<&'a Touchpoint> for TouchpointView<'a> {
             receipt: &tp.spec.receipt,
             user_attributes: &tp.spec.user_attributes,
             template_params: &tp.spec.template_params,
+            request_timeout_seconds: tp.spec.request_timeout_seconds,
+            max_concurrency: tp.spec.max_concurrency,
             enabled: tp.enabled,
             space_ids: &tp.space_ids,
             version: tp.version,
