@@ -1,0 +1,154 @@
+//! The local binary as a separate process: started on a free port, driven over HTTP,
+//! stopped with SIGTERM or SIGKILL.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_touchpoint-under-test");
+/// Every token the end-to-end tests register contains this, so a leak is easy to spot.
+pub const SECRET: &str = "SECRET-tok-e2e";
+
+pub struct Service {
+    pub child: Child,
+    pub base: String,
+    pub key: Option<String>,
+    pub banner: Vec<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+pub fn command(data_dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("TOUCHPOINT_API_KEYS")
+        .env_remove("TOUCHPOINT_LISTEN")
+        .env_remove("TOUCHPOINT_DATA_DIR")
+        .env_remove("TOUCHPOINT_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Service {
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Service {
+        let mut child = command(data_dir, env).spawn().expect("start the binary");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut banner = Vec::new();
+        let mut base = None;
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        base = Some(addr.trim().to_owned());
+                    }
+                    let done = line.starts_with("authenticate with:");
+                    banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let base = base.unwrap_or_else(|| panic!("no 'listening on' line; banner: {banner:?}"));
+        let key = banner
+            .iter()
+            .find_map(|l| l.strip_prefix("authenticate with: Authorization: Bearer "))
+            .filter(|k| k.starts_with("tpk_"))
+            .map(str::to_owned);
+        Service {
+            child,
+            base,
+            key,
+            banner,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut req = client.request(method, self.url(path)).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let response = req.send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert!(!text.contains(SECRET), "a response carried a token: {text}");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        (status, body)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and everything logged.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        self.signal("TERM");
+        let status = wait(&mut self.child, Duration::from_secs(20));
+        (status, self.stderr.join().unwrap())
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
