@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::service::{SECRET, Service};
+use support::service::{ReferenceReceiver, SECRET, Service, readme_block};
 use support::{Receiver, Reply};
 
 const ADMIN: &str = "e2e-admin-key-0001";
@@ -342,4 +342,52 @@ async fn kill_9_in_the_middle_of_20000_users_loses_no_one_and_resends_only_in_fl
     assert!(resent <= 4, "{resent} batches were sent again");
     eprintln!("kill -9 after {before_restart} requests: {resent} in-flight batches re-sent");
     service.terminate();
+}
+
+/// README's dispatch quick start, run as written: the reference receiver and 1,000 users.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_dispatch_quick_start_works_as_written() {
+    let receiver = ReferenceReceiver::start("sync", "abc123");
+    let tmp = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        &tmp.path().join("touchpoint-data"),
+        &[("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", "true")],
+    );
+    let tmp_path = tmp.path().display().to_string();
+    let script = readme_block("## Send a dispatch to the reference receiver", 1)
+        .replace(
+            "API=http://127.0.0.1:8080",
+            &format!("API={}", service.base),
+        )
+        .replace("127.0.0.1:9000", &format!("127.0.0.1:{}", receiver.port))
+        .replace("/tmp/", &format!("{tmp_path}/"))
+        .replace("curl -s ", "curl -s -w '\\n' ");
+    let out = std::process::Command::new("bash")
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &format!("timeout 60 bash -euo pipefail -c {}", shell_quote(&script)),
+        ])
+        .current_dir(tmp.path())
+        .output()
+        .expect("bash and curl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(r#""status":"queued""#), "{stdout}");
+    assert!(stdout.contains(r#""succeeded":1000"#), "{stdout}");
+    assert!(
+        stdout.contains(r#"{"rejected":0,"requests":10,"users":1000}"#),
+        "the receiver verified every signature: {stdout}"
+    );
+    assert!(stdout.contains("$ma_channel_touch"), "{stdout}");
+    service.terminate();
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }

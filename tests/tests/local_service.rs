@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use support::service::{SECRET, Service, command};
+use support::service::{SECRET, Service, command, readme_block};
 
 fn touchpoint(name: &str) -> Value {
     json!({
@@ -222,17 +222,7 @@ fn bad_configuration_fails_at_start_with_its_name() {
 /// README's curl walk-through, run as written against a fresh service: what a newcomer does.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_walkthrough_works_as_written() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let section = readme
-        .split("## Walk the lifecycle with curl")
-        .nth(1)
-        .expect("README has the walk-through");
-    let script = section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|s| s.split("```").next())
-        .expect("a sh block");
+    let script = readme_block("## Walk the lifecycle with curl", 0);
     let (tmp, _) = data_dir();
     // The walk-through reads the key from ./touchpoint-data and talks to the default address;
     // point it at this test's service instead.

@@ -152,3 +152,71 @@ pub fn wait(child: &mut Child, limit: Duration) -> ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The `nth` (0-based) `sh` block under a README heading.
+pub fn readme_block(heading: &str, nth: usize) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has no {heading:?}"));
+    section
+        .split("```sh\n")
+        .nth(nth + 1)
+        .and_then(|s| s.split("```").next())
+        .expect("a sh block")
+        .to_owned()
+}
+
+/// A free port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The reference receiver (`touchpoint receiver`) as its own process.
+pub struct ReferenceReceiver {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl ReferenceReceiver {
+    pub fn start(mode: &str, token: &str) -> ReferenceReceiver {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args([
+                "receiver",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--token",
+                token,
+                "--mode",
+                mode,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the reference receiver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the reference receiver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ReferenceReceiver { child, port }
+    }
+}
+
+impl Drop for ReferenceReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
