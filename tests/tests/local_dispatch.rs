@@ -391,3 +391,48 @@ async fn the_readme_dispatch_quick_start_works_as_written() {
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dispatch_the_queue_gives_up_on_fails_its_remaining_users_instead_of_losing_them() {
+    let rx = Receiver::start(|_, _| Reply::Json(503, json!({}))).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let service = Service::start(
+        &tmp.path().join("data"),
+        &[
+            ("TOUCHPOINT_API_KEYS", keys.as_str()),
+            ("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", "true"),
+            ("TOUCHPOINT_RETRY_SCHEDULE", "50ms,50ms,50ms,50ms,50ms,50ms"),
+            ("TOUCHPOINT_MAX_RECEIVES", "3"),
+        ],
+    );
+    let tp = touchpoint(&service, &rx.url(), 10).await;
+    let (status, _) = service
+        .call(
+            Method::POST,
+            "/v1/dispatches",
+            CAMPAIGN,
+            Some(dispatch("dlq", &tp, 0, 20)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let d = completed(&service, "dlq", Duration::from_secs(30)).await;
+    assert_eq!(d["counts"]["failed"], 20, "{d}");
+    let order = d["batches"][0]["orderNo"].as_str().unwrap();
+    let (_, b) = service
+        .call(Method::GET, &format!("/v1/batches/{order}"), CAMPAIGN, None)
+        .await;
+    assert!(
+        b["results"][0]["errorMsg"]
+            .as_str()
+            .unwrap()
+            .contains("dead-lettered after 3 deliveries"),
+        "{b}"
+    );
+    assert_eq!(
+        rx.requests(),
+        6,
+        "three deliveries of two batches, then no more"
+    );
+    service.terminate();
+}

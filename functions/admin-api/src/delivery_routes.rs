@@ -170,20 +170,29 @@ pub async fn get_batch(
     })))
 }
 
+async fn counters(
+    state: &AppState,
+    project: i64,
+    scope: StatsScope,
+    key: &str,
+) -> Result<Value, ApiError> {
+    let c = state
+        .delivery
+        .stats(project, scope, key)
+        .await
+        .map_err(|e| ApiError::from(touchpoint::DomainError::from(e)))?;
+    Ok(json!({"sent": c.sent, "succeeded": c.succeeded, "failed": c.failed, "pending": c.pending}))
+}
+
 pub async fn campaign_stats(
     State(state): State<AppState>,
     who: Principal,
     PathParams(campaign_id): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
     who.require(CAMPAIGN_SYSTEM)?;
-    let c = state
-        .delivery
-        .stats(who.project_id, StatsScope::Campaign, &campaign_id)
-        .await
-        .map_err(|e| ApiError::from(touchpoint::DomainError::from(e)))?;
-    Ok(Json(
-        json!({"campaignId": campaign_id, "sent": c.sent, "succeeded": c.succeeded, "failed": c.failed, "pending": c.pending}),
-    ))
+    let mut body = counters(&state, who.project_id, StatsScope::Campaign, &campaign_id).await?;
+    body["campaignId"] = json!(campaign_id);
+    Ok(Json(body))
 }
 
 pub async fn touchpoint_stats(
@@ -193,14 +202,9 @@ pub async fn touchpoint_stats(
 ) -> Result<Json<Value>, ApiError> {
     who.require(&["admin"])?;
     state.touchpoints.get(who.project_id, &id).await?;
-    let c = state
-        .delivery
-        .stats(who.project_id, StatsScope::Touchpoint, &id)
-        .await
-        .map_err(|e| ApiError::from(touchpoint::DomainError::from(e)))?;
-    Ok(Json(
-        json!({"touchpointId": id, "sent": c.sent, "succeeded": c.succeeded, "failed": c.failed, "pending": c.pending}),
-    ))
+    let mut body = counters(&state, who.project_id, StatsScope::Touchpoint, &id).await?;
+    body["touchpointId"] = json!(id);
+    Ok(Json(body))
 }
 
 /// `POST /v1/touchpoints/{id}/test`: one real signed request, enabled or not, not counted.

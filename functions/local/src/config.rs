@@ -61,22 +61,34 @@ fn flag(name: &str, value: Option<String>) -> Result<bool, String> {
     }
 }
 
+/// `--name=value` → (`--name`, Some(value)); anything else as it is.
+fn split_flag(arg: &str) -> (&str, Option<String>) {
+    match arg.split_once('=') {
+        Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+        _ => (arg, None),
+    }
+}
+
+/// A flag's value: the inline one, or the next argument.
+fn flag_value<'a>(
+    name: &str,
+    inline: &Option<String>,
+    rest: &mut impl Iterator<Item = &'a String>,
+) -> Result<String, String> {
+    inline
+        .clone()
+        .or_else(|| rest.next().cloned())
+        .ok_or_else(|| format!("{name} needs a value"))
+}
+
 fn parse_receiver(args: &[String]) -> Result<Command, String> {
     let mut listen = "127.0.0.1:9000".to_owned();
     let mut token = None;
     let mut mode = crate::receiver::Mode::Sync;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| rest.next().cloned())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let (name, inline) = split_flag(arg);
+        let mut value = || flag_value(name, &inline, &mut rest);
         match name {
             "-h" | "--help" => return Ok(Command::Help),
             "--listen" => listen = value()?,
@@ -111,16 +123,8 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut rest = args.iter();
     let mut first = true;
     while let Some(arg) = rest.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| rest.next().cloned())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let (name, inline) = split_flag(arg);
+        let mut value = || flag_value(name, &inline, &mut rest);
         match name {
             "-h" | "--help" | "help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),

@@ -85,24 +85,46 @@ impl Receiver {
     }
 }
 
-async fn touch(
-    State(r): State<Arc<Receiver>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, Json<Value>) {
-    r.requests.fetch_add(1, Ordering::Relaxed);
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return refuse(StatusCode::BAD_REQUEST, "body is not JSON");
-    };
-    if let Err(why) = r.verify(&headers, &body, &v) {
+type Answer = (StatusCode, Json<Value>);
+
+/// Reads and verifies a signed request; `Err` is the refusal to send back.
+fn signed_request(
+    r: &Receiver,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Value, String), Answer> {
+    let v = serde_json::from_slice::<Value>(body)
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "body is not JSON"))?;
+    if let Err(why) = r.verify(headers, body, &v) {
         r.rejected.fetch_add(1, Ordering::Relaxed);
-        return refuse(StatusCode::UNAUTHORIZED, why);
+        return Err(refuse(StatusCode::UNAUTHORIZED, why));
     }
     let order = v
         .get("orderNo")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    Ok((v, order))
+}
+
+/// A receipt naming every gid as delivered.
+fn receipt_for(order: &str, gids: &[i64]) -> Answer {
+    let statuses: Vec<Value> = gids
+        .iter()
+        .map(|g| json!({"gid": g, "status": STATUS_SUCCESS, "errorMsg": ""}))
+        .collect();
+    (
+        StatusCode::OK,
+        Json(json!({"code": 0, "message": "", "orderNo": order, "sendStatusList": statuses})),
+    )
+}
+
+async fn touch(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Answer {
+    r.requests.fetch_add(1, Ordering::Relaxed);
+    let (v, order) = match signed_request(&r, &headers, &body) {
+        Ok(x) => x,
+        Err(refusal) => return refusal,
+    };
     let gids: Vec<i64> = v
         .get("dataList")
         .and_then(Value::as_array)
@@ -113,55 +135,28 @@ async fn touch(
         })
         .unwrap_or_default();
     r.users.fetch_add(gids.len() as u64, Ordering::Relaxed);
-    let statuses: Vec<Value> = match r.mode {
-        Some(Mode::Async) => {
-            r.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(order.clone(), gids);
-            Vec::new()
-        }
-        _ => gids
-            .iter()
-            .map(|g| json!({"gid": g, "status": STATUS_SUCCESS, "errorMsg": ""}))
-            .collect(),
-    };
-    (
-        StatusCode::OK,
-        Json(json!({"code": 0, "message": "", "orderNo": order, "sendStatusList": statuses})),
-    )
+    if r.mode == Some(Mode::Async) {
+        r.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(order.clone(), gids);
+        return receipt_for(&order, &[]);
+    }
+    receipt_for(&order, &gids)
 }
 
-async fn receipt(
-    State(r): State<Arc<Receiver>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, Json<Value>) {
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return refuse(StatusCode::BAD_REQUEST, "body is not JSON");
+async fn receipt(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Answer {
+    let (_, order) = match signed_request(&r, &headers, &body) {
+        Ok(x) => x,
+        Err(refusal) => return refusal,
     };
-    if let Err(why) = r.verify(&headers, &body, &v) {
-        return refuse(StatusCode::UNAUTHORIZED, why);
-    }
-    let order = v
-        .get("orderNo")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
     let gids = r
         .pending
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&order)
         .unwrap_or_default();
-    let statuses: Vec<Value> = gids
-        .iter()
-        .map(|g| json!({"gid": g, "status": STATUS_SUCCESS, "errorMsg": ""}))
-        .collect();
-    (
-        StatusCode::OK,
-        Json(json!({"code": 0, "message": "", "orderNo": order, "sendStatusList": statuses})),
-    )
+    receipt_for(&order, &gids)
 }
 
 async fn stats(State(r): State<Arc<Receiver>>) -> Json<Value> {
