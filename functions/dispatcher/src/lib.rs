@@ -23,8 +23,8 @@ use touchpoint::dispatch::{
 use touchpoint::model::{Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::{
-    TouchRequest, USER_AGENT, UserData, UserStatus, read_receipt, settle_sync, sign,
-    signature_headers, truncate,
+    ReceiptReading, TouchRequest, USER_AGENT, UserData, UserStatus, read_receipt, settle_sync,
+    sign, signature_headers, truncate,
 };
 use touchpoint_outbound::Outbound;
 
@@ -108,6 +108,8 @@ pub struct DispatcherConfig {
     pub request_timeout: Duration,
     /// How long a claim holds a batch; after it, a crashed sender's batch is sent again.
     pub lease: Duration,
+    /// How often async receipts are polled (protocol §2.2: every 5 minutes).
+    pub receipt_poll_interval: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -117,6 +119,7 @@ impl Default for DispatcherConfig {
             per_touchpoint_concurrency: 4,
             request_timeout: touchpoint_outbound::DEFAULT_REQUEST_TIMEOUT,
             lease: Duration::from_secs(120),
+            receipt_poll_interval: Duration::from_secs(300),
         }
     }
 }
@@ -151,6 +154,8 @@ struct Exchange {
 }
 
 enum Verdict {
+    /// Async: the receiver accepted; `None` users await their receipt.
+    Accepted(Vec<Option<UserStatus>>),
     Final(Vec<UserStatus>),
     Retry(Option<Duration>),
 }
@@ -403,6 +408,14 @@ impl Dispatcher {
                 .zip(statuses)
                 .map(|(gid, s)| json!({"gid": gid, "status": s.code(), "errorMsg": s.reason()}))
                 .collect(),
+            Verdict::Accepted(statuses) => gids
+                .iter()
+                .zip(statuses)
+                .map(|(gid, s)| match s {
+                    Some(s) => json!({"gid": gid, "status": s.code(), "errorMsg": s.reason()}),
+                    None => json!({"gid": gid, "status": "PENDING", "errorMsg": "awaiting the async receipt"}),
+                })
+                .collect(),
             Verdict::Retry(_) => Vec::new(),
         };
         json!({
@@ -410,7 +423,11 @@ impl Dispatcher {
             "request": request,
             "httpStatus": exchange.http_status,
             "latencyMs": exchange.latency_ms,
-            "ok": matches!(&exchange.verdict, Verdict::Final(s) if s.iter().all(|s| *s == UserStatus::Succeeded)),
+            "ok": match &exchange.verdict {
+                Verdict::Final(s) => s.iter().all(|s| *s == UserStatus::Succeeded),
+                Verdict::Accepted(s) => s.iter().all(|s| s.as_ref().is_none_or(|s| *s == UserStatus::Succeeded)),
+                Verdict::Retry(_) => false,
+            },
             "error": exchange.error,
             "responseExcerpt": exchange.excerpt,
             "results": results,
@@ -477,6 +494,7 @@ impl BatchJob {
         let at = self.clock.now_ms();
         let (outcome, next) = match ex.verdict {
             Verdict::Final(statuses) => (final_results(&gids, statuses), None),
+            Verdict::Accepted(statuses) => (self.accepted(tp, &gids, statuses, at), None),
             Verdict::Retry(retry_after) if attempt < self.cfg.retry.max_attempts() => {
                 let wait = self.cfg.retry.wait_after(attempt, retry_after);
                 let next = at + wait.as_millis() as i64;
@@ -513,6 +531,49 @@ impl BatchJob {
             })
             .await?;
         Ok(next)
+    }
+}
+
+impl BatchJob {
+    /// An async acceptance: final users now, the rest polled until the receipt timeout.
+    fn accepted(
+        &self,
+        tp: &Touchpoint,
+        gids: &[i64],
+        statuses: Vec<Option<UserStatus>>,
+        at: Millis,
+    ) -> AttemptOutcome {
+        let Receipt::Async {
+            receipt_url,
+            timeout_minutes,
+        } = &tp.spec.receipt
+        else {
+            return final_results(
+                gids,
+                statuses
+                    .into_iter()
+                    .map(|s| s.unwrap_or_else(|| UserStatus::failed("no status returned")))
+                    .collect(),
+            );
+        };
+        let mut results = Vec::new();
+        let mut pending = Vec::new();
+        for (gid, status) in gids.iter().zip(statuses) {
+            match status {
+                Some(status) => results.push(UserResult { gid: *gid, status }),
+                None => pending.push(*gid),
+            }
+        }
+        if pending.is_empty() {
+            return AttemptOutcome::Final(results);
+        }
+        AttemptOutcome::Accepted {
+            results,
+            pending,
+            receipt_url: receipt_url.clone(),
+            deadline: at + i64::from(*timeout_minutes) * 60_000,
+            next_poll_at: at + self.cfg.receipt_poll_interval.as_millis() as i64,
+        }
     }
 }
 
@@ -585,9 +646,17 @@ async fn exchange(
                 .filter(|s| !s.is_empty());
             let status = reply.status;
             let (verdict, error) = match status {
+                200..=299 if matches!(tp.spec.receipt, Receipt::Async { .. }) => {
+                    match read_receipt(&reply.body, false) {
+                        ReceiptReading::Statuses(mut known) => {
+                            let statuses = gids.iter().map(|g| known.remove(g)).collect();
+                            (Verdict::Accepted(statuses), None)
+                        }
+                        other => (Verdict::Final(settle_sync(gids, other).0), None),
+                    }
+                }
                 200..=299 => {
-                    let reading =
-                        read_receipt(&reply.body, matches!(tp.spec.receipt, Receipt::Sync));
+                    let reading = read_receipt(&reply.body, true);
                     let (statuses, unknown) = settle_sync(gids, reading);
                     if !unknown.is_empty() {
                         tracing::warn!(touchpoint = %tp.id, unknown = ?unknown, "receipt named gids not in the batch; ignored");

@@ -26,6 +26,7 @@ environment:
   TOUCHPOINT_REQUEST_TIMEOUT    per request to a receiver (default 15s, at most 60s)
   TOUCHPOINT_CONCURRENCY        requests in flight per touchpoint (default 4)
   TOUCHPOINT_MAX_RECEIVES       deliveries of a queued dispatch before it is dead-lettered (default 20)
+  TOUCHPOINT_RECEIPT_POLL_INTERVAL  how often async receipts are polled (default 5m; e.g. 2s for a demo)
   TOUCHPOINT_LOG_FORMAT         human (default) or json
   TOUCHPOINT_LOG                log filter, e.g. info or touchpoint=debug (default info)";
 
@@ -167,6 +168,13 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             .ok()
             .filter(|n| (1..=256).contains(n))
             .ok_or("TOUCHPOINT_CONCURRENCY must be an integer from 1 to 256")?;
+    }
+    if let Some(s) = env("TOUCHPOINT_RECEIPT_POLL_INTERVAL").filter(|s| !s.trim().is_empty()) {
+        let t = parse_duration(&s).map_err(|e| format!("TOUCHPOINT_RECEIPT_POLL_INTERVAL: {e}"))?;
+        if t < std::time::Duration::from_millis(100) {
+            return Err("TOUCHPOINT_RECEIPT_POLL_INTERVAL must be at least 100ms".into());
+        }
+        dispatcher.receipt_poll_interval = t;
     }
     let max_receives = match env("TOUCHPOINT_MAX_RECEIVES").filter(|s| !s.trim().is_empty()) {
         None => 20,

@@ -13,6 +13,7 @@ use touchpoint_admin_api::{ApiKeys, AppState};
 use touchpoint_dispatcher::Dispatcher;
 use touchpoint_embedded::{ResultsFile, SqliteStore};
 use touchpoint_outbound::Outbound;
+use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
 
 mod config;
 pub mod receiver;
@@ -234,8 +235,21 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
         UrlPolicy {
             allow_plain_http: cfg.allow_plain_http,
         },
-    );
+    )
+    .with_receipt_schedule(shared.clone(), shared.clone());
     let outbound = Outbound::new(cfg.allow_private_networks)?;
+    let poller = Arc::new(ReceiptPoller::new(
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        outbound.clone(),
+        clock.clone(),
+        PollerConfig {
+            interval: cfg.dispatcher.receipt_poll_interval,
+            request_timeout: cfg.dispatcher.request_timeout,
+            ..PollerConfig::default()
+        },
+    ));
     let dispatcher = Arc::new(Dispatcher::new(
         shared.clone(),
         shared.clone(),
@@ -260,6 +274,12 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
     });
     let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
     let results = ResultsFile::new(store.clone(), cfg.data_dir.join(RESULTS_FILE));
+    let ticker_task = tokio::spawn(worker::tick_receipts(
+        store.clone(),
+        poller,
+        cfg.dispatcher.receipt_poll_interval,
+        stop_rx.clone(),
+    ));
     let publisher_task = tokio::spawn(worker::publish_results(results, store.clone(), stop_rx));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -280,6 +300,7 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
     let _ = stop_tx.send(true);
     // Batches still in flight are sent again with the same orderNo after the next start.
     worker_task.abort();
+    ticker_task.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), publisher_task).await;
     tracing::info!("stopped");
     Ok(())

@@ -134,3 +134,37 @@ pub async fn publish_results(
         }
     }
 }
+
+/// The local stand-in for EventBridge Scheduler: every `interval`, one receipt round per
+/// scheduled touchpoint.
+pub async fn tick_receipts(
+    store: SqliteStore,
+    poller: Arc<touchpoint_receipt_poller::ReceiptPoller>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let schedules = match store.receipt_schedules().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read receipt schedules");
+                continue;
+            }
+        };
+        for (project, touchpoint) in schedules {
+            match poller.round(Some((project, &touchpoint))).await {
+                Ok(report) if report != Default::default() => {
+                    tracing::info!(project, %touchpoint, ?report, "receipt round");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(project, %touchpoint, error = %e, "receipt round failed"),
+            }
+        }
+    }
+}

@@ -63,6 +63,33 @@ fn counts(results: &[UserResult]) -> (i64, i64) {
     (ok, results.len() as i64 - ok)
 }
 
+/// Queues newly final results of a batch for publication (the results outbox).
+fn enqueue_results(
+    tx: &Transaction<'_>,
+    order_no: &str,
+    results: &[UserResult],
+    at: Millis,
+) -> Result<(), StoreError> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_string(results).map_err(json_err)?;
+    tx.prepare_cached("INSERT INTO outbox (order_no, results, resolved_at) VALUES (?1, ?2, ?3)")
+        .map_err(backend)?
+        .execute(params![order_no, json, at])
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned + Default>(
+    s: Option<String>,
+) -> Result<T, StoreError> {
+    match s {
+        Some(s) if !s.is_empty() => serde_json::from_str(&s).map_err(json_err),
+        _ => Ok(T::default()),
+    }
+}
+
 fn insert_dispatch(
     tx: &Transaction<'_>,
     meta: &DispatchMeta,
@@ -83,9 +110,10 @@ fn insert_dispatch(
 }
 
 const BATCH_COLUMNS: &str = "order_no, dispatch_id, batch_index, touchpoint_id, campaign_id, state, users, succeeded, failed,
-     attempts, last_http_status, last_error, response_excerpt, next_attempt_at, sent_at, resolved_at, results";
+     attempts, last_http_status, last_error, response_excerpt, next_attempt_at, sent_at, resolved_at, results,
+     pending, polls, next_poll_at, deadline";
 
-fn row_to_batch(r: &rusqlite::Row<'_>) -> rusqlite::Result<(BatchView, String)> {
+fn row_to_batch(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawBatch> {
     let state: String = r.get(5)?;
     Ok((
         BatchView {
@@ -106,15 +134,23 @@ fn row_to_batch(r: &rusqlite::Row<'_>) -> rusqlite::Result<(BatchView, String)> 
             sent_at: r.get(14)?,
             resolved_at: r.get(15)?,
             results: Vec::new(),
+            pending: Vec::new(),
+            polls: r.get(18)?,
+            next_poll_at: r.get(19)?,
+            deadline: r.get(20)?,
         },
-        r.get::<_, Option<String>>(16)?.unwrap_or_default(),
+        (
+            r.get::<_, Option<String>>(16)?,
+            r.get::<_, Option<String>>(17)?,
+        ),
     ))
 }
 
-fn with_results((mut view, results): (BatchView, String)) -> Result<BatchView, StoreError> {
-    if !results.is_empty() {
-        view.results = serde_json::from_str(&results).map_err(json_err)?;
-    }
+type RawBatch = (BatchView, (Option<String>, Option<String>));
+
+fn with_results((mut view, (results, pending)): RawBatch) -> Result<BatchView, StoreError> {
+    view.results = parse_json(results)?;
+    view.pending = parse_json(pending)?;
     Ok(view)
 }
 
@@ -185,6 +221,7 @@ impl DeliveryStore for SqliteStore {
                 ],
             )
             .map_err(backend)?;
+            enqueue_results(tx, &order_no(meta.project_id, &meta.dispatch_id, usize::MAX), &results, now)?;
             let n = gids.len() as i64;
             bump_stats(tx, meta.project_id, &meta.campaign_id, &meta.touchpoint_id, n, 0, n)
         })
@@ -261,7 +298,7 @@ impl DeliveryStore for SqliteStore {
     async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError> {
         let record = record.clone();
         let writes = self.writes();
-        let is_final = matches!(record.outcome, AttemptOutcome::Final(_));
+        let settles = !matches!(record.outcome, AttemptOutcome::Retry { .. });
         self.tx(move |tx| {
             writes.fetch_add(1, Ordering::Relaxed);
             match &record.outcome {
@@ -290,7 +327,7 @@ impl DeliveryStore for SqliteStore {
                             "UPDATE batches SET state = 'final', attempts = ?2, last_http_status = ?3, last_error = ?4,
                                     response_excerpt = ?5, resolved_at = ?6, succeeded = ?7, failed = ?8, results = ?9,
                                     lease_until = NULL, next_attempt_at = NULL
-                             WHERE order_no = ?1 AND state != 'final'
+                             WHERE order_no = ?1 AND state NOT IN ('final', 'accepted')
                              RETURNING project_id, campaign_id, touchpoint_id",
                             params![
                                 record.order_no,
@@ -307,19 +344,216 @@ impl DeliveryStore for SqliteStore {
                         )
                         .optional()
                         .map_err(backend)?;
-                    // Already final (a duplicate record): count nothing twice.
+                    // Already settled (a duplicate record): count and publish nothing twice.
                     if let Some((project, campaign, touchpoint)) = owner {
                         bump_stats(tx, project, &campaign, &touchpoint, 0, ok, failed)?;
+                        enqueue_results(tx, &record.order_no, results, record.at)?;
+                    }
+                    Ok(())
+                }
+                AttemptOutcome::Accepted { results, pending, receipt_url, deadline, next_poll_at } => {
+                    let (ok, failed) = counts(results);
+                    let owner: Option<(ProjectId, String, String)> = tx
+                        .query_row(
+                            "UPDATE batches SET state = 'accepted', attempts = ?2, last_http_status = ?3, last_error = ?4,
+                                    response_excerpt = ?5, succeeded = ?6, failed = ?7, results = ?8, pending = ?9,
+                                    receipt_url = ?10, accepted_at = ?11, deadline = ?12, next_poll_at = ?13, polls = 0,
+                                    lease_until = NULL, next_attempt_at = NULL, poll_lease_until = NULL
+                             WHERE order_no = ?1 AND state NOT IN ('final', 'accepted')
+                             RETURNING project_id, campaign_id, touchpoint_id",
+                            params![
+                                record.order_no,
+                                record.attempt,
+                                record.http_status,
+                                record.error,
+                                record.response_excerpt,
+                                ok,
+                                failed,
+                                serde_json::to_string(results).map_err(json_err)?,
+                                serde_json::to_string(pending).map_err(json_err)?,
+                                receipt_url,
+                                record.at,
+                                deadline,
+                                next_poll_at
+                            ],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        )
+                        .optional()
+                        .map_err(backend)?;
+                    if let Some((project, campaign, touchpoint)) = owner {
+                        bump_stats(tx, project, &campaign, &touchpoint, 0, ok, failed)?;
+                        enqueue_results(tx, &record.order_no, results, record.at)?;
                     }
                     Ok(())
                 }
             }
         })
         .await?;
-        if is_final {
+        if settles {
             self.notify_results();
         }
         Ok(())
+    }
+
+    async fn due_polls(
+        &self,
+        touchpoint: Option<(ProjectId, &str)>,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<PendingBatch>, StoreError> {
+        let touchpoint = touchpoint.map(|(p, t)| (p, t.to_owned()));
+        self.tx(move |tx| {
+            const COLUMNS: &str =
+                "order_no, project_id, touchpoint_id, receipt_url, pending, accepted_at, deadline, next_poll_at, polls";
+            let limit = limit as i64;
+            let map = |r: &rusqlite::Row<'_>| {
+                Ok((
+                    PendingBatch {
+                        order_no: r.get(0)?,
+                        project_id: r.get(1)?,
+                        touchpoint_id: r.get(2)?,
+                        receipt_url: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                        pending: Vec::new(),
+                        accepted_at: r.get::<_, Option<i64>>(5)?.unwrap_or_default(),
+                        deadline: r.get::<_, Option<i64>>(6)?.unwrap_or_default(),
+                        next_poll_at: r.get::<_, Option<i64>>(7)?.unwrap_or_default(),
+                        polls: r.get(8)?,
+                    },
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            };
+            let rows = match &touchpoint {
+                Some((project, id)) => tx
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM batches INDEXED BY batches_due_by_touchpoint
+                         WHERE state = 'accepted' AND touchpoint_id = ?1 AND next_poll_at <= ?2 AND project_id = ?3
+                         ORDER BY next_poll_at LIMIT ?4"
+                    ))
+                    .map_err(backend)?
+                    .query_map(params![id, now, project, limit], map)
+                    .map_err(backend)?
+                    .collect::<rusqlite::Result<Vec<_>>>(),
+                None => tx
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM batches INDEXED BY batches_due
+                         WHERE state = 'accepted' AND next_poll_at <= ?1 ORDER BY next_poll_at LIMIT ?2"
+                    ))
+                    .map_err(backend)?
+                    .query_map(params![now, limit], map)
+                    .map_err(backend)?
+                    .collect::<rusqlite::Result<Vec<_>>>(),
+            }
+            .map_err(backend)?;
+            rows.into_iter()
+                .map(|(mut b, pending)| {
+                    b.pending = parse_json(pending)?;
+                    Ok(b)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn lease_poll(
+        &self,
+        order_no: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        let order_no = order_no.to_owned();
+        self.tx(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE batches SET poll_lease_until = ?3
+                     WHERE order_no = ?1 AND state = 'accepted' AND next_poll_at <= ?2
+                       AND (poll_lease_until IS NULL OR poll_lease_until <= ?2)",
+                    params![order_no, now, until],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn record_poll(&self, record: &PollRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        let settled_any = !record.settled.is_empty();
+        self.tx(move |tx| {
+            let row: Option<(ProjectId, String, String, Option<String>, Option<String>)> = tx
+                .query_row(
+                    "SELECT project_id, campaign_id, touchpoint_id, pending, results FROM batches
+                     WHERE order_no = ?1 AND state = 'accepted'",
+                    params![record.order_no],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some((project, campaign, touchpoint, pending, results)) = row else {
+                return Ok(());
+            };
+            let mut pending: Vec<i64> = parse_json(pending)?;
+            let mut results: Vec<UserResult> = parse_json(results)?;
+            // Only users still pending settle, each once.
+            let settled: Vec<UserResult> = record
+                .settled
+                .iter()
+                .filter(|r| pending.contains(&r.gid))
+                .cloned()
+                .collect();
+            pending.retain(|g| !settled.iter().any(|r| r.gid == *g));
+            results.extend(settled.iter().cloned());
+            let (ok, failed) = counts(&results);
+            let done = pending.is_empty();
+            tx.execute(
+                "UPDATE batches SET state = ?2, pending = ?3, results = ?4, succeeded = ?5, failed = ?6,
+                        polls = polls + ?7, next_poll_at = ?8, poll_lease_until = NULL,
+                        last_http_status = coalesce(?9, last_http_status), last_error = ?10,
+                        resolved_at = CASE WHEN ?11 THEN ?12 ELSE resolved_at END
+                 WHERE order_no = ?1",
+                params![
+                    record.order_no,
+                    if done { "final" } else { "accepted" },
+                    serde_json::to_string(&pending).map_err(json_err)?,
+                    serde_json::to_string(&results).map_err(json_err)?,
+                    ok,
+                    failed,
+                    i64::from(record.http_status.is_some() || record.error.is_some()),
+                    if done { None } else { Some(record.next_poll_at) },
+                    record.http_status,
+                    record.error,
+                    done,
+                    record.at
+                ],
+            )
+            .map_err(backend)?;
+            let (s_ok, s_failed) = counts(&settled);
+            bump_stats(tx, project, &campaign, &touchpoint, 0, s_ok, s_failed)?;
+            enqueue_results(tx, &record.order_no, &settled, record.at)
+        })
+        .await?;
+        if settled_any {
+            self.notify_results();
+        }
+        Ok(())
+    }
+
+    async fn pending_receipts(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &str,
+    ) -> Result<u64, StoreError> {
+        let touchpoint_id = touchpoint_id.to_owned();
+        self.tx(move |tx| {
+            tx.query_row(
+                "SELECT coalesce(sum(users - succeeded - failed), 0) FROM batches INDEXED BY batches_due_by_touchpoint
+                 WHERE state = 'accepted' AND touchpoint_id = ?1 AND project_id = ?2",
+                params![touchpoint_id, project],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(backend)
+        })
+        .await
     }
 
     async fn dispatch(
@@ -570,7 +804,8 @@ impl SqliteStore {
     }
 }
 
-/// Appends every final outcome to `results.jsonl` exactly once, packed per batch.
+/// Appends every final outcome to `results.jsonl` exactly once, packed per settlement of a
+/// batch (all of a sync batch at once; an async batch's users as their receipts arrive).
 ///
 /// The file and the database cannot change in one atomic step, so each batch records the file
 /// length after its events were written and synced. On start the file is cut back to the last
@@ -594,26 +829,35 @@ impl ResultsFile {
         let path = self.path.clone();
         self.store
             .tx(move |tx| {
+                // Older databases recorded publication on the batch itself.
                 let committed: i64 = tx
-                    .query_row("SELECT coalesce(max(published_offset), 0) FROM batches", [], |r| r.get(0))
+                    .query_row(
+                        "SELECT max(coalesce((SELECT max(published_offset) FROM outbox), 0),
+                                    coalesce((SELECT max(published_offset) FROM batches), 0))",
+                        [],
+                        |r| r.get(0),
+                    )
                     .map_err(backend)?;
                 let mut stmt = tx
                     .prepare_cached(
-                        "SELECT b.order_no, b.batch_index, b.sent_at, b.resolved_at, b.results, d.meta
-                         FROM batches b JOIN dispatches d ON d.project_id = b.project_id AND d.dispatch_id = b.dispatch_id
-                         WHERE b.state = 'final' AND b.published_offset IS NULL
-                         ORDER BY b.resolved_at, b.order_no LIMIT ?1",
+                        "SELECT o.id, o.order_no, b.batch_index, b.sent_at, o.resolved_at, o.results, d.meta
+                         FROM outbox o
+                         JOIN batches b ON b.order_no = o.order_no
+                         JOIN dispatches d ON d.project_id = b.project_id AND d.dispatch_id = b.dispatch_id
+                         WHERE o.published_offset IS NULL
+                         ORDER BY o.id LIMIT ?1",
                     )
                     .map_err(backend)?;
                 let rows = stmt
                     .query_map(params![PUBLISH_ROUND], |r| {
                         Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, Option<i64>>(2)?,
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
                             r.get::<_, Option<i64>>(3)?,
-                            r.get::<_, Option<String>>(4)?,
-                            r.get::<_, String>(5)?,
+                            r.get::<_, Option<i64>>(4)?,
+                            r.get::<_, Option<String>>(5)?,
+                            r.get::<_, String>(6)?,
                         ))
                     })
                     .map_err(backend)?
@@ -635,7 +879,7 @@ impl ResultsFile {
                 let mut offset = committed;
                 let mut marks = Vec::with_capacity(rows.len());
                 let mut out = Vec::new();
-                for (order, index, sent_at, resolved_at, results, meta) in rows {
+                for (outbox_id, order, index, sent_at, resolved_at, results, meta) in rows {
                     let meta: DispatchMeta = serde_json::from_str(&meta).map_err(json_err)?;
                     let results: Vec<UserResult> =
                         serde_json::from_str(results.as_deref().unwrap_or("[]")).map_err(json_err)?;
@@ -665,14 +909,14 @@ impl ResultsFile {
                     serde_json::to_writer(&mut out, &json!({ "events": packed })).map_err(json_err)?;
                     out.push(b'\n');
                     offset = committed + out.len() as i64;
-                    marks.push((order, offset));
+                    marks.push((outbox_id, offset));
                 }
                 file.write_all(&out).and_then(|()| file.sync_data()).map_err(StoreError::backend)?;
                 let mut mark = tx
-                    .prepare_cached("UPDATE batches SET published_offset = ?2 WHERE order_no = ?1")
+                    .prepare_cached("UPDATE outbox SET published_offset = ?2 WHERE id = ?1")
                     .map_err(backend)?;
-                for (order, end) in marks {
-                    mark.execute(params![order, end]).map_err(backend)?;
+                for (id, end) in marks {
+                    mark.execute(params![id, end]).map_err(backend)?;
                 }
                 let _ = offset;
                 Ok(events)
@@ -691,5 +935,49 @@ impl DispatchIntake for SqliteStore {
         now: Millis,
     ) -> Result<bool, StoreError> {
         self.submit_dispatch(project, dispatch_id, body, now).await
+    }
+}
+
+#[async_trait]
+impl ReceiptSchedule for SqliteStore {
+    async fn ensure(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError> {
+        let id = touchpoint_id.to_owned();
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO receipt_schedules (project_id, touchpoint_id) VALUES (?1, ?2)",
+                params![project, id],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError> {
+        let id = touchpoint_id.to_owned();
+        self.tx(move |tx| {
+            tx.execute(
+                "DELETE FROM receipt_schedules WHERE project_id = ?1 AND touchpoint_id = ?2",
+                params![project, id],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// Touchpoints whose receipts the local ticker polls.
+    pub async fn receipt_schedules(&self) -> Result<Vec<(ProjectId, String)>, StoreError> {
+        self.tx(|tx| {
+            tx.prepare_cached("SELECT project_id, touchpoint_id FROM receipt_schedules ORDER BY project_id, touchpoint_id")
+                .map_err(backend)?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)
+        })
+        .await
     }
 }

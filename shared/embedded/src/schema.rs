@@ -99,6 +99,32 @@ const MIGRATIONS: &[&str] = &[
          failed     INTEGER NOT NULL,
          PRIMARY KEY (project_id, scope, key)
      ) WITHOUT ROWID;",
+    // 3: async receipts (pending users, polling, deadlines), the results outbox, schedules.
+    "ALTER TABLE batches ADD COLUMN pending TEXT;
+     ALTER TABLE batches ADD COLUMN receipt_url TEXT;
+     ALTER TABLE batches ADD COLUMN accepted_at INTEGER;
+     ALTER TABLE batches ADD COLUMN deadline INTEGER;
+     ALTER TABLE batches ADD COLUMN next_poll_at INTEGER;
+     ALTER TABLE batches ADD COLUMN polls INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE batches ADD COLUMN poll_lease_until INTEGER;
+     CREATE INDEX batches_due_by_touchpoint ON batches (touchpoint_id, next_poll_at) WHERE state = 'accepted';
+     CREATE INDEX batches_due ON batches (next_poll_at) WHERE state = 'accepted';
+     CREATE TABLE outbox (
+         id               INTEGER PRIMARY KEY,
+         order_no         TEXT    NOT NULL,
+         results          TEXT    NOT NULL,
+         resolved_at      INTEGER NOT NULL,
+         published_offset INTEGER
+     );
+     CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_offset IS NULL;
+     INSERT INTO outbox (order_no, results, resolved_at)
+         SELECT order_no, coalesce(results, '[]'), coalesce(resolved_at, 0) FROM batches
+         WHERE state = 'final' AND published_offset IS NULL;
+     CREATE TABLE receipt_schedules (
+         project_id    INTEGER NOT NULL,
+         touchpoint_id TEXT    NOT NULL,
+         PRIMARY KEY (project_id, touchpoint_id)
+     ) WITHOUT ROWID;",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

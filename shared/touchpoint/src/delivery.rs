@@ -99,6 +99,43 @@ pub enum AttemptOutcome {
     Final(Vec<UserResult>),
     /// Send again from this time.
     Retry { next_attempt_at: Millis },
+    /// An async receiver accepted the batch: `results` are final already, `pending` gids wait
+    /// for their receipt, polled at `receipt_url` from `next_poll_at` until `deadline`.
+    Accepted {
+        results: Vec<UserResult>,
+        pending: Vec<i64>,
+        receipt_url: String,
+        deadline: Millis,
+        next_poll_at: Millis,
+    },
+}
+
+/// An accepted batch whose receipt is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingBatch {
+    pub order_no: String,
+    pub project_id: ProjectId,
+    pub touchpoint_id: String,
+    pub receipt_url: String,
+    pub pending: Vec<i64>,
+    pub accepted_at: Millis,
+    pub deadline: Millis,
+    pub next_poll_at: Millis,
+    pub polls: u32,
+}
+
+/// What one receipt poll (or the deadline) did to an accepted batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollRecord {
+    pub order_no: String,
+    pub at: Millis,
+    /// Users that became final now.
+    pub settled: Vec<UserResult>,
+    /// When to poll again if users remain pending.
+    pub next_poll_at: Millis,
+    pub http_status: Option<u16>,
+    /// Why the poll changed nothing, if it failed.
+    pub error: Option<String>,
 }
 
 /// A batch as the API shows it.
@@ -121,8 +158,13 @@ pub struct BatchView {
     pub next_attempt_at: Option<Millis>,
     pub sent_at: Option<Millis>,
     pub resolved_at: Option<Millis>,
-    /// Per-user results once final.
+    /// Per-user results known so far.
     pub results: Vec<UserResult>,
+    /// Async: users still waiting for their receipt.
+    pub pending: Vec<i64>,
+    pub polls: u32,
+    pub next_poll_at: Option<Millis>,
+    pub deadline: Option<Millis>,
 }
 
 /// A dispatch as the API shows it.
@@ -216,6 +258,43 @@ pub trait DeliveryStore: Send + Sync {
         scope: StatsScope,
         key: &str,
     ) -> Result<Counters, StoreError>;
+
+    /// Accepted batches due for a receipt poll at `now`, for one touchpoint or all, found
+    /// through an index of accepted batches by touchpoint and next poll time.
+    async fn due_polls(
+        &self,
+        touchpoint: Option<(ProjectId, &str)>,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<PendingBatch>, StoreError>;
+
+    /// Takes the poll lease of a due batch until `until`; false when another round holds it
+    /// or it is no longer due.
+    async fn lease_poll(
+        &self,
+        order_no: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// Applies a poll: settles users (counted and queued for publication once), keeps the rest
+    /// pending until `next_poll_at`, and releases the lease.
+    async fn record_poll(&self, record: &PollRecord) -> Result<(), StoreError>;
+
+    /// Users of a touchpoint still waiting for a receipt.
+    async fn pending_receipts(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &str,
+    ) -> Result<u64, StoreError>;
+}
+
+/// "Make sure touchpoint X is polled every 5 minutes" / "stop polling X": an in-process ticker
+/// locally, EventBridge Scheduler on AWS.
+#[async_trait]
+pub trait ReceiptSchedule: Send + Sync {
+    async fn ensure(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError>;
+    async fn remove(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError>;
 }
 
 /// Where dispatches are handed in over HTTP: stored durably and queued for the dispatcher.

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use crate::clock::Clock;
+use crate::delivery::{DeliveryStore, ReceiptSchedule};
 use crate::error::{DomainError, FieldError};
 use crate::ids::{is_touchpoint_id, new_touchpoint_id};
 pub use crate::input::UrlPolicy;
@@ -45,11 +46,52 @@ pub struct Touchpoints {
     store: Arc<dyn TouchpointStore>,
     clock: Arc<dyn Clock>,
     urls: UrlPolicy,
+    receipts: Option<(Arc<dyn ReceiptSchedule>, Arc<dyn DeliveryStore>)>,
 }
 
 impl Touchpoints {
     pub fn new(store: Arc<dyn TouchpointStore>, clock: Arc<dyn Clock>, urls: UrlPolicy) -> Self {
-        Touchpoints { store, clock, urls }
+        Touchpoints {
+            store,
+            clock,
+            urls,
+            receipts: None,
+        }
+    }
+
+    /// Keeps receipt polling schedules in step with the touchpoints: ensured when an async
+    /// touchpoint is created, enabled or switched to async; removed when it is deleted or
+    /// switched to sync and none of its receipts is pending (otherwise the poller removes it
+    /// once they are settled).
+    pub fn with_receipt_schedule(
+        mut self,
+        schedule: Arc<dyn ReceiptSchedule>,
+        ledger: Arc<dyn DeliveryStore>,
+    ) -> Self {
+        self.receipts = Some((schedule, ledger));
+        self
+    }
+
+    async fn sync_schedule(
+        &self,
+        before: Option<&Touchpoint>,
+        after: Option<&Touchpoint>,
+    ) -> Result<(), DomainError> {
+        let Some((schedule, ledger)) = &self.receipts else {
+            return Ok(());
+        };
+        let is_async = |t: Option<&Touchpoint>| {
+            t.is_some_and(|t| matches!(t.spec.receipt, Receipt::Async { .. }))
+        };
+        let Some(tp) = after.or(before) else {
+            return Ok(());
+        };
+        if is_async(after) {
+            schedule.ensure(tp.project_id, &tp.id).await?;
+        } else if is_async(before) && ledger.pending_receipts(tp.project_id, &tp.id).await? == 0 {
+            schedule.remove(tp.project_id, &tp.id).await?;
+        }
+        Ok(())
     }
 
     pub fn url_policy(&self) -> UrlPolicy {
@@ -79,6 +121,7 @@ impl Touchpoints {
             updated_at: now,
         };
         self.store.insert(&tp).await?;
+        self.sync_schedule(None, Some(&tp)).await?;
         Ok(tp)
     }
 
@@ -220,7 +263,9 @@ impl Touchpoints {
         let version = current.version;
         let mut next = current;
         next.enabled = true;
-        self.commit(next, version, UpdateGuard::None).await
+        let next = self.commit(next, version, UpdateGuard::None).await?;
+        self.sync_schedule(None, Some(&next)).await?;
+        Ok(next)
     }
 
     /// Disables a touchpoint unless a campaign in a blocking state references it.
@@ -285,6 +330,7 @@ impl Touchpoints {
             return Err(DomainError::TouchpointEnabled);
         }
         self.store.delete(project, id, current.version).await?;
+        self.sync_schedule(Some(&current), None).await?;
         Ok(())
     }
 

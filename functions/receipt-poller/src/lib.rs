@@ -1,0 +1,303 @@
+//! The receipt poller (protocol §2.2). One [`ReceiptPoller::round`] polls every accepted batch
+//! that is due — for one touchpoint, or all — at most once each: statuses it brings become
+//! final and are published once, the rest stay pending for the next round, and whatever is
+//! still pending at the touchpoint's receipt timeout fails with "receipt timeout".
+//!
+//! Rounds may overlap (a slow round and the next tick, two processes): each batch is leased
+//! before it is polled, so no two rounds poll it at once. A round that dies leaves its leases
+//! to expire; the next round takes those batches again.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use touchpoint::ProjectId;
+use touchpoint::clock::{Clock, Millis};
+use touchpoint::delivery::{DeliveryStore, PendingBatch, PollRecord, ReceiptSchedule, UserResult};
+use touchpoint::model::{Receipt, Touchpoint};
+use touchpoint::ports::{StoreError, TouchpointStore};
+use touchpoint::protocol::{
+    ReceiptReading, ReceiptRequest, USER_AGENT, UserStatus, read_receipt, sign, signature_headers,
+};
+use touchpoint_outbound::Outbound;
+
+/// The reason given to users whose receipt never came.
+pub const RECEIPT_TIMEOUT: &str = "receipt timeout";
+
+#[derive(Clone, Debug)]
+pub struct PollerConfig {
+    /// Receipt requests in flight at once in one round.
+    pub concurrency: usize,
+    /// How long a round holds a batch it polls.
+    pub lease: Duration,
+    /// Time between polls of a batch.
+    pub interval: Duration,
+    pub request_timeout: Duration,
+    /// Most batches one round takes on.
+    pub max_batches: usize,
+}
+
+impl Default for PollerConfig {
+    fn default() -> Self {
+        PollerConfig {
+            concurrency: 8,
+            lease: Duration::from_secs(60),
+            interval: Duration::from_secs(300),
+            request_timeout: touchpoint_outbound::DEFAULT_REQUEST_TIMEOUT,
+            max_batches: 10_000,
+        }
+    }
+}
+
+/// What a round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Receipt requests sent.
+    pub polled: usize,
+    /// Users that became final.
+    pub settled: usize,
+    /// Users failed at the receipt timeout.
+    pub timed_out: usize,
+    /// Polls that failed and change nothing until the next round.
+    pub failed_polls: usize,
+    /// Due batches another round was polling.
+    pub skipped: usize,
+}
+
+pub struct ReceiptPoller {
+    touchpoints: Arc<dyn TouchpointStore>,
+    ledger: Arc<dyn DeliveryStore>,
+    schedule: Arc<dyn ReceiptSchedule>,
+    outbound: Outbound,
+    clock: Arc<dyn Clock>,
+    cfg: PollerConfig,
+}
+
+enum Polled {
+    Skipped,
+    TimedOut(usize),
+    Settled(usize),
+    Failed,
+}
+
+impl ReceiptPoller {
+    pub fn new(
+        touchpoints: Arc<dyn TouchpointStore>,
+        ledger: Arc<dyn DeliveryStore>,
+        schedule: Arc<dyn ReceiptSchedule>,
+        outbound: Outbound,
+        clock: Arc<dyn Clock>,
+        cfg: PollerConfig,
+    ) -> ReceiptPoller {
+        ReceiptPoller {
+            touchpoints,
+            ledger,
+            schedule,
+            outbound,
+            clock,
+            cfg,
+        }
+    }
+
+    /// One round for a touchpoint (`Some`) or every touchpoint (`None`).
+    pub async fn round(
+        self: &Arc<Self>,
+        scope: Option<(ProjectId, &str)>,
+    ) -> Result<RoundReport, StoreError> {
+        let now = self.clock.now_ms();
+        let due = self
+            .ledger
+            .due_polls(scope, now, self.cfg.max_batches)
+            .await?;
+        let mut report = RoundReport::default();
+        let mut touchpoints: HashMap<(ProjectId, String), Option<Arc<Touchpoint>>> = HashMap::new();
+        for b in &due {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                touchpoints.entry((b.project_id, b.touchpoint_id.clone()))
+            {
+                let tp = self.touchpoints.get(b.project_id, &b.touchpoint_id).await?;
+                slot.insert(tp.map(Arc::new));
+            }
+        }
+        let gate = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
+        let mut set = tokio::task::JoinSet::new();
+        for batch in due {
+            let tp = touchpoints
+                .get(&(batch.project_id, batch.touchpoint_id.clone()))
+                .cloned()
+                .flatten();
+            let permit = Arc::clone(&gate)
+                .acquire_owned()
+                .await
+                .map_err(StoreError::backend)?;
+            let me = Arc::clone(self);
+            set.spawn(async move {
+                let out = me.poll_one(batch, tp.as_deref(), now).await;
+                drop(permit);
+                out
+            });
+        }
+        let mut first_error = None;
+        while let Some(joined) = set.join_next().await {
+            match joined.map_err(StoreError::backend).and_then(|r| r) {
+                Ok(Polled::Skipped) => report.skipped += 1,
+                Ok(Polled::TimedOut(n)) => report.timed_out += n,
+                Ok(Polled::Settled(n)) => {
+                    report.polled += 1;
+                    report.settled += n;
+                }
+                Ok(Polled::Failed) => {
+                    report.polled += 1;
+                    report.failed_polls += 1;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if let Some((project, id)) = scope {
+            self.retire_schedule_if_done(project, id).await?;
+        }
+        Ok(report)
+    }
+
+    /// A deleted touchpoint, or one switched to sync, keeps its schedule only while receipts
+    /// are pending.
+    async fn retire_schedule_if_done(
+        &self,
+        project: ProjectId,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let tp = self.touchpoints.get(project, id).await?;
+        let still_async = tp.is_some_and(|t| matches!(t.spec.receipt, Receipt::Async { .. }));
+        if !still_async && self.ledger.pending_receipts(project, id).await? == 0 {
+            tracing::info!(
+                project,
+                touchpoint = id,
+                "no receipts pending; schedule removed"
+            );
+            self.schedule.remove(project, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn poll_one(
+        &self,
+        b: PendingBatch,
+        tp: Option<&Touchpoint>,
+        now: Millis,
+    ) -> Result<Polled, StoreError> {
+        let lease_until = now + self.cfg.lease.as_millis() as i64;
+        if !self
+            .ledger
+            .lease_poll(&b.order_no, now, lease_until)
+            .await?
+        {
+            return Ok(Polled::Skipped);
+        }
+        let next_poll_at = now + self.cfg.interval.as_millis() as i64;
+        if now >= b.deadline {
+            let settled: Vec<UserResult> = b
+                .pending
+                .iter()
+                .map(|gid| UserResult {
+                    gid: *gid,
+                    status: UserStatus::failed(RECEIPT_TIMEOUT),
+                })
+                .collect();
+            let n = settled.len();
+            self.ledger
+                .record_poll(&PollRecord {
+                    order_no: b.order_no,
+                    at: now,
+                    settled,
+                    next_poll_at,
+                    http_status: None,
+                    error: None,
+                })
+                .await?;
+            return Ok(Polled::TimedOut(n));
+        }
+        let token = tp
+            .and_then(|t| t.token.as_ref())
+            .map(|t| t.expose().to_owned());
+        let time_stamp = self.clock.now_ms();
+        let body = serde_json::to_vec(&ReceiptRequest {
+            time_stamp,
+            order_no: &b.order_no,
+            sign: token.as_deref().map(|t| sign(t, time_stamp, &b.order_no)),
+        })
+        .unwrap_or_default();
+        let mut headers = vec![("user-agent", USER_AGENT.to_owned())];
+        if let Some(token) = &token {
+            headers.extend(signature_headers(
+                token,
+                &b.order_no,
+                time_stamp.div_euclid(1000),
+                &body,
+            ));
+        }
+        let timeout = tp
+            .and_then(|t| t.spec.request_timeout_seconds)
+            .map_or(self.cfg.request_timeout, |s| {
+                Duration::from_secs(u64::from(s))
+            });
+        let reply = self
+            .outbound
+            .post_json(&b.receipt_url, body, &headers, timeout)
+            .await;
+        let (settled, http_status, error) = match reply {
+            Err(e) => (Vec::new(), None, Some(e.to_string())),
+            Ok(r) if !(200..300).contains(&r.status) => (
+                Vec::new(),
+                Some(r.status),
+                Some(format!("HTTP {}", r.status)),
+            ),
+            Ok(r) => match read_receipt(&r.body, false) {
+                ReceiptReading::Statuses(mut statuses) => {
+                    let settled = b
+                        .pending
+                        .iter()
+                        .filter_map(|gid| {
+                            statuses
+                                .remove(gid)
+                                .map(|status| UserResult { gid: *gid, status })
+                        })
+                        .collect();
+                    (settled, Some(r.status), None)
+                }
+                ReceiptReading::Rejected(m) => (
+                    Vec::new(),
+                    Some(r.status),
+                    Some(format!("receipt poll refused: {m}")),
+                ),
+                ReceiptReading::Invalid(m) => (Vec::new(), Some(r.status), Some(m)),
+            },
+        };
+        if let Some(e) = &error {
+            tracing::info!(order_no = %b.order_no, error = %e, "receipt poll failed; trying again next round");
+        }
+        let failed = error.is_some();
+        let n = settled.len();
+        self.ledger
+            .record_poll(&PollRecord {
+                order_no: b.order_no,
+                at: now,
+                settled,
+                next_poll_at,
+                http_status,
+                error,
+            })
+            .await?;
+        Ok(if failed {
+            Polled::Failed
+        } else {
+            Polled::Settled(n)
+        })
+    }
+}
