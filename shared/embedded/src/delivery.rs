@@ -981,3 +981,11 @@ impl SqliteStore {
         .await
     }
 }
+
+impl SqliteStore {
+    /// Drops a schedule behind the use cases' back, so tests can watch it being ensured.
+    #[doc(hidden)]
+    pub async fn remove_schedule_for_test(&self, project: ProjectId, touchpoint_id: &str) {
+        let _ = ReceiptSchedule::remove(self, project, touchpoint_id).await;
+    }
+}

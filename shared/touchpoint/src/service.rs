@@ -245,8 +245,11 @@ impl Touchpoints {
             TokenPatch::Clear => next.token = None,
             TokenPatch::Set(t) => next.token = Some(t),
         }
-        self.commit(next, expected, UpdateGuard::MustBeDisabled)
-            .await
+        let next = self
+            .commit(next, expected, UpdateGuard::MustBeDisabled)
+            .await?;
+        self.sync_schedule(Some(&current), Some(&next)).await?;
+        Ok(next)
     }
 
     pub async fn enable(

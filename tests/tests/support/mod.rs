@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 /// One request as the receiver saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    pub path: String,
     pub order_no: String,
     pub gids: Vec<i64>,
     pub body: Value,
@@ -48,8 +49,16 @@ impl Reply {
     }
 
     pub fn statuses(seen: &Seen, f: impl Fn(i64) -> (&'static str, &'static str)) -> Reply {
-        let list: Vec<Value> = seen
-            .gids
+        Reply::statuses_for(&seen.order_no, &seen.gids, f)
+    }
+
+    /// A receipt for these gids.
+    pub fn statuses_for(
+        order_no: &str,
+        gids: &[i64],
+        f: impl Fn(i64) -> (&'static str, &'static str),
+    ) -> Reply {
+        let list: Vec<Value> = gids
             .iter()
             .map(|g| {
                 let (status, error) = f(*g);
@@ -58,7 +67,7 @@ impl Reply {
             .collect();
         Reply::Json(
             200,
-            json!({"code": 0, "message": "", "orderNo": seen.order_no, "sendStatusList": list}),
+            json!({"code": 0, "message": "", "orderNo": order_no, "sendStatusList": list}),
         )
     }
 }
@@ -82,14 +91,21 @@ impl Drop for Receiver {
     }
 }
 
-async fn touch(State(s): State<Shared>, headers: HeaderMap, raw: Bytes) -> Response {
+async fn touch(
+    State(s): State<Shared>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let order_no = body["orderNo"].as_str().unwrap_or_default().to_owned();
     let gids = body["dataList"]
         .as_array()
         .map(|l| l.iter().filter_map(|u| u["gid"].as_i64()).collect())
         .unwrap_or_default();
+    let path = uri.path().to_owned();
     let seen = Seen {
+        path: path.clone(),
         order_no: order_no.clone(),
         gids,
         body,
@@ -99,7 +115,7 @@ async fn touch(State(s): State<Shared>, headers: HeaderMap, raw: Bytes) -> Respo
     };
     let n = {
         let mut counts = s.counts.lock().unwrap();
-        let c = counts.entry(order_no).or_insert(0);
+        let c = counts.entry(format!("{path} {order_no}")).or_insert(0);
         *c += 1;
         *c
     };
@@ -146,6 +162,21 @@ impl Receiver {
 
     pub fn url(&self) -> String {
         format!("http://{}/touch", self.addr)
+    }
+
+    pub fn receipt_url(&self) -> String {
+        format!("http://{}/receipt", self.addr)
+    }
+
+    /// Requests to one path.
+    pub fn seen_at(&self, path: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == path)
+            .cloned()
+            .collect()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
