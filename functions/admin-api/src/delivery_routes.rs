@@ -289,3 +289,45 @@ pub async fn test_send(
     tracing::info!(project = who.project_id, touchpoint = %tp.id, status = ?report.get("httpStatus"), "test send");
     Ok(Json(report))
 }
+
+/// `GET /v1/touchpoints/{id}/params/{identifier}/options`: what an enum parameter offers.
+pub async fn param_options(
+    State(state): State<AppState>,
+    who: Principal,
+    PathParams((id, identifier)): PathParams<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let tp = state.touchpoints.get(who.project_id, &id).await?;
+    let allowed = match &who.role {
+        crate::auth::Role::Admin => true,
+        crate::auth::Role::Operator { .. } => {
+            tp.enabled && tp.space_ids.iter().any(|s| who.may_read_space(s))
+        }
+        crate::auth::Role::Campaign => false,
+    };
+    if !allowed {
+        return Err(ApiError::forbidden(
+            "only admins and operators of a space the touchpoint is authorized for may read its options",
+        ));
+    }
+    let param = tp
+        .spec
+        .template_params
+        .iter()
+        .find(|p| p.identifier == identifier)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("the touchpoint has no parameter {identifier:?}"))
+        })?;
+    match state.dispatcher.options().options(&tp, param).await {
+        Ok(view) => Ok(Json(json!(view))),
+        Err(e @ touchpoint_dispatcher::options::OptionsError::NotEnum(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_enum",
+            e.to_string(),
+        )),
+        Err(e @ touchpoint_dispatcher::options::OptionsError::Upstream(_)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "options_unavailable",
+            e.to_string(),
+        )),
+    }
+}

@@ -69,6 +69,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/touchpoints/{id}/stats",
             get(delivery_routes::touchpoint_stats),
         )
+        .route(
+            "/v1/touchpoints/{id}/params/{identifier}/options",
+            get(delivery_routes::param_options),
+        )
         .route("/v1/dispatches", post(delivery_routes::submit_dispatch))
         .route(
             "/v1/dispatches/{dispatchId}",

@@ -157,6 +157,69 @@ pub const OPERATIONS: &[Operation] = &[
         None,
     ),
     op(
+        "post",
+        "/v1/touchpoints/{id}/test",
+        "Test send: one real signed request, enabled or not, not counted",
+        "admin",
+        Some("TestSendInput"),
+        200,
+        Some("TestSendReport"),
+    ),
+    op(
+        "get",
+        "/v1/touchpoints/{id}/stats",
+        "Users sent, succeeded, failed and pending through the touchpoint",
+        "admin",
+        None,
+        200,
+        Some("Counters"),
+    ),
+    op(
+        "get",
+        "/v1/touchpoints/{id}/params/{identifier}/options",
+        "An enum parameter's options (manual, or from its options API, cached 5 minutes)",
+        "admin, operator of an authorized space",
+        None,
+        200,
+        Some("EnumOptions"),
+    ),
+    op(
+        "post",
+        "/v1/dispatches",
+        "Hand in a dispatch (202 queued; 200 when the dispatchId was seen before)",
+        "campaign, admin",
+        Some("Dispatch"),
+        202,
+        Some("DispatchAccepted"),
+    ),
+    op(
+        "get",
+        "/v1/dispatches/{dispatchId}",
+        "A dispatch's state, counts and batches (URL-encode the id)",
+        "campaign, admin",
+        None,
+        200,
+        Some("DispatchState"),
+    ),
+    op(
+        "get",
+        "/v1/batches/{orderNo}",
+        "A batch: per-user results, pending users, attempts, polls, last HTTP status and error, response excerpt",
+        "campaign, admin",
+        None,
+        200,
+        Some("BatchState"),
+    ),
+    op(
+        "get",
+        "/v1/campaigns/{campaignId}/stats",
+        "Users sent, succeeded, failed and pending for a campaign",
+        "campaign, admin",
+        None,
+        200,
+        Some("Counters"),
+    ),
+    op(
         "get",
         "/v1/spaces/{spaceId}/touchpoints",
         "What operators of a space may pick, with each parameter's input",
@@ -295,6 +358,13 @@ fn schemas() -> Value {
         "DispatchAccepted": {"type": "object", "properties": {"dispatchId": {"type": "string"}, "status": {"enum": ["queued", "duplicate"]}}},
         "DispatchState": {"type": "object", "properties": {"state": {"enum": ["in_progress", "completed", "rejected"]}, "counts": {"type": "object"}, "batches": {"type": "array"}}},
         "BatchState": {"type": "object", "properties": {"orderNo": {"type": "string"}, "state": {"enum": ["in_flight", "retry_wait", "accepted", "final"]}, "results": {"type": "array"}}},
+        "EnumOptions": {"type": "object", "properties": {
+            "identifier": {"type": "string"}, "source": {"enum": ["manual", "api"]}, "multiple": {"type": "boolean"},
+            "options": {"type": "array", "items": {"type": "object", "properties": {"code": {"type": "string"}, "name": {"type": "string"},
+                "children": {"type": "array", "description": "a category's selectable options"}}}},
+            "stale": {"type": "boolean", "description": "the latest refresh failed; this is the last good list"},
+            "truncated": {"type": "boolean", "description": "the API offered more than 100 options"},
+            "fetchedAt": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]}}},
         "Counters": {"type": "object", "properties": {"sent": {"type": "integer"}, "succeeded": {"type": "integer"}, "failed": {"type": "integer"}, "pending": {"type": "integer"}}},
         "TestSendInput": {"type": "object", "required": ["users"], "properties": {
             "users": {"type": "array", "minItems": 1, "maxItems": 10, "items": {"type": "object", "properties": {"gid": {"type": "integer"}, "attributes": {"type": "object"}}}},
@@ -313,7 +383,14 @@ fn schemas() -> Value {
 
 fn parameters(path: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for name in ["id", "campaignId", "spaceId", "dispatchId", "orderNo"] {
+    for name in [
+        "id",
+        "campaignId",
+        "spaceId",
+        "dispatchId",
+        "orderNo",
+        "identifier",
+    ] {
         if path.contains(&format!("{{{name}}}")) {
             out.push(
                 json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}),

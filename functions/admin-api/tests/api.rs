@@ -957,6 +957,7 @@ async fn every_documented_operation_is_served() {
                 .replace("{campaignId}", "c1")
                 .replace("{spaceId}", "space-a")
                 .replace("{dispatchId}", "d1")
+                .replace("{identifier}", "jump")
                 .replace("{orderNo}", "0123456789abcdef0123456789abcdef");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = api.call(method.clone(), &concrete, Some(ADMIN), None).await;

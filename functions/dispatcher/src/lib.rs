@@ -7,10 +7,13 @@
 //! its next attempt time and [`Handled::RetryAt`] tells the queue when to redeliver.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+pub mod options;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use options::EnumOptions;
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 use touchpoint::clock::{Clock, Millis};
@@ -18,9 +21,9 @@ use touchpoint::delivery::{
     AttemptOutcome, AttemptRecord, Claim, DeliveryStore, DispatchMeta, UserResult,
 };
 use touchpoint::dispatch::{
-    Dispatch, PlannedBatch, order_no, plan, read_dispatch, resolve_template,
+    Dispatch, PlannedBatch, order_no, plan, read_dispatch, resolve_template_with,
 };
-use touchpoint::model::{Receipt, Touchpoint};
+use touchpoint::model::{EnumSource, Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::{
     ReceiptReading, TouchRequest, USER_AGENT, UserData, UserStatus, read_receipt, settle_sync,
@@ -142,6 +145,7 @@ pub struct Dispatcher {
     clock: Arc<dyn Clock>,
     cfg: DispatcherConfig,
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
+    options: Arc<EnumOptions>,
 }
 
 /// The outcome of one HTTP exchange with a receiver.
@@ -171,11 +175,46 @@ impl Dispatcher {
         Dispatcher {
             touchpoints,
             ledger,
+            options: Arc::new(EnumOptions::new(outbound.clone(), Arc::clone(&clock))),
             outbound,
             clock,
             cfg,
             gates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The enum-options cache this dispatcher validates with (shared with the options API).
+    pub fn options(&self) -> Arc<EnumOptions> {
+        Arc::clone(&self.options)
+    }
+
+    /// Known codes of the touchpoint's API-backed enum parameters, for a dispatch not yet
+    /// opened (an opened one was checked when it was accepted; a changed list must not
+    /// refuse the rest of it).
+    async fn api_codes(
+        &self,
+        dispatch: &Dispatch,
+        tp: Option<&Touchpoint>,
+    ) -> Result<HashMap<String, HashSet<String>>, StoreError> {
+        let Some(tp) = tp else {
+            return Ok(HashMap::new());
+        };
+        let uses_api = tp.spec.template_params.iter().any(|p| {
+            matches!(
+                p.enum_spec.as_ref().map(|e| &e.source),
+                Some(EnumSource::Api { .. })
+            ) && dispatch.template_values.contains_key(&p.identifier)
+        });
+        if !uses_api
+            || self
+                .ledger
+                .dispatch(dispatch.project_id, &dispatch.dispatch_id)
+                .await?
+                .is_some()
+        {
+            return Ok(HashMap::new());
+        }
+        Ok(self.options.api_codes(tp).await)
     }
 
     /// Delivers one dispatch message as far as it can go now.
@@ -194,7 +233,8 @@ impl Dispatcher {
         let meta = meta_of(&dispatch, touchpoint.as_ref());
         let now = self.clock.now_ms();
         let checked = if problems.is_empty() {
-            resolve_template(&dispatch, touchpoint.as_ref())
+            let codes = self.api_codes(&dispatch, touchpoint.as_ref()).await?;
+            resolve_template_with(&dispatch, touchpoint.as_ref(), &codes)
         } else {
             Err(format!("invalid dispatch: {}", problems.join("; ")))
         };

@@ -1,7 +1,7 @@
 //! Dispatches (protocol §5): reading the campaign system's message, checking it against the
 //! touchpoint, and planning the batches that will be sent.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -167,6 +167,16 @@ pub fn resolve_template(
     d: &Dispatch,
     tp: Option<&Touchpoint>,
 ) -> Result<Map<String, Value>, String> {
+    resolve_template_with(d, tp, &HashMap::new())
+}
+
+/// [`resolve_template`] with the selectable codes of API-backed enum parameters, by
+/// identifier, where a list is known (codes of a parameter with no known list are accepted).
+pub fn resolve_template_with(
+    d: &Dispatch,
+    tp: Option<&Touchpoint>,
+    api_codes: &HashMap<String, HashSet<String>>,
+) -> Result<Map<String, Value>, String> {
     let Some(tp) = tp else {
         return Err(format!("touchpoint {} does not exist", d.touchpoint_id));
     };
@@ -205,6 +215,7 @@ pub fn resolve_template(
                     param_type: p.param_type,
                     enum_spec: p.enum_spec.as_ref(),
                     attribute_ids: &attribute_ids,
+                    api_codes: api_codes.get(&p.identifier),
                 };
                 match check_template_value(v, &ctx) {
                     Ok(v) => v,

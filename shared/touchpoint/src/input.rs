@@ -667,6 +667,7 @@ fn parse_template_params(
                     param_type: t,
                     enum_spec: enum_spec.as_ref(),
                     attribute_ids,
+                    api_codes: None,
                 };
                 match check_template_value(v, &ctx) {
                     Ok(v) => Some(v),
@@ -757,6 +758,9 @@ pub struct ValueContext<'a> {
     pub enum_spec: Option<&'a EnumSpec>,
     /// User-attribute identifiers that text placeholders may name.
     pub attribute_ids: &'a HashSet<&'a str>,
+    /// For an enum whose options come from an API: the selectable codes last fetched, if any
+    /// list was ever fetched (otherwise codes are accepted unverified).
+    pub api_codes: Option<&'a HashSet<String>>,
 }
 
 /// Checks a template value (a default or, later, a dispatch's value) against its parameter and
@@ -821,15 +825,13 @@ pub fn check_template_value(v: &Value, ctx: &ValueContext<'_>) -> Result<Value, 
                 }
                 _ => return Err("must be an option code".into()),
             };
-            if let EnumSource::Manual { options } = &spec.source {
-                let unknown: Vec<&str> = codes
-                    .iter()
-                    .copied()
-                    .filter(|c| !options.iter().any(|o| o.code == *c))
-                    .collect();
-                if !unknown.is_empty() {
-                    return Err(format!("unknown option code(s): {}", unknown.join(", ")));
-                }
+            let known = |c: &str| match &spec.source {
+                EnumSource::Manual { options } => options.iter().any(|o| o.code == c),
+                EnumSource::Api { .. } => ctx.api_codes.is_none_or(|codes| codes.contains(c)),
+            };
+            let unknown: Vec<&str> = codes.iter().copied().filter(|c| !known(c)).collect();
+            if !unknown.is_empty() {
+                return Err(format!("unknown option code(s): {}", unknown.join(", ")));
             }
             // A single code for a multiple-choice parameter is sent as a one-element array.
             Ok(if spec.multiple {
