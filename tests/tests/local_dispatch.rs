@@ -436,3 +436,48 @@ async fn a_dispatch_the_queue_gives_up_on_fails_its_remaining_users_instead_of_l
     );
     service.terminate();
 }
+
+/// README's async walk-through: the reference receiver in async mode, polled every second.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_async_walkthrough_works_as_written() {
+    let receiver = ReferenceReceiver::start("async", "abc123");
+    let tmp = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        &tmp.path().join("touchpoint-data"),
+        &[
+            ("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", "true"),
+            ("TOUCHPOINT_RECEIPT_POLL_INTERVAL", "1s"),
+        ],
+    );
+    let tmp_path = tmp.path().display().to_string();
+    let script = readme_block("## Async receipts", 1)
+        .replace(
+            "API=http://127.0.0.1:8080",
+            &format!("API={}", service.base),
+        )
+        .replace("127.0.0.1:9001", &format!("127.0.0.1:{}", receiver.port))
+        .replace("/tmp/", &format!("{tmp_path}/"))
+        .replace("curl -s ", "curl -s -w '\\n' ");
+    let out = std::process::Command::new("bash")
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &format!("timeout 60 bash -euo pipefail -c {}", shell_quote(&script)),
+        ])
+        .current_dir(tmp.path())
+        .output()
+        .expect("bash and curl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(r#""succeeded":100"#), "{stdout}");
+    assert!(
+        stdout.contains(r#""polls":1"#),
+        "settled by a receipt poll: {stdout}"
+    );
+    service.terminate();
+}

@@ -5,12 +5,11 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Receiver, Reply};
-use touchpoint::clock::{Clock, Millis};
+use support::{ManualClock, Receiver, Reply};
+use touchpoint::clock::Clock;
 use touchpoint::delivery::{BatchState, BatchView, DeliveryStore, StatsScope};
 use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
@@ -20,22 +19,6 @@ use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller, RoundReport};
 
 const MINUTE: i64 = 60_000;
 const T0: i64 = 1_795_946_400_000;
-
-/// A clock the test moves by hand.
-#[derive(Default)]
-struct ManualClock(AtomicI64);
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> Millis {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl ManualClock {
-    fn advance(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
 
 struct Rig {
     clock: Arc<ManualClock>,
@@ -51,7 +34,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let shared = Arc::new(store.clone());
-        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let clock = Arc::new(ManualClock::at(T0));
         let outbound = Outbound::new(true).unwrap();
         let touchpoints = Touchpoints::new(
             shared.clone(),
@@ -343,7 +326,6 @@ async fn failing_polls_change_nothing_and_are_tried_again_next_round() {
         _ => all_ok("", gids),
     })
     .await;
-    let down = Receiver::start(|_, _| Reply::Json(200, json!({}))).await;
     let rig = Rig::new();
     let tp = rig.touchpoint(&rx, 60).await;
     rig.dispatch("d1", &tp, 2).await;
@@ -361,7 +343,6 @@ async fn failing_polls_change_nothing_and_are_tried_again_next_round() {
     }
     rig.clock.advance(5 * MINUTE);
     assert_eq!(rig.round(&tp).await.settled, 2);
-    drop(down);
 }
 
 #[tokio::test]

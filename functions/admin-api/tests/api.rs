@@ -973,3 +973,38 @@ async fn every_documented_operation_is_served() {
     assert_eq!(schema["name"]["maxLength"], 15);
     assert_eq!(schema["batchSize"]["maximum"], 500);
 }
+
+#[tokio::test]
+async fn enum_options_are_readable_by_admins_and_operators_of_an_authorized_space() {
+    let api = Api::new();
+    let id = id_of(&api.create(coupon()).await);
+    let path = format!("/v1/touchpoints/{id}/params/jump/options");
+    let r = api.get(&path).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["source"], "manual");
+    assert_eq!(r.body["options"][1]["code"], "NO_JUMP");
+    let r = api.call(Method::GET, &path, Some(OPERATOR_A), None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "not authorized for space-a yet"
+    );
+    api.put(
+        &format!("/v1/touchpoints/{id}/spaces"),
+        json!({"spaceIds": ["space-a"]}),
+    )
+    .await;
+    let r = api.call(Method::GET, &path, Some(OPERATOR_A), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api
+        .get(&format!("/v1/touchpoints/{id}/params/nope/options"))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api
+        .get(&format!("/v1/touchpoints/{id}/params/title/options"))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.error_code(), "not_enum");
+    let r = api.call(Method::GET, &path, Some(ADMIN_2), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}

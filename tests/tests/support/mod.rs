@@ -198,3 +198,23 @@ impl Receiver {
         m
     }
 }
+
+/// A clock the test moves by hand.
+#[derive(Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl touchpoint::clock::Clock for ManualClock {
+    fn now_ms(&self) -> touchpoint::clock::Millis {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl ManualClock {
+    pub fn at(ms: i64) -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicI64::new(ms))
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
