@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints with warnings denied, and every test of the workspace
-# (domain unit tests, the admin API through its Router, the SQLite store, and end-to-end tests
-# that start the real binary). Needs only the Rust toolchain.
+# (domain unit tests, the admin API through its Router, the SQLite store, end-to-end tests that
+# start the real binary, and the AWS adapters and Lambda handlers against a local moto server,
+# which this script installs, starts and stops).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== tools"
+venv=$(bash infra/tools.sh)
 
 echo "== rustfmt"
 cargo fmt --all -- --check
@@ -11,9 +15,18 @@ cargo fmt --all -- --check
 echo "== clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== tests"
+echo "== moto server"
+mkdir -p target
+read -r moto_pid moto_port < <(bash infra/moto.sh "$venv" target/moto.log)
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+cleanup() { kill "$moto_pid" 2>/dev/null || true; rm -f "$log"; }
+trap cleanup EXIT
+echo "moto on 127.0.0.1:$moto_port"
+
+echo "== tests"
+AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
+AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \
+AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
+  cargo test --workspace --locked -- --include-ignored 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last being doc-tests).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

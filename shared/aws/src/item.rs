@@ -1,0 +1,63 @@
+//! Small helpers for DynamoDB items and errors.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use touchpoint::ports::StoreError;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub fn b(v: bool) -> AttributeValue {
+    AttributeValue::Bool(v)
+}
+
+pub fn get_s(item: &Item, key: &str) -> Option<String> {
+    item.get(key).and_then(|v| v.as_s().ok()).cloned()
+}
+
+pub fn get_n<T: std::str::FromStr>(item: &Item, key: &str) -> Option<T> {
+    item.get(key)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn get_b(item: &Item, key: &str) -> Option<bool> {
+    item.get(key).and_then(|v| v.as_bool().ok()).copied()
+}
+
+pub fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+/// A failed AWS call, without request details (they may carry item contents).
+pub fn aws_err<
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+>(
+    e: SdkError<E, R>,
+) -> StoreError {
+    let message = match &e {
+        SdkError::ServiceError(se) => {
+            format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(se.err()))
+        }
+        other => format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(other)),
+    };
+    StoreError::Backend(message.into())
+}
+
+pub fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::backend(e)
+}
+
+pub fn missing(what: &str) -> StoreError {
+    StoreError::Backend(format!("malformed item: {what} missing").into())
+}

@@ -1,0 +1,11 @@
+//! AWS adapters: every port of the touchpoint domain on DynamoDB, SQS and EventBridge
+//! Scheduler. The table layout, keys and access patterns are documented in
+//! `infra/dynamodb.md`; item conversions live next to the layout they encode.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod item;
+pub mod touchpoints;
+
+pub use config::{AwsNames, Clients};
+pub use touchpoints::DynamoTouchpoints;
