@@ -4,8 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod delivery;
 mod item;
+pub mod schedule;
 pub mod touchpoints;
 
 pub use config::{AwsNames, Clients};
+pub use delivery::DynamoDelivery;
+pub use schedule::SchedulerReceipts;
 pub use touchpoints::DynamoTouchpoints;

@@ -1,0 +1,94 @@
+//! The admin API Lambda: the same Router as the local service under `lambda_http`, with the
+//! caller's identity taken from the API Gateway HTTP API JWT authorizer's claims.
+//!
+//! Claim names (environment, defaults): `CLAIM_PROJECT` (`custom:project_id`), `CLAIM_ROLE`
+//! (`custom:role`: `admin`, `operator` or `campaign`), `CLAIM_SPACES` (`custom:spaces`: space ids
+//! separated by commas or spaces, for operators).
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use axum::http::request::Parts;
+use lambda_http::request::RequestContext;
+use touchpoint::clock::{Clock, SystemClock};
+use touchpoint::{Touchpoints, UrlPolicy};
+use touchpoint_admin_api::{ApiError, AppState, Authenticator, Principal, Role};
+use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints, SchedulerReceipts};
+use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
+use touchpoint_outbound::Outbound;
+
+/// Reads the JWT authorizer's claims that API Gateway put in the request context.
+#[derive(Clone, Debug)]
+pub struct JwtClaims {
+    pub project: String,
+    pub role: String,
+    pub spaces: String,
+}
+
+impl Default for JwtClaims {
+    fn default() -> Self {
+        JwtClaims {
+            project: "custom:project_id".into(),
+            role: "custom:role".into(),
+            spaces: "custom:spaces".into(),
+        }
+    }
+}
+
+impl JwtClaims {
+    pub fn from_env() -> JwtClaims {
+        let d = JwtClaims::default();
+        let var = |n: &str, d: String| std::env::var(n).ok().filter(|v| !v.is_empty()).unwrap_or(d);
+        JwtClaims {
+            project: var("CLAIM_PROJECT", d.project),
+            role: var("CLAIM_ROLE", d.role),
+            spaces: var("CLAIM_SPACES", d.spaces),
+        }
+    }
+}
+
+impl Authenticator for JwtClaims {
+    fn authenticate(&self, parts: &Parts) -> Result<Principal, ApiError> {
+        let claims = match parts.extensions.get::<RequestContext>() {
+            Some(RequestContext::ApiGatewayV2(ctx)) => ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()).map(|j| &j.claims),
+            _ => None,
+        }
+        .ok_or_else(|| ApiError::unauthorized("no verified token (the API Gateway JWT authorizer must run first)"))?;
+        let project_id = claims
+            .get(&self.project)
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| ApiError::forbidden(format!("the token has no integer {} claim", self.project)))?;
+        let role = match claims.get(&self.role).map(|r| r.trim()) {
+            Some("admin") => Role::Admin,
+            Some("campaign") => Role::Campaign,
+            Some("operator") => Role::Operator {
+                spaces: claims
+                    .get(&self.spaces)
+                    .map(|s| s.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            },
+            _ => return Err(ApiError::forbidden(format!("the token's {} claim is not admin, operator or campaign", self.role))),
+        };
+        Ok(Principal { project_id, role })
+    }
+}
+
+/// The Router wired to DynamoDB, SQS and Scheduler.
+pub fn app(clients: &Clients, names: &AwsNames, outbound: Outbound, claims: JwtClaims) -> Result<axum::Router, String> {
+    let touchpoints_store = Arc::new(DynamoTouchpoints::new(clients.dynamodb.clone(), &names.touchpoints_table));
+    let delivery = Arc::new(DynamoDelivery::new(clients, names));
+    let schedule = Arc::new(SchedulerReceipts::new(clients.scheduler.clone(), names)?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let allow_plain_http = std::env::var("ALLOW_PLAIN_HTTP").is_ok_and(|v| v == "true");
+    let touchpoints = Touchpoints::new(touchpoints_store.clone(), Arc::clone(&clock), UrlPolicy { allow_plain_http })
+        .with_receipt_schedule(schedule, delivery.clone());
+    let dispatcher = Dispatcher::new(touchpoints_store, delivery.clone(), outbound, Arc::clone(&clock), DispatcherConfig::default());
+    Ok(touchpoint_admin_api::router(AppState {
+        touchpoints,
+        auth: Arc::new(claims),
+        delivery: delivery.clone(),
+        intake: delivery,
+        dispatcher: Arc::new(dispatcher),
+        clock,
+    }))
+}

@@ -1,0 +1,52 @@
+//! The receipt-poller Lambda: EventBridge Scheduler invokes it every 5 minutes per async
+//! touchpoint with `{"projectId":…,"touchpointId":…}`; it runs one round for that touchpoint.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use touchpoint::clock::SystemClock;
+use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints, SchedulerReceipts};
+use touchpoint_outbound::Outbound;
+use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
+
+pub struct PollerLambda {
+    pub poller: Arc<ReceiptPoller>,
+}
+
+impl PollerLambda {
+    pub async fn from_env() -> Result<PollerLambda, String> {
+        let names = AwsNames::from_env()?;
+        let clients = Clients::from_env().await;
+        let allow_private = std::env::var("ALLOW_PRIVATE_NETWORKS").is_ok_and(|v| v == "true");
+        Self::new(&clients, &names, Outbound::new(allow_private)?)
+    }
+
+    pub fn new(clients: &Clients, names: &AwsNames, outbound: Outbound) -> Result<PollerLambda, String> {
+        let touchpoints = Arc::new(DynamoTouchpoints::new(clients.dynamodb.clone(), &names.touchpoints_table));
+        let ledger = Arc::new(DynamoDelivery::new(clients, names));
+        let schedule = Arc::new(SchedulerReceipts::new(clients.scheduler.clone(), names)?);
+        Ok(PollerLambda {
+            poller: Arc::new(ReceiptPoller::new(
+                touchpoints,
+                ledger,
+                schedule,
+                outbound,
+                Arc::new(SystemClock),
+                PollerConfig::default(),
+            )),
+        })
+    }
+
+    /// One round for the touchpoint the schedule names.
+    pub async fn handle(&self, input: Value) -> Result<Value, String> {
+        let project = input.get("projectId").and_then(Value::as_i64).ok_or("input needs an integer projectId")?;
+        let touchpoint = input.get("touchpointId").and_then(Value::as_str).ok_or("input needs a touchpointId")?;
+        let report = self.poller.round(Some((project, touchpoint))).await.map_err(|e| e.to_string())?;
+        tracing::info!(project, touchpoint, ?report, "receipt round");
+        Ok(json!({
+            "polled": report.polled, "settled": report.settled, "timedOut": report.timed_out,
+            "failedPolls": report.failed_polls, "skipped": report.skipped,
+        }))
+    }
+}

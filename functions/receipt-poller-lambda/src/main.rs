@@ -1,0 +1,18 @@
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use touchpoint_receipt_poller_lambda::PollerLambda;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().json().with_ansi(false).without_time().init();
+    let state = Arc::new(PollerLambda::from_env().await?);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let state = Arc::clone(&state);
+        async move { state.handle(event.payload).await.map_err(Error::from) }
+    }))
+    .await
+}

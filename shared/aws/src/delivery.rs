@@ -1,0 +1,820 @@
+//! [`DeliveryStore`] and [`DispatchIntake`] on DynamoDB and SQS. Layout (see
+//! `infra/dynamodb.md`), all in the delivery table, every item with a TTL (`expires_at`):
+//!
+//! | item | pk | sk |
+//! |---|---|---|
+//! | intake claim (idempotency of `POST /v1/dispatches`) | `P#{project}#D#{dispatchId}` | `INTAKE` |
+//! | dispatch | `P#{project}#D#{dispatchId}` | `META` |
+//! | batch (ledger) | `O#{orderNo}` | `B` |
+//! | statistics shard | `P#{project}#ST#{scope}#{key}` | `{0..15}` |
+//!
+//! Batches are their own partitions (the `orderNo` is random-looking), so no key is hot; a
+//! dispatch's batches are found again by recomputing their `orderNo`s. Accepted async batches
+//! carry `due_tp` and `next_poll_at`, the keys of the sparse `due` index the poller queries.
+//! Statistics are sharded counters moved once per settled batch, in the same transaction as
+//! the batch's record. Newly final results wait in the batch's `outbox` until they are on the
+//! results queue (FIFO, de-duplicated by `orderNo` and settlement), then leave it.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
+use serde_json::{Value, json};
+use touchpoint::ProjectId;
+use touchpoint::clock::Millis;
+use touchpoint::delivery::*;
+use touchpoint::dispatch::order_no;
+use touchpoint::ports::StoreError;
+use touchpoint::protocol::UserStatus;
+
+use crate::item::*;
+
+const STAT_SHARDS: u64 = 16;
+const REJECTED_INDEX: i64 = -1;
+/// Events per results message at most (keeps each message well under the queue's limit).
+const EVENTS_PER_MESSAGE: usize = 500;
+
+#[derive(Clone, Debug)]
+pub struct DynamoDelivery {
+    ddb: Client,
+    sqs: aws_sdk_sqs::Client,
+    table: String,
+    dispatch_queue_url: Option<String>,
+    results_queue_url: Option<String>,
+    retention_secs: i64,
+}
+
+fn dispatch_pk(project: ProjectId, id: &str) -> String {
+    format!("P#{project}#D#{id}")
+}
+
+fn batch_pk(order: &str) -> String {
+    format!("O#{order}")
+}
+
+fn stats_pk(project: ProjectId, scope: &str, key: &str) -> String {
+    format!("P#{project}#ST#{scope}#{key}")
+}
+
+fn due_key(project: ProjectId, touchpoint: &str) -> String {
+    format!("P#{project}#TP#{touchpoint}")
+}
+
+fn shard_of(order: &str) -> u64 {
+    order.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % STAT_SHARDS
+}
+
+fn counts(results: &[UserResult]) -> (i64, i64) {
+    let ok = results.iter().filter(|r| r.status == UserStatus::Succeeded).count() as i64;
+    (ok, results.len() as i64 - ok)
+}
+
+fn json_s<T: serde::Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
+    Ok(s(serde_json::to_string(v).map_err(StoreError::backend)?))
+}
+
+fn json_of<T: serde::de::DeserializeOwned + Default>(item: &Item, key: &str) -> Result<T, StoreError> {
+    match get_s(item, key) {
+        Some(text) if !text.is_empty() => serde_json::from_str(&text).map_err(StoreError::backend),
+        _ => Ok(T::default()),
+    }
+}
+
+fn is_cancelled_by_condition<R>(e: &aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, R>, index: usize) -> bool {
+    matches!(
+        e.as_service_error(),
+        Some(TransactWriteItemsError::TransactionCanceledException(t))
+            if t.cancellation_reasons().get(index).and_then(|r| r.code()) == Some("ConditionalCheckFailed")
+    )
+}
+
+/// A settlement waiting for publication: its de-duplication key and results.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+struct Settlement {
+    id: String,
+    at: Millis,
+    results: Vec<UserResult>,
+}
+
+fn batch_view(item: &Item) -> Result<BatchView, StoreError> {
+    let state = get_s(item, "state").and_then(|s| BatchState::parse(&s)).ok_or_else(|| missing("state"))?;
+    Ok(BatchView {
+        order_no: get_s(item, "order_no").ok_or_else(|| missing("order_no"))?,
+        dispatch_id: get_s(item, "dispatch_id").unwrap_or_default(),
+        batch_index: get_n(item, "batch_index").unwrap_or_default(),
+        touchpoint_id: get_s(item, "touchpoint_id").unwrap_or_default(),
+        campaign_id: get_s(item, "campaign_id").unwrap_or_default(),
+        state,
+        users: get_n(item, "users").unwrap_or_default(),
+        succeeded: get_n(item, "succeeded").unwrap_or_default(),
+        failed: get_n(item, "failed").unwrap_or_default(),
+        attempts: get_n(item, "attempts").unwrap_or_default(),
+        last_http_status: get_n(item, "last_http_status"),
+        last_error: get_s(item, "last_error"),
+        response_excerpt: get_s(item, "response_excerpt"),
+        next_attempt_at: get_n(item, "next_attempt_at"),
+        sent_at: get_n(item, "sent_at"),
+        resolved_at: get_n(item, "resolved_at"),
+        results: json_of(item, "results")?,
+        pending: json_of(item, "pending")?,
+        polls: get_n(item, "polls").unwrap_or_default(),
+        next_poll_at: get_n(item, "next_poll_at"),
+        deadline: get_n(item, "deadline"),
+    })
+}
+
+impl DynamoDelivery {
+    pub fn new(clients: &crate::Clients, names: &crate::AwsNames) -> DynamoDelivery {
+        DynamoDelivery {
+            ddb: clients.dynamodb.clone(),
+            sqs: clients.sqs.clone(),
+            table: names.delivery_table.clone(),
+            dispatch_queue_url: names.dispatch_queue_url.clone(),
+            results_queue_url: names.results_queue_url.clone(),
+            retention_secs: names.retention.as_secs() as i64,
+        }
+    }
+
+    fn expires_at(&self, now: Millis) -> AttributeValue {
+        n(now / 1000 + self.retention_secs)
+    }
+
+    fn stats_update(&self, project: ProjectId, scope: &str, key: &str, shard: u64, sent: i64, ok: i64, failed: i64, now: Millis) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(crate::item::key(stats_pk(project, scope, key), shard.to_string())))
+                    .update_expression("ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp")
+                    .expression_attribute_values(":sent", n(sent))
+                    .expression_attribute_values(":ok", n(ok))
+                    .expression_attribute_values(":failed", n(failed))
+                    .expression_attribute_values(":exp", self.expires_at(now + 365 * 86_400_000))
+                    .build()
+                    .map_err(build_err)?,
+            )
+            .build())
+    }
+
+    fn stats_updates(&self, project: ProjectId, campaign: &str, touchpoint: &str, order: &str, sent: i64, ok: i64, failed: i64, now: Millis) -> Result<[TransactWriteItem; 2], StoreError> {
+        let shard = shard_of(order);
+        Ok([
+            self.stats_update(project, "campaign", campaign, shard, sent, ok, failed, now)?,
+            self.stats_update(project, "touchpoint", touchpoint, shard, sent, ok, failed, now)?,
+        ])
+    }
+
+    async fn get_batch(&self, order: &str) -> Result<Option<Item>, StoreError> {
+        Ok(self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(order), "B")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws_err)?
+            .item)
+    }
+
+    /// Puts a batch's waiting settlements on the results queue and takes them out of its
+    /// outbox. The FIFO queue drops a settlement sent twice (same de-duplication id).
+    async fn publish(&self, item: &Item) -> Result<(), StoreError> {
+        let outbox: Vec<Settlement> = item
+            .get("outbox")
+            .and_then(|v| v.as_l().ok())
+            .map(|l| l.iter().filter_map(|v| v.as_s().ok()).filter_map(|s| serde_json::from_str(s).ok()).collect())
+            .unwrap_or_default();
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        let Some(queue) = &self.results_queue_url else {
+            return Err(StoreError::Backend("RESULTS_QUEUE_URL is not set".into()));
+        };
+        let order = get_s(item, "order_no").unwrap_or_default();
+        let meta: DispatchMeta = serde_json::from_str(&get_s(item, "meta").ok_or_else(|| missing("meta"))?).map_err(StoreError::backend)?;
+        let index: i64 = get_n(item, "batch_index").unwrap_or_default();
+        let sent_at: Option<Millis> = get_n(item, "sent_at");
+        for settlement in &outbox {
+            let events: Vec<Value> = settlement
+                .results
+                .iter()
+                .map(|r| {
+                    json!({
+                        "event": "$ma_channel_touch", "projectId": meta.project_id, "gid": r.gid,
+                        "campaignId": meta.campaign_id, "strategyId": meta.strategy_id, "spaceId": meta.space_id,
+                        "touchpointId": meta.touchpoint_id, "touchpointKind": meta.touchpoint_kind,
+                        "orderNo": if index == REJECTED_INDEX { "" } else { order.as_str() },
+                        "dispatchId": meta.dispatch_id, "status": r.status.code(), "errorMsg": r.status.reason(),
+                        "sentAt": sent_at.unwrap_or(settlement.at), "resolvedAt": settlement.at,
+                    })
+                })
+                .collect();
+            for (part, chunk) in events.chunks(EVENTS_PER_MESSAGE).enumerate() {
+                self.sqs
+                    .send_message()
+                    .queue_url(queue)
+                    .message_body(json!({ "events": chunk }).to_string())
+                    .message_group_id(&order)
+                    .message_deduplication_id(format!("{}-{part}", settlement.id))
+                    .send()
+                    .await
+                    .map_err(aws_err)?;
+            }
+        }
+        // Take exactly what was published out of the outbox (more may have arrived since).
+        let published = outbox.len();
+        self.ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(&order), "B")))
+            .update_expression(format!(
+                "REMOVE {}",
+                (0..published).map(|i| format!("outbox[{i}]")).collect::<Vec<_>>().join(", ")
+            ))
+            .condition_expression("size(outbox) >= :n")
+            .expression_attribute_values(":n", n(published))
+            .send()
+            .await
+            .map_err(aws_err)?;
+        Ok(())
+    }
+
+    async fn publish_order(&self, order: &str) -> Result<(), StoreError> {
+        if let Some(item) = self.get_batch(order).await? {
+            self.publish(&item).await?;
+        }
+        Ok(())
+    }
+}
+
+fn settlement_attr(id: String, at: Millis, results: &[UserResult]) -> Result<AttributeValue, StoreError> {
+    let s = Settlement { id, at, results: results.to_vec() };
+    Ok(AttributeValue::L(vec![json_s(&s)?]))
+}
+
+#[async_trait]
+impl DeliveryStore for DynamoDelivery {
+    async fn open_dispatch(&self, meta: &DispatchMeta, users: u32, batch_size: u32, now: Millis) -> Result<bool, StoreError> {
+        let mut item = key(dispatch_pk(meta.project_id, &meta.dispatch_id), "META");
+        item.insert("meta".into(), json_s(meta)?);
+        item.insert("users".into(), n(users));
+        item.insert("batch_size".into(), n(batch_size));
+        item.insert("received_at".into(), n(now));
+        item.insert("expires_at".into(), self.expires_at(now));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build_err)?;
+        // The users count as sent on the first shard; later batches spread over all shards.
+        let [campaign, touchpoint] = self.stats_updates(meta.project_id, &meta.campaign_id, &meta.touchpoint_id, &meta.dispatch_id, i64::from(users), 0, 0, now)?;
+        let result = self
+            .ddb
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(campaign)
+            .transact_items(touchpoint)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_cancelled_by_condition(&e, 0) => Ok(false),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    async fn reject_dispatch(&self, meta: &DispatchMeta, gids: &[i64], reason: &str, now: Millis) -> Result<(), StoreError> {
+        let mut item = key(dispatch_pk(meta.project_id, &meta.dispatch_id), "META");
+        item.insert("meta".into(), json_s(meta)?);
+        item.insert("users".into(), n(gids.len()));
+        item.insert("batch_size".into(), n(0));
+        item.insert("rejected".into(), s(reason));
+        item.insert("received_at".into(), n(now));
+        item.insert("expires_at".into(), self.expires_at(now));
+        let order = order_no(meta.project_id, &meta.dispatch_id, usize::MAX);
+        let results: Vec<UserResult> = gids.iter().map(|g| UserResult { gid: *g, status: UserStatus::failed(reason) }).collect();
+        let mut batch = key(batch_pk(&order), "B");
+        for (k, v) in [
+            ("order_no", s(&order)),
+            ("project", n(meta.project_id)),
+            ("dispatch_id", s(&meta.dispatch_id)),
+            ("batch_index", n(REJECTED_INDEX)),
+            ("touchpoint_id", s(&meta.touchpoint_id)),
+            ("campaign_id", s(&meta.campaign_id)),
+            ("meta", json_s(meta)?),
+            ("users", n(gids.len())),
+            ("state", s("final")),
+            ("attempts", n(0)),
+            ("succeeded", n(0)),
+            ("failed", n(gids.len())),
+            ("last_error", s(reason)),
+            ("resolved_at", n(now)),
+            ("results", json_s(&results)?),
+            ("outbox", settlement_attr(format!("{order}-r"), now, &results)?),
+            ("expires_at", self.expires_at(now)),
+        ] {
+            batch.insert(k.into(), v);
+        }
+        let n_users = gids.len() as i64;
+        let [campaign, touchpoint] = self.stats_updates(meta.project_id, &meta.campaign_id, &meta.touchpoint_id, &order, n_users, 0, n_users, now)?;
+        let result = self
+            .ddb
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(Put::builder().table_name(&self.table).set_item(Some(item)).condition_expression("attribute_not_exists(pk)").build().map_err(build_err)?)
+                    .build(),
+            )
+            .transact_items(TransactWriteItem::builder().put(Put::builder().table_name(&self.table).set_item(Some(batch)).build().map_err(build_err)?).build())
+            .transact_items(campaign)
+            .transact_items(touchpoint)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_cancelled_by_condition(&e, 0) => {}
+            Err(e) => return Err(aws_err(e)),
+        }
+        self.publish_order(&order).await
+    }
+
+    async fn claim_batch(&self, meta: &DispatchMeta, index: usize, order: &str, users: u32, now: Millis, lease_until: Millis) -> Result<Claim, StoreError> {
+        let mut item = key(batch_pk(order), "B");
+        for (k, v) in [
+            ("order_no", s(order)),
+            ("project", n(meta.project_id)),
+            ("dispatch_id", s(&meta.dispatch_id)),
+            ("batch_index", n(index)),
+            ("touchpoint_id", s(&meta.touchpoint_id)),
+            ("campaign_id", s(&meta.campaign_id)),
+            ("meta", json_s(meta)?),
+            ("users", n(users)),
+            ("state", s("in_flight")),
+            ("attempts", n(1)),
+            ("lease_until", n(lease_until)),
+            ("sent_at", n(now)),
+            ("succeeded", n(0)),
+            ("failed", n(0)),
+            ("polls", n(0)),
+            ("expires_at", self.expires_at(now)),
+        ] {
+            item.insert(k.into(), v);
+        }
+        let put = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => return Ok(Claim::Send { attempt: 1 }),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {}
+            Err(e) => return Err(aws_err(e)),
+        }
+        let Some(current) = self.get_batch(order).await? else {
+            return Ok(Claim::NotBefore(now + 1_000));
+        };
+        let state = get_s(&current, "state").and_then(|s| BatchState::parse(&s));
+        let attempts: u32 = get_n(&current, "attempts").unwrap_or_default();
+        match state {
+            Some(BatchState::Final | BatchState::Accepted) => {
+                // Results of an earlier run that never reached the queue go out now.
+                self.publish(&current).await?;
+                return Ok(Claim::Done);
+            }
+            Some(BatchState::InFlight) if get_n::<i64>(&current, "lease_until").unwrap_or(0) > now => {
+                return Ok(Claim::NotBefore(get_n(&current, "lease_until").unwrap_or(now)));
+            }
+            Some(BatchState::RetryWait) if get_n::<i64>(&current, "next_attempt_at").unwrap_or(0) > now => {
+                return Ok(Claim::NotBefore(get_n(&current, "next_attempt_at").unwrap_or(now)));
+            }
+            _ => {}
+        }
+        let taken = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(order), "B")))
+            .update_expression("SET #state = :in_flight, attempts = :next, lease_until = :lease")
+            .condition_expression("attempts = :seen AND #state IN (:in_flight, :retry)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":in_flight", s("in_flight"))
+            .expression_attribute_values(":retry", s("retry_wait"))
+            .expression_attribute_values(":next", n(attempts + 1))
+            .expression_attribute_values(":seen", n(attempts))
+            .expression_attribute_values(":lease", n(lease_until))
+            .send()
+            .await;
+        match taken {
+            Ok(_) => Ok(Claim::Send { attempt: attempts + 1 }),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(Claim::NotBefore(now + 1_000)),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError> {
+        let order = &record.order_no;
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(order), "B")))
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":attempt", n(record.attempt))
+            .expression_attribute_values(":final", s("final"))
+            .expression_attribute_values(":accepted", s("accepted"))
+            .condition_expression("attribute_exists(pk) AND NOT #state IN (:final, :accepted)");
+        let mut sets = vec!["attempts = :attempt".to_owned(), "#state = :state".to_owned()];
+        let mut removes = vec!["lease_until".to_owned()];
+        match &record.http_status {
+            Some(code) => {
+                sets.push("last_http_status = :http".into());
+                update = update.expression_attribute_values(":http", n(code));
+            }
+            None => removes.push("last_http_status".into()),
+        }
+        match &record.error {
+            Some(e) => {
+                sets.push("last_error = :error".into());
+                update = update.expression_attribute_values(":error", s(e));
+            }
+            None => removes.push("last_error".into()),
+        }
+        if let Some(x) = &record.response_excerpt {
+            sets.push("response_excerpt = :excerpt".into());
+            update = update.expression_attribute_values(":excerpt", s(x));
+        }
+        let (settled, stats) = match &record.outcome {
+            AttemptOutcome::Retry { next_attempt_at } => {
+                sets.push("next_attempt_at = :next".into());
+                update = update
+                    .expression_attribute_values(":state", s("retry_wait"))
+                    .expression_attribute_values(":next", n(next_attempt_at));
+                (false, None)
+            }
+            AttemptOutcome::Final(results) => {
+                let (ok, failed) = counts(results);
+                sets.extend(["results = :results", "succeeded = :ok", "failed = :failed", "resolved_at = :at", "outbox = :outbox"].map(String::from));
+                removes.push("next_attempt_at".into());
+                update = update
+                    .expression_attribute_values(":state", s("final"))
+                    .expression_attribute_values(":results", json_s(results)?)
+                    .expression_attribute_values(":ok", n(ok))
+                    .expression_attribute_values(":failed", n(failed))
+                    .expression_attribute_values(":at", n(record.at))
+                    .expression_attribute_values(":outbox", settlement_attr(format!("{order}-t"), record.at, results)?);
+                (true, Some((ok, failed)))
+            }
+            AttemptOutcome::Accepted { results, pending, receipt_url, deadline, next_poll_at } => {
+                let (ok, failed) = counts(results);
+                sets.extend(
+                    ["results = :results", "succeeded = :ok", "failed = :failed", "pending = :pending", "receipt_url = :url",
+                     "accepted_at = :at", "deadline = :deadline", "next_poll_at = :next_poll", "due_tp = :due", "polls = :zero"]
+                        .map(String::from),
+                );
+                removes.push("next_attempt_at".into());
+                let current = self.get_batch(order).await?.ok_or(StoreError::NotFound)?;
+                let project: ProjectId = get_n(&current, "project").unwrap_or_default();
+                let touchpoint = get_s(&current, "touchpoint_id").unwrap_or_default();
+                if !results.is_empty() {
+                    sets.push("outbox = :outbox".into());
+                    update = update.expression_attribute_values(
+                        ":outbox",
+                        settlement_attr(format!("{order}-t"), record.at, results)?,
+                    );
+                }
+                update = update
+                    .expression_attribute_values(":state", s("accepted"))
+                    .expression_attribute_values(":results", json_s(results)?)
+                    .expression_attribute_values(":ok", n(ok))
+                    .expression_attribute_values(":failed", n(failed))
+                    .expression_attribute_values(":pending", json_s(pending)?)
+                    .expression_attribute_values(":url", s(receipt_url))
+                    .expression_attribute_values(":at", n(record.at))
+                    .expression_attribute_values(":deadline", n(deadline))
+                    .expression_attribute_values(":next_poll", n(next_poll_at))
+                    .expression_attribute_values(":due", s(due_key(project, &touchpoint)))
+                    .expression_attribute_values(":zero", n(0));
+                (!results.is_empty(), Some((ok, failed)))
+            }
+        };
+        let expression = format!("SET {} REMOVE {}", sets.join(", "), removes.join(", "));
+        let update = update.update_expression(expression).build().map_err(build_err)?;
+        let mut tx = self.ddb.transact_write_items().transact_items(TransactWriteItem::builder().update(update).build());
+        if let Some((ok, failed)) = stats.filter(|(ok, failed)| ok + failed > 0) {
+            let item = self.get_batch(order).await?.ok_or(StoreError::NotFound)?;
+            let project: ProjectId = get_n(&item, "project").unwrap_or_default();
+            let campaign = get_s(&item, "campaign_id").unwrap_or_default();
+            let touchpoint = get_s(&item, "touchpoint_id").unwrap_or_default();
+            for t in self.stats_updates(project, &campaign, &touchpoint, order, 0, ok, failed, record.at)? {
+                tx = tx.transact_items(t);
+            }
+        }
+        match tx.send().await {
+            Ok(_) => {}
+            // Already settled by someone else: nothing is counted twice.
+            Err(e) if is_cancelled_by_condition(&e, 0) => return Ok(()),
+            Err(e) => return Err(aws_err(e)),
+        }
+        if settled {
+            self.publish_order(order).await?;
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&self, project: ProjectId, dispatch_id: &str) -> Result<Option<DispatchView>, StoreError> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(dispatch_pk(project, dispatch_id), "META")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        let Some(item) = out.item else { return Ok(None) };
+        let users: u32 = get_n(&item, "users").unwrap_or_default();
+        let batch_size: u32 = get_n(&item, "batch_size").unwrap_or_default();
+        let rejected = get_s(&item, "rejected");
+        Ok(Some(DispatchView {
+            meta: serde_json::from_str(&get_s(&item, "meta").ok_or_else(|| missing("meta"))?).map_err(StoreError::backend)?,
+            users,
+            batches: if rejected.is_some() || batch_size == 0 { 0 } else { users.div_ceil(batch_size) },
+            batch_size,
+            rejected,
+            received_at: get_n(&item, "received_at").unwrap_or_default(),
+        }))
+    }
+
+    async fn dispatch_batches(&self, project: ProjectId, dispatch_id: &str) -> Result<Vec<BatchView>, StoreError> {
+        let Some(view) = self.dispatch(project, dispatch_id).await? else { return Ok(Vec::new()) };
+        let orders: Vec<String> = if view.rejected.is_some() {
+            vec![order_no(project, dispatch_id, usize::MAX)]
+        } else {
+            (0..view.batches as usize).map(|i| order_no(project, dispatch_id, i)).collect()
+        };
+        let mut out = Vec::new();
+        for chunk in orders.chunks(100) {
+            let mut keys = KeysAndAttributes::builder().consistent_read(true);
+            for o in chunk {
+                keys = keys.keys(key(batch_pk(o), "B"));
+            }
+            let mut request = HashMap::from([(self.table.clone(), keys.build().map_err(build_err)?)]);
+            while !request.is_empty() {
+                let got = self.ddb.batch_get_item().set_request_items(Some(request)).send().await.map_err(aws_err)?;
+                for item in got.responses.as_ref().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    let mut view = batch_view(item)?;
+                    view.results.clear();
+                    out.push(view);
+                }
+                request = got.unprocessed_keys.unwrap_or_default();
+                request.retain(|_, k| !k.keys().is_empty());
+            }
+        }
+        out.sort_by_key(|b| b.batch_index);
+        Ok(out)
+    }
+
+    async fn batch(&self, project: ProjectId, order: &str) -> Result<Option<BatchView>, StoreError> {
+        match self.get_batch(order).await? {
+            Some(item) if get_n::<ProjectId>(&item, "project") == Some(project) => Ok(Some(batch_view(&item)?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn stats(&self, project: ProjectId, scope: StatsScope, key_: &str) -> Result<Counters, StoreError> {
+        let scope = match scope {
+            StatsScope::Campaign => "campaign",
+            StatsScope::Touchpoint => "touchpoint",
+        };
+        let page = self
+            .ddb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(stats_pk(project, scope, key_)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        let mut c = Counters::default();
+        for item in page.items() {
+            c.sent += get_n::<u64>(item, "sent").unwrap_or_default();
+            c.succeeded += get_n::<u64>(item, "succeeded").unwrap_or_default();
+            c.failed += get_n::<u64>(item, "failed").unwrap_or_default();
+        }
+        c.pending = c.sent.saturating_sub(c.succeeded + c.failed);
+        Ok(c)
+    }
+
+    async fn due_polls(&self, touchpoint: Option<(ProjectId, &str)>, now: Millis, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
+        let Some((project, id)) = touchpoint else {
+            return Err(StoreError::Backend("on AWS, receipt rounds run per touchpoint (one schedule each)".into()));
+        };
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .index_name("due")
+                .key_condition_expression("due_tp = :tp AND next_poll_at <= :now")
+                .expression_attribute_values(":tp", s(due_key(project, id)))
+                .expression_attribute_values(":now", n(now))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(aws_err)?;
+            for item in page.items() {
+                out.push(PendingBatch {
+                    order_no: get_s(item, "order_no").ok_or_else(|| missing("order_no"))?,
+                    project_id: project,
+                    touchpoint_id: id.to_owned(),
+                    receipt_url: get_s(item, "receipt_url").unwrap_or_default(),
+                    pending: json_of(item, "pending")?,
+                    accepted_at: get_n(item, "accepted_at").unwrap_or_default(),
+                    deadline: get_n(item, "deadline").unwrap_or_default(),
+                    next_poll_at: get_n(item, "next_poll_at").unwrap_or_default(),
+                    polls: get_n(item, "polls").unwrap_or_default(),
+                });
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn lease_poll(&self, order: &str, now: Millis, until: Millis) -> Result<bool, StoreError> {
+        let result = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(order), "B")))
+            .update_expression("SET poll_lease_until = :until")
+            .condition_expression("#state = :accepted AND next_poll_at <= :now AND (attribute_not_exists(poll_lease_until) OR poll_lease_until <= :now)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":accepted", s("accepted"))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":until", n(until))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    async fn record_poll(&self, record: &PollRecord) -> Result<(), StoreError> {
+        let order = &record.order_no;
+        let Some(item) = self.get_batch(order).await? else { return Ok(()) };
+        if get_s(&item, "state").as_deref() != Some("accepted") {
+            return Ok(());
+        }
+        let mut pending: Vec<i64> = json_of(&item, "pending")?;
+        let mut results: Vec<UserResult> = json_of(&item, "results")?;
+        let settled: Vec<UserResult> = record.settled.iter().filter(|r| pending.contains(&r.gid)).cloned().collect();
+        pending.retain(|g| !settled.iter().any(|r| r.gid == *g));
+        results.extend(settled.iter().cloned());
+        let (ok, failed) = counts(&results);
+        let polls: u32 = get_n(&item, "polls").unwrap_or_default();
+        let made_request = record.http_status.is_some() || record.error.is_some();
+        let done = pending.is_empty();
+        let mut sets = vec![
+            "pending = :pending", "results = :results", "succeeded = :ok", "failed = :failed", "polls = :polls",
+        ];
+        let mut removes = vec!["poll_lease_until"];
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(order), "B")))
+            .condition_expression("#state = :accepted AND polls = :seen_polls")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":accepted", s("accepted"))
+            .expression_attribute_values(":seen_polls", n(polls))
+            .expression_attribute_values(":pending", json_s(&pending)?)
+            .expression_attribute_values(":results", json_s(&results)?)
+            .expression_attribute_values(":ok", n(ok))
+            .expression_attribute_values(":failed", n(failed))
+            .expression_attribute_values(":polls", n(polls + u32::from(made_request)));
+        if done {
+            sets.extend(["#state = :final", "resolved_at = :at"]);
+            removes.extend(["due_tp", "next_poll_at"]);
+            update = update.expression_attribute_values(":final", s("final")).expression_attribute_values(":at", n(record.at));
+        } else {
+            sets.push("next_poll_at = :next");
+            update = update.expression_attribute_values(":next", n(record.next_poll_at));
+        }
+        if let Some(code) = record.http_status {
+            sets.push("last_http_status = :http");
+            update = update.expression_attribute_values(":http", n(code));
+        }
+        match &record.error {
+            Some(e) => {
+                sets.push("last_error = :error");
+                update = update.expression_attribute_values(":error", s(e));
+            }
+            None => removes.push("last_error"),
+        }
+        if !settled.is_empty() {
+            sets.push("outbox = list_append(if_not_exists(outbox, :empty), :outbox)");
+            update = update
+                .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+                .expression_attribute_values(":outbox", settlement_attr(format!("{order}-p{polls}"), record.at, &settled)?);
+        }
+        let update = update
+            .update_expression(format!("SET {} REMOVE {}", sets.join(", "), removes.join(", ")))
+            .build()
+            .map_err(build_err)?;
+        let mut tx = self.ddb.transact_write_items().transact_items(TransactWriteItem::builder().update(update).build());
+        let (s_ok, s_failed) = counts(&settled);
+        if s_ok + s_failed > 0 {
+            let project: ProjectId = get_n(&item, "project").unwrap_or_default();
+            let campaign = get_s(&item, "campaign_id").unwrap_or_default();
+            let touchpoint = get_s(&item, "touchpoint_id").unwrap_or_default();
+            for t in self.stats_updates(project, &campaign, &touchpoint, order, 0, s_ok, s_failed, record.at)? {
+                tx = tx.transact_items(t);
+            }
+        }
+        match tx.send().await {
+            Ok(_) => {}
+            Err(e) if is_cancelled_by_condition(&e, 0) => return Ok(()),
+            Err(e) => return Err(aws_err(e)),
+        }
+        if !settled.is_empty() {
+            self.publish_order(order).await?;
+        }
+        Ok(())
+    }
+
+    async fn pending_receipts(&self, project: ProjectId, touchpoint_id: &str) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        let mut start = None;
+        loop {
+            let page = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .index_name("due")
+                .key_condition_expression("due_tp = :tp")
+                .expression_attribute_values(":tp", s(due_key(project, touchpoint_id)))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(aws_err)?;
+            for item in page.items() {
+                total += json_of::<Vec<i64>>(item, "pending")?.len() as u64;
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(total),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DispatchIntake for DynamoDelivery {
+    /// Claims the dispatch id (conditional put), then sends the body to the dispatch queue;
+    /// the claim is released if the send fails, so the producer can retry.
+    async fn submit(&self, project: ProjectId, dispatch_id: &str, body: String, now: Millis) -> Result<bool, StoreError> {
+        let Some(queue) = &self.dispatch_queue_url else {
+            return Err(StoreError::Backend("DISPATCH_QUEUE_URL is not set".into()));
+        };
+        let mut item = key(dispatch_pk(project, dispatch_id), "INTAKE");
+        item.insert("received_at".into(), n(now));
+        item.insert("expires_at".into(), self.expires_at(now));
+        let put = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => return Ok(false),
+            Err(e) => return Err(aws_err(e)),
+        }
+        if let Err(e) = self.sqs.send_message().queue_url(queue).message_body(body).send().await {
+            let _ = self
+                .ddb
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(dispatch_pk(project, dispatch_id), "INTAKE")))
+                .send()
+                .await;
+            return Err(aws_err(e));
+        }
+        Ok(true)
+    }
+}
