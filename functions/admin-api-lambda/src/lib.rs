@@ -50,39 +50,74 @@ impl JwtClaims {
 impl Authenticator for JwtClaims {
     fn authenticate(&self, parts: &Parts) -> Result<Principal, ApiError> {
         let claims = match parts.extensions.get::<RequestContext>() {
-            Some(RequestContext::ApiGatewayV2(ctx)) => ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()).map(|j| &j.claims),
+            Some(RequestContext::ApiGatewayV2(ctx)) => ctx
+                .authorizer
+                .as_ref()
+                .and_then(|a| a.jwt.as_ref())
+                .map(|j| &j.claims),
             _ => None,
         }
-        .ok_or_else(|| ApiError::unauthorized("no verified token (the API Gateway JWT authorizer must run first)"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "no verified token (the API Gateway JWT authorizer must run first)",
+            )
+        })?;
         let project_id = claims
             .get(&self.project)
             .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| ApiError::forbidden(format!("the token has no integer {} claim", self.project)))?;
+            .ok_or_else(|| {
+                ApiError::forbidden(format!("the token has no integer {} claim", self.project))
+            })?;
         let role = match claims.get(&self.role).map(|r| r.trim()) {
             Some("admin") => Role::Admin,
             Some("campaign") => Role::Campaign,
             Some("operator") => Role::Operator {
                 spaces: claims
                     .get(&self.spaces)
-                    .map(|s| s.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+                    .map(|s| {
+                        s.split([',', ' '])
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             },
-            _ => return Err(ApiError::forbidden(format!("the token's {} claim is not admin, operator or campaign", self.role))),
+            _ => {
+                return Err(ApiError::forbidden(format!(
+                    "the token's {} claim is not admin, operator or campaign",
+                    self.role
+                )));
+            }
         };
         Ok(Principal { project_id, role })
     }
 }
 
 /// The Router wired to DynamoDB, SQS and Scheduler.
-pub fn app(clients: &Clients, names: &AwsNames, outbound: Outbound, claims: JwtClaims) -> Result<axum::Router, String> {
-    let touchpoints_store = Arc::new(DynamoTouchpoints::new(clients.dynamodb.clone(), &names.touchpoints_table));
+pub fn app(
+    clients: &Clients,
+    names: &AwsNames,
+    outbound: Outbound,
+    claims: JwtClaims,
+    urls: UrlPolicy,
+) -> Result<axum::Router, String> {
+    let touchpoints_store = Arc::new(DynamoTouchpoints::new(
+        clients.dynamodb.clone(),
+        &names.touchpoints_table,
+    ));
     let delivery = Arc::new(DynamoDelivery::new(clients, names));
     let schedule = Arc::new(SchedulerReceipts::new(clients.scheduler.clone(), names)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let allow_plain_http = std::env::var("ALLOW_PLAIN_HTTP").is_ok_and(|v| v == "true");
-    let touchpoints = Touchpoints::new(touchpoints_store.clone(), Arc::clone(&clock), UrlPolicy { allow_plain_http })
+    let touchpoints = Touchpoints::new(touchpoints_store.clone(), Arc::clone(&clock), urls)
         .with_receipt_schedule(schedule, delivery.clone());
-    let dispatcher = Dispatcher::new(touchpoints_store, delivery.clone(), outbound, Arc::clone(&clock), DispatcherConfig::default());
+    let dispatcher = Dispatcher::new(
+        touchpoints_store,
+        delivery.clone(),
+        outbound,
+        Arc::clone(&clock),
+        DispatcherConfig::default(),
+    );
     Ok(touchpoint_admin_api::router(AppState {
         touchpoints,
         auth: Arc::new(claims),

@@ -32,14 +32,27 @@ impl DispatcherLambda {
     pub async fn from_env() -> Result<DispatcherLambda, String> {
         let names = AwsNames::from_env()?;
         let clients = Clients::from_env().await;
-        let queue_url = names.dispatch_queue_url.clone().ok_or("DISPATCH_QUEUE_URL is not set")?;
+        let queue_url = names
+            .dispatch_queue_url
+            .clone()
+            .ok_or("DISPATCH_QUEUE_URL is not set")?;
         let mut cfg = DispatcherConfig::default();
         if let Ok(s) = std::env::var("RETRY_SCHEDULE") {
             cfg.retry = RetryPolicy::parse(&s).map_err(|e| format!("RETRY_SCHEDULE: {e}"))?;
         }
         let allow_private = std::env::var("ALLOW_PRIVATE_NETWORKS").is_ok_and(|v| v == "true");
-        let max_receives = std::env::var("MAX_RECEIVES").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-        Ok(Self::new(&clients, &names, queue_url, Outbound::new(allow_private)?, cfg, max_receives))
+        let max_receives = std::env::var("MAX_RECEIVES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        Ok(Self::new(
+            &clients,
+            &names,
+            queue_url,
+            Outbound::new(allow_private)?,
+            cfg,
+            max_receives,
+        ))
     }
 
     pub fn new(
@@ -50,7 +63,10 @@ impl DispatcherLambda {
         cfg: DispatcherConfig,
         max_receives: u32,
     ) -> DispatcherLambda {
-        let touchpoints = Arc::new(DynamoTouchpoints::new(clients.dynamodb.clone(), &names.touchpoints_table));
+        let touchpoints = Arc::new(DynamoTouchpoints::new(
+            clients.dynamodb.clone(),
+            &names.touchpoints_table,
+        ));
         let ledger = Arc::new(DynamoDelivery::new(clients, names));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         DispatcherLambda {
@@ -77,9 +93,9 @@ impl DispatcherLambda {
             match joined {
                 Ok((_, true)) => {}
                 Ok((id, false)) => {
-                    let mut failure = BatchItemFailure::default();
-                    failure.item_identifier = id;
-                    response.batch_item_failures.push(failure);
+                    response.batch_item_failures.push(BatchItemFailure {
+                        item_identifier: id,
+                    });
                 }
                 Err(e) => tracing::error!(error = %e, "a record's task failed"),
             }

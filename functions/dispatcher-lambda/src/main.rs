@@ -8,7 +8,11 @@ use touchpoint_dispatcher_lambda::DispatcherLambda;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_ansi(false).without_time().init();
+    tracing_subscriber::fmt()
+        .json()
+        .with_ansi(false)
+        .without_time()
+        .init();
     let state = Arc::new(DispatcherLambda::from_env().await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let state = Arc::clone(&state);

@@ -22,8 +22,15 @@ impl PollerLambda {
         Self::new(&clients, &names, Outbound::new(allow_private)?)
     }
 
-    pub fn new(clients: &Clients, names: &AwsNames, outbound: Outbound) -> Result<PollerLambda, String> {
-        let touchpoints = Arc::new(DynamoTouchpoints::new(clients.dynamodb.clone(), &names.touchpoints_table));
+    pub fn new(
+        clients: &Clients,
+        names: &AwsNames,
+        outbound: Outbound,
+    ) -> Result<PollerLambda, String> {
+        let touchpoints = Arc::new(DynamoTouchpoints::new(
+            clients.dynamodb.clone(),
+            &names.touchpoints_table,
+        ));
         let ledger = Arc::new(DynamoDelivery::new(clients, names));
         let schedule = Arc::new(SchedulerReceipts::new(clients.scheduler.clone(), names)?);
         Ok(PollerLambda {
@@ -40,9 +47,19 @@ impl PollerLambda {
 
     /// One round for the touchpoint the schedule names.
     pub async fn handle(&self, input: Value) -> Result<Value, String> {
-        let project = input.get("projectId").and_then(Value::as_i64).ok_or("input needs an integer projectId")?;
-        let touchpoint = input.get("touchpointId").and_then(Value::as_str).ok_or("input needs a touchpointId")?;
-        let report = self.poller.round(Some((project, touchpoint))).await.map_err(|e| e.to_string())?;
+        let project = input
+            .get("projectId")
+            .and_then(Value::as_i64)
+            .ok_or("input needs an integer projectId")?;
+        let touchpoint = input
+            .get("touchpointId")
+            .and_then(Value::as_str)
+            .ok_or("input needs a touchpointId")?;
+        let report = self
+            .poller
+            .round(Some((project, touchpoint)))
+            .await
+            .map_err(|e| e.to_string())?;
         tracing::info!(project, touchpoint, ?report, "receipt round");
         Ok(json!({
             "polled": report.polled, "settled": report.settled, "timedOut": report.timed_out,

@@ -8,7 +8,11 @@ use touchpoint_receipt_poller_lambda::PollerLambda;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_ansi(false).without_time().init();
+    tracing_subscriber::fmt()
+        .json()
+        .with_ansi(false)
+        .without_time()
+        .init();
     let state = Arc::new(PollerLambda::from_env().await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let state = Arc::clone(&state);

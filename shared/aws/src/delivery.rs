@@ -63,11 +63,17 @@ fn due_key(project: ProjectId, touchpoint: &str) -> String {
 }
 
 fn shard_of(order: &str) -> u64 {
-    order.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % STAT_SHARDS
+    order
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % STAT_SHARDS
 }
 
 fn counts(results: &[UserResult]) -> (i64, i64) {
-    let ok = results.iter().filter(|r| r.status == UserStatus::Succeeded).count() as i64;
+    let ok = results
+        .iter()
+        .filter(|r| r.status == UserStatus::Succeeded)
+        .count() as i64;
     (ok, results.len() as i64 - ok)
 }
 
@@ -75,19 +81,42 @@ fn json_s<T: serde::Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
     Ok(s(serde_json::to_string(v).map_err(StoreError::backend)?))
 }
 
-fn json_of<T: serde::de::DeserializeOwned + Default>(item: &Item, key: &str) -> Result<T, StoreError> {
+fn json_of<T: serde::de::DeserializeOwned + Default>(
+    item: &Item,
+    key: &str,
+) -> Result<T, StoreError> {
     match get_s(item, key) {
         Some(text) if !text.is_empty() => serde_json::from_str(&text).map_err(StoreError::backend),
         _ => Ok(T::default()),
     }
 }
 
-fn is_cancelled_by_condition<R>(e: &aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, R>, index: usize) -> bool {
+fn is_cancelled_by_condition<R>(
+    e: &aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, R>,
+    index: usize,
+) -> bool {
     matches!(
         e.as_service_error(),
         Some(TransactWriteItemsError::TransactionCanceledException(t))
             if t.cancellation_reasons().get(index).and_then(|r| r.code()) == Some("ConditionalCheckFailed")
     )
+}
+
+/// Whose counters a settlement moves.
+struct Owner<'a> {
+    project: ProjectId,
+    campaign: &'a str,
+    touchpoint: &'a str,
+    /// Picks the shard.
+    order: &'a str,
+}
+
+/// How much the counters move.
+#[derive(Clone, Copy)]
+struct Delta {
+    sent: i64,
+    ok: i64,
+    failed: i64,
 }
 
 /// A settlement waiting for publication: its de-duplication key and results.
@@ -99,7 +128,9 @@ struct Settlement {
 }
 
 fn batch_view(item: &Item) -> Result<BatchView, StoreError> {
-    let state = get_s(item, "state").and_then(|s| BatchState::parse(&s)).ok_or_else(|| missing("state"))?;
+    let state = get_s(item, "state")
+        .and_then(|s| BatchState::parse(&s))
+        .ok_or_else(|| missing("state"))?;
     Ok(BatchView {
         order_no: get_s(item, "order_no").ok_or_else(|| missing("order_no"))?,
         dispatch_id: get_s(item, "dispatch_id").unwrap_or_default(),
@@ -141,16 +172,28 @@ impl DynamoDelivery {
         n(now / 1000 + self.retention_secs)
     }
 
-    fn stats_update(&self, project: ProjectId, scope: &str, key: &str, shard: u64, sent: i64, ok: i64, failed: i64, now: Millis) -> Result<TransactWriteItem, StoreError> {
+    fn stats_update(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &Owner<'_>,
+        delta: Delta,
+        now: Millis,
+    ) -> Result<TransactWriteItem, StoreError> {
         Ok(TransactWriteItem::builder()
             .update(
                 Update::builder()
                     .table_name(&self.table)
-                    .set_key(Some(crate::item::key(stats_pk(project, scope, key), shard.to_string())))
-                    .update_expression("ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp")
-                    .expression_attribute_values(":sent", n(sent))
-                    .expression_attribute_values(":ok", n(ok))
-                    .expression_attribute_values(":failed", n(failed))
+                    .set_key(Some(crate::item::key(
+                        stats_pk(owner.project, scope, key),
+                        shard_of(owner.order).to_string(),
+                    )))
+                    .update_expression(
+                        "ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp",
+                    )
+                    .expression_attribute_values(":sent", n(delta.sent))
+                    .expression_attribute_values(":ok", n(delta.ok))
+                    .expression_attribute_values(":failed", n(delta.failed))
                     .expression_attribute_values(":exp", self.expires_at(now + 365 * 86_400_000))
                     .build()
                     .map_err(build_err)?,
@@ -158,11 +201,17 @@ impl DynamoDelivery {
             .build())
     }
 
-    fn stats_updates(&self, project: ProjectId, campaign: &str, touchpoint: &str, order: &str, sent: i64, ok: i64, failed: i64, now: Millis) -> Result<[TransactWriteItem; 2], StoreError> {
-        let shard = shard_of(order);
+    /// The two counter updates (campaign, touchpoint) of one settlement, on the shard its
+    /// `orderNo` picks.
+    fn stats_updates(
+        &self,
+        owner: &Owner<'_>,
+        delta: Delta,
+        now: Millis,
+    ) -> Result<[TransactWriteItem; 2], StoreError> {
         Ok([
-            self.stats_update(project, "campaign", campaign, shard, sent, ok, failed, now)?,
-            self.stats_update(project, "touchpoint", touchpoint, shard, sent, ok, failed, now)?,
+            self.stats_update("campaign", owner.campaign, owner, delta, now)?,
+            self.stats_update("touchpoint", owner.touchpoint, owner, delta, now)?,
         ])
     }
 
@@ -185,7 +234,12 @@ impl DynamoDelivery {
         let outbox: Vec<Settlement> = item
             .get("outbox")
             .and_then(|v| v.as_l().ok())
-            .map(|l| l.iter().filter_map(|v| v.as_s().ok()).filter_map(|s| serde_json::from_str(s).ok()).collect())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|v| v.as_s().ok())
+                    .filter_map(|s| serde_json::from_str(s).ok())
+                    .collect()
+            })
             .unwrap_or_default();
         if outbox.is_empty() {
             return Ok(());
@@ -194,7 +248,9 @@ impl DynamoDelivery {
             return Err(StoreError::Backend("RESULTS_QUEUE_URL is not set".into()));
         };
         let order = get_s(item, "order_no").unwrap_or_default();
-        let meta: DispatchMeta = serde_json::from_str(&get_s(item, "meta").ok_or_else(|| missing("meta"))?).map_err(StoreError::backend)?;
+        let meta: DispatchMeta =
+            serde_json::from_str(&get_s(item, "meta").ok_or_else(|| missing("meta"))?)
+                .map_err(StoreError::backend)?;
         let index: i64 = get_n(item, "batch_index").unwrap_or_default();
         let sent_at: Option<Millis> = get_n(item, "sent_at");
         for settlement in &outbox {
@@ -232,7 +288,10 @@ impl DynamoDelivery {
             .set_key(Some(key(batch_pk(&order), "B")))
             .update_expression(format!(
                 "REMOVE {}",
-                (0..published).map(|i| format!("outbox[{i}]")).collect::<Vec<_>>().join(", ")
+                (0..published)
+                    .map(|i| format!("outbox[{i}]"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
             .condition_expression("size(outbox) >= :n")
             .expression_attribute_values(":n", n(published))
@@ -250,14 +309,28 @@ impl DynamoDelivery {
     }
 }
 
-fn settlement_attr(id: String, at: Millis, results: &[UserResult]) -> Result<AttributeValue, StoreError> {
-    let s = Settlement { id, at, results: results.to_vec() };
+fn settlement_attr(
+    id: String,
+    at: Millis,
+    results: &[UserResult],
+) -> Result<AttributeValue, StoreError> {
+    let s = Settlement {
+        id,
+        at,
+        results: results.to_vec(),
+    };
     Ok(AttributeValue::L(vec![json_s(&s)?]))
 }
 
 #[async_trait]
 impl DeliveryStore for DynamoDelivery {
-    async fn open_dispatch(&self, meta: &DispatchMeta, users: u32, batch_size: u32, now: Millis) -> Result<bool, StoreError> {
+    async fn open_dispatch(
+        &self,
+        meta: &DispatchMeta,
+        users: u32,
+        batch_size: u32,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         let mut item = key(dispatch_pk(meta.project_id, &meta.dispatch_id), "META");
         item.insert("meta".into(), json_s(meta)?);
         item.insert("users".into(), n(users));
@@ -271,7 +344,20 @@ impl DeliveryStore for DynamoDelivery {
             .build()
             .map_err(build_err)?;
         // The users count as sent on the first shard; later batches spread over all shards.
-        let [campaign, touchpoint] = self.stats_updates(meta.project_id, &meta.campaign_id, &meta.touchpoint_id, &meta.dispatch_id, i64::from(users), 0, 0, now)?;
+        let [campaign, touchpoint] = self.stats_updates(
+            &Owner {
+                project: meta.project_id,
+                campaign: &meta.campaign_id,
+                touchpoint: &meta.touchpoint_id,
+                order: &meta.dispatch_id,
+            },
+            Delta {
+                sent: i64::from(users),
+                ok: 0,
+                failed: 0,
+            },
+            now,
+        )?;
         let result = self
             .ddb
             .transact_write_items()
@@ -287,7 +373,13 @@ impl DeliveryStore for DynamoDelivery {
         }
     }
 
-    async fn reject_dispatch(&self, meta: &DispatchMeta, gids: &[i64], reason: &str, now: Millis) -> Result<(), StoreError> {
+    async fn reject_dispatch(
+        &self,
+        meta: &DispatchMeta,
+        gids: &[i64],
+        reason: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
         let mut item = key(dispatch_pk(meta.project_id, &meta.dispatch_id), "META");
         item.insert("meta".into(), json_s(meta)?);
         item.insert("users".into(), n(gids.len()));
@@ -296,7 +388,13 @@ impl DeliveryStore for DynamoDelivery {
         item.insert("received_at".into(), n(now));
         item.insert("expires_at".into(), self.expires_at(now));
         let order = order_no(meta.project_id, &meta.dispatch_id, usize::MAX);
-        let results: Vec<UserResult> = gids.iter().map(|g| UserResult { gid: *g, status: UserStatus::failed(reason) }).collect();
+        let results: Vec<UserResult> = gids
+            .iter()
+            .map(|g| UserResult {
+                gid: *g,
+                status: UserStatus::failed(reason),
+            })
+            .collect();
         let mut batch = key(batch_pk(&order), "B");
         for (k, v) in [
             ("order_no", s(&order)),
@@ -314,22 +412,55 @@ impl DeliveryStore for DynamoDelivery {
             ("last_error", s(reason)),
             ("resolved_at", n(now)),
             ("results", json_s(&results)?),
-            ("outbox", settlement_attr(format!("{order}-r"), now, &results)?),
+            (
+                "outbox",
+                settlement_attr(format!("{order}-r"), now, &results)?,
+            ),
             ("expires_at", self.expires_at(now)),
         ] {
             batch.insert(k.into(), v);
         }
         let n_users = gids.len() as i64;
-        let [campaign, touchpoint] = self.stats_updates(meta.project_id, &meta.campaign_id, &meta.touchpoint_id, &order, n_users, 0, n_users, now)?;
+        let [campaign, touchpoint] = self.stats_updates(
+            &Owner {
+                project: meta.project_id,
+                campaign: &meta.campaign_id,
+                touchpoint: &meta.touchpoint_id,
+                order: &order,
+            },
+            Delta {
+                sent: n_users,
+                ok: 0,
+                failed: n_users,
+            },
+            now,
+        )?;
         let result = self
             .ddb
             .transact_write_items()
             .transact_items(
                 TransactWriteItem::builder()
-                    .put(Put::builder().table_name(&self.table).set_item(Some(item)).condition_expression("attribute_not_exists(pk)").build().map_err(build_err)?)
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .map_err(build_err)?,
+                    )
                     .build(),
             )
-            .transact_items(TransactWriteItem::builder().put(Put::builder().table_name(&self.table).set_item(Some(batch)).build().map_err(build_err)?).build())
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(batch))
+                            .build()
+                            .map_err(build_err)?,
+                    )
+                    .build(),
+            )
             .transact_items(campaign)
             .transact_items(touchpoint)
             .send()
@@ -342,7 +473,15 @@ impl DeliveryStore for DynamoDelivery {
         self.publish_order(&order).await
     }
 
-    async fn claim_batch(&self, meta: &DispatchMeta, index: usize, order: &str, users: u32, now: Millis, lease_until: Millis) -> Result<Claim, StoreError> {
+    async fn claim_batch(
+        &self,
+        meta: &DispatchMeta,
+        index: usize,
+        order: &str,
+        users: u32,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError> {
         let mut item = key(batch_pk(order), "B");
         for (k, v) in [
             ("order_no", s(order)),
@@ -374,7 +513,9 @@ impl DeliveryStore for DynamoDelivery {
             .await;
         match put {
             Ok(_) => return Ok(Claim::Send { attempt: 1 }),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) => {}
             Err(e) => return Err(aws_err(e)),
         }
         let Some(current) = self.get_batch(order).await? else {
@@ -388,11 +529,19 @@ impl DeliveryStore for DynamoDelivery {
                 self.publish(&current).await?;
                 return Ok(Claim::Done);
             }
-            Some(BatchState::InFlight) if get_n::<i64>(&current, "lease_until").unwrap_or(0) > now => {
-                return Ok(Claim::NotBefore(get_n(&current, "lease_until").unwrap_or(now)));
+            Some(BatchState::InFlight)
+                if get_n::<i64>(&current, "lease_until").unwrap_or(0) > now =>
+            {
+                return Ok(Claim::NotBefore(
+                    get_n(&current, "lease_until").unwrap_or(now),
+                ));
             }
-            Some(BatchState::RetryWait) if get_n::<i64>(&current, "next_attempt_at").unwrap_or(0) > now => {
-                return Ok(Claim::NotBefore(get_n(&current, "next_attempt_at").unwrap_or(now)));
+            Some(BatchState::RetryWait)
+                if get_n::<i64>(&current, "next_attempt_at").unwrap_or(0) > now =>
+            {
+                return Ok(Claim::NotBefore(
+                    get_n(&current, "next_attempt_at").unwrap_or(now),
+                ));
             }
             _ => {}
         }
@@ -412,8 +561,15 @@ impl DeliveryStore for DynamoDelivery {
             .send()
             .await;
         match taken {
-            Ok(_) => Ok(Claim::Send { attempt: attempts + 1 }),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(Claim::NotBefore(now + 1_000)),
+            Ok(_) => Ok(Claim::Send {
+                attempt: attempts + 1,
+            }),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Claim::NotBefore(now + 1_000))
+            }
             Err(e) => Err(aws_err(e)),
         }
     }
@@ -428,7 +584,10 @@ impl DeliveryStore for DynamoDelivery {
             .expression_attribute_values(":final", s("final"))
             .expression_attribute_values(":accepted", s("accepted"))
             .condition_expression("attribute_exists(pk) AND NOT #state IN (:final, :accepted)");
-        let mut sets = vec!["attempts = :attempt".to_owned(), "#state = :state".to_owned()];
+        let mut sets = vec![
+            "attempts = :attempt".to_owned(),
+            "#state = :state".to_owned(),
+        ];
         let mut removes = vec!["lease_until".to_owned()];
         match &record.http_status {
             Some(code) => {
@@ -458,7 +617,16 @@ impl DeliveryStore for DynamoDelivery {
             }
             AttemptOutcome::Final(results) => {
                 let (ok, failed) = counts(results);
-                sets.extend(["results = :results", "succeeded = :ok", "failed = :failed", "resolved_at = :at", "outbox = :outbox"].map(String::from));
+                sets.extend(
+                    [
+                        "results = :results",
+                        "succeeded = :ok",
+                        "failed = :failed",
+                        "resolved_at = :at",
+                        "outbox = :outbox",
+                    ]
+                    .map(String::from),
+                );
                 removes.push("next_attempt_at".into());
                 update = update
                     .expression_attribute_values(":state", s("final"))
@@ -466,15 +634,34 @@ impl DeliveryStore for DynamoDelivery {
                     .expression_attribute_values(":ok", n(ok))
                     .expression_attribute_values(":failed", n(failed))
                     .expression_attribute_values(":at", n(record.at))
-                    .expression_attribute_values(":outbox", settlement_attr(format!("{order}-t"), record.at, results)?);
+                    .expression_attribute_values(
+                        ":outbox",
+                        settlement_attr(format!("{order}-t"), record.at, results)?,
+                    );
                 (true, Some((ok, failed)))
             }
-            AttemptOutcome::Accepted { results, pending, receipt_url, deadline, next_poll_at } => {
+            AttemptOutcome::Accepted {
+                results,
+                pending,
+                receipt_url,
+                deadline,
+                next_poll_at,
+            } => {
                 let (ok, failed) = counts(results);
                 sets.extend(
-                    ["results = :results", "succeeded = :ok", "failed = :failed", "pending = :pending", "receipt_url = :url",
-                     "accepted_at = :at", "deadline = :deadline", "next_poll_at = :next_poll", "due_tp = :due", "polls = :zero"]
-                        .map(String::from),
+                    [
+                        "results = :results",
+                        "succeeded = :ok",
+                        "failed = :failed",
+                        "pending = :pending",
+                        "receipt_url = :url",
+                        "accepted_at = :at",
+                        "deadline = :deadline",
+                        "next_poll_at = :next_poll",
+                        "due_tp = :due",
+                        "polls = :zero",
+                    ]
+                    .map(String::from),
                 );
                 removes.push("next_attempt_at".into());
                 let current = self.get_batch(order).await?.ok_or(StoreError::NotFound)?;
@@ -503,14 +690,33 @@ impl DeliveryStore for DynamoDelivery {
             }
         };
         let expression = format!("SET {} REMOVE {}", sets.join(", "), removes.join(", "));
-        let update = update.update_expression(expression).build().map_err(build_err)?;
-        let mut tx = self.ddb.transact_write_items().transact_items(TransactWriteItem::builder().update(update).build());
+        let update = update
+            .update_expression(expression)
+            .build()
+            .map_err(build_err)?;
+        let mut tx = self
+            .ddb
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build());
         if let Some((ok, failed)) = stats.filter(|(ok, failed)| ok + failed > 0) {
             let item = self.get_batch(order).await?.ok_or(StoreError::NotFound)?;
             let project: ProjectId = get_n(&item, "project").unwrap_or_default();
             let campaign = get_s(&item, "campaign_id").unwrap_or_default();
             let touchpoint = get_s(&item, "touchpoint_id").unwrap_or_default();
-            for t in self.stats_updates(project, &campaign, &touchpoint, order, 0, ok, failed, record.at)? {
+            for t in self.stats_updates(
+                &Owner {
+                    project,
+                    campaign: &campaign,
+                    touchpoint: &touchpoint,
+                    order,
+                },
+                Delta {
+                    sent: 0,
+                    ok,
+                    failed,
+                },
+                record.at,
+            )? {
                 tx = tx.transact_items(t);
             }
         }
@@ -526,7 +732,11 @@ impl DeliveryStore for DynamoDelivery {
         Ok(())
     }
 
-    async fn dispatch(&self, project: ProjectId, dispatch_id: &str) -> Result<Option<DispatchView>, StoreError> {
+    async fn dispatch(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Option<DispatchView>, StoreError> {
         let out = self
             .ddb
             .get_item()
@@ -536,26 +746,41 @@ impl DeliveryStore for DynamoDelivery {
             .send()
             .await
             .map_err(aws_err)?;
-        let Some(item) = out.item else { return Ok(None) };
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
         let users: u32 = get_n(&item, "users").unwrap_or_default();
         let batch_size: u32 = get_n(&item, "batch_size").unwrap_or_default();
         let rejected = get_s(&item, "rejected");
         Ok(Some(DispatchView {
-            meta: serde_json::from_str(&get_s(&item, "meta").ok_or_else(|| missing("meta"))?).map_err(StoreError::backend)?,
+            meta: serde_json::from_str(&get_s(&item, "meta").ok_or_else(|| missing("meta"))?)
+                .map_err(StoreError::backend)?,
             users,
-            batches: if rejected.is_some() || batch_size == 0 { 0 } else { users.div_ceil(batch_size) },
+            batches: if rejected.is_some() || batch_size == 0 {
+                0
+            } else {
+                users.div_ceil(batch_size)
+            },
             batch_size,
             rejected,
             received_at: get_n(&item, "received_at").unwrap_or_default(),
         }))
     }
 
-    async fn dispatch_batches(&self, project: ProjectId, dispatch_id: &str) -> Result<Vec<BatchView>, StoreError> {
-        let Some(view) = self.dispatch(project, dispatch_id).await? else { return Ok(Vec::new()) };
+    async fn dispatch_batches(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Vec<BatchView>, StoreError> {
+        let Some(view) = self.dispatch(project, dispatch_id).await? else {
+            return Ok(Vec::new());
+        };
         let orders: Vec<String> = if view.rejected.is_some() {
             vec![order_no(project, dispatch_id, usize::MAX)]
         } else {
-            (0..view.batches as usize).map(|i| order_no(project, dispatch_id, i)).collect()
+            (0..view.batches as usize)
+                .map(|i| order_no(project, dispatch_id, i))
+                .collect()
         };
         let mut out = Vec::new();
         for chunk in orders.chunks(100) {
@@ -563,10 +788,23 @@ impl DeliveryStore for DynamoDelivery {
             for o in chunk {
                 keys = keys.keys(key(batch_pk(o), "B"));
             }
-            let mut request = HashMap::from([(self.table.clone(), keys.build().map_err(build_err)?)]);
+            let mut request =
+                HashMap::from([(self.table.clone(), keys.build().map_err(build_err)?)]);
             while !request.is_empty() {
-                let got = self.ddb.batch_get_item().set_request_items(Some(request)).send().await.map_err(aws_err)?;
-                for item in got.responses.as_ref().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                let got = self
+                    .ddb
+                    .batch_get_item()
+                    .set_request_items(Some(request))
+                    .send()
+                    .await
+                    .map_err(aws_err)?;
+                for item in got
+                    .responses
+                    .as_ref()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
                     let mut view = batch_view(item)?;
                     view.results.clear();
                     out.push(view);
@@ -579,14 +817,25 @@ impl DeliveryStore for DynamoDelivery {
         Ok(out)
     }
 
-    async fn batch(&self, project: ProjectId, order: &str) -> Result<Option<BatchView>, StoreError> {
+    async fn batch(
+        &self,
+        project: ProjectId,
+        order: &str,
+    ) -> Result<Option<BatchView>, StoreError> {
         match self.get_batch(order).await? {
-            Some(item) if get_n::<ProjectId>(&item, "project") == Some(project) => Ok(Some(batch_view(&item)?)),
+            Some(item) if get_n::<ProjectId>(&item, "project") == Some(project) => {
+                Ok(Some(batch_view(&item)?))
+            }
             _ => Ok(None),
         }
     }
 
-    async fn stats(&self, project: ProjectId, scope: StatsScope, key_: &str) -> Result<Counters, StoreError> {
+    async fn stats(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key_: &str,
+    ) -> Result<Counters, StoreError> {
         let scope = match scope {
             StatsScope::Campaign => "campaign",
             StatsScope::Touchpoint => "touchpoint",
@@ -611,9 +860,16 @@ impl DeliveryStore for DynamoDelivery {
         Ok(c)
     }
 
-    async fn due_polls(&self, touchpoint: Option<(ProjectId, &str)>, now: Millis, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
+    async fn due_polls(
+        &self,
+        touchpoint: Option<(ProjectId, &str)>,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<PendingBatch>, StoreError> {
         let Some((project, id)) = touchpoint else {
-            return Err(StoreError::Backend("on AWS, receipt rounds run per touchpoint (one schedule each)".into()));
+            return Err(StoreError::Backend(
+                "on AWS, receipt rounds run per touchpoint (one schedule each)".into(),
+            ));
         };
         let mut out = Vec::new();
         let mut start = None;
@@ -653,7 +909,12 @@ impl DeliveryStore for DynamoDelivery {
         }
     }
 
-    async fn lease_poll(&self, order: &str, now: Millis, until: Millis) -> Result<bool, StoreError> {
+    async fn lease_poll(
+        &self,
+        order: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
         let result = self
             .ddb
             .update_item()
@@ -669,20 +930,32 @@ impl DeliveryStore for DynamoDelivery {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(aws_err(e)),
         }
     }
 
     async fn record_poll(&self, record: &PollRecord) -> Result<(), StoreError> {
         let order = &record.order_no;
-        let Some(item) = self.get_batch(order).await? else { return Ok(()) };
+        let Some(item) = self.get_batch(order).await? else {
+            return Ok(());
+        };
         if get_s(&item, "state").as_deref() != Some("accepted") {
             return Ok(());
         }
         let mut pending: Vec<i64> = json_of(&item, "pending")?;
         let mut results: Vec<UserResult> = json_of(&item, "results")?;
-        let settled: Vec<UserResult> = record.settled.iter().filter(|r| pending.contains(&r.gid)).cloned().collect();
+        let settled: Vec<UserResult> = record
+            .settled
+            .iter()
+            .filter(|r| pending.contains(&r.gid))
+            .cloned()
+            .collect();
         pending.retain(|g| !settled.iter().any(|r| r.gid == *g));
         results.extend(settled.iter().cloned());
         let (ok, failed) = counts(&results);
@@ -690,7 +963,11 @@ impl DeliveryStore for DynamoDelivery {
         let made_request = record.http_status.is_some() || record.error.is_some();
         let done = pending.is_empty();
         let mut sets = vec![
-            "pending = :pending", "results = :results", "succeeded = :ok", "failed = :failed", "polls = :polls",
+            "pending = :pending",
+            "results = :results",
+            "succeeded = :ok",
+            "failed = :failed",
+            "polls = :polls",
         ];
         let mut removes = vec!["poll_lease_until"];
         let mut update = Update::builder()
@@ -708,7 +985,9 @@ impl DeliveryStore for DynamoDelivery {
         if done {
             sets.extend(["#state = :final", "resolved_at = :at"]);
             removes.extend(["due_tp", "next_poll_at"]);
-            update = update.expression_attribute_values(":final", s("final")).expression_attribute_values(":at", n(record.at));
+            update = update
+                .expression_attribute_values(":final", s("final"))
+                .expression_attribute_values(":at", n(record.at));
         } else {
             sets.push("next_poll_at = :next");
             update = update.expression_attribute_values(":next", n(record.next_poll_at));
@@ -728,19 +1007,42 @@ impl DeliveryStore for DynamoDelivery {
             sets.push("outbox = list_append(if_not_exists(outbox, :empty), :outbox)");
             update = update
                 .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-                .expression_attribute_values(":outbox", settlement_attr(format!("{order}-p{polls}"), record.at, &settled)?);
+                .expression_attribute_values(
+                    ":outbox",
+                    settlement_attr(format!("{order}-p{polls}"), record.at, &settled)?,
+                );
         }
         let update = update
-            .update_expression(format!("SET {} REMOVE {}", sets.join(", "), removes.join(", ")))
+            .update_expression(format!(
+                "SET {} REMOVE {}",
+                sets.join(", "),
+                removes.join(", ")
+            ))
             .build()
             .map_err(build_err)?;
-        let mut tx = self.ddb.transact_write_items().transact_items(TransactWriteItem::builder().update(update).build());
+        let mut tx = self
+            .ddb
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build());
         let (s_ok, s_failed) = counts(&settled);
         if s_ok + s_failed > 0 {
             let project: ProjectId = get_n(&item, "project").unwrap_or_default();
             let campaign = get_s(&item, "campaign_id").unwrap_or_default();
             let touchpoint = get_s(&item, "touchpoint_id").unwrap_or_default();
-            for t in self.stats_updates(project, &campaign, &touchpoint, order, 0, s_ok, s_failed, record.at)? {
+            for t in self.stats_updates(
+                &Owner {
+                    project,
+                    campaign: &campaign,
+                    touchpoint: &touchpoint,
+                    order,
+                },
+                Delta {
+                    sent: 0,
+                    ok: s_ok,
+                    failed: s_failed,
+                },
+                record.at,
+            )? {
                 tx = tx.transact_items(t);
             }
         }
@@ -755,7 +1057,11 @@ impl DeliveryStore for DynamoDelivery {
         Ok(())
     }
 
-    async fn pending_receipts(&self, project: ProjectId, touchpoint_id: &str) -> Result<u64, StoreError> {
+    async fn pending_receipts(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &str,
+    ) -> Result<u64, StoreError> {
         let mut total = 0u64;
         let mut start = None;
         loop {
@@ -785,7 +1091,13 @@ impl DeliveryStore for DynamoDelivery {
 impl DispatchIntake for DynamoDelivery {
     /// Claims the dispatch id (conditional put), then sends the body to the dispatch queue;
     /// the claim is released if the send fails, so the producer can retry.
-    async fn submit(&self, project: ProjectId, dispatch_id: &str, body: String, now: Millis) -> Result<bool, StoreError> {
+    async fn submit(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+        body: String,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         let Some(queue) = &self.dispatch_queue_url else {
             return Err(StoreError::Backend("DISPATCH_QUEUE_URL is not set".into()));
         };
@@ -802,10 +1114,22 @@ impl DispatchIntake for DynamoDelivery {
             .await;
         match put {
             Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => return Ok(false),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                return Ok(false);
+            }
             Err(e) => return Err(aws_err(e)),
         }
-        if let Err(e) = self.sqs.send_message().queue_url(queue).message_body(body).send().await {
+        if let Err(e) = self
+            .sqs
+            .send_message()
+            .queue_url(queue)
+            .message_body(body)
+            .send()
+            .await
+        {
             let _ = self
                 .ddb
                 .delete_item()

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod delivery;
 mod item;
+pub mod provision;
 pub mod schedule;
 pub mod touchpoints;
 

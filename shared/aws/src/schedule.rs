@@ -20,7 +20,10 @@ pub struct SchedulerReceipts {
 
 /// The schedule's name: at most 64 characters of `[0-9a-zA-Z-_.]`.
 pub fn schedule_name(project: ProjectId, touchpoint_id: &str) -> String {
-    format!("receipts-{project}-{touchpoint_id}").replace(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')), "-")
+    format!("receipts-{project}-{touchpoint_id}").replace(
+        |c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+        "-",
+    )
 }
 
 /// The `Input` a schedule hands the poller.
@@ -29,12 +32,24 @@ pub fn schedule_input(project: ProjectId, touchpoint_id: &str) -> String {
 }
 
 impl SchedulerReceipts {
-    pub fn new(client: aws_sdk_scheduler::Client, names: &crate::AwsNames) -> Result<SchedulerReceipts, String> {
+    pub fn new(
+        client: aws_sdk_scheduler::Client,
+        names: &crate::AwsNames,
+    ) -> Result<SchedulerReceipts, String> {
         Ok(SchedulerReceipts {
             client,
-            group: names.schedule_group.clone().ok_or("SCHEDULE_GROUP is not set")?,
-            poller_arn: names.poller_arn.clone().ok_or("RECEIPT_POLLER_ARN is not set")?,
-            role_arn: names.scheduler_role_arn.clone().ok_or("SCHEDULER_ROLE_ARN is not set")?,
+            group: names
+                .schedule_group
+                .clone()
+                .ok_or("SCHEDULE_GROUP is not set")?,
+            poller_arn: names
+                .poller_arn
+                .clone()
+                .ok_or("RECEIPT_POLLER_ARN is not set")?,
+            role_arn: names
+                .scheduler_role_arn
+                .clone()
+                .ok_or("SCHEDULER_ROLE_ARN is not set")?,
             expression: "rate(5 minutes)".into(),
         })
     }
@@ -53,7 +68,10 @@ impl ReceiptSchedule for SchedulerReceipts {
             .input(schedule_input(project, touchpoint_id))
             .build()
             .map_err(err)?;
-        let window = FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().map_err(err)?;
+        let window = FlexibleTimeWindow::builder()
+            .mode(FlexibleTimeWindowMode::Off)
+            .build()
+            .map_err(err)?;
         let result = self
             .client
             .create_schedule()
@@ -66,7 +84,12 @@ impl ReceiptSchedule for SchedulerReceipts {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conflict_exception()) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conflict_exception()) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(crate::item::aws_err(e)),
         }
     }
@@ -81,7 +104,12 @@ impl ReceiptSchedule for SchedulerReceipts {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_resource_not_found_exception()) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_not_found_exception()) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(crate::item::aws_err(e)),
         }
     }
