@@ -2,7 +2,8 @@
 # The whole test suite: formatting, lints with warnings denied, and every test of the workspace
 # (domain unit tests, the admin API through its Router, the SQLite store, end-to-end tests that
 # start the real binary, and the AWS adapters and Lambda handlers against a local moto server,
-# which this script installs, starts and stops).
+# which this script installs, starts and stops), then the SAM template's checks and the
+# release build of the three Lambdas for x86_64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,19 @@ AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \
 AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
   cargo test --workspace --locked -- --include-ignored 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last being doc-tests).
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+summary=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log")
+echo "$summary"
+
+echo "== SAM template"
+PATH="$venv/bin:$PATH" AWS_DEFAULT_REGION=us-east-1 sam validate --lint --template-file template.yaml
+"$venv/bin/cfn-lint" template.yaml
+
+echo "== Lambda release build (cargo lambda, x86_64)"
+PATH="$venv/bin:$PATH" cargo lambda build --release --x86-64 --locked \
+  -p touchpoint-admin-api-lambda -p touchpoint-dispatcher-lambda -p touchpoint-receipt-poller-lambda
+for f in touchpoint-admin-api touchpoint-dispatcher touchpoint-receipt-poller; do
+  printf '%-28s %s bytes\n' "$f" "$(stat -c %s "target/lambda/$f/bootstrap")"
+done
+
+# The test count again, as the last line.
+echo "$summary"

@@ -1,0 +1,240 @@
+//! The DynamoDB ledger against moto: claims, settlement counted once, poll leases, intake.
+
+mod support;
+
+use touchpoint::delivery::*;
+use touchpoint::protocol::UserStatus;
+use touchpoint_aws::{DynamoDelivery, SchedulerReceipts};
+
+fn meta() -> DispatchMeta {
+    DispatchMeta {
+        project_id: 1,
+        dispatch_id: "d1".into(),
+        space_id: "s".into(),
+        campaign_id: "c".into(),
+        strategy_id: None,
+        touchpoint_id: "tp_1".into(),
+        touchpoint_kind: None,
+    }
+}
+
+fn ok(gids: &[i64]) -> Vec<UserResult> {
+    gids.iter()
+        .map(|g| UserResult {
+            gid: *g,
+            status: UserStatus::Succeeded,
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn claims_and_records_keep_one_outcome_per_batch() {
+    let clients = support::clients().await;
+    let names = support::provision(&clients).await;
+    let ledger = DynamoDelivery::new(&clients, &names);
+    let m = meta();
+    assert!(ledger.open_dispatch(&m, 2, 10, 1_000).await.unwrap());
+    assert!(
+        !ledger.open_dispatch(&m, 2, 10, 1_000).await.unwrap(),
+        "opened once"
+    );
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, "o1", 2, 1_000, 5_000)
+            .await
+            .unwrap(),
+        Claim::Send { attempt: 1 }
+    );
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, "o1", 2, 2_000, 6_000)
+            .await
+            .unwrap(),
+        Claim::NotBefore(5_000),
+        "leased"
+    );
+    let retry = AttemptRecord {
+        order_no: "o1".into(),
+        attempt: 1,
+        http_status: Some(503),
+        error: Some("HTTP 503".into()),
+        response_excerpt: None,
+        at: 2_000,
+        outcome: AttemptOutcome::Retry {
+            next_attempt_at: 3_000,
+        },
+    };
+    ledger.record_attempt(&retry).await.unwrap();
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, "o1", 2, 2_500, 9_000)
+            .await
+            .unwrap(),
+        Claim::NotBefore(3_000)
+    );
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, "o1", 2, 3_000, 9_000)
+            .await
+            .unwrap(),
+        Claim::Send { attempt: 2 }
+    );
+    let done = AttemptRecord {
+        attempt: 2,
+        http_status: Some(200),
+        error: None,
+        at: 3_500,
+        outcome: AttemptOutcome::Final(ok(&[1, 2])),
+        ..retry
+    };
+    ledger.record_attempt(&done).await.unwrap();
+    ledger.record_attempt(&done).await.unwrap();
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, "o1", 2, 4_000, 9_000)
+            .await
+            .unwrap(),
+        Claim::Done
+    );
+    let stats = ledger.stats(1, StatsScope::Campaign, "c").await.unwrap();
+    assert_eq!(
+        (stats.sent, stats.succeeded, stats.pending),
+        (2, 2, 0),
+        "counted once"
+    );
+    let b = ledger.batch(1, "o1").await.unwrap().unwrap();
+    assert_eq!(
+        (b.state, b.attempts, b.results.len()),
+        (BatchState::Final, 2, 2)
+    );
+    assert!(
+        ledger.batch(2, "o1").await.unwrap().is_none(),
+        "another project sees nothing"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
+    let clients = support::clients().await;
+    let names = support::provision(&clients).await;
+    let ledger = DynamoDelivery::new(&clients, &names);
+    let m = meta();
+    ledger.open_dispatch(&m, 3, 10, 1_000).await.unwrap();
+    ledger
+        .claim_batch(&m, 0, "o2", 3, 1_000, 5_000)
+        .await
+        .unwrap();
+    let accepted = AttemptRecord {
+        order_no: "o2".into(),
+        attempt: 1,
+        http_status: Some(200),
+        error: None,
+        response_excerpt: None,
+        at: 1_000,
+        outcome: AttemptOutcome::Accepted {
+            results: ok(&[1]),
+            pending: vec![2, 3],
+            receipt_url: "https://x.example.com/receipt".into(),
+            deadline: 100_000,
+            next_poll_at: 2_000,
+        },
+    };
+    ledger.record_attempt(&accepted).await.unwrap();
+    assert!(
+        ledger
+            .due_polls(Some((1, "tp_1")), 1_500, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    let due = ledger
+        .due_polls(Some((1, "tp_1")), 2_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].pending, vec![2, 3]);
+    assert_eq!(ledger.pending_receipts(1, "tp_1").await.unwrap(), 2);
+    assert!(ledger.lease_poll("o2", 2_000, 60_000).await.unwrap());
+    assert!(
+        !ledger.lease_poll("o2", 2_001, 60_000).await.unwrap(),
+        "one round at a time"
+    );
+    let poll = PollRecord {
+        order_no: "o2".into(),
+        at: 2_100,
+        settled: ok(&[2, 3]),
+        next_poll_at: 302_100,
+        http_status: Some(200),
+        error: None,
+    };
+    ledger.record_poll(&poll).await.unwrap();
+    ledger.record_poll(&poll).await.unwrap();
+    assert!(
+        ledger
+            .due_polls(Some((1, "tp_1")), 999_999, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "left the sparse index"
+    );
+    let stats = ledger
+        .stats(1, StatsScope::Touchpoint, "tp_1")
+        .await
+        .unwrap();
+    assert_eq!((stats.succeeded, stats.pending), (3, 0));
+    assert_eq!(
+        ledger.batch(1, "o2").await.unwrap().unwrap().state,
+        BatchState::Final
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn intake_queues_a_dispatch_id_once_and_schedules_are_idempotent() {
+    let clients = support::clients().await;
+    let names = support::provision(&clients).await;
+    let ledger = DynamoDelivery::new(&clients, &names);
+    assert!(ledger.submit(1, "d-1", "{}".into(), 1_000).await.unwrap());
+    assert!(!ledger.submit(1, "d-1", "{}".into(), 1_000).await.unwrap());
+    assert!(
+        ledger.submit(2, "d-1", "{}".into(), 1_000).await.unwrap(),
+        "ids are per project"
+    );
+    let queued = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(names.dispatch_queue_url.clone().unwrap())
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    let count = queued.attributes().unwrap()
+        [&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages]
+        .clone();
+    assert_eq!(count, "2");
+
+    let schedules = SchedulerReceipts::new(clients.scheduler.clone(), &names).unwrap();
+    schedules.ensure(1, "tp_1").await.unwrap();
+    schedules.ensure(1, "tp_1").await.unwrap();
+    let listed = clients
+        .scheduler
+        .list_schedules()
+        .group_name(names.schedule_group.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.schedules().len(), 1);
+    schedules.remove(1, "tp_1").await.unwrap();
+    schedules.remove(1, "tp_1").await.unwrap();
+    let listed = clients
+        .scheduler
+        .list_schedules()
+        .group_name(names.schedule_group.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.schedules().is_empty());
+}
