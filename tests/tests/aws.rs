@@ -446,6 +446,9 @@ async fn an_async_touchpoint_is_scheduled_and_finished_by_the_poller() {
 
     // The schedule fires: the poller runs a round with the schedule's input.
     let input: Value = serde_json::from_str(target.input().unwrap()).unwrap();
+    let mut scheduled = fixture("scheduler-receipt-round.json");
+    scheduled["touchpointId"] = json!(id);
+    assert_eq!(input, scheduled, "the fixture is what Scheduler sends");
     let report = aws.poller.handle(input).await.unwrap();
     assert_eq!(report["settled"], 25, "{report}");
     let (_, d) = aws

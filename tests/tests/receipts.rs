@@ -433,7 +433,7 @@ async fn overlapping_rounds_poll_each_batch_once_and_a_crashed_rounds_lease_expi
     let now = rig.clock.now_ms();
     assert!(
         rig.store
-            .lease_poll(&order, now, now + 60_000)
+            .lease_poll(1, &order, now, now + 60_000)
             .await
             .unwrap()
     );

@@ -296,6 +296,7 @@ impl Dispatcher {
                         .collect();
                     self.ledger
                         .record_attempt(&AttemptRecord {
+                            project_id: dispatch.project_id,
                             order_no: order,
                             attempt,
                             http_status: None,
@@ -561,6 +562,7 @@ impl BatchJob {
         }
         self.ledger
             .record_attempt(&AttemptRecord {
+                project_id: meta.project_id,
                 order_no: batch.order_no.clone(),
                 attempt,
                 http_status: ex.http_status,

@@ -195,7 +195,7 @@ impl ReceiptPoller {
         let lease_until = now + self.cfg.lease.as_millis() as i64;
         if !self
             .ledger
-            .lease_poll(&b.order_no, now, lease_until)
+            .lease_poll(b.project_id, &b.order_no, now, lease_until)
             .await?
         {
             return Ok(Polled::Skipped);
@@ -213,6 +213,7 @@ impl ReceiptPoller {
             let n = settled.len();
             self.ledger
                 .record_poll(&PollRecord {
+                    project_id: b.project_id,
                     order_no: b.order_no,
                     at: now,
                     settled,
@@ -286,6 +287,7 @@ impl ReceiptPoller {
         let n = settled.len();
         self.ledger
             .record_poll(&PollRecord {
+                project_id: b.project_id,
                 order_no: b.order_no,
                 at: now,
                 settled,

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | intake claim (idempotency of `POST /v1/dispatches`) | `P#{project}#D#{dispatchId}` | `INTAKE` |
 //! | dispatch | `P#{project}#D#{dispatchId}` | `META` |
-//! | batch (ledger) | `O#{orderNo}` | `B` |
+//! | batch (ledger) | `P#{project}#O#{orderNo}` | `B` |
 //! | statistics shard | `P#{project}#ST#{scope}#{key}` | `{0..15}` |
 //!
 //! Batches are their own partitions (the `orderNo` is random-looking), so no key is hot; a
@@ -50,8 +50,8 @@ fn dispatch_pk(project: ProjectId, id: &str) -> String {
     format!("P#{project}#D#{id}")
 }
 
-fn batch_pk(order: &str) -> String {
-    format!("O#{order}")
+fn batch_pk(project: ProjectId, order: &str) -> String {
+    format!("P#{project}#O#{order}")
 }
 
 fn stats_pk(project: ProjectId, scope: &str, key: &str) -> String {
@@ -215,12 +215,12 @@ impl DynamoDelivery {
         ])
     }
 
-    async fn get_batch(&self, order: &str) -> Result<Option<Item>, StoreError> {
+    async fn get_batch(&self, project: ProjectId, order: &str) -> Result<Option<Item>, StoreError> {
         Ok(self
             .ddb
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(batch_pk(order), "B")))
+            .set_key(Some(key(batch_pk(project, order), "B")))
             .consistent_read(true)
             .send()
             .await
@@ -285,7 +285,7 @@ impl DynamoDelivery {
         self.ddb
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(batch_pk(&order), "B")))
+            .set_key(Some(key(batch_pk(meta.project_id, &order), "B")))
             .update_expression(format!(
                 "REMOVE {}",
                 (0..published)
@@ -301,8 +301,8 @@ impl DynamoDelivery {
         Ok(())
     }
 
-    async fn publish_order(&self, order: &str) -> Result<(), StoreError> {
-        if let Some(item) = self.get_batch(order).await? {
+    async fn publish_order(&self, project: ProjectId, order: &str) -> Result<(), StoreError> {
+        if let Some(item) = self.get_batch(project, order).await? {
             self.publish(&item).await?;
         }
         Ok(())
@@ -395,7 +395,7 @@ impl DeliveryStore for DynamoDelivery {
                 status: UserStatus::failed(reason),
             })
             .collect();
-        let mut batch = key(batch_pk(&order), "B");
+        let mut batch = key(batch_pk(meta.project_id, &order), "B");
         for (k, v) in [
             ("order_no", s(&order)),
             ("project", n(meta.project_id)),
@@ -470,7 +470,7 @@ impl DeliveryStore for DynamoDelivery {
             Err(e) if is_cancelled_by_condition(&e, 0) => {}
             Err(e) => return Err(aws_err(e)),
         }
-        self.publish_order(&order).await
+        self.publish_order(meta.project_id, &order).await
     }
 
     async fn claim_batch(
@@ -482,7 +482,7 @@ impl DeliveryStore for DynamoDelivery {
         now: Millis,
         lease_until: Millis,
     ) -> Result<Claim, StoreError> {
-        let mut item = key(batch_pk(order), "B");
+        let mut item = key(batch_pk(meta.project_id, order), "B");
         for (k, v) in [
             ("order_no", s(order)),
             ("project", n(meta.project_id)),
@@ -518,7 +518,7 @@ impl DeliveryStore for DynamoDelivery {
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) => {}
             Err(e) => return Err(aws_err(e)),
         }
-        let Some(current) = self.get_batch(order).await? else {
+        let Some(current) = self.get_batch(meta.project_id, order).await? else {
             return Ok(Claim::NotBefore(now + 1_000));
         };
         let state = get_s(&current, "state").and_then(|s| BatchState::parse(&s));
@@ -549,7 +549,7 @@ impl DeliveryStore for DynamoDelivery {
             .ddb
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(batch_pk(order), "B")))
+            .set_key(Some(key(batch_pk(meta.project_id, order), "B")))
             .update_expression("SET #state = :in_flight, attempts = :next, lease_until = :lease")
             .condition_expression("attempts = :seen AND #state IN (:in_flight, :retry)")
             .expression_attribute_names("#state", "state")
@@ -578,7 +578,7 @@ impl DeliveryStore for DynamoDelivery {
         let order = &record.order_no;
         let mut update = Update::builder()
             .table_name(&self.table)
-            .set_key(Some(key(batch_pk(order), "B")))
+            .set_key(Some(key(batch_pk(record.project_id, order), "B")))
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":attempt", n(record.attempt))
             .expression_attribute_values(":final", s("final"))
@@ -664,7 +664,10 @@ impl DeliveryStore for DynamoDelivery {
                     .map(String::from),
                 );
                 removes.push("next_attempt_at".into());
-                let current = self.get_batch(order).await?.ok_or(StoreError::NotFound)?;
+                let current = self
+                    .get_batch(record.project_id, order)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
                 let project: ProjectId = get_n(&current, "project").unwrap_or_default();
                 let touchpoint = get_s(&current, "touchpoint_id").unwrap_or_default();
                 if !results.is_empty() {
@@ -699,7 +702,10 @@ impl DeliveryStore for DynamoDelivery {
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().update(update).build());
         if let Some((ok, failed)) = stats.filter(|(ok, failed)| ok + failed > 0) {
-            let item = self.get_batch(order).await?.ok_or(StoreError::NotFound)?;
+            let item = self
+                .get_batch(record.project_id, order)
+                .await?
+                .ok_or(StoreError::NotFound)?;
             let project: ProjectId = get_n(&item, "project").unwrap_or_default();
             let campaign = get_s(&item, "campaign_id").unwrap_or_default();
             let touchpoint = get_s(&item, "touchpoint_id").unwrap_or_default();
@@ -727,7 +733,7 @@ impl DeliveryStore for DynamoDelivery {
             Err(e) => return Err(aws_err(e)),
         }
         if settled {
-            self.publish_order(order).await?;
+            self.publish_order(record.project_id, order).await?;
         }
         Ok(())
     }
@@ -786,7 +792,7 @@ impl DeliveryStore for DynamoDelivery {
         for chunk in orders.chunks(100) {
             let mut keys = KeysAndAttributes::builder().consistent_read(true);
             for o in chunk {
-                keys = keys.keys(key(batch_pk(o), "B"));
+                keys = keys.keys(key(batch_pk(project, o), "B"));
             }
             let mut request =
                 HashMap::from([(self.table.clone(), keys.build().map_err(build_err)?)]);
@@ -822,7 +828,7 @@ impl DeliveryStore for DynamoDelivery {
         project: ProjectId,
         order: &str,
     ) -> Result<Option<BatchView>, StoreError> {
-        match self.get_batch(order).await? {
+        match self.get_batch(project, order).await? {
             Some(item) if get_n::<ProjectId>(&item, "project") == Some(project) => {
                 Ok(Some(batch_view(&item)?))
             }
@@ -911,6 +917,7 @@ impl DeliveryStore for DynamoDelivery {
 
     async fn lease_poll(
         &self,
+        project: ProjectId,
         order: &str,
         now: Millis,
         until: Millis,
@@ -919,7 +926,7 @@ impl DeliveryStore for DynamoDelivery {
             .ddb
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(batch_pk(order), "B")))
+            .set_key(Some(key(batch_pk(project, order), "B")))
             .update_expression("SET poll_lease_until = :until")
             .condition_expression("#state = :accepted AND next_poll_at <= :now AND (attribute_not_exists(poll_lease_until) OR poll_lease_until <= :now)")
             .expression_attribute_names("#state", "state")
@@ -942,7 +949,7 @@ impl DeliveryStore for DynamoDelivery {
 
     async fn record_poll(&self, record: &PollRecord) -> Result<(), StoreError> {
         let order = &record.order_no;
-        let Some(item) = self.get_batch(order).await? else {
+        let Some(item) = self.get_batch(record.project_id, order).await? else {
             return Ok(());
         };
         if get_s(&item, "state").as_deref() != Some("accepted") {
@@ -972,7 +979,7 @@ impl DeliveryStore for DynamoDelivery {
         let mut removes = vec!["poll_lease_until"];
         let mut update = Update::builder()
             .table_name(&self.table)
-            .set_key(Some(key(batch_pk(order), "B")))
+            .set_key(Some(key(batch_pk(record.project_id, order), "B")))
             .condition_expression("#state = :accepted AND polls = :seen_polls")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":accepted", s("accepted"))
@@ -1052,7 +1059,7 @@ impl DeliveryStore for DynamoDelivery {
             Err(e) => return Err(aws_err(e)),
         }
         if !settled.is_empty() {
-            self.publish_order(order).await?;
+            self.publish_order(record.project_id, order).await?;
         }
         Ok(())
     }

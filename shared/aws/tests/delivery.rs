@@ -55,6 +55,7 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
         "leased"
     );
     let retry = AttemptRecord {
+        project_id: 1,
         order_no: "o1".into(),
         attempt: 1,
         http_status: Some(503),
@@ -127,6 +128,7 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
         .await
         .unwrap();
     let accepted = AttemptRecord {
+        project_id: 1,
         order_no: "o2".into(),
         attempt: 1,
         http_status: Some(200),
@@ -157,12 +159,13 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].pending, vec![2, 3]);
     assert_eq!(ledger.pending_receipts(1, "tp_1").await.unwrap(), 2);
-    assert!(ledger.lease_poll("o2", 2_000, 60_000).await.unwrap());
+    assert!(ledger.lease_poll(1, "o2", 2_000, 60_000).await.unwrap());
     assert!(
-        !ledger.lease_poll("o2", 2_001, 60_000).await.unwrap(),
+        !ledger.lease_poll(1, "o2", 2_001, 60_000).await.unwrap(),
         "one round at a time"
     );
     let poll = PollRecord {
+        project_id: 1,
         order_no: "o2".into(),
         at: 2_100,
         settled: ok(&[2, 3]),

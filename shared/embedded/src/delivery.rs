@@ -456,6 +456,7 @@ impl DeliveryStore for SqliteStore {
 
     async fn lease_poll(
         &self,
+        _project: ProjectId,
         order_no: &str,
         now: Millis,
         until: Millis,

@@ -84,6 +84,7 @@ pub struct UserResult {
 /// What one attempt (or the decision to give up) produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptRecord {
+    pub project_id: ProjectId,
     pub order_no: String,
     pub attempt: u32,
     pub http_status: Option<u16>,
@@ -127,6 +128,7 @@ pub struct PendingBatch {
 /// What one receipt poll (or the deadline) did to an accepted batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PollRecord {
+    pub project_id: ProjectId,
     pub order_no: String,
     pub at: Millis,
     /// Users that became final now.
@@ -272,6 +274,7 @@ pub trait DeliveryStore: Send + Sync {
     /// or it is no longer due.
     async fn lease_poll(
         &self,
+        project: ProjectId,
         order_no: &str,
         now: Millis,
         until: Millis,
