@@ -287,11 +287,14 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
     let bound: SocketAddr = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    println!("touchpoint {}", env!("CARGO_PKG_VERSION"));
-    println!("listening on http://{bound}");
-    println!("data directory: {}", cfg.data_dir.display());
-    println!("{}", keys.banner);
-    let _ = std::io::stdout().flush();
+    // The banner is for whoever started the service; a closed stdout must not stop it.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "touchpoint {}", env!("CARGO_PKG_VERSION"))
+        .and_then(|()| writeln!(out, "listening on http://{bound}"))
+        .and_then(|()| writeln!(out, "data directory: {}", cfg.data_dir.display()))
+        .and_then(|()| writeln!(out, "{}", keys.banner))
+        .and_then(|()| out.flush());
+    drop(out);
     tracing::info!(%bound, data_dir = %cfg.data_dir.display(), "serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

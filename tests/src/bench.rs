@@ -1,0 +1,673 @@
+//! `touchpoint-bench`: delivery speed against the limit of this machine.
+//!
+//! Starts everything it needs on 127.0.0.1 and stops it afterwards:
+//! - a fast receiver in its own process (parses every body fully, answers a receipt for every
+//!   gid, optional fixed latency), so its CPU time is measured apart from ours;
+//! - the limit: the same request bodies, built in advance, POSTed by a minimal reqwest loop
+//!   with the same concurrency;
+//! - our paths: (a) the dispatcher library on the embedded store (validation, planning,
+//!   signing, ledger, results: everything but intake) and (b) the whole local service
+//!   (`touchpoint`, release build) with dispatches POSTed over HTTP until every user is final.
+//!
+//! Run it with `bash infra/bench.sh` (release builds, then this binary).
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use touchpoint::clock::{Clock, SystemClock};
+use touchpoint::dispatch::{plan, read_dispatch, resolve_template};
+use touchpoint::protocol::{TouchRequest, sign, signature_headers};
+use touchpoint::{Touchpoints, UrlPolicy};
+use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
+use touchpoint_embedded::{ResultsFile, SqliteStore};
+use touchpoint_outbound::Outbound;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const TOKEN: &str = "bench-token";
+/// Users per dispatch (the protocol's maximum).
+const PER_DISPATCH: usize = 10_000;
+
+#[derive(Clone, Debug)]
+struct Options {
+    users: usize,
+    batches: Vec<u16>,
+    latency_ms: u64,
+    service: bool,
+    concurrency: usize,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        users: 200_000,
+        batches: vec![1, 50, 500],
+        latency_ms: 0,
+        service: true,
+        concurrency: 4,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--users" => o.users = value()?.parse().map_err(|_| "--users takes a number")?,
+            "--batches" => {
+                o.batches = value()?
+                    .split(',')
+                    .map(|b| {
+                        b.trim()
+                            .parse()
+                            .map_err(|_| "--batches takes numbers like 1,50,500")
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--latency-ms" => {
+                o.latency_ms = value()?
+                    .parse()
+                    .map_err(|_| "--latency-ms takes a number")?
+            }
+            "--concurrency" => {
+                o.concurrency = value()?
+                    .parse()
+                    .map_err(|_| "--concurrency takes a number")?
+            }
+            "--no-service" => o.service = false,
+            "receiver" => return Err("receiver".into()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(o)
+}
+
+// ---------------------------------------------------------------- the receiver process
+
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(rename = "orderNo")]
+    order_no: String,
+    #[serde(rename = "dataList")]
+    data_list: Vec<IncomingUser>,
+}
+
+#[derive(Deserialize)]
+struct IncomingUser {
+    gid: i64,
+    #[serde(rename = "dynamicData")]
+    _dynamic: serde_json::Map<String, Value>,
+    #[serde(rename = "temData")]
+    _tem: serde_json::Map<String, Value>,
+}
+
+struct Counters {
+    requests: AtomicU64,
+    users: AtomicU64,
+    latency: Duration,
+}
+
+async fn receive(
+    State(c): State<Arc<Counters>>,
+    body: Bytes,
+) -> ([(&'static str, &'static str); 1], String) {
+    if !c.latency.is_zero() {
+        tokio::time::sleep(c.latency).await;
+    }
+    let Ok(req) = serde_json::from_slice::<Incoming>(&body) else {
+        return (
+            [("content-type", "application/json")],
+            r#"{"code":400,"message":"bad body"}"#.into(),
+        );
+    };
+    c.requests.fetch_add(1, Ordering::Relaxed);
+    c.users
+        .fetch_add(req.data_list.len() as u64, Ordering::Relaxed);
+    let mut out = String::with_capacity(64 + req.data_list.len() * 48);
+    out.push_str(r#"{"code":0,"message":"","orderNo":""#);
+    out.push_str(&req.order_no);
+    out.push_str(r#"","sendStatusList":["#);
+    for (i, u) in req.data_list.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"gid":{},"status":"TOU_SUCC","errorMsg":""}}"#,
+            u.gid
+        ));
+    }
+    out.push_str("]}");
+    ([("content-type", "application/json")], out)
+}
+
+async fn counts(State(c): State<Arc<Counters>>) -> String {
+    json!({"requests": c.requests.load(Ordering::Relaxed), "users": c.users.load(Ordering::Relaxed)}).to_string()
+}
+
+fn run_receiver(latency_ms: u64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let c = Arc::new(Counters {
+            requests: AtomicU64::new(0),
+            users: AtomicU64::new(0),
+            latency: Duration::from_millis(latency_ms),
+        });
+        let app = Router::new()
+            .route("/touch", post(receive))
+            .route("/counts", get(counts))
+            .with_state(c);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!(
+            "listening on http://{}",
+            listener.local_addr().expect("addr")
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        axum::serve(listener, app).await.expect("serve");
+    });
+}
+
+/// A child process announcing `listening on http://…` on stdout.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Process {
+    fn start(mut cmd: Command) -> Process {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining stdout for the child's whole life: a closed pipe would fail its writes.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(b) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(b.trim().to_owned());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the process announced its address");
+        Process { child, base }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- measurements
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[derive(Default, Debug, Clone)]
+struct Figures {
+    users_per_s: f64,
+    requests_per_s: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    our_cpu_per_100k: f64,
+    receiver_cpu_per_100k: f64,
+    peak_rss_mib: f64,
+    writes_per_batch: Option<f64>,
+}
+
+fn print_row(name: &str, f: &Figures, limit: Option<&Figures>) {
+    let ratio = limit
+        .map(|l| format!("{:.2}", f.users_per_s / l.users_per_s.max(1.0)))
+        .unwrap_or_else(|| "-".into());
+    let ratio_req = limit
+        .map(|l| format!("{:.2}", f.requests_per_s / l.requests_per_s.max(1.0)))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "| {name} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} | {:.2} | {:.2} | {:.0} | {} | {ratio} | {ratio_req} |",
+        f.users_per_s,
+        f.requests_per_s,
+        f.p50_ms,
+        f.p95_ms,
+        f.p99_ms,
+        f.our_cpu_per_100k,
+        f.receiver_cpu_per_100k,
+        f.peak_rss_mib,
+        f.writes_per_batch
+            .map(|w| format!("{w:.2}"))
+            .unwrap_or_else(|| "-".into()),
+    );
+}
+
+// ---------------------------------------------------------------- workloads
+
+fn touchpoint_body(url: &str, batch: u16, concurrency: usize) -> Value {
+    json!({
+        "name": format!("bench {batch}"), "kind": "notification", "url": url, "token": TOKEN,
+        "batchSize": batch, "maxConcurrency": concurrency,
+        "userAttributes": [
+            {"attribute": "usr_phone", "identifier": "phone", "displayName": "手机号"},
+            {"attribute": "usr_name", "identifier": "name", "displayName": "姓名", "default": "会员"}
+        ],
+        "templateParams": [
+            {"identifier": "content", "displayName": "内容", "type": "text", "required": true},
+            {"identifier": "day", "displayName": "日期", "type": "date"}
+        ]
+    })
+}
+
+fn dispatch_body(run: &str, index: usize, tp: &str, first_gid: usize, users: usize) -> Value {
+    let users: Vec<Value> = (first_gid..first_gid + users)
+        .map(|g| json!({"gid": g, "attributes": {"usr_phone": format!("130{g:08}"), "usr_name": format!("user{g}")}}))
+        .collect();
+    json!({
+        "dispatchId": format!("{run}-{index:05}"), "projectId": 1, "spaceId": "bench", "campaignId": format!("cmp-{run}"),
+        "touchpointId": tp, "templateValues": {"content": "您好 {{name}}，您的券已到账", "day": "2026-12-01"}, "users": users
+    })
+}
+
+fn dispatches(run: &str, tp: &str, total: usize) -> Vec<Value> {
+    (0..total.div_ceil(PER_DISPATCH))
+        .map(|i| {
+            dispatch_body(
+                run,
+                i,
+                tp,
+                i * PER_DISPATCH,
+                PER_DISPATCH.min(total - i * PER_DISPATCH),
+            )
+        })
+        .collect()
+}
+
+/// The limit: the same bodies, signed and built in advance, POSTed with `concurrency` in flight.
+async fn limit(
+    receiver: &Process,
+    tp: &touchpoint::Touchpoint,
+    messages: &[Value],
+    concurrency: usize,
+) -> Figures {
+    let now = SystemClock.now_ms();
+    let mut bodies = Vec::new();
+    for m in messages {
+        let (d, _) = read_dispatch(m).expect("dispatch");
+        let tem = resolve_template(&d, Some(tp)).expect("valid");
+        for b in plan(&d, tp, &tem) {
+            let body = serde_json::to_vec(&TouchRequest {
+                time_stamp: now,
+                order_no: &b.order_no,
+                sign: Some(sign(TOKEN, now, &b.order_no)),
+                data_list: &b.users,
+            })
+            .expect("json");
+            let headers = signature_headers(TOKEN, &b.order_no, now / 1000, &body);
+            bodies.push((body, headers, b.users.len()));
+        }
+    }
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = format!("{}/touch", receiver.base);
+    let cpu_before = cpu_seconds(std::process::id());
+    let receiver_before = cpu_seconds(receiver.pid());
+    let started = Instant::now();
+    let queue = Arc::new(std::sync::Mutex::new(bodies.into_iter()));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, queue, latencies) = (
+            client.clone(),
+            url.clone(),
+            Arc::clone(&queue),
+            Arc::clone(&latencies),
+        );
+        set.spawn(async move {
+            let mut users = 0usize;
+            loop {
+                let next = queue.lock().expect("lock").next();
+                let Some((body, headers, n)) = next else {
+                    return users;
+                };
+                let t = Instant::now();
+                let mut req = client
+                    .post(&url)
+                    .header("content-type", "application/json; charset=utf-8")
+                    .body(body);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                let r = req.send().await.expect("send");
+                let _ = r.bytes().await.expect("body");
+                latencies
+                    .lock()
+                    .expect("lock")
+                    .push(t.elapsed().as_secs_f64() * 1000.0);
+                users += n;
+            }
+        });
+    }
+    let mut users = 0;
+    while let Some(n) = set.join_next().await {
+        users += n.expect("task");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut lat = latencies.lock().expect("lock").clone();
+    lat.sort_by(f64::total_cmp);
+    Figures {
+        users_per_s: users as f64 / elapsed,
+        requests_per_s: lat.len() as f64 / elapsed,
+        p50_ms: percentile(&lat, 0.5),
+        p95_ms: percentile(&lat, 0.95),
+        p99_ms: percentile(&lat, 0.99),
+        our_cpu_per_100k: (cpu_seconds(std::process::id()) - cpu_before) * 100_000.0 / users as f64,
+        receiver_cpu_per_100k: (cpu_seconds(receiver.pid()) - receiver_before) * 100_000.0
+            / users as f64,
+        peak_rss_mib: 0.0,
+        writes_per_batch: None,
+    }
+}
+
+/// Batch latencies (resolved - sent) from a store's ledger.
+fn ledger_latencies(db: &Path) -> Vec<f64> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open");
+    let mut stmt = conn
+        .prepare(
+            "SELECT resolved_at - sent_at FROM batches WHERE state = 'final' AND batch_index >= 0",
+        )
+        .expect("query");
+    let mut v: Vec<f64> = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .expect("rows")
+        .filter_map(Result::ok)
+        .map(|x| x as f64)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// (a) The dispatcher library on the embedded store, in this process.
+async fn library(receiver: &Process, batch: u16, o: &Options) -> (Figures, Figures) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path()).expect("store");
+    let shared = Arc::new(store.clone());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let touchpoints = Touchpoints::new(
+        shared.clone(),
+        clock.clone(),
+        UrlPolicy {
+            allow_plain_http: true,
+        },
+    );
+    let tp = touchpoints
+        .create(
+            1,
+            &touchpoint_body(&format!("{}/touch", receiver.base), batch, o.concurrency),
+        )
+        .await
+        .expect("tp");
+    let tp = touchpoints
+        .set_spaces(1, &tp.id, &json!({"spaceIds": ["bench"]}))
+        .await
+        .expect("spaces");
+    let messages = dispatches(&format!("lib{batch}"), &tp.id, o.users);
+    let limit = limit(receiver, &tp, &messages, o.concurrency).await;
+
+    let dispatcher = Arc::new(Dispatcher::new(
+        shared.clone(),
+        shared,
+        Outbound::new(true).expect("client"),
+        clock,
+        DispatcherConfig::default(),
+    ));
+    let results = ResultsFile::new(store.clone(), dir.path().join("results.jsonl"));
+    let writes_before = store.ledger_writes();
+    let cpu_before = cpu_seconds(std::process::id());
+    let receiver_before = cpu_seconds(receiver.pid());
+    let started = Instant::now();
+    // Dispatches run two at a time, sharing the touchpoint's gate, as the local worker would.
+    let queue = Arc::new(std::sync::Mutex::new(messages.into_iter()));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let (d, q) = (Arc::clone(&dispatcher), Arc::clone(&queue));
+        set.spawn(async move {
+            loop {
+                let next = q.lock().expect("lock").next();
+                let Some(m) = next else { return };
+                assert_eq!(d.handle(&m).await.expect("handle"), Handled::Done);
+            }
+        });
+    }
+    // Results are published alongside, as the local service does; aborted when all is sent.
+    let publisher = tokio::spawn(async move {
+        loop {
+            if results.publish_pending().await.expect("publish") == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    while set.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    publisher.abort();
+    let batches = o.users.div_ceil(usize::from(batch)) as f64;
+    let writes = (store.ledger_writes() - writes_before) as f64;
+    let dispatch_count = o.users.div_ceil(PER_DISPATCH) as f64;
+    let lat = ledger_latencies(&dir.path().join("touchpoint.db"));
+    let ours = Figures {
+        users_per_s: o.users as f64 / elapsed,
+        requests_per_s: batches / elapsed,
+        p50_ms: percentile(&lat, 0.5),
+        p95_ms: percentile(&lat, 0.95),
+        p99_ms: percentile(&lat, 0.99),
+        our_cpu_per_100k: (cpu_seconds(std::process::id()) - cpu_before) * 100_000.0
+            / o.users as f64,
+        receiver_cpu_per_100k: (cpu_seconds(receiver.pid()) - receiver_before) * 100_000.0
+            / o.users as f64,
+        peak_rss_mib: peak_rss_mib(std::process::id()),
+        writes_per_batch: Some((writes - dispatch_count) / batches),
+    };
+    (ours, limit)
+}
+
+/// (b) The whole local service: dispatches POSTed over HTTP until every user is final.
+async fn service(receiver: &Process, batch: u16, o: &Options, binary: &Path) -> Figures {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = "bench-admin-key-0001";
+    let mut cmd = Command::new(binary);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("TOUCHPOINT_API_KEYS", format!("{admin}=1:admin"))
+        .env("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", "true")
+        .env("TOUCHPOINT_CONCURRENCY", o.concurrency.to_string());
+    let svc = Process::start(cmd);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let tp: Value = client
+        .post(format!("{}/v1/touchpoints", svc.base))
+        .bearer_auth(admin)
+        .json(&touchpoint_body(
+            &format!("{}/touch", receiver.base),
+            batch,
+            o.concurrency,
+        ))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let id = tp["id"].as_str().expect("id").to_owned();
+    client
+        .put(format!("{}/v1/touchpoints/{id}/spaces", svc.base))
+        .bearer_auth(admin)
+        .json(&json!({"spaceIds": ["bench"]}))
+        .send()
+        .await
+        .expect("spaces");
+    let run = format!("svc{batch}");
+    let messages = dispatches(&run, &id, o.users);
+    let bodies: Vec<String> = messages.iter().map(Value::to_string).collect();
+    let cpu_before = cpu_seconds(svc.pid());
+    let receiver_before = cpu_seconds(receiver.pid());
+    let started = Instant::now();
+    for body in bodies {
+        let r = client
+            .post(format!("{}/v1/dispatches", svc.base))
+            .bearer_auth(admin)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("dispatch");
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    loop {
+        let stats: Value = client
+            .get(format!("{}/v1/campaigns/cmp-{run}/stats", svc.base))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        if stats["succeeded"].as_u64().unwrap_or(0) + stats["failed"].as_u64().unwrap_or(0)
+            >= o.users as u64
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(svc.pid()) - cpu_before;
+    let rss = peak_rss_mib(svc.pid());
+    let receiver_cpu = cpu_seconds(receiver.pid()) - receiver_before;
+    drop(svc);
+    let lat = ledger_latencies(&dir.path().join("data").join("touchpoint.db"));
+    Figures {
+        users_per_s: o.users as f64 / elapsed,
+        requests_per_s: o.users.div_ceil(usize::from(batch)) as f64 / elapsed,
+        p50_ms: percentile(&lat, 0.5),
+        p95_ms: percentile(&lat, 0.95),
+        p99_ms: percentile(&lat, 0.99),
+        our_cpu_per_100k: cpu * 100_000.0 / o.users as f64,
+        receiver_cpu_per_100k: receiver_cpu * 100_000.0 / o.users as f64,
+        peak_rss_mib: rss,
+        writes_per_batch: None,
+    }
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe().expect("exe").with_file_name(name)
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("receiver") {
+        let latency = std::env::args()
+            .nth(2)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        return run_receiver(latency);
+    }
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "touchpoint-bench: {e}\nusage: touchpoint-bench [--users N] [--batches 1,50,500] [--latency-ms MS] [--concurrency N] [--no-service]"
+            );
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+        cmd.args(["receiver", &o.latency_ms.to_string()]);
+        let receiver = Process::start(cmd);
+        println!(
+            "{} users per run, receiver latency {} ms, {} requests in flight per touchpoint, {} cores",
+            o.users,
+            o.latency_ms,
+            o.concurrency,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        println!();
+        println!("| run | users/s | requests/s | batch latency p50 / p95 / p99 ms | our CPU s per 100k users | receiver CPU s per 100k users | peak RSS MiB | ledger writes per batch | users/s ÷ limit | requests/s ÷ limit |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        let binary = sibling("touchpoint");
+        for &batch in &o.batches {
+            let (ours, limit) = library(&receiver, batch, &o).await;
+            print_row(&format!("limit, batch {batch}"), &limit, None);
+            print_row(&format!("dispatcher library, batch {batch}"), &ours, Some(&limit));
+            if o.service {
+                if binary.exists() {
+                    let svc = service(&receiver, batch, &o, &binary).await;
+                    print_row(&format!("local service, batch {batch}"), &svc, Some(&limit));
+                } else {
+                    println!("| local service, batch {batch} | (build `touchpoint` in release first) |");
+                }
+            }
+        }
+    });
+}
