@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::service::{ReferenceReceiver, SECRET, Service, readme_block};
+use support::service::{ReferenceReceiver, SECRET, Service, run_readme_block};
 use support::{Receiver, Reply};
 
 const ADMIN: &str = "e2e-admin-key-0001";
@@ -353,30 +353,12 @@ async fn the_readme_dispatch_quick_start_works_as_written() {
         &tmp.path().join("touchpoint-data"),
         &[("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", "true")],
     );
-    let tmp_path = tmp.path().display().to_string();
-    let script = readme_block("## Send a dispatch to the reference receiver", 1)
-        .replace(
-            "API=http://127.0.0.1:8080",
-            &format!("API={}", service.base),
-        )
-        .replace("127.0.0.1:9000", &format!("127.0.0.1:{}", receiver.port))
-        .replace("/tmp/", &format!("{tmp_path}/"))
-        .replace("curl -s ", "curl -s -w '\\n' ");
-    let out = std::process::Command::new("bash")
-        .args([
-            "-euo",
-            "pipefail",
-            "-c",
-            &format!("timeout 60 bash -euo pipefail -c {}", shell_quote(&script)),
-        ])
-        .current_dir(tmp.path())
-        .output()
-        .expect("bash and curl");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_readme_block(
+        "## Send a dispatch to the reference receiver",
+        1,
+        tmp.path(),
+        &service,
+        &[("127.0.0.1:9000", format!("127.0.0.1:{}", receiver.port))],
     );
     assert!(stdout.contains(r#""status":"queued""#), "{stdout}");
     assert!(stdout.contains(r#""succeeded":1000"#), "{stdout}");
@@ -386,10 +368,6 @@ async fn the_readme_dispatch_quick_start_works_as_written() {
     );
     assert!(stdout.contains("$ma_channel_touch"), "{stdout}");
     service.terminate();
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -449,30 +427,12 @@ async fn the_readme_async_walkthrough_works_as_written() {
             ("TOUCHPOINT_RECEIPT_POLL_INTERVAL", "1s"),
         ],
     );
-    let tmp_path = tmp.path().display().to_string();
-    let script = readme_block("## Async receipts", 1)
-        .replace(
-            "API=http://127.0.0.1:8080",
-            &format!("API={}", service.base),
-        )
-        .replace("127.0.0.1:9001", &format!("127.0.0.1:{}", receiver.port))
-        .replace("/tmp/", &format!("{tmp_path}/"))
-        .replace("curl -s ", "curl -s -w '\\n' ");
-    let out = std::process::Command::new("bash")
-        .args([
-            "-euo",
-            "pipefail",
-            "-c",
-            &format!("timeout 60 bash -euo pipefail -c {}", shell_quote(&script)),
-        ])
-        .current_dir(tmp.path())
-        .output()
-        .expect("bash and curl");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_readme_block(
+        "## Async receipts",
+        1,
+        tmp.path(),
+        &service,
+        &[("127.0.0.1:9001", format!("127.0.0.1:{}", receiver.port))],
     );
     assert!(stdout.contains(r#""succeeded":100"#), "{stdout}");
     assert!(

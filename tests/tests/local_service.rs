@@ -4,10 +4,9 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::{Value, json};
-use support::service::{SECRET, Service, command, readme_block};
+use support::service::{SECRET, Service, command, run_readme_block};
 
 fn touchpoint(name: &str) -> Value {
     json!({
@@ -222,32 +221,15 @@ fn bad_configuration_fails_at_start_with_its_name() {
 /// README's curl walk-through, run as written against a fresh service: what a newcomer does.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_walkthrough_works_as_written() {
-    let script = readme_block("## Walk the lifecycle with curl", 0);
     let (tmp, _) = data_dir();
-    // The walk-through reads the key from ./touchpoint-data and talks to the default address;
-    // point it at this test's service instead.
-    let data = tmp.path().join("touchpoint-data");
-    let service = Service::start(&data, &[]);
-    let script = script
-        .replace(
-            "API=http://127.0.0.1:8080",
-            &format!("API={}", service.base),
-        )
-        .replace("curl -s ", "curl -s -w '\\n' ")
-        .replace(
-            "/tmp/tp.json",
-            &tmp.path().join("tp.json").display().to_string(),
-        );
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(tmp.path())
-        .output()
-        .expect("bash and curl");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    // The walk-through reads the key from ./touchpoint-data and talks to the default address.
+    let service = Service::start(&tmp.path().join("touchpoint-data"), &[]);
+    let stdout = run_readme_block(
+        "## Walk the lifecycle with curl",
+        0,
+        tmp.path(),
+        &service,
+        &[],
     );
     let errors: Vec<&str> = stdout.lines().filter(|l| l.contains("\"error\"")).collect();
     assert_eq!(errors.len(), 1, "only the refused disable errs: {errors:?}");

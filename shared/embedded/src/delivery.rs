@@ -833,8 +833,8 @@ impl ResultsFile {
                 // Older databases recorded publication on the batch itself.
                 let committed: i64 = tx
                     .query_row(
-                        "SELECT max(coalesce((SELECT max(published_offset) FROM outbox), 0),
-                                    coalesce((SELECT max(published_offset) FROM batches), 0))",
+                        "SELECT max(coalesce((SELECT max(published_offset) FROM outbox WHERE published_offset IS NOT NULL), 0),
+                                    coalesce((SELECT max(published_offset) FROM batches WHERE published_offset IS NOT NULL), 0))",
                         [],
                         |r| r.get(0),
                     )

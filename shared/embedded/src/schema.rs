@@ -125,6 +125,8 @@ const MIGRATIONS: &[&str] = &[
          touchpoint_id TEXT    NOT NULL,
          PRIMARY KEY (project_id, touchpoint_id)
      ) WITHOUT ROWID;",
+    // 4: the publisher reads the last published offset on every round; index it.
+    "CREATE INDEX outbox_published ON outbox (published_offset) WHERE published_offset IS NOT NULL;",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

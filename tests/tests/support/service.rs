@@ -220,3 +220,44 @@ impl Drop for ReferenceReceiver {
         let _ = self.child.wait();
     }
 }
+
+/// Runs the `nth` `sh` block under a README heading as a newcomer would, in `dir` (where
+/// `touchpoint-data` is the service's data directory), against `service`: the default address
+/// and `/tmp/` are pointed at this test's, `extra` replacements applied, and every curl
+/// answer printed on its own line. Fails the test unless the script succeeds; returns stdout.
+pub fn run_readme_block(
+    heading: &str,
+    nth: usize,
+    dir: &Path,
+    service: &Service,
+    extra: &[(&str, String)],
+) -> String {
+    let mut script = readme_block(heading, nth)
+        .replace(
+            "API=http://127.0.0.1:8080",
+            &format!("API={}", service.base),
+        )
+        .replace("/tmp/", &format!("{}/", dir.display()))
+        .replace("curl -s ", "curl -s -w '\\n' ");
+    for (from, to) in extra {
+        script = script.replace(from, to);
+    }
+    let quoted = format!("'{}'", script.replace('\'', r"'\''"));
+    let out = Command::new("bash")
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &format!("timeout 60 bash -euo pipefail -c {quoted}"),
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("bash and curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
