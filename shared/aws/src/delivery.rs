@@ -1069,28 +1069,20 @@ impl DeliveryStore for DynamoDelivery {
         project: ProjectId,
         touchpoint_id: &str,
     ) -> Result<u64, StoreError> {
-        let mut total = 0u64;
-        let mut start = None;
-        loop {
-            let page = self
-                .ddb
+        let accepted = query_all(
+            self.ddb
                 .query()
                 .table_name(&self.table)
                 .index_name("due")
                 .key_condition_expression("due_tp = :tp")
-                .expression_attribute_values(":tp", s(due_key(project, touchpoint_id)))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(aws_err)?;
-            for item in page.items() {
-                total += json_of::<Vec<i64>>(item, "pending")?.len() as u64;
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(total),
-            }
+                .expression_attribute_values(":tp", s(due_key(project, touchpoint_id))),
+        )
+        .await?;
+        let mut total = 0u64;
+        for item in &accepted {
+            total += json_of::<Vec<i64>>(item, "pending")?.len() as u64;
         }
+        Ok(total)
     }
 }
 

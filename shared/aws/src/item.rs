@@ -61,3 +61,24 @@ pub fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
 pub fn missing(what: &str) -> StoreError {
     StoreError::Backend(format!("malformed item: {what} missing").into())
 }
+
+/// Every item a query matches, following `LastEvaluatedKey` page by page.
+pub async fn query_all(
+    query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+) -> Result<Vec<Item>, StoreError> {
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let page = query
+            .clone()
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(aws_err)?;
+        out.extend(page.items().iter().cloned());
+        match page.last_evaluated_key {
+            Some(k) if !k.is_empty() => start = Some(k),
+            _ => return Ok(out),
+        }
+    }
+}

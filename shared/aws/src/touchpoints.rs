@@ -477,25 +477,15 @@ impl TouchpointStore for DynamoTouchpoints {
         project: ProjectId,
         space: &str,
     ) -> Result<Vec<Touchpoint>, StoreError> {
-        let mut ids = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
+        let grants = query_all(
+            self.client
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(space_pk(project, space)))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(aws_err)?;
-            ids.extend(page.items().iter().filter_map(|i| get_s(i, "id")));
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
-        }
+                .expression_attribute_values(":pk", s(space_pk(project, space))),
+        )
+        .await?;
+        let ids: Vec<String> = grants.iter().filter_map(|i| get_s(i, "id")).collect();
         let mut out = Vec::new();
         for chunk in ids.chunks(100) {
             let mut keys = KeysAndAttributes::builder().consistent_read(true);
@@ -672,29 +662,19 @@ impl TouchpointStore for DynamoTouchpoints {
         project: ProjectId,
         id: &str,
     ) -> Result<Vec<CampaignRef>, StoreError> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
+        query_all(
+            self.client
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
                 .expression_attribute_values(":pk", s(project_pk(project)))
                 .expression_attribute_values(":prefix", s(ref_prefix(id)))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(aws_err)?;
-            for item in page.items() {
-                out.push(ref_from_item(item)?);
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
-            }
-        }
+                .consistent_read(true),
+        )
+        .await?
+        .iter()
+        .map(ref_from_item)
+        .collect()
     }
 
     async fn put_campaign(
