@@ -37,8 +37,8 @@ echo "== SAM template"
 PATH="$venv/bin:$PATH" AWS_DEFAULT_REGION=us-east-1 sam validate --lint --template-file template.yaml
 "$venv/bin/cfn-lint" template.yaml
 
-echo "== Lambda release build (cargo lambda, x86_64)"
-PATH="$venv/bin:$PATH" cargo lambda build --release --x86-64 --locked \
+echo "== Lambda release build (cargo lambda, x86_64, size-optimized profile)"
+PATH="$venv/bin:$PATH" cargo lambda build --profile lambda --x86-64 --locked \
   -p touchpoint-admin-api-lambda -p touchpoint-dispatcher-lambda -p touchpoint-receipt-poller-lambda
 for f in touchpoint-admin-api touchpoint-dispatcher touchpoint-receipt-poller; do
   printf '%-28s %s bytes\n' "$f" "$(stat -c %s "target/lambda/$f/bootstrap")"

@@ -47,6 +47,9 @@ struct Options {
     latency_ms: u64,
     service: bool,
     concurrency: usize,
+    /// Where `cargo lambda build` left the Lambdas (`<dir>/<name>/bootstrap`), to measure
+    /// their size and cold start.
+    lambdas: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Options, String> {
         latency_ms: 0,
         service: true,
         concurrency: 4,
+        lambdas: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -84,6 +88,7 @@ fn parse_args() -> Result<Options, String> {
                     .map_err(|_| "--concurrency takes a number")?
             }
             "--no-service" => o.service = false,
+            "--lambdas" => o.lambdas = Some(PathBuf::from(value()?)),
             "receiver" => return Err("receiver".into()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -443,8 +448,16 @@ fn ledger_latencies(db: &Path) -> Vec<f64> {
     v
 }
 
-/// (a) The dispatcher library on the embedded store, in this process.
-async fn library(receiver: &Process, batch: u16, o: &Options) -> (Figures, Figures) {
+/// The dispatcher library on a fresh embedded store, with one enabled touchpoint aimed at
+/// the receiver, authorized for the space the dispatches name.
+struct Library {
+    dir: tempfile::TempDir,
+    store: SqliteStore,
+    tp: touchpoint::Touchpoint,
+    dispatcher: Arc<Dispatcher>,
+}
+
+async fn library_for(receiver_base: &str, batch: u16, concurrency: usize) -> Library {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(dir.path()).expect("store");
     let shared = Arc::new(store.clone());
@@ -459,7 +472,7 @@ async fn library(receiver: &Process, batch: u16, o: &Options) -> (Figures, Figur
     let tp = touchpoints
         .create(
             1,
-            &touchpoint_body(&format!("{}/touch", receiver.base), batch, o.concurrency),
+            &touchpoint_body(&format!("{receiver_base}/touch"), batch, concurrency),
         )
         .await
         .expect("tp");
@@ -467,9 +480,6 @@ async fn library(receiver: &Process, batch: u16, o: &Options) -> (Figures, Figur
         .set_spaces(1, &tp.id, &json!({"spaceIds": ["bench"]}))
         .await
         .expect("spaces");
-    let messages = dispatches(&format!("lib{batch}"), &tp.id, o.users);
-    let limit = limit(receiver, &tp, &messages, o.concurrency).await;
-
     let dispatcher = Arc::new(Dispatcher::new(
         shared.clone(),
         shared,
@@ -477,6 +487,24 @@ async fn library(receiver: &Process, batch: u16, o: &Options) -> (Figures, Figur
         clock,
         DispatcherConfig::default(),
     ));
+    Library {
+        dir,
+        store,
+        tp,
+        dispatcher,
+    }
+}
+
+/// (a) The dispatcher library on the embedded store, in this process.
+async fn library(receiver: &Process, batch: u16, o: &Options) -> (Figures, Figures) {
+    let Library {
+        dir,
+        store,
+        tp,
+        dispatcher,
+    } = library_for(&receiver.base, batch, o.concurrency).await;
+    let messages = dispatches(&format!("lib{batch}"), &tp.id, o.users);
+    let limit = limit(receiver, &tp, &messages, o.concurrency).await;
     let results = ResultsFile::new(store.clone(), dir.path().join("results.jsonl"));
     let writes_before = store.ledger_writes();
     let cpu_before = cpu_seconds(std::process::id());
@@ -616,6 +644,253 @@ async fn service(receiver: &Process, batch: u16, o: &Options, binary: &Path) -> 
     }
 }
 
+// ---------------------------------------------------------------- memory of one dispatch
+
+/// Resident memory now and at its peak since the last reset, in MiB.
+fn rss_now_and_peak() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// How much one 10,000-user dispatch adds to the dispatcher's peak resident memory, at batch
+/// 500 and 1, each in a fresh process (`touchpoint-bench rss-probe <receiver> <batch>`).
+async fn rss_of_one_dispatch(receiver: &Process) {
+    println!(
+        "| one 10,000-user dispatch, fresh process | RSS before MiB | peak RSS during MiB | added MiB |"
+    );
+    println!("|---|---|---|---|");
+    for batch in [500u16, 1] {
+        let out = Command::new(std::env::current_exe().expect("exe"))
+            .args(["rss-probe", &receiver.base, &batch.to_string()])
+            .output()
+            .expect("probe");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    println!();
+}
+
+/// The probe: the library is set up and warmed with a 1,000-user dispatch, the kernel's peak
+/// counter is reset (`/proc/self/clear_refs`), then one 10,000-user dispatch is handled.
+async fn rss_probe(receiver_url: &str, batch: u16) {
+    // Bound whole: the store's directory lives until the probe ends.
+    let lib = library_for(receiver_url, batch, 4).await;
+    let (tp, dispatcher) = (&lib.tp, &lib.dispatcher);
+    let warm = dispatch_body(&format!("warm{batch}"), 0, &tp.id, 0, 1_000);
+    assert_eq!(
+        dispatcher.handle(&warm).await.expect("handle"),
+        Handled::Done
+    );
+    let message = dispatch_body(&format!("rss{batch}"), 0, &tp.id, 1_000_000, PER_DISPATCH);
+    let reset = std::fs::write("/proc/self/clear_refs", "5");
+    let (before, _) = rss_now_and_peak();
+    assert_eq!(
+        dispatcher.handle(&message).await.expect("handle"),
+        Handled::Done
+    );
+    let (_, peak) = rss_now_and_peak();
+    match reset {
+        Ok(()) => println!(
+            "| batch {batch} | {before:.1} | {peak:.1} | {:.1} |",
+            peak - before
+        ),
+        Err(e) => println!("| batch {batch} | (cannot reset the peak counter: {e}) | | |"),
+    }
+}
+
+// ---------------------------------------------------------------- Lambda cold start
+
+/// A Lambda Runtime API on 127.0.0.1 that hands out one event, times the function, and answers
+/// every AWS call the function makes with an empty JSON object (no item, nothing queued), so
+/// that a cold start is measured without the network.
+struct RuntimeApi {
+    event: Vec<u8>,
+    started: Instant,
+    /// Milliseconds from the start to the first `next` (initialized) and to the response.
+    init_ms: std::sync::Mutex<Option<f64>>,
+    done: std::sync::Mutex<Option<(f64, bool, f64)>>,
+    handed_out: std::sync::atomic::AtomicBool,
+    aws_calls: AtomicU64,
+    pid: std::sync::atomic::AtomicU32,
+    finished: tokio::sync::Notify,
+}
+
+async fn runtime_next(State(api): State<Arc<RuntimeApi>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    api.init_ms
+        .lock()
+        .expect("lock")
+        .get_or_insert(api.started.elapsed().as_secs_f64() * 1000.0);
+    if api.handed_out.swap(true, Ordering::SeqCst) {
+        // One event per process: the next one never comes.
+        std::future::pending::<()>().await;
+    }
+    let deadline = SystemClock.now_ms() + 30_000;
+    (
+        [
+            ("lambda-runtime-aws-request-id", "bench-0001".to_owned()),
+            ("lambda-runtime-deadline-ms", deadline.to_string()),
+            (
+                "lambda-runtime-invoked-function-arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:bench".to_owned(),
+            ),
+            (
+                "lambda-runtime-trace-id",
+                "Root=1-00000000-000000000000000000000000".to_owned(),
+            ),
+            ("content-type", "application/json".to_owned()),
+        ],
+        api.event.clone(),
+    )
+        .into_response()
+}
+
+async fn runtime_done(State(api): State<Arc<RuntimeApi>>, uri: axum::http::Uri) -> &'static str {
+    let ms = api.started.elapsed().as_secs_f64() * 1000.0;
+    let ok = uri.path().ends_with("/response");
+    let rss = peak_rss_mib(api.pid.load(Ordering::SeqCst));
+    api.done.lock().expect("lock").get_or_insert((ms, ok, rss));
+    api.finished.notify_one();
+    "{}"
+}
+
+async fn aws_answer(
+    State(api): State<Arc<RuntimeApi>>,
+) -> ([(&'static str, &'static str); 1], &'static str) {
+    api.aws_calls.fetch_add(1, Ordering::Relaxed);
+    ([("content-type", "application/x-amz-json-1.0")], "{}")
+}
+
+/// Starts `binary` against a fresh Runtime API with `event`; returns (init ms, first event
+/// ms, handled without error, peak RSS MiB, AWS calls).
+async fn cold_start(binary: &Path, event: &[u8]) -> Option<(f64, f64, bool, f64, u64)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+    let addr = listener.local_addr().ok()?;
+    let api = Arc::new(RuntimeApi {
+        event: event.to_vec(),
+        started: Instant::now(),
+        init_ms: std::sync::Mutex::new(None),
+        done: std::sync::Mutex::new(None),
+        handed_out: std::sync::atomic::AtomicBool::new(false),
+        aws_calls: AtomicU64::new(0),
+        pid: std::sync::atomic::AtomicU32::new(0),
+        finished: tokio::sync::Notify::new(),
+    });
+    let app = Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(runtime_next))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(runtime_done),
+        )
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/error",
+            post(runtime_done),
+        )
+        .route("/2018-06-01/runtime/init/error", post(runtime_done))
+        .fallback(aws_answer)
+        .with_state(Arc::clone(&api));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let base = format!("http://{addr}");
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "bench")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL", &base)
+        .env("TOUCHPOINTS_TABLE", "touchpoints")
+        .env("DELIVERY_TABLE", "delivery")
+        .env(
+            "DISPATCH_QUEUE_URL",
+            format!("{base}/123456789012/dispatch"),
+        )
+        .env(
+            "RESULTS_QUEUE_URL",
+            format!("{base}/123456789012/results.fifo"),
+        )
+        .env("SCHEDULE_GROUP", "receipts")
+        .env(
+            "SCHEDULER_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/scheduler",
+        )
+        .env(
+            "RECEIPT_POLLER_ARN",
+            "arn:aws:lambda:us-east-1:123456789012:function:poller",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().ok()?;
+    api.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
+    let finished = tokio::time::timeout(Duration::from_secs(20), api.finished.notified()).await;
+    let _ = child.kill().await;
+    server.abort();
+    finished.ok()?;
+    let init = (*api.init_ms.lock().expect("lock"))?;
+    let (first, ok, rss) = (*api.done.lock().expect("lock"))?;
+    Some((init, first, ok, rss, api.aws_calls.load(Ordering::Relaxed)))
+}
+
+/// Size and cold start of the three Lambdas, each started 5 times (medians).
+async fn lambdas(dir: &Path) {
+    let events = format!("{}/../infra/events", env!("CARGO_MANIFEST_DIR"));
+    println!(
+        "| Lambda | stripped binary MB | start to initialized ms | start to first event handled ms | handled | peak RSS MiB | AWS calls answered |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, event) in [
+        ("touchpoint-admin-api", "apigw-list-touchpoints.json"),
+        ("touchpoint-dispatcher", "sqs-dispatch.json"),
+        ("touchpoint-receipt-poller", "scheduler-receipt-round.json"),
+    ] {
+        let binary = dir.join(name).join("bootstrap");
+        let Ok(size) = std::fs::metadata(&binary).map(|m| m.len()) else {
+            println!("| {name} | (not built: run `cargo lambda build --profile lambda` first) |");
+            continue;
+        };
+        let event = std::fs::read(format!("{events}/{event}")).expect("event fixture");
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            if let Some(r) = cold_start(&binary, &event).await {
+                runs.push(r);
+            }
+        }
+        if runs.is_empty() {
+            println!("| {name} | {:.1} | (did not answer) |", size as f64 / 1e6);
+            continue;
+        }
+        let median = |f: fn(&(f64, f64, bool, f64, u64)) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {}/{} | {:.1} | {} |",
+            size as f64 / 1e6,
+            median(|r| r.0),
+            median(|r| r.1),
+            runs.iter().filter(|r| r.2).count(),
+            runs.len(),
+            median(|r| r.3),
+            runs[0].4,
+        );
+    }
+}
+
 fn sibling(name: &str) -> PathBuf {
     std::env::current_exe().expect("exe").with_file_name(name)
 }
@@ -628,11 +903,17 @@ fn main() {
             .unwrap_or(0);
         return run_receiver(latency);
     }
+    if std::env::args().nth(1).as_deref() == Some("rss-probe") {
+        let args: Vec<String> = std::env::args().collect();
+        let batch = args.get(3).and_then(|b| b.parse().ok()).unwrap_or(500);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        return runtime.block_on(rss_probe(args.get(2).map_or("", String::as_str), batch));
+    }
     let o = match parse_args() {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
-                "touchpoint-bench: {e}\nusage: touchpoint-bench [--users N] [--batches 1,50,500] [--latency-ms MS] [--concurrency N] [--no-service]"
+                "touchpoint-bench: {e}\nusage: touchpoint-bench [--users N] [--batches 1,50,500] [--latency-ms MS] [--concurrency N] [--no-service] [--lambdas target/lambda]"
             );
             std::process::exit(2);
         }
@@ -642,6 +923,9 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
+        if let Some(dir) = &o.lambdas {
+            return lambdas(dir).await;
+        }
         let mut cmd = Command::new(std::env::current_exe().expect("exe"));
         cmd.args(["receiver", &o.latency_ms.to_string()]);
         let receiver = Process::start(cmd);
@@ -653,6 +937,7 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         println!();
+        rss_of_one_dispatch(&receiver).await;
         println!("| run | users/s | requests/s | batch latency p50 / p95 / p99 ms | our CPU s per 100k users | receiver CPU s per 100k users | peak RSS MiB | ledger writes per batch | users/s ÷ limit | requests/s ÷ limit |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         let binary = sibling("touchpoint");

@@ -54,7 +54,10 @@ struct Aws {
 
 impl Aws {
     async fn new() -> Aws {
-        let clients = clients().await;
+        Aws::with(clients().await).await
+    }
+
+    async fn with(clients: Clients) -> Aws {
         let names = provision(&clients).await;
         let admin = app(
             &clients,
@@ -549,4 +552,377 @@ async fn transient_failures_are_redelivered_through_the_queue_and_requests_witho
     let request = lambda_http::request::from_str(&anonymous.to_string()).unwrap();
     let response = aws.admin.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), 401);
+}
+
+// ---------------------------------------------------------------- AWS requests and cost
+
+/// Counts every request the SDK clients make (once per operation: the SDK's retries of a
+/// throttled or failed attempt would come on top), by service and operation, with the request body's size, and notes which items each DynamoDB request
+/// touches (to price it in capacity units afterwards).
+#[derive(Debug, Default)]
+struct Meter {
+    calls: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+    touched: std::sync::Mutex<Vec<Touch>>,
+}
+
+/// One DynamoDB request: whether it reads, writes or writes transactionally, and the items it
+/// names (key, and the size of an item it puts whole).
+#[derive(Debug, Clone)]
+struct Touch {
+    kind: TouchKind,
+    items: Vec<(String, usize)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TouchKind {
+    Read,
+    Query,
+    Write,
+    Transaction,
+}
+
+impl Meter {
+    fn take(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    fn take_touched(&self) -> Vec<Touch> {
+        std::mem::take(&mut *self.touched.lock().unwrap())
+    }
+}
+
+/// DynamoDB's size of an item in its wire JSON (attribute names plus values, as pricing
+/// counts them).
+fn wire_item_bytes(item: &Value) -> usize {
+    fn value(v: &Value) -> usize {
+        let Some((t, x)) = v.as_object().and_then(|o| o.iter().next()) else {
+            return 1;
+        };
+        match (t.as_str(), x) {
+            ("S", Value::String(s)) => s.len(),
+            ("N", Value::String(n)) => n.trim_start_matches('-').len().div_ceil(2) + 1,
+            ("L", Value::Array(l)) => 3 + l.iter().map(|e| 1 + value(e)).sum::<usize>(),
+            ("M", Value::Object(_)) => 3 + wire_item_bytes(x),
+            _ => 1,
+        }
+    }
+    item.as_object()
+        .map_or(0, |o| o.iter().map(|(k, v)| k.len() + value(v)).sum())
+}
+
+fn wire_key(table: &Value, key: &Value) -> String {
+    format!(
+        "{}|{}|{}",
+        table.as_str().unwrap_or(""),
+        key["pk"]["S"].as_str().unwrap_or(""),
+        key["sk"]["S"].as_str().unwrap_or("")
+    )
+}
+
+/// The items a DynamoDB request names, from its JSON body.
+fn touch_of(operation: &str, body: &[u8]) -> Option<Touch> {
+    let b: Value = serde_json::from_slice(body).ok()?;
+    let named = |x: &Value| match (x.get("Item"), x.get("Key")) {
+        (Some(item), _) => (wire_key(&x["TableName"], item), wire_item_bytes(item)),
+        (None, Some(key)) => (wire_key(&x["TableName"], key), 0),
+        _ => (String::new(), 0),
+    };
+    let (kind, items) = match operation {
+        "GetItem" => (TouchKind::Read, vec![named(&b)]),
+        "Query" | "Scan" => (TouchKind::Query, vec![]),
+        "PutItem" | "UpdateItem" | "DeleteItem" => (TouchKind::Write, vec![named(&b)]),
+        "TransactWriteItems" => (
+            TouchKind::Transaction,
+            b["TransactItems"]
+                .as_array()?
+                .iter()
+                .filter_map(|t| t.as_object()?.values().next().map(named))
+                .collect(),
+        ),
+        _ => return None,
+    };
+    Some(Touch { kind, items })
+}
+
+#[derive(Debug, Clone)]
+struct Metered {
+    service: &'static str,
+    meter: Arc<Meter>,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for Metered {
+    fn name(&self) -> &'static str {
+        "request-meter"
+    }
+
+    fn read_after_serialization(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let request = context.request();
+        let operation = match request.headers().get("x-amz-target") {
+            Some(t) => t.rsplit('.').next().unwrap_or(t).to_owned(),
+            None => {
+                let path = request.uri().split('?').next().unwrap_or("");
+                let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+                format!("{} /{first}", request.method())
+            }
+        };
+        let body = request.body().bytes().unwrap_or_default();
+        let bytes = body.len() as u64;
+        if self.service == "DynamoDB"
+            && let Some(touch) = touch_of(&operation, body)
+        {
+            self.meter.touched.lock().unwrap().push(touch);
+        }
+        let mut calls = self.meter.calls.lock().unwrap();
+        let entry = calls
+            .entry(format!("{} {operation}", self.service))
+            .or_default();
+        entry.0 += 1;
+        entry.1 += bytes;
+        Ok(())
+    }
+}
+
+async fn metered_clients(meter: &Arc<Meter>) -> Clients {
+    let base = clients().await;
+    let m = |service| Metered {
+        service,
+        meter: Arc::clone(meter),
+    };
+    Clients {
+        dynamodb: aws_sdk_dynamodb::Client::from_conf(
+            base.dynamodb
+                .config()
+                .to_builder()
+                .interceptor(m("DynamoDB"))
+                .build(),
+        ),
+        sqs: aws_sdk_sqs::Client::from_conf(
+            base.sqs.config().to_builder().interceptor(m("SQS")).build(),
+        ),
+        scheduler: aws_sdk_scheduler::Client::from_conf(
+            base.scheduler
+                .config()
+                .to_builder()
+                .interceptor(m("Scheduler"))
+                .build(),
+        ),
+    }
+}
+
+/// DynamoDB's size of an item (attribute names plus values, as its pricing counts them).
+fn item_bytes(item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>) -> usize {
+    fn value(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
+        use aws_sdk_dynamodb::types::AttributeValue as A;
+        match v {
+            A::S(s) => s.len(),
+            A::N(n) => n.trim_start_matches('-').len().div_ceil(2) + 1,
+            A::L(l) => 3 + l.iter().map(|x| 1 + value(x)).sum::<usize>(),
+            A::M(m) => 3 + m.iter().map(|(k, x)| 1 + k.len() + value(x)).sum::<usize>(),
+            _ => 1,
+        }
+    }
+    item.iter().map(|(k, v)| k.len() + value(v)).sum()
+}
+
+/// The size of every item of both tables now, by key.
+async fn item_sizes(aws: &Aws) -> HashMap<String, usize> {
+    let mut sizes = HashMap::new();
+    for table in [&aws.names.delivery_table, &aws.names.touchpoints_table] {
+        let mut start = None;
+        loop {
+            let page = aws
+                .clients
+                .dynamodb
+                .scan()
+                .table_name(table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            for item in page.items() {
+                let k = |a: &str| {
+                    item.get(a)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                sizes.insert(format!("{table}|{}|{}", k("pk"), k("sk")), item_bytes(item));
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+    }
+    sizes
+}
+
+/// Public on-demand prices, us-east-1, as of 2026-11 (USD).
+const LAMBDA_PER_GB_S: f64 = 0.000_016_666_7;
+const LAMBDA_PER_REQUEST: f64 = 0.20 / 1e6;
+const SQS_STANDARD_PER_REQUEST: f64 = 0.40 / 1e6;
+const SQS_FIFO_PER_REQUEST: f64 = 0.50 / 1e6;
+const DYNAMODB_PER_WRU: f64 = 0.625 / 1e6;
+const DYNAMODB_PER_RRU: f64 = 0.125 / 1e6;
+
+struct Bill {
+    users: u64,
+    requests: u64,
+    cost: f64,
+}
+
+/// One dispatch of `users` users at `batch`: the campaign system's SendMessage, the event
+/// source mapping's receive and delete (made by Lambda, counted here by the model), and every
+/// request the dispatcher Lambda makes, metered.
+async fn metered_dispatch(users: i64, batch: u32) -> Bill {
+    let meter = Arc::new(Meter::default());
+    let aws = Aws::with(metered_clients(&meter).await).await;
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let mut tp = fixture("apigw-create-touchpoint.json")["body"]
+        .as_str()
+        .map(|b| serde_json::from_str::<Value>(b).unwrap())
+        .unwrap();
+    tp["url"] = json!(rx.url());
+    tp["batchSize"] = json!(batch);
+    // One request in flight: the counts do not depend on it, and moto fails concurrent
+    // transactions now and then (HTTP 500, which the SDK would retry and we would count).
+    tp["maxConcurrency"] = json!(1);
+    let id = aws.create(tp).await;
+    meter.take();
+    meter.take_touched();
+
+    // The campaign system's producer puts the dispatch on the queue.
+    let queue = aws.names.dispatch_queue_url.clone().unwrap();
+    let body = dispatch_body(&format!("cost-{batch}"), &id, users).to_string();
+    aws.clients
+        .sqs
+        .send_message()
+        .queue_url(&queue)
+        .message_body(&body)
+        .send()
+        .await
+        .unwrap();
+    let produced = meter.take();
+    let records = aws.drain(&queue).await;
+    assert_eq!(records.len(), 1);
+    meter.take();
+    meter.take_touched();
+    let started = std::time::Instant::now();
+    let response = aws.dispatcher.handle(SqsEvent { records }).await;
+    let handler_seconds = started.elapsed().as_secs_f64();
+    assert!(response.batch_item_failures.is_empty());
+    let mut calls = meter.take();
+    for (name, c) in produced {
+        calls.insert(format!("{name} (campaign system, dispatch queue)"), c);
+    }
+    // Lambda's event source mapping: one ReceiveMessage and one DeleteMessageBatch per message
+    // (SQS records arrive up to 10 per invocation; one dispatch is counted as one of them).
+    calls.insert("SQS ReceiveMessage (event source mapping)".into(), (1, 0));
+    calls.insert(
+        "SQS DeleteMessageBatch (event source mapping)".into(),
+        (1, 0),
+    );
+    assert_eq!(
+        rx.seen().iter().map(|s| s.gids.len()).sum::<usize>(),
+        users as usize
+    );
+
+    // Capacity units, priced per item touched: a write costs the item's size in KiB rounded
+    // up (the larger of the item it puts and the item as it is now: items only grow here but
+    // for an outbox entry of a few dozen bytes), twice in a transaction; a strongly
+    // consistent read costs its size in 4 KiB; a query is counted as one unit (its items
+    // are small: dispatch and counters).
+    let sizes = item_sizes(&aws).await;
+    let (mut wru, mut rru) = (0.0, 0.0);
+    for touch in meter.take_touched() {
+        for (key, put) in &touch.items {
+            let size = sizes.get(key).copied().unwrap_or(0).max(*put).max(1);
+            match touch.kind {
+                TouchKind::Read => rru += size.div_ceil(4096) as f64,
+                TouchKind::Write => wru += size.div_ceil(1024) as f64,
+                TouchKind::Transaction => wru += 2.0 * size.div_ceil(1024) as f64,
+                TouchKind::Query => {}
+            }
+        }
+        if touch.kind == TouchKind::Query {
+            rru += 1.0;
+        }
+    }
+    let largest = sizes.values().max().copied().unwrap_or(0);
+    let per_1000 = 1000.0 / users as f64;
+    let mut requests = 0;
+    let mut sqs = 0.0;
+    println!(
+        "\n{users} users at batch {batch}: largest delivery item {largest} bytes, handler {handler_seconds:.2} s against moto"
+    );
+    println!("| request | count | per 1,000 users |");
+    println!("|---|---|---|");
+    for (name, (count, bytes)) in &calls {
+        requests += count;
+        println!("| {name} | {count} | {:.2} |", *count as f64 * per_1000);
+        let c = *count as f64;
+        match name.as_str() {
+            n if n.contains("SendMessage") && n.starts_with("SQS") => {
+                // SQS bills every 64 KiB of a message as one request.
+                let chunks = (*bytes as f64 / c / 65_536.0).ceil().max(1.0);
+                // The dispatcher's own sends go to the FIFO results queue.
+                let price = if n == "SQS SendMessage" {
+                    SQS_FIFO_PER_REQUEST
+                } else {
+                    SQS_STANDARD_PER_REQUEST
+                };
+                sqs += c * chunks * price;
+            }
+            n if n.starts_with("SQS") => sqs += c * SQS_STANDARD_PER_REQUEST,
+            _ => {}
+        }
+    }
+    // The dispatcher Lambda at the template's 256 MB for the handler's time here (moto and
+    // the receiver on loopback: real latencies are longer, see BENCHMARKS.md).
+    let lambda = LAMBDA_PER_REQUEST + 0.25 * handler_seconds * LAMBDA_PER_GB_S;
+    let cost = sqs + wru * DYNAMODB_PER_WRU + rru * DYNAMODB_PER_RRU + lambda;
+    println!(
+        "| total | {requests} | {:.2} |\nestimated cost per 1 million users: ${:.4} (SQS ${:.4}, DynamoDB {:.0} WRU ${:.4} + {:.0} RRU ${:.4}, Lambda ${:.4})",
+        requests as f64 * per_1000,
+        cost * 1e6 / users as f64,
+        sqs * 1e6 / users as f64,
+        wru * 1e6 / users as f64,
+        wru * DYNAMODB_PER_WRU * 1e6 / users as f64,
+        rru * 1e6 / users as f64,
+        rru * DYNAMODB_PER_RRU * 1e6 / users as f64,
+        lambda * 1e6 / users as f64,
+    );
+    Bill {
+        users: users as u64,
+        requests,
+        cost: cost * 1e6 / users as f64,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn aws_requests_and_cost_of_a_ten_thousand_user_dispatch() {
+    let wide = metered_dispatch(10_000, 500).await;
+    let per_1000 = wide.requests as f64 * 1000.0 / wide.users as f64;
+    assert!(
+        per_1000 <= 12.0,
+        "{per_1000} AWS requests per 1,000 users at batch 500"
+    );
+    assert!(
+        wide.cost <= 0.05,
+        "${} per million users at batch 500",
+        wide.cost
+    );
+    // At batch 1 every request is per batch, so 200 users give the same figures per 1,000
+    // users (moto copies its tables for every transaction: 10,000 would take an hour).
+    let narrow = metered_dispatch(200, 1).await;
+    assert!(
+        narrow.requests > 4 * narrow.users,
+        "at least 4 requests per batch"
+    );
 }

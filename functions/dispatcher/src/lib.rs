@@ -282,10 +282,10 @@ impl Dispatcher {
                         .ledger
                         .claim_batch(&view.meta, index, &order, chunk.len() as u32, now, i64::MAX)
                         .await?;
-                    let attempt = match claim {
+                    let (attempt, sent_at) = match claim {
                         Claim::Done => continue,
-                        Claim::Send { attempt } => attempt,
-                        Claim::NotBefore(_) => self.cfg.retry.max_attempts(),
+                        Claim::Send { attempt, sent_at } => (attempt, sent_at),
+                        Claim::NotBefore(_) => (self.cfg.retry.max_attempts(), now),
                     };
                     let results = chunk
                         .iter()
@@ -296,8 +296,10 @@ impl Dispatcher {
                         .collect();
                     self.ledger
                         .record_attempt(&AttemptRecord {
-                            project_id: dispatch.project_id,
+                            meta: view.meta.clone(),
                             order_no: order,
+                            batch_index: index,
+                            sent_at,
                             attempt,
                             http_status: None,
                             error: Some(why.to_owned()),
@@ -504,7 +506,7 @@ impl BatchJob {
         let batch = &self.batch;
         let now = self.clock.now_ms();
         let lease_until = now + (self.cfg.lease.as_millis() as i64);
-        let attempt = match self
+        let (attempt, first_sent_at) = match self
             .ledger
             .claim_batch(
                 meta,
@@ -518,7 +520,7 @@ impl BatchJob {
         {
             Claim::Done => return Ok(None),
             Claim::NotBefore(t) => return Ok(Some(t)),
-            Claim::Send { attempt } => attempt,
+            Claim::Send { attempt, sent_at } => (attempt, sent_at),
         };
         let sent_at = self.clock.now_ms();
         let (body, headers) = build_request(tp, &batch.order_no, sent_at, &batch.users);
@@ -562,8 +564,10 @@ impl BatchJob {
         }
         self.ledger
             .record_attempt(&AttemptRecord {
-                project_id: meta.project_id,
+                meta: meta.clone(),
                 order_no: batch.order_no.clone(),
+                batch_index: batch.index,
+                sent_at: first_sent_at,
                 attempt,
                 http_status: ex.http_status,
                 error: ex.error,

@@ -44,7 +44,10 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
             .claim_batch(&m, 0, "o1", 2, 1_000, 5_000)
             .await
             .unwrap(),
-        Claim::Send { attempt: 1 }
+        Claim::Send {
+            attempt: 1,
+            sent_at: 1_000
+        }
     );
     assert_eq!(
         ledger
@@ -55,8 +58,10 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
         "leased"
     );
     let retry = AttemptRecord {
-        project_id: 1,
+        meta: m.clone(),
         order_no: "o1".into(),
+        batch_index: 0,
+        sent_at: 1_000,
         attempt: 1,
         http_status: Some(503),
         error: Some("HTTP 503".into()),
@@ -79,14 +84,24 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
             .claim_batch(&m, 0, "o1", 2, 3_000, 9_000)
             .await
             .unwrap(),
-        Claim::Send { attempt: 2 }
+        Claim::Send {
+            attempt: 2,
+            sent_at: 1_000
+        },
+        "the first send's time is kept"
     );
     let done = AttemptRecord {
         attempt: 2,
         http_status: Some(200),
         error: None,
         at: 3_500,
-        outcome: AttemptOutcome::Final(ok(&[1, 2])),
+        outcome: AttemptOutcome::Final(vec![
+            UserResult {
+                gid: 2,
+                status: UserStatus::failed("blocked by the gateway"),
+            },
+            ok(&[1])[0].clone(),
+        ]),
         ..retry
     };
     ledger.record_attempt(&done).await.unwrap();
@@ -100,14 +115,18 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
     );
     let stats = ledger.stats(1, StatsScope::Campaign, "c").await.unwrap();
     assert_eq!(
-        (stats.sent, stats.succeeded, stats.pending),
-        (2, 2, 0),
+        (stats.sent, stats.succeeded, stats.failed, stats.pending),
+        (2, 1, 1, 0),
         "counted once"
     );
     let b = ledger.batch(1, "o1").await.unwrap().unwrap();
+    assert_eq!((b.state, b.attempts), (BatchState::Final, 2));
+    let AttemptOutcome::Final(written) = &done.outcome else {
+        unreachable!()
+    };
     assert_eq!(
-        (b.state, b.attempts, b.results.len()),
-        (BatchState::Final, 2, 2)
+        &b.results, written,
+        "results read back in order, reasons kept"
     );
     assert!(
         ledger.batch(2, "o1").await.unwrap().is_none(),
@@ -128,8 +147,10 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
         .await
         .unwrap();
     let accepted = AttemptRecord {
-        project_id: 1,
+        meta: m.clone(),
         order_no: "o2".into(),
+        batch_index: 0,
+        sent_at: 1_000,
         attempt: 1,
         http_status: Some(200),
         error: None,

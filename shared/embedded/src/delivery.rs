@@ -243,15 +243,15 @@ impl DeliveryStore for SqliteStore {
         let order_no = order_no.to_owned();
         let writes = self.writes();
         self.tx(move |tx| {
-            let row: Option<(String, u32, Option<i64>, Option<i64>)> = tx
+            let row: Option<(String, u32, Option<i64>, Option<i64>, Option<i64>)> = tx
                 .query_row(
-                    "SELECT state, attempts, lease_until, next_attempt_at FROM batches WHERE order_no = ?1",
+                    "SELECT state, attempts, lease_until, next_attempt_at, sent_at FROM batches WHERE order_no = ?1",
                     params![order_no],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()
                 .map_err(backend)?;
-            let attempt = match row {
+            let (attempt, sent_at) = match row {
                 None => {
                     tx.execute(
                         "INSERT INTO batches (order_no, project_id, dispatch_id, batch_index, touchpoint_id, campaign_id,
@@ -271,9 +271,12 @@ impl DeliveryStore for SqliteStore {
                     )
                     .map_err(backend)?;
                     writes.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Claim::Send { attempt: 1 });
+                    return Ok(Claim::Send {
+                        attempt: 1,
+                        sent_at: now,
+                    });
                 }
-                Some((state, attempts, lease, next)) => match BatchState::parse(&state) {
+                Some((state, attempts, lease, next, sent_at)) => match BatchState::parse(&state) {
                     Some(BatchState::Final | BatchState::Accepted) => return Ok(Claim::Done),
                     Some(BatchState::InFlight) if lease.unwrap_or(0) > now => {
                         return Ok(Claim::NotBefore(lease.unwrap_or(now)));
@@ -281,7 +284,7 @@ impl DeliveryStore for SqliteStore {
                     Some(BatchState::RetryWait) if next.unwrap_or(0) > now => {
                         return Ok(Claim::NotBefore(next.unwrap_or(now)));
                     }
-                    _ => attempts + 1,
+                    _ => (attempts + 1, sent_at.unwrap_or(now)),
                 },
             };
             tx.execute(
@@ -290,7 +293,7 @@ impl DeliveryStore for SqliteStore {
             )
             .map_err(backend)?;
             writes.fetch_add(1, Ordering::Relaxed);
-            Ok(Claim::Send { attempt })
+            Ok(Claim::Send { attempt, sent_at })
         })
         .await
     }

@@ -191,7 +191,7 @@ impl Outbound {
     }
 
     pub fn with_lookup(allow_private: bool, lookup: Arc<dyn Lookup>) -> Result<Outbound, String> {
-        let client = with_tls(reqwest::Client::builder())?
+        let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -300,28 +300,6 @@ impl Outbound {
             latency: started.elapsed(),
         })
     }
-}
-
-/// rustls with aws-lc and the webpki roots (the Lambdas).
-#[cfg(feature = "aws-lc")]
-fn with_tls(builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("cannot set up TLS: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(builder.use_preconfigured_tls(config))
-}
-
-/// reqwest's own rustls set-up (ring), or plain HTTP only when no TLS feature is on.
-#[cfg(not(feature = "aws-lc"))]
-fn with_tls(builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
-    Ok(builder)
 }
 
 fn touchpoint_user_agent() -> String {

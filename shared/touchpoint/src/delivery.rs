@@ -64,8 +64,9 @@ impl BatchState {
 /// The answer to a claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// Send now; this is attempt number `attempt` (1-based).
-    Send { attempt: u32 },
+    /// Send now; this is attempt number `attempt` (1-based) of a batch first sent at
+    /// `sent_at`.
+    Send { attempt: u32, sent_at: Millis },
     /// Someone holds the batch until then (another sender, or a retry not yet due).
     NotBefore(Millis),
     /// Nothing to send: the outcome is final (or the receiver accepted it and receipts are
@@ -84,8 +85,13 @@ pub struct UserResult {
 /// What one attempt (or the decision to give up) produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptRecord {
-    pub project_id: ProjectId,
+    /// The dispatch the batch belongs to: adapters publish results and move counters from it
+    /// without reading the batch back.
+    pub meta: DispatchMeta,
     pub order_no: String,
+    pub batch_index: usize,
+    /// When the batch was first sent, as its claim reported.
+    pub sent_at: Millis,
     pub attempt: u32,
     pub http_status: Option<u16>,
     pub error: Option<String>,
