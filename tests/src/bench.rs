@@ -937,7 +937,9 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         println!();
-        rss_of_one_dispatch(&receiver).await;
+        if o.latency_ms == 0 {
+            rss_of_one_dispatch(&receiver).await;
+        }
         println!("| run | users/s | requests/s | batch latency p50 / p95 / p99 ms | our CPU s per 100k users | receiver CPU s per 100k users | peak RSS MiB | ledger writes per batch | users/s ÷ limit | requests/s ÷ limit |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         let binary = sibling("touchpoint");
