@@ -293,19 +293,22 @@ impl DynamoDelivery {
     /// Puts a batch's waiting settlements on the results queue (read from the item) and takes
     /// them out of its outbox.
     async fn publish(&self, item: &Item) -> Result<(), StoreError> {
-        let outbox: Vec<Settlement> = item
-            .get("outbox")
-            .and_then(|v| v.as_l().ok())
-            .map(|l| {
-                l.iter()
-                    .filter_map(|v| v.as_s().ok())
-                    .filter_map(|s| serde_json::from_str(s).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let outbox = outbox_of(item);
         if outbox.is_empty() {
             return Ok(());
         }
+        self.publish_from_item(item, &outbox, &decode_results(item)?)
+            .await
+    }
+
+    /// Publishes `settlements` of the batch `item` with `results`, the batch's identity read
+    /// from the item.
+    async fn publish_from_item(
+        &self,
+        item: &Item,
+        settlements: &[Settlement],
+        results: &[UserResult],
+    ) -> Result<(), StoreError> {
         let meta: DispatchMeta =
             serde_json::from_str(&get_s(item, "meta").ok_or_else(|| missing("meta"))?)
                 .map_err(StoreError::backend)?;
@@ -315,8 +318,7 @@ impl DynamoDelivery {
             index: get_n(item, "batch_index").unwrap_or_default(),
             sent_at: get_n(item, "sent_at"),
         };
-        self.publish_settlements(&batch, &outbox, &decode_results(item)?)
-            .await
+        self.publish_settlements(&batch, settlements, results).await
     }
 
     /// Sends `settlements` of one batch to the results queue, then takes exactly that many
@@ -406,6 +408,19 @@ fn settlement_attr(
         at,
         gids,
     })?]))
+}
+
+/// The settlements waiting in a batch's outbox.
+fn outbox_of(item: &Item) -> Vec<Settlement> {
+    item.get("outbox")
+        .and_then(|v| v.as_l().ok())
+        .map(|l| {
+            l.iter()
+                .filter_map(|v| v.as_s().ok())
+                .filter_map(|s| serde_json::from_str(s).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[async_trait]
@@ -1104,17 +1119,18 @@ impl DeliveryStore for DynamoDelivery {
             }
             None => removes.push("last_error"),
         }
+        let settlement = Settlement {
+            id: format!("{order}-p{polls}"),
+            at: record.at,
+            gids: Some(settled.iter().map(|r| r.gid).collect()),
+        };
         if !settled.is_empty() {
             sets.push("outbox = list_append(if_not_exists(outbox, :empty), :outbox)");
             update = update
                 .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
                 .expression_attribute_values(
                     ":outbox",
-                    settlement_attr(
-                        format!("{order}-p{polls}"),
-                        record.at,
-                        Some(settled.iter().map(|r| r.gid).collect()),
-                    )?,
+                    AttributeValue::L(vec![json_s(&settlement)?]),
                 );
         }
         let update = update
@@ -1156,8 +1172,12 @@ impl DeliveryStore for DynamoDelivery {
             Err(e) if is_cancelled_by_condition(&e, 0) => return Ok(()),
             Err(e) => return Err(aws_err(e)),
         }
+        // Published from what was read and just written: the outbox as it was (anything an
+        // earlier crash left there) plus this settlement, over the results as they are now.
         if !settled.is_empty() {
-            self.publish_order(record.project_id, order).await?;
+            let mut outbox = outbox_of(&item);
+            outbox.push(settlement);
+            self.publish_from_item(&item, &outbox, &results).await?;
         }
         Ok(())
     }
