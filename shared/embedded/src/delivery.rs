@@ -14,7 +14,7 @@ use touchpoint::dispatch::order_no;
 use touchpoint::ports::StoreError;
 use touchpoint::protocol::UserStatus;
 
-use crate::store::{SqliteStore, backend};
+use crate::store::{Cached, SqliteStore, backend};
 
 /// Index of the pseudo-batch that holds a refused dispatch's users.
 const REJECTED_INDEX: i64 = -1;
@@ -100,7 +100,7 @@ fn insert_dispatch(
 ) -> Result<bool, StoreError> {
     let meta_json = serde_json::to_string(meta).map_err(json_err)?;
     let n = tx
-        .execute(
+        .execute_cached(
             "INSERT OR IGNORE INTO dispatches (project_id, dispatch_id, meta, users, batch_size, rejected, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![meta.project_id, meta.dispatch_id, meta_json, users, batch_size, rejected, now],
@@ -203,7 +203,7 @@ impl DeliveryStore for SqliteStore {
                 .map(|gid| UserResult { gid: *gid, status: UserStatus::failed(reason.clone()) })
                 .collect();
             let results_json = serde_json::to_string(&results).map_err(json_err)?;
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO batches (order_no, project_id, dispatch_id, batch_index, touchpoint_id, campaign_id, users,
                                       state, attempts, last_error, resolved_at, succeeded, failed, results)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'final', 0, ?8, ?9, 0, ?7, ?10)",
@@ -244,7 +244,7 @@ impl DeliveryStore for SqliteStore {
         let writes = self.writes();
         self.tx(move |tx| {
             let row: Option<(String, u32, Option<i64>, Option<i64>, Option<i64>)> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT state, attempts, lease_until, next_attempt_at, sent_at FROM batches WHERE order_no = ?1",
                     params![order_no],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
@@ -253,7 +253,7 @@ impl DeliveryStore for SqliteStore {
                 .map_err(backend)?;
             let (attempt, sent_at) = match row {
                 None => {
-                    tx.execute(
+                    tx.execute_cached(
                         "INSERT INTO batches (order_no, project_id, dispatch_id, batch_index, touchpoint_id, campaign_id,
                                               users, state, attempts, lease_until, sent_at, succeeded, failed)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'in_flight', 1, ?8, ?9, 0, 0)",
@@ -287,7 +287,7 @@ impl DeliveryStore for SqliteStore {
                     _ => (attempts + 1, sent_at.unwrap_or(now)),
                 },
             };
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE batches SET state = 'in_flight', attempts = ?2, lease_until = ?3 WHERE order_no = ?1",
                 params![order_no, attempt, lease_until],
             )
@@ -306,7 +306,7 @@ impl DeliveryStore for SqliteStore {
             writes.fetch_add(1, Ordering::Relaxed);
             match &record.outcome {
                 AttemptOutcome::Retry { next_attempt_at } => {
-                    tx.execute(
+                    tx.execute_cached(
                         "UPDATE batches SET state = 'retry_wait', attempts = ?2, next_attempt_at = ?3, last_http_status = ?4,
                                 last_error = ?5, response_excerpt = ?6, lease_until = NULL
                          WHERE order_no = ?1 AND state = 'in_flight'",
@@ -326,7 +326,7 @@ impl DeliveryStore for SqliteStore {
                     let (ok, failed) = counts(results);
                     let results_json = serde_json::to_string(results).map_err(json_err)?;
                     let owner: Option<(ProjectId, String, String)> = tx
-                        .query_row(
+                        .query_row_cached(
                             "UPDATE batches SET state = 'final', attempts = ?2, last_http_status = ?3, last_error = ?4,
                                     response_excerpt = ?5, resolved_at = ?6, succeeded = ?7, failed = ?8, results = ?9,
                                     lease_until = NULL, next_attempt_at = NULL
@@ -357,7 +357,7 @@ impl DeliveryStore for SqliteStore {
                 AttemptOutcome::Accepted { results, pending, receipt_url, deadline, next_poll_at } => {
                     let (ok, failed) = counts(results);
                     let owner: Option<(ProjectId, String, String)> = tx
-                        .query_row(
+                        .query_row_cached(
                             "UPDATE batches SET state = 'accepted', attempts = ?2, last_http_status = ?3, last_error = ?4,
                                     response_excerpt = ?5, succeeded = ?6, failed = ?7, results = ?8, pending = ?9,
                                     receipt_url = ?10, accepted_at = ?11, deadline = ?12, next_poll_at = ?13, polls = 0,
@@ -467,7 +467,7 @@ impl DeliveryStore for SqliteStore {
         let order_no = order_no.to_owned();
         self.tx(move |tx| {
             let n = tx
-                .execute(
+                .execute_cached(
                     "UPDATE batches SET poll_lease_until = ?3
                      WHERE order_no = ?1 AND state = 'accepted' AND next_poll_at <= ?2
                        AND (poll_lease_until IS NULL OR poll_lease_until <= ?2)",
@@ -484,7 +484,7 @@ impl DeliveryStore for SqliteStore {
         let settled_any = !record.settled.is_empty();
         self.tx(move |tx| {
             let row: Option<(ProjectId, String, String, Option<String>, Option<String>)> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT project_id, campaign_id, touchpoint_id, pending, results FROM batches
                      WHERE order_no = ?1 AND state = 'accepted'",
                     params![record.order_no],
@@ -508,7 +508,7 @@ impl DeliveryStore for SqliteStore {
             results.extend(settled.iter().cloned());
             let (ok, failed) = counts(&results);
             let done = pending.is_empty();
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE batches SET state = ?2, pending = ?3, results = ?4, succeeded = ?5, failed = ?6,
                         polls = polls + ?7, next_poll_at = ?8, poll_lease_until = NULL,
                         last_http_status = coalesce(?9, last_http_status), last_error = ?10,
@@ -548,7 +548,7 @@ impl DeliveryStore for SqliteStore {
     ) -> Result<u64, StoreError> {
         let touchpoint_id = touchpoint_id.to_owned();
         self.tx(move |tx| {
-            tx.query_row(
+            tx.query_row_cached(
                 "SELECT coalesce(sum(users - succeeded - failed), 0) FROM batches INDEXED BY batches_due_by_touchpoint
                  WHERE state = 'accepted' AND touchpoint_id = ?1 AND project_id = ?2",
                 params![touchpoint_id, project],
@@ -568,7 +568,7 @@ impl DeliveryStore for SqliteStore {
         let dispatch_id = dispatch_id.to_owned();
         self.tx(move |tx| {
             let row: Option<(String, u32, u32, Option<String>, Millis)> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT meta, users, batch_size, rejected, received_at FROM dispatches
                      WHERE project_id = ?1 AND dispatch_id = ?2",
                     params![project, dispatch_id],
@@ -626,7 +626,7 @@ impl DeliveryStore for SqliteStore {
     ) -> Result<Option<BatchView>, StoreError> {
         let order_no = order_no.to_owned();
         self.tx(move |tx| {
-            tx.query_row(
+            tx.query_row_cached(
                 &format!(
                     "SELECT {BATCH_COLUMNS} FROM batches WHERE order_no = ?1 AND project_id = ?2"
                 ),
@@ -654,7 +654,7 @@ impl DeliveryStore for SqliteStore {
         };
         self.tx(move |tx| {
             let row: Option<(u64, u64, u64)> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT sent, succeeded, failed FROM stats WHERE project_id = ?1 AND scope = ?2 AND key = ?3",
                     params![project, scope, key],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -690,13 +690,13 @@ impl SqliteStore {
         let new = self
             .tx(move |tx| {
                 let n = tx
-                    .execute(
+                    .execute_cached(
                         "INSERT OR IGNORE INTO dispatch_intake (project_id, dispatch_id, body, received_at) VALUES (?1, ?2, ?3, ?4)",
                         params![project, dispatch_id, body, now],
                     )
                     .map_err(backend)?;
                 if n == 1 {
-                    tx.execute(
+                    tx.execute_cached(
                         "INSERT INTO queue (project_id, dispatch_id, visible_at, receives) VALUES (?1, ?2, ?3, 0)",
                         params![project, dispatch_id, now],
                     )
@@ -719,7 +719,7 @@ impl SqliteStore {
     ) -> Result<Option<QueuedDispatch>, StoreError> {
         self.tx(move |tx| {
             let row: Option<(i64, String, u32)> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT q.id, i.body, q.receives FROM queue q
                        JOIN dispatch_intake i ON i.project_id = q.project_id AND i.dispatch_id = q.dispatch_id
                      WHERE q.dead = 0 AND q.visible_at <= ?1 ORDER BY q.visible_at, q.id LIMIT 1",
@@ -731,7 +731,7 @@ impl SqliteStore {
             let Some((id, body, receives)) = row else {
                 return Ok(None);
             };
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE queue SET visible_at = ?2, receives = receives + 1 WHERE id = ?1",
                 params![id, now + visibility_ms],
             )
@@ -744,7 +744,7 @@ impl SqliteStore {
     /// The earliest time a queued message becomes visible, if any is queued.
     pub async fn next_visible(&self) -> Result<Option<Millis>, StoreError> {
         self.tx(|tx| {
-            tx.query_row(
+            tx.query_row_cached(
                 "SELECT min(visible_at) FROM queue WHERE dead = 0",
                 [],
                 |r| r.get(0),
@@ -756,7 +756,7 @@ impl SqliteStore {
 
     pub async fn ack(&self, id: i64) -> Result<(), StoreError> {
         self.tx(move |tx| {
-            tx.execute("DELETE FROM queue WHERE id = ?1", params![id])
+            tx.execute_cached("DELETE FROM queue WHERE id = ?1", params![id])
                 .map_err(backend)?;
             Ok(())
         })
@@ -765,7 +765,7 @@ impl SqliteStore {
 
     pub async fn redeliver_at(&self, id: i64, at: Millis) -> Result<(), StoreError> {
         self.tx(move |tx| {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE queue SET visible_at = ?2 WHERE id = ?1",
                 params![id, at],
             )
@@ -778,7 +778,7 @@ impl SqliteStore {
     pub async fn dead_letter(&self, id: i64, reason: &str) -> Result<(), StoreError> {
         let reason = reason.to_owned();
         self.tx(move |tx| {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE queue SET dead = 1, dead_reason = ?2 WHERE id = ?1",
                 params![id, reason],
             )
@@ -794,10 +794,10 @@ impl SqliteStore {
     pub async fn recover_after_restart(&self, now: Millis) -> Result<(u64, u64), StoreError> {
         self.tx(move |tx| {
             let messages = tx
-                .execute("UPDATE queue SET visible_at = ?1 WHERE dead = 0 AND visible_at > ?1", params![now])
+                .execute_cached("UPDATE queue SET visible_at = ?1 WHERE dead = 0 AND visible_at > ?1", params![now])
                 .map_err(backend)?;
             let batches = tx
-                .execute(
+                .execute_cached(
                     "UPDATE batches SET lease_until = ?1 WHERE state = 'in_flight' AND lease_until > ?1",
                     params![now],
                 )
@@ -835,7 +835,7 @@ impl ResultsFile {
             .tx(move |tx| {
                 // Older databases recorded publication on the batch itself.
                 let committed: i64 = tx
-                    .query_row(
+                    .query_row_cached(
                         "SELECT max(coalesce((SELECT max(published_offset) FROM outbox WHERE published_offset IS NOT NULL), 0),
                                     coalesce((SELECT max(published_offset) FROM batches WHERE published_offset IS NOT NULL), 0))",
                         [],
@@ -947,7 +947,7 @@ impl ReceiptSchedule for SqliteStore {
     async fn ensure(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError> {
         let id = touchpoint_id.to_owned();
         self.tx(move |tx| {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT OR IGNORE INTO receipt_schedules (project_id, touchpoint_id) VALUES (?1, ?2)",
                 params![project, id],
             )
@@ -960,7 +960,7 @@ impl ReceiptSchedule for SqliteStore {
     async fn remove(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError> {
         let id = touchpoint_id.to_owned();
         self.tx(move |tx| {
-            tx.execute(
+            tx.execute_cached(
                 "DELETE FROM receipt_schedules WHERE project_id = ?1 AND touchpoint_id = ?2",
                 params![project, id],
             )
