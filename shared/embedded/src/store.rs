@@ -1,8 +1,8 @@
 //! [`TouchpointStore`] on SQLite.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, Transaction, params};
@@ -18,7 +18,8 @@ pub const DATABASE_FILE: &str = "touchpoint.db";
 /// A SQLite database shared by every use case of the process.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    /// The writer thread, which owns the connection (see [`SqliteStore::tx`]).
+    jobs: std::sync::mpsc::Sender<Job>,
     /// Ledger writes (claims, records, dispatch opens), for the benchmarks' writes-per-batch.
     writes: Arc<AtomicU64>,
     queue_ready: Arc<tokio::sync::Notify>,
@@ -49,7 +50,7 @@ impl SqliteStore {
         // Every statement goes through the cache (see [`Cached`]); room for all of them.
         conn.set_prepared_statement_cache_capacity(128);
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            jobs: start_writer(conn)?,
             writes: Arc::new(AtomicU64::new(0)),
             queue_ready: Arc::new(tokio::sync::Notify::new()),
             results_ready: Arc::new(tokio::sync::Notify::new()),
@@ -83,23 +84,99 @@ impl SqliteStore {
         self.results_ready.notify_one();
     }
 
-    /// Runs `f` on the connection inside one transaction, on the blocking pool.
+    /// Runs `f` as one atomic unit on the writer thread and answers once it is committed.
+    /// Units queued at the same time share a transaction (group commit), each inside its own
+    /// savepoint: a unit that fails or panics is rolled back alone, and none is answered
+    /// before the transaction holding it is committed.
     pub(crate) async fn tx<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave a half-done transaction behind
-            // (it rolls back on drop), so a poisoned lock is safe to reuse.
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = conn.transaction().map_err(StoreError::backend)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(StoreError::backend)?;
-            Ok(out)
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |tx: &Transaction<'_>| {
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx)))
+                .unwrap_or_else(|_| Err(StoreError::Backend("a store operation panicked".into())));
+            let ok = out.is_ok();
+            let reply: Reply = Box::new(move |committed: Result<(), String>| {
+                let _ = answer.send(
+                    committed
+                        .map_err(|e| StoreError::Backend(e.into()))
+                        .and(out),
+                );
+            });
+            (ok, reply)
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Backend("the store's writer thread has stopped".into()))?;
+        answered.await.map_err(|_| {
+            StoreError::Backend("the store could not run the operation (see the log)".into())
+        })?
+    }
+}
+
+/// One unit of work: runs inside the group's transaction, says whether to keep its changes,
+/// and leaves the answer to send once the group's fate is known.
+type Job = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// At most this many units share a transaction.
+const GROUP: usize = 64;
+
+/// Starts the thread that owns `conn` and runs every unit of work; it ends when the last
+/// handle to the store is dropped.
+fn start_writer(mut conn: Connection) -> Result<std::sync::mpsc::Sender<Job>, StoreError> {
+    let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("touchpoint-sqlite".into())
+        .spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let mut group = vec![first];
+                while group.len() < GROUP {
+                    match queue.try_recv() {
+                        Ok(job) => group.push(job),
+                        Err(_) => break,
+                    }
+                }
+                run_group(&mut conn, group);
+            }
         })
-        .await
-        .map_err(StoreError::backend)?
+        .map_err(StoreError::backend)?;
+    Ok(jobs)
+}
+
+fn run_group(conn: &mut Connection, group: Vec<Job>) {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            // Nothing ran; dropping the units answers their callers with an error.
+            tracing::error!(error = %e, units = group.len(), "cannot begin a transaction");
+            return;
+        }
+    };
+    let mut replies = Vec::with_capacity(group.len());
+    let mut failed: Option<String> = None;
+    for job in group {
+        if let Err(e) = tx.execute_batch("SAVEPOINT unit") {
+            failed.get_or_insert(e.to_string());
+        }
+        let (keep, reply) = job(&tx);
+        let end = if keep {
+            "RELEASE unit"
+        } else {
+            "ROLLBACK TO unit; RELEASE unit"
+        };
+        if let Err(e) = tx.execute_batch(end) {
+            failed.get_or_insert(e.to_string());
+        }
+        replies.push(reply);
+    }
+    let committed = match failed {
+        Some(e) => Err(e),
+        None => tx.commit().map_err(|e| e.to_string()),
+    };
+    for reply in replies {
+        reply(committed.clone());
     }
 }
 
@@ -499,5 +576,67 @@ impl TouchpointStore for SqliteStore {
             Ok(n > 0)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn units_sharing_a_transaction_keep_or_lose_only_their_own_changes() {
+        let store = SqliteStore::in_memory().unwrap();
+        store
+            .tx(|tx| {
+                tx.execute_batch("CREATE TABLE t (n INTEGER NOT NULL)")
+                    .map_err(backend)
+            })
+            .await
+            .unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for n in 0..300i64 {
+            let s = store.clone();
+            set.spawn(async move {
+                let out = s
+                    .tx(move |tx| {
+                        tx.execute_cached("INSERT INTO t (n) VALUES (?1)", [n])
+                            .map_err(backend)?;
+                        match n % 3 {
+                            0 => Err(StoreError::Backend("refused".into())),
+                            1 if n % 2 == 0 => panic!("unit {n} panics"),
+                            _ => Ok(n),
+                        }
+                    })
+                    .await;
+                (n, out)
+            });
+        }
+        let mut kept = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            let (n, out) = joined.unwrap();
+            match out {
+                Ok(v) => {
+                    assert_eq!(v, n);
+                    kept.push(n);
+                }
+                Err(e) => assert!(n % 3 == 0 || n % 3 == 1, "unit {n} failed: {e}"),
+            }
+        }
+        kept.sort_unstable();
+        let expected: Vec<i64> = (0..300)
+            .filter(|n| n % 3 == 2 || (n % 3 == 1 && n % 2 == 1))
+            .collect();
+        assert_eq!(kept, expected);
+        let stored: Vec<i64> = store
+            .tx(|tx| {
+                let mut stmt = tx.prepare("SELECT n FROM t ORDER BY n").map_err(backend)?;
+                stmt.query_map([], |r| r.get(0))
+                    .map_err(backend)?
+                    .collect::<Result<Vec<i64>, _>>()
+                    .map_err(backend)
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored, expected, "only the units that succeeded left rows");
     }
 }
