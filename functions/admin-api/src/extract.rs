@@ -55,7 +55,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "send the body as Content-Type: application/json",
             ));
         }
-        serde_json::from_slice(&bytes)
+        touchpoint::json::parse_strict(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
     }

@@ -1,7 +1,11 @@
 //! The dispatcher Lambda: handles an SQS batch of dispatch messages concurrently and reports
 //! the ones to redeliver as partial batch failures (`ReportBatchItemFailures`).
 //!
-//! - Done, or unreadable (recorded and logged): the message is deleted.
+//! - Done: the message is deleted.
+//! - Unreadable (not JSON, duplicate keys, no dispatch id or project, unreadable users): nobody
+//!   can be told per user, so the message is moved to the dead-letter queue at once with the
+//!   reason as a message attribute (`DEAD_LETTER_QUEUE_URL`; its alarm fires) and logged; it is
+//!   never retried.
 //! - Batches waiting for a retry: the message's visibility is set to the retry time and it is
 //!   reported as failed, so SQS redelivers it then.
 //! - Received more than `MAX_RECEIVES` times: every user without an outcome fails, and the
@@ -23,6 +27,8 @@ pub struct DispatcherLambda {
     pub dispatcher: Dispatcher,
     pub sqs: aws_sdk_sqs::Client,
     pub queue_url: String,
+    /// Where unreadable messages go, with their reason; unset: they are only logged.
+    pub dead_letter_url: Option<String>,
     pub clock: Arc<dyn Clock>,
     pub max_receives: u32,
 }
@@ -45,14 +51,18 @@ impl DispatcherLambda {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(10);
-        Ok(Self::new(
+        let mut lambda = Self::new(
             &clients,
             &names,
             queue_url,
             Outbound::new(allow_private)?,
             cfg,
             max_receives,
-        ))
+        );
+        lambda.dead_letter_url = std::env::var("DEAD_LETTER_QUEUE_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        Ok(lambda)
     }
 
     pub fn new(
@@ -73,6 +83,7 @@ impl DispatcherLambda {
             dispatcher: Dispatcher::new(touchpoints, ledger, outbound, Arc::clone(&clock), cfg),
             sqs: clients.sqs.clone(),
             queue_url,
+            dead_letter_url: None,
             clock,
             max_receives,
         }
@@ -103,15 +114,55 @@ impl DispatcherLambda {
         response
     }
 
+    /// Moves an unreadable message to the dead-letter queue with its reason. True when it may
+    /// be deleted from the dispatch queue (moved, or no dead-letter queue is configured).
+    async fn dead_letter(&self, record: &SqsMessage, reason: &str) -> bool {
+        let id = record.message_id.as_deref().unwrap_or_default();
+        tracing::error!(message_id = id, %reason, "unreadable dispatch message dead-lettered");
+        let Some(url) = &self.dead_letter_url else {
+            return true;
+        };
+        let attribute = |v: &str| {
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+        };
+        let reason: String = reason.chars().take(1_000).collect();
+        let (Ok(reason), Ok(source)) = (attribute(&reason), attribute(id)) else {
+            return false;
+        };
+        let sent = self
+            .sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(record.body.clone().unwrap_or_else(|| "(no body)".into()))
+            .message_attributes("reason", reason)
+            .message_attributes("sourceMessageId", source)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(message_id = id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot dead-letter the message; SQS will redeliver it");
+                false
+            }
+        }
+    }
+
     /// True when the message may be deleted.
     async fn handle_record(&self, record: SqsMessage) -> bool {
         let id = record.message_id.as_deref().unwrap_or_default();
-        let body: Value = match record.body.as_deref().map(serde_json::from_str) {
+        let body: Value = match record
+            .body
+            .as_deref()
+            .map(touchpoint::json::parse_strict_str)
+        {
             Some(Ok(v)) => v,
-            _ => {
-                tracing::error!(message_id = id, "dispatch message is not JSON; dropped");
-                return true;
+            Some(Err(e)) => {
+                return self.dead_letter(&record, &format!("not JSON: {e}")).await;
             }
+            None => return self.dead_letter(&record, "the message has no body").await,
         };
         let receives: u32 = record
             .attributes
@@ -130,10 +181,7 @@ impl DispatcherLambda {
         }
         match self.dispatcher.handle(&body).await {
             Ok(Handled::Done) => true,
-            Ok(Handled::Malformed(reason)) => {
-                tracing::error!(message_id = id, %reason, "malformed dispatch dropped");
-                true
-            }
+            Ok(Handled::Malformed(reason)) => self.dead_letter(&record, &reason).await,
             Ok(Handled::RetryAt(at)) => {
                 let wait = Duration::from_millis((at - self.clock.now_ms()).max(0) as u64);
                 let seconds = wait.as_secs().clamp(1, 43_200) as i32;

@@ -69,7 +69,7 @@ impl Worker {
     }
 
     async fn handle(&self, message: QueuedDispatch) {
-        let body: Value = match serde_json::from_str(&message.body) {
+        let body: Value = match touchpoint::json::parse_strict_str(&message.body) {
             Ok(v) => v,
             Err(e) => {
                 let _ = self

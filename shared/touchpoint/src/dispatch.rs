@@ -79,6 +79,7 @@ pub fn read_dispatch(v: &Value) -> Result<(Dispatch, Vec<String>), Malformed> {
     let mut users = Vec::with_capacity(raw_users.len());
     let mut seen = HashSet::with_capacity(raw_users.len());
     let mut duplicates = Vec::new();
+    let mut negative = Vec::new();
     for (i, u) in raw_users.iter().enumerate() {
         let Some(gid) = u.get("gid").and_then(Value::as_i64) else {
             return Err(Malformed(format!("users[{i}].gid must be an integer")));
@@ -91,6 +92,9 @@ pub fn read_dispatch(v: &Value) -> Result<(Dispatch, Vec<String>), Malformed> {
                 Map::new()
             }
         };
+        if gid < 0 {
+            negative.push(gid);
+        }
         if seen.insert(gid) {
             users.push(DispatchUser { gid, attributes });
         } else {
@@ -101,6 +105,17 @@ pub fn read_dispatch(v: &Value) -> Result<(Dispatch, Vec<String>), Malformed> {
         problems.push(format!(
             "gid {} appears more than once",
             duplicates
+                .iter()
+                .take(5)
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !negative.is_empty() {
+        problems.push(format!(
+            "gid must not be negative (got {})",
+            negative
                 .iter()
                 .take(5)
                 .map(i64::to_string)
@@ -493,6 +508,9 @@ mod tests {
             read_dispatch(&message(json!([{"gid": 1}, {"gid": 1}, {"gid": 2}]))).unwrap();
         assert_eq!(d.users.len(), 2, "each gid once");
         assert!(problems[0].contains("more than once"));
+        let (d, problems) = read_dispatch(&message(json!([{"gid": -7}, {"gid": 3}]))).unwrap();
+        assert_eq!(d.users.len(), 2, "every user is named, so each can fail");
+        assert_eq!(problems, ["gid must not be negative (got -7)"]);
         let (_, problems) = read_dispatch(&message(json!([]))).unwrap();
         assert!(problems[0].contains("at least one"));
         let many: Vec<Value> = (0..10_001).map(|g| json!({"gid": g})).collect();

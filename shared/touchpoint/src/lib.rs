@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod error;
 pub mod ids;
 pub mod input;
+pub mod json;
 pub mod model;
 pub mod ports;
 pub mod protocol;

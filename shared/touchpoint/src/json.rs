@@ -1,0 +1,137 @@
+//! Reading untrusted JSON strictly: a key that appears twice in one object is an error (a
+//! lenient reader keeps one of them silently, so two readers of the same body can disagree on
+//! what it says), and nesting is bounded by `serde_json`'s recursion limit (128).
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Parses `bytes` as one JSON value, refusing duplicate keys, invalid UTF-8, trailing data and
+/// nesting deeper than 128 levels. The error says where.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictValue.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// [`parse_strict`] on a string.
+pub fn parse_strict_str(s: &str) -> Result<Value, serde_json::Error> {
+    parse_strict(s.as_bytes())
+}
+
+#[derive(Clone, Copy)]
+struct StrictValue;
+
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(v) = seq.next_element_seed(StrictValue)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if m.contains_key(&key) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate key {key:?} in one object"
+                )));
+            }
+            let v = map.next_value_seed(StrictValue)?;
+            m.insert(key, v);
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_serde_json_reads() {
+        let text = r#"{"a":[1,-2,3.5,true,null,"x\u00e9"],"b":{"c":{}},"d":18446744073709551615}"#;
+        assert_eq!(
+            parse_strict_str(text).unwrap(),
+            serde_json::from_str::<Value>(text).unwrap()
+        );
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_at_any_depth_and_says_which() {
+        for text in [
+            r#"{"a":1,"a":2}"#,
+            r#"{"x":{"b":1,"b":1}}"#,
+            r#"[{"k":1},{"k":1,"k":2}]"#,
+        ] {
+            let e = parse_strict_str(text).unwrap_err().to_string();
+            assert!(e.contains("duplicate key"), "{text}: {e}");
+        }
+        // The same key in sibling objects is fine.
+        assert!(parse_strict_str(r#"[{"k":1},{"k":2}]"#).is_ok());
+    }
+
+    #[test]
+    fn refuses_deep_nesting_trailing_data_and_invalid_utf8() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(parse_strict_str(&deep).is_err());
+        let fine = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(parse_strict_str(&fine).is_ok());
+        assert!(parse_strict_str("{} {}").is_err());
+        assert!(parse_strict(b"\"\xff\"").is_err());
+    }
+}
