@@ -253,6 +253,20 @@ impl ReceiptPoller {
             .post_json(&b.receipt_url, body, &headers, timeout)
             .await;
         let (settled, http_status, error) = match reply {
+            // The SSRF guard or the URL refused the receipt URL: that will not change by
+            // waiting, so the pending users fail now with the reason instead of at the timeout.
+            Err(e) if !e.retryable() => {
+                let reason = format!("receipt URL refused: {e}");
+                let settled = b
+                    .pending
+                    .iter()
+                    .map(|gid| UserResult {
+                        gid: *gid,
+                        status: UserStatus::failed(reason.clone()),
+                    })
+                    .collect();
+                (settled, None, Some(reason))
+            }
             Err(e) => (Vec::new(), None, Some(e.to_string())),
             Ok(r) if !(200..300).contains(&r.status) => (
                 Vec::new(),
@@ -280,10 +294,14 @@ impl ReceiptPoller {
                 ReceiptReading::Invalid(m) => (Vec::new(), Some(r.status), Some(m)),
             },
         };
+        let failed = error.is_some() && settled.is_empty();
         if let Some(e) = &error {
-            tracing::info!(order_no = %b.order_no, error = %e, "receipt poll failed; trying again next round");
+            if failed {
+                tracing::info!(order_no = %b.order_no, error = %e, "receipt poll failed; trying again next round");
+            } else {
+                tracing::warn!(order_no = %b.order_no, error = %e, "receipt poll refused; its pending users failed");
+            }
         }
-        let failed = error.is_some();
         let n = settled.len();
         self.ledger
             .record_poll(&PollRecord {

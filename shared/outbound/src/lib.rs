@@ -233,6 +233,13 @@ impl Outbound {
             let ip = match url.host() {
                 Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
                 Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+                // RFC 6761: `localhost` and every name under it are loopback, whatever a
+                // resolver says (some resolve `localhost.` or `x.localhost` differently).
+                Some(url::Host::Domain(name)) if is_localhost_name(name) => {
+                    return Err(SendError::Refused(format!(
+                        "destination refused: {name} is a loopback name"
+                    )));
+                }
                 Some(url::Host::Domain(_)) => None,
                 None => return Err(SendError::Refused("the URL has no host".into())),
             };
@@ -300,6 +307,11 @@ impl Outbound {
             latency: started.elapsed(),
         })
     }
+}
+
+fn is_localhost_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 fn touchpoint_user_agent() -> String {
