@@ -82,22 +82,19 @@ fn hostile_urls(port: u16) -> Vec<String> {
     for p in [22, 80, 443, 2375, 3306, 6379, 9200, 11211] {
         urls.push(format!("http://127.0.0.1:{p}/"));
     }
-    urls.extend(
-        [
-            // Credentials and schemes.
-            format!("http://user@127.0.0.1:{port}/touch"),
-            format!("http://user:pass@127.0.0.1:{port}/touch"),
-            "http://user:pass@example.com/touch".to_owned(),
-            format!("ftp://127.0.0.1:{port}/"),
-            "file:///etc/passwd".to_owned(),
-            format!("gopher://127.0.0.1:{port}/_FLUSHALL"),
-            format!("ws://127.0.0.1:{port}/"),
-            "dict://127.0.0.1:11211/stat".to_owned(),
-            "data:application/json,{}".to_owned(),
-            "javascript:alert(1)".to_owned(),
-        ]
-        .into_iter(),
-    );
+    urls.extend([
+        // Credentials and schemes.
+        format!("http://user@127.0.0.1:{port}/touch"),
+        format!("http://user:pass@127.0.0.1:{port}/touch"),
+        "http://user:pass@example.com/touch".to_owned(),
+        format!("ftp://127.0.0.1:{port}/"),
+        "file:///etc/passwd".to_owned(),
+        format!("gopher://127.0.0.1:{port}/_FLUSHALL"),
+        format!("ws://127.0.0.1:{port}/"),
+        "dict://127.0.0.1:11211/stat".to_owned(),
+        "data:application/json,{}".to_owned(),
+        "javascript:alert(1)".to_owned(),
+    ]);
     urls
 }
 
@@ -339,17 +336,16 @@ async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_sen
     }
     rig.clock.advance(6 * 60_000);
     rig.poller.round(None).await.unwrap();
-    for i in 0..urls.len() {
+    for (i, url) in urls.iter().enumerate() {
         let id = format!("receipt-{i}");
         let Some(b) = rig.store.dispatch_batches(1, &id).await.unwrap().pop() else {
             continue;
         };
         let b = rig.store.batch(1, &b.order_no).await.unwrap().unwrap();
-        assert_eq!(b.failed, 2, "{}: {b:?}", urls[i]);
+        assert_eq!(b.failed, 2, "{url}: {b:?}");
         assert!(
             b.results[0].status.reason().contains("receipt URL refused"),
-            "{}: {:?}",
-            urls[i],
+            "{url}: {:?}",
             b.results[0]
         );
     }
