@@ -523,3 +523,36 @@ async fn schedules_follow_the_touchpoint_lifecycle() {
     );
     drop(sync);
 }
+
+#[tokio::test]
+async fn a_receipt_url_that_hangs_costs_one_timeout_per_round_and_users_fail_at_the_deadline() {
+    let rx =
+        receiver(|_, gids| Reply::After(Duration::from_secs(3_600), Box::new(all_ok("", gids))))
+            .await;
+    let rig = Rig::new();
+    let tp = rig.touchpoint(&rx, 10).await;
+    rig.dispatch("d1", &tp, 2).await;
+    rig.clock.advance(5 * MINUTE);
+    let started = std::time::Instant::now();
+    let report = rig.round(&tp).await;
+    assert_eq!((report.polled, report.failed_polls), (1, 1));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the poll gave up at the request timeout (5 s), not with the receiver"
+    );
+    let b = &rig.batches("d1").await[0];
+    assert!(
+        b.last_error.as_deref().unwrap_or("").contains("timed out"),
+        "{b:?}"
+    );
+    assert_eq!(b.pending, vec![0, 1]);
+    rig.clock.advance(5 * MINUTE);
+    assert_eq!(rig.round(&tp).await.timed_out, 2);
+    assert_eq!(
+        rig.events().await,
+        vec![
+            (0, "TOU_FAIL".into(), "receipt timeout".into()),
+            (1, "TOU_FAIL".into(), "receipt timeout".into()),
+        ]
+    );
+}

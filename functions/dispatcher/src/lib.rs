@@ -691,7 +691,12 @@ async fn exchange(
             let excerpt = Some(truncate(&String::from_utf8_lossy(&reply.body), 1_000))
                 .filter(|s| !s.is_empty());
             let status = reply.status;
+            let oversized = format!(
+                "invalid receipt: the response is larger than {} bytes",
+                touchpoint_outbound::MAX_RESPONSE_BYTES
+            );
             let (verdict, error) = match status {
+                200..=299 if reply.truncated => (fail_all(oversized.clone()), Some(oversized)),
                 200..=299 if matches!(tp.spec.receipt, Receipt::Async { .. }) => {
                     match read_receipt(&reply.body, false) {
                         ReceiptReading::Statuses(mut known) => {

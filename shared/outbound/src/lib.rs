@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-/// Largest response body read; the rest is left unread.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Largest response body read; the rest is left unread. A 500-user sync receipt with long
+/// error messages is ~300 KB; this bounds the memory one hostile receiver can take.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 

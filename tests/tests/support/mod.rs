@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod rig;
 pub mod service;
 
 use std::collections::HashMap;
