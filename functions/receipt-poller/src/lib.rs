@@ -252,6 +252,8 @@ impl ReceiptPoller {
             .outbound
             .post_json(&b.receipt_url, body, &headers, timeout)
             .await;
+        // Users settled by this answer were resolved when it arrived, not when the round began.
+        let answered = self.clock.now_ms().max(now);
         let (settled, http_status, error) = match reply {
             // The SSRF guard or the URL refused the receipt URL: that will not change by
             // waiting, so the pending users fail now with the reason instead of at the timeout.
@@ -307,7 +309,7 @@ impl ReceiptPoller {
             .record_poll(&PollRecord {
                 project_id: b.project_id,
                 order_no: b.order_no,
-                at: now,
+                at: answered,
                 settled,
                 next_poll_at,
                 http_status,

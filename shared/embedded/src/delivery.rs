@@ -789,8 +789,8 @@ impl SqliteStore {
     }
 
     /// After a restart nothing of this database is in flight any more (one process owns it):
-    /// hidden messages become visible and batch leases end, so in-flight batches are sent again
-    /// at once with their `orderNo`.
+    /// hidden messages become visible and batch and receipt-poll leases end, so in-flight
+    /// batches are sent again at once with their `orderNo` and polls cut short run next round.
     pub async fn recover_after_restart(&self, now: Millis) -> Result<(u64, u64), StoreError> {
         self.tx(move |tx| {
             let messages = tx
@@ -802,6 +802,11 @@ impl SqliteStore {
                     params![now],
                 )
                 .map_err(backend)?;
+            tx.execute_cached(
+                "UPDATE batches SET poll_lease_until = NULL WHERE poll_lease_until > ?1",
+                params![now],
+            )
+            .map_err(backend)?;
             Ok((messages as u64, batches as u64))
         })
         .await

@@ -29,6 +29,8 @@ pub struct Seen {
     pub raw: Bytes,
     pub headers: HeaderMap,
     pub at: Instant,
+    /// Wall-clock arrival in Unix milliseconds, comparable with the service's timestamps.
+    pub wall_ms: i64,
 }
 
 /// What to answer: given the request and how many times this orderNo was seen (1-based).
@@ -113,6 +115,9 @@ async fn touch(
         raw,
         headers,
         at: Instant::now(),
+        wall_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
     };
     let n = {
         let mut counts = s.counts.lock().unwrap();
