@@ -246,7 +246,7 @@ async fn ten_kill_9s_during_50000_users_lose_no_one_and_send_nothing_after_its_o
         );
         again
     };
-    for i in 0..plan.len() {
+    for (i, (_, users)) in plan.iter().enumerate() {
         let (status, d) = service
             .call(
                 Method::GET,
@@ -257,7 +257,7 @@ async fn ten_kill_9s_during_50000_users_lose_no_one_and_send_nothing_after_its_o
             .await;
         assert_eq!(status, 200);
         assert_eq!(d["state"], "completed", "{d}");
-        assert_eq!(d["counts"]["succeeded"], plan[i].1, "{}", d["counts"]);
+        assert_eq!(d["counts"]["succeeded"], *users, "{}", d["counts"]);
     }
     service.terminate();
 
