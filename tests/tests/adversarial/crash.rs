@@ -5,17 +5,15 @@
 //! is sent (or polled) after its outcome was final. Batches in flight at a kill are sent again
 //! with the same `orderNo`: that is the documented retry, and it is counted.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::service::{SECRET, Service};
+use crate::support::{Receiver, Reply};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::service::{SECRET, Service};
-use support::{Receiver, Reply};
 
 const ADMIN: &str = "crash-admin-key-0001";
 const CAMPAIGN: &str = "crash-campaign-key-01";
@@ -96,6 +94,7 @@ fn events(data: &Path) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_kill_9s_during_50000_users_lose_no_one_and_send_nothing_after_its_outcome() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     let seed = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -2,16 +2,14 @@
 //! an error message, a test-send preview, a batch or dispatch record, a results event or a log
 //! line — with logging at `trace` so every library logs all it can.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::service::{SECRET, Service};
+use crate::support::{Receiver, Reply};
 use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::service::{SECRET, Service};
-use support::{Receiver, Reply};
 
 const ADMIN: &str = "secrets-admin-key-01";
 const CAMPAIGN: &str = "secrets-campaign-key1";
@@ -45,6 +43,7 @@ fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_never_leaves_through_responses_errors_previews_records_events_or_logs() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     let whsec_secret = format!("{SECRET}-whsec-material");
     let whsec = format!(
         "whsec_{}",

@@ -2,15 +2,13 @@
 //! fault must end every user of the batch in a defined outcome (final status with a reason,
 //! retried only when the fault is transient), with no panic and a bounded read.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::rig::{Rig, config, dispatch};
 use serde_json::{Value, json};
-use support::rig::{Rig, config, dispatch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use touchpoint_outbound::{MAX_RESPONSE_BYTES, Outbound};
@@ -380,6 +378,7 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_receiver_fault_ends_in_a_defined_outcome() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     let cases = cases();
     let rig = Rig::new(config("20ms,20ms", 400));
     let started = Instant::now();
@@ -434,6 +433,7 @@ async fn every_receiver_fault_ends_in_a_defined_outcome() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_or_endless_response_is_read_only_up_to_the_cap() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     for fault in [
         Fault::Endless(b"HTTP/1.1 200 OK\r\n\r\n".to_vec()),
         Fault::Bytes(http("200 OK", &vec![b'x'; 10 * 1024 * 1024])),

@@ -3,8 +3,6 @@
 //! refused at connection time (or at registration), never reach the receiver listening on
 //! 127.0.0.1, and end in a final, explained outcome.
 
-mod support;
-
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -12,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::{ManualClock, Receiver, Reply};
 use serde_json::{Value, json};
-use support::{ManualClock, Receiver, Reply};
 use touchpoint::delivery::DeliveryStore;
 use touchpoint::protocol::UserData;
 use touchpoint::{Touchpoints, UrlPolicy};
@@ -237,6 +235,7 @@ fn refused(e: &SendError) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_send() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     // Accepts touches (async: statuses come later); counts every request.
     let rx = Receiver::start(|seen, _| {
         Reply::Json(
@@ -368,6 +367,7 @@ async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_sen
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_name_resolution_is_checked_on_the_answer_that_is_used() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
     let port = rx.addr.port();
     let url = format!("http://hooks.example.com:{port}/touch");
@@ -434,6 +434,7 @@ async fn hostile_name_resolution_is_checked_on_the_answer_that_is_used() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redirect_to_the_metadata_service_is_not_followed() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     let rx = Receiver::start(|_, _| {
         Reply::Raw(
             302,
