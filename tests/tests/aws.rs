@@ -554,6 +554,189 @@ async fn transient_failures_are_redelivered_through_the_queue_and_requests_witho
     assert_eq!(response.status(), 401);
 }
 
+/// Hostile SQS bodies: unreadable ones are moved to the dead-letter queue with their reason
+/// (not retried, not dropped silently); readable but invalid ones fail every user they name
+/// with the reason, published like any result; none is reported for redelivery.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn hostile_sqs_messages_are_dead_lettered_or_failed_with_their_reason_never_retried() {
+    let aws = Aws::new().await;
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let mut tp = fixture("apigw-create-touchpoint.json")["body"]
+        .as_str()
+        .map(|b| serde_json::from_str::<Value>(b).unwrap())
+        .unwrap();
+    tp["url"] = json!(rx.url());
+    let id = aws.create(tp).await;
+    let dlq = aws
+        .clients
+        .sqs
+        .create_queue()
+        .queue_name(format!("hostile-dlq-{}", std::process::id()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let mut lambda = DispatcherLambda::new(
+        &aws.clients,
+        &aws.names,
+        aws.names.dispatch_queue_url.clone().unwrap(),
+        Outbound::new(true).unwrap(),
+        DispatcherConfig::default(),
+        5,
+    );
+    lambda.dead_letter_url = Some(dlq.clone());
+    let lambda = Arc::new(lambda);
+
+    let unreadable = [
+        ("not JSON", "users: everyone".to_owned()),
+        (
+            "duplicate keys",
+            r#"{"dispatchId":"a","dispatchId":"b","projectId":1,"users":[]}"#.to_owned(),
+        ),
+        ("an array", "[]".to_owned()),
+        (
+            "no projectId",
+            json!({"dispatchId": "x", "users": [{"gid": 1}]}).to_string(),
+        ),
+        ("gid as a string", {
+            let mut d = dispatch_body("s-gid", &id, 1);
+            d["users"][0]["gid"] = json!("1");
+            d.to_string()
+        }),
+    ];
+    let invalid = [
+        (
+            "negative gid",
+            {
+                let mut d = dispatch_body("h-negative", &id, 2);
+                d["users"][0]["gid"] = json!(-5);
+                d
+            },
+            "must not be negative",
+            2,
+        ),
+        (
+            "duplicate gids",
+            {
+                let mut d = dispatch_body("h-duplicate", &id, 2);
+                d["users"][1]["gid"] = json!(0);
+                d
+            },
+            "more than once",
+            1,
+        ),
+        (
+            "10,001 users",
+            dispatch_body("h-many", &id, 10_001),
+            "at most 10000",
+            10_001,
+        ),
+        (
+            "unknown touchpoint",
+            dispatch_body("h-unknown", "tp_01JDX3ZZZZZZZZZZZZZZZZZZZZ", 3),
+            "does not exist",
+            3,
+        ),
+        (
+            "another project's touchpoint",
+            {
+                let mut d = dispatch_body("h-foreign", &id, 3);
+                d["projectId"] = json!(2);
+                d
+            },
+            "does not exist",
+            3,
+        ),
+    ];
+    let template = fixture("sqs-dispatch.json")["Records"][0].clone();
+    let mut records = Vec::new();
+    for (i, body) in unreadable
+        .iter()
+        .map(|(_, b)| b.clone())
+        .chain(invalid.iter().map(|(_, d, _, _)| d.to_string()))
+        .enumerate()
+    {
+        let mut record = template.clone();
+        record["messageId"] = json!(format!("hostile-{i}"));
+        record["body"] = json!(body);
+        records.push(serde_json::from_value::<SqsMessage>(record).unwrap());
+    }
+    let response = lambda.handle(SqsEvent { records }).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "nothing is redelivered: {:?}",
+        response.batch_item_failures
+    );
+
+    // The unreadable ones wait on the dead-letter queue, each with its reason.
+    let mut dead: HashMap<String, String> = HashMap::new();
+    for _ in 0..10 {
+        let got = aws
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap();
+        for m in got.messages.unwrap_or_default() {
+            let attrs = m.message_attributes.unwrap_or_default();
+            let reason = attrs["reason"]
+                .string_value()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                attrs["sourceMessageId"]
+                    .string_value()
+                    .unwrap()
+                    .starts_with("hostile-")
+            );
+            dead.insert(m.body.unwrap_or_default(), reason);
+        }
+        if dead.len() >= unreadable.len() {
+            break;
+        }
+    }
+    assert_eq!(dead.len(), unreadable.len(), "{dead:?}");
+    for (what, body) in &unreadable {
+        let reason = &dead[body];
+        assert!(!reason.is_empty(), "{what}: no reason");
+    }
+    assert!(dead["users: everyone"].contains("not JSON"));
+    assert!(dead[unreadable[1].1.as_str()].contains("duplicate key"));
+
+    // The invalid ones: every named user failed with the reason, on the results queue.
+    let expected: usize = invalid.iter().map(|(_, _, _, n)| n).sum();
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let more = aws.results().await;
+        if more.is_empty() && events.len() >= expected {
+            break;
+        }
+        events.extend(more);
+    }
+    for (what, d, reason, users) in &invalid {
+        let dispatch = d["dispatchId"].as_str().unwrap();
+        let mine: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["dispatchId"] == dispatch)
+            .collect();
+        assert_eq!(mine.len(), *users, "{what}");
+        assert!(
+            mine.iter()
+                .all(|e| e["status"] == "TOU_FAIL"
+                    && e["errorMsg"].as_str().unwrap().contains(reason)),
+            "{what}: {:?}",
+            mine.first()
+        );
+    }
+    assert_eq!(rx.requests(), 0, "nothing was sent");
+}
+
 // ---------------------------------------------------------------- AWS requests and cost
 
 /// Counts every request the SDK clients make (once per operation: the SDK's retries of a
