@@ -21,30 +21,12 @@ fn keys() -> String {
 }
 
 async fn touchpoint(service: &Service, url: &str, batch: u16) -> String {
-    let (status, tp) = service
-        .call(
-            Method::POST,
-            "/v1/touchpoints",
-            ADMIN,
-            Some(json!({
-                "name": "短信网关", "kind": "notification", "url": url, "token": SECRET, "batchSize": batch,
-                "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "姓名"}],
-                "templateParams": [{"identifier": "title", "displayName": "标题", "type": "text", "required": true}]
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{tp}");
-    let id = tp["id"].as_str().unwrap().to_owned();
-    let (status, _) = service
-        .call(
-            Method::PUT,
-            &format!("/v1/touchpoints/{id}/spaces"),
-            ADMIN,
-            Some(json!({"spaceIds": ["space-a"]})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    id
+    let body = json!({
+        "name": "短信网关", "kind": "notification", "url": url, "token": SECRET, "batchSize": batch,
+        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "姓名"}],
+        "templateParams": [{"identifier": "title", "displayName": "标题", "type": "text", "required": true}]
+    });
+    service.register(ADMIN, body, &["space-a"]).await
 }
 
 fn dispatch(id: &str, touchpoint: &str, first_gid: i64, users: i64) -> Value {

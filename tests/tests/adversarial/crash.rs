@@ -51,31 +51,13 @@ async fn touchpoint(
     url: &str,
     receipt: Value,
 ) -> String {
-    let (status, tp) = service
-        .call(
-            Method::POST,
-            "/v1/touchpoints",
-            ADMIN,
-            Some(json!({
-                "name": name, "kind": "benefit", "url": url, "token": SECRET, "batchSize": batch,
-                "receipt": receipt,
-                "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
-                "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{tp}");
-    let id = tp["id"].as_str().unwrap().to_owned();
-    let (status, _) = service
-        .call(
-            Method::PUT,
-            &format!("/v1/touchpoints/{id}/spaces"),
-            ADMIN,
-            Some(json!({"spaceIds": ["s"]})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    id
+    let body = json!({
+        "name": name, "kind": "benefit", "url": url, "token": SECRET, "batchSize": batch,
+        "receipt": receipt,
+        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
+        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
+    });
+    service.register(ADMIN, body, &["s"]).await
 }
 
 fn events(data: &Path) -> Vec<Value> {

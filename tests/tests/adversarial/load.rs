@@ -118,27 +118,16 @@ async fn a_million_users_through_the_local_service_lose_no_one_in_flat_memory() 
         ],
     );
     let pid = service.child.id();
-    let (status, tp) = service
-        .call(
-            Method::POST,
-            "/v1/touchpoints",
+    let tp = service
+        .register(
             ADMIN,
-            Some(json!({
+            json!({
                 "name": "load", "kind": "notification", "url": format!("http://{addr}/touch"),
                 "token": SECRET, "batchSize": 500,
                 "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
                 "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{tp}");
-    let tp = tp["id"].as_str().unwrap().to_owned();
-    service
-        .call(
-            Method::PUT,
-            &format!("/v1/touchpoints/{tp}/spaces"),
-            ADMIN,
-            Some(json!({"spaceIds": ["s"]})),
+            }),
+            &["s"],
         )
         .await;
     let (idle_peak, _) = memory(pid);

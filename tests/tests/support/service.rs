@@ -118,6 +118,25 @@ impl Service {
         (status, body)
     }
 
+    /// Registers a touchpoint with an admin key and authorizes it for `spaces`; its id.
+    pub async fn register(&self, admin: &str, body: Value, spaces: &[&str]) -> String {
+        let (status, tp) = self
+            .call(reqwest::Method::POST, "/v1/touchpoints", admin, Some(body))
+            .await;
+        assert_eq!(status, 201, "{tp}");
+        let id = tp["id"].as_str().unwrap().to_owned();
+        let (status, answer) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/touchpoints/{id}/spaces"),
+                admin,
+                Some(serde_json::json!({ "spaceIds": spaces })),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        id
+    }
+
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
