@@ -179,7 +179,7 @@ impl DispatcherLambda {
                 }
             };
         }
-        match self.dispatcher.handle(&body).await {
+        match self.dispatcher.handle_owned(body).await {
             Ok(Handled::Done) => true,
             Ok(Handled::Malformed(reason)) => self.dead_letter(&record, &reason).await,
             Ok(Handled::RetryAt(at)) => {

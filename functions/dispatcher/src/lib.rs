@@ -21,7 +21,7 @@ use touchpoint::delivery::{
     AttemptOutcome, AttemptRecord, Claim, DeliveryStore, DispatchMeta, UserResult,
 };
 use touchpoint::dispatch::{
-    Dispatch, PlannedBatch, order_no, plan, read_dispatch, resolve_template_with,
+    Dispatch, PlannedBatch, batch_count, order_no, plan_batch, read_dispatch, resolve_template_with,
 };
 use touchpoint::model::{EnumSource, Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
@@ -219,7 +219,15 @@ impl Dispatcher {
 
     /// Delivers one dispatch message as far as it can go now.
     pub async fn handle(&self, message: &Value) -> Result<Handled, StoreError> {
-        let (dispatch, problems) = match read_dispatch(message) {
+        self.handle_owned(message.clone()).await
+    }
+
+    /// [`Dispatcher::handle`] taking the message, which is dropped once read: while the
+    /// batches go out, memory holds one copy of the users, not two.
+    pub async fn handle_owned(&self, message: Value) -> Result<Handled, StoreError> {
+        let read = read_dispatch(&message);
+        drop(message);
+        let (dispatch, problems) = match read {
             Ok(d) => d,
             Err(m) => return Ok(Handled::Malformed(m.0)),
         };
@@ -246,7 +254,6 @@ impl Dispatcher {
                 return self.reject(&dispatch, &meta, &why, now).await;
             }
         };
-        let batches = plan(&dispatch, &tp, &template);
         self.ledger
             .open_dispatch(
                 &meta,
@@ -255,7 +262,7 @@ impl Dispatcher {
                 now,
             )
             .await?;
-        self.deliver_all(&tp, &meta, &batches).await
+        self.deliver_all(&tp, &meta, &dispatch, &template).await
     }
 
     /// Ends every user of a dispatch that has no outcome yet with `why`. A dispatch that was
@@ -365,7 +372,8 @@ impl Dispatcher {
         &self,
         tp: &Touchpoint,
         meta: &DispatchMeta,
-        batches: &[PlannedBatch],
+        dispatch: &Dispatch,
+        template: &Map<String, Value>,
     ) -> Result<Handled, StoreError> {
         let gate = self.gate(tp);
         let limit = self.concurrency(tp);
@@ -377,17 +385,20 @@ impl Dispatcher {
         // `per_touchpoint_concurrency` + 1 tasks so a 10,000-user dispatch does not spawn
         // thousands of waiting tasks.
         let shared = Arc::new((tp.clone(), meta.clone()));
-        let mut pending = batches.iter();
+        // Each batch is mapped and rendered when it is about to go out: memory holds the
+        // batches in flight, not every user's rendered data for the whole dispatch.
+        let mut pending = 0..batch_count(dispatch, tp);
         loop {
             while set.len() <= limit {
-                let Some(batch) = pending.next() else { break };
+                let Some(index) = pending.next() else { break };
+                let batch = plan_batch(dispatch, tp, template, index);
                 let permit = Arc::clone(&gate)
                     .acquire_owned()
                     .await
                     .map_err(StoreError::backend)?;
                 let job = BatchJob {
                     shared: Arc::clone(&shared),
-                    batch: batch.clone(),
+                    batch,
                     ledger: Arc::clone(&self.ledger),
                     outbound: self.outbound.clone(),
                     clock: Arc::clone(&self.clock),

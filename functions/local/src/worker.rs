@@ -90,7 +90,7 @@ impl Worker {
             }
             return;
         }
-        let outcome = self.dispatcher.handle(&body).await;
+        let outcome = self.dispatcher.handle_owned(body).await;
         let result = match outcome {
             Ok(Handled::Done) => self.store.ack(message.id).await,
             Ok(Handled::RetryAt(at)) => self.store.redeliver_at(message.id, at).await,

@@ -338,27 +338,44 @@ pub fn render_for_user(
 /// Splits a valid dispatch into batches of the touchpoint's batch size, each user mapped and
 /// rendered.
 pub fn plan(d: &Dispatch, tp: &Touchpoint, tem: &Map<String, Value>) -> Vec<PlannedBatch> {
-    let size = usize::from(tp.spec.batch_size.max(1));
-    d.users
-        .chunks(size)
-        .enumerate()
-        .map(|(index, chunk)| PlannedBatch {
-            index,
-            order_no: order_no(d.project_id, &d.dispatch_id, index),
-            users: chunk
-                .iter()
-                .map(|u| {
-                    let dynamic = dynamic_data(tp, u);
-                    let tem_data = render_for_user(tp, tem, &dynamic);
-                    UserData {
-                        gid: u.gid,
-                        dynamic_data: dynamic,
-                        tem_data,
-                    }
-                })
-                .collect(),
-        })
+    (0..batch_count(d, tp))
+        .map(|index| plan_batch(d, tp, tem, index))
         .collect()
+}
+
+/// How many batches the dispatch makes at the touchpoint's batch size.
+pub fn batch_count(d: &Dispatch, tp: &Touchpoint) -> usize {
+    d.users
+        .len()
+        .div_ceil(usize::from(tp.spec.batch_size.max(1)))
+}
+
+/// Batch `index` of [`plan`] alone, so a sender can map and render each batch when it is
+/// about to go out instead of holding every user's rendered data for the whole dispatch.
+pub fn plan_batch(
+    d: &Dispatch,
+    tp: &Touchpoint,
+    tem: &Map<String, Value>,
+    index: usize,
+) -> PlannedBatch {
+    let size = usize::from(tp.spec.batch_size.max(1));
+    let chunk = d.users.chunks(size).nth(index).unwrap_or_default();
+    PlannedBatch {
+        index,
+        order_no: order_no(d.project_id, &d.dispatch_id, index),
+        users: chunk
+            .iter()
+            .map(|u| {
+                let dynamic = dynamic_data(tp, u);
+                let tem_data = render_for_user(tp, tem, &dynamic);
+                UserData {
+                    gid: u.gid,
+                    dynamic_data: dynamic,
+                    tem_data,
+                }
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
