@@ -36,6 +36,9 @@ fn hostile_urls(port: u16) -> Vec<String> {
         "LOCALHOST",
         "localhost.",
         "api.localhost",
+        // Unicode that IDNA maps onto loopback: circled letters, ideographic full stops.
+        "ⓛⓞⓒⓐⓛⓗⓞⓢⓣ",
+        "127。0。0。1",
         "[::1]",
         "[::ffff:127.0.0.1]",
         "[::ffff:7f00:1]",
