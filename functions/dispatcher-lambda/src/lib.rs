@@ -129,7 +129,9 @@ impl DispatcherLambda {
                 .build()
         };
         let reason: String = reason.chars().take(1_000).collect();
-        let (Ok(reason), Ok(source)) = (attribute(&reason), attribute(id)) else {
+        // SQS refuses empty attribute values.
+        let source = if id.is_empty() { "unknown" } else { id };
+        let (Ok(reason), Ok(source)) = (attribute(&reason), attribute(source)) else {
             return false;
         };
         let sent = self
