@@ -288,7 +288,10 @@ impl EnumOptions {
             return Err(format!("HTTP {}", reply.status));
         }
         if reply.truncated {
-            return Err("the answer is larger than 64 KiB".into());
+            return Err(format!(
+                "the answer is larger than {} bytes",
+                touchpoint_outbound::MAX_RESPONSE_BYTES
+            ));
         }
         parse_options(&reply.body)
     }
