@@ -2,8 +2,10 @@
 # The whole test suite: formatting, lints with warnings denied, and every test of the workspace
 # (domain unit tests, the admin API through its Router, the SQLite store, end-to-end tests that
 # start the real binary, and the AWS adapters and Lambda handlers against a local moto server,
-# which this script installs, starts and stops), then the SAM template's checks and the
-# release build of the three Lambdas for x86_64.
+# which this script installs, starts and stops), then the SAM template's checks and a build of
+# the three Lambdas for x86_64 with cargo lambda (the unoptimized `lambda-check` profile: it
+# proves the cross-build in two minutes; `infra/bench.sh` builds the size-optimized deploy
+# profile and reports its sizes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,8 +39,8 @@ echo "== SAM template"
 PATH="$venv/bin:$PATH" AWS_DEFAULT_REGION=us-east-1 sam validate --lint --template-file template.yaml
 "$venv/bin/cfn-lint" template.yaml
 
-echo "== Lambda release build (cargo lambda, x86_64, size-optimized profile)"
-PATH="$venv/bin:$PATH" cargo lambda build --profile lambda --x86-64 --locked \
+echo "== Lambda build check (cargo lambda, x86_64, lambda-check profile)"
+PATH="$venv/bin:$PATH" cargo lambda build --profile lambda-check --x86-64 --locked \
   -p touchpoint-admin-api-lambda -p touchpoint-dispatcher-lambda -p touchpoint-receipt-poller-lambda
 for f in touchpoint-admin-api touchpoint-dispatcher touchpoint-receipt-poller; do
   printf '%-28s %s bytes\n' "$f" "$(stat -c %s "target/lambda/$f/bootstrap")"
