@@ -663,6 +663,32 @@ async fn hostile_sqs_messages_are_dead_lettered_or_failed_with_their_reason_neve
         record["body"] = json!(body);
         records.push(serde_json::from_value::<SqsMessage>(record).unwrap());
     }
+    // Submitted through the API, a dispatch reads as queued until the dispatcher opens it.
+    let (status, _) = aws
+        .api(
+            fixture("apigw-submit-dispatch.json"),
+            "POST",
+            "/v1/dispatches",
+            Some(dispatch_body("h-queued", &id, 1)),
+            "campaign",
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, queued) = aws
+        .api(
+            fixture("apigw-list-touchpoints.json"),
+            "GET",
+            "/v1/dispatches/h-queued",
+            None,
+            "campaign",
+        )
+        .await;
+    assert_eq!(
+        (status, queued["state"].as_str()),
+        (200, Some("queued")),
+        "{queued}"
+    );
+
     let response = lambda.handle(SqsEvent { records }).await;
     assert!(
         response.batch_item_failures.is_empty(),

@@ -55,7 +55,7 @@ async fn completed(service: &Service, id: &str, limit: Duration) -> Value {
                 None,
             )
             .await;
-        if status == 200 && d["state"] != "in_progress" {
+        if status == 200 && d["state"] != "in_progress" && d["state"] != "queued" {
             return d;
         }
         assert!(started.elapsed() < limit, "dispatch {id} not finished: {d}");

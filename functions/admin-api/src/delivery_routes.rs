@@ -75,10 +75,26 @@ pub async fn get_dispatch(
         .await
         .map_err(store)?;
     let Some(view) = view else {
-        // Submitted but not picked up yet?
-        return Err(ApiError::not_found(
-            "no such dispatch (a just-submitted one appears once the dispatcher takes it)",
-        ));
+        // Submitted but not opened by the dispatcher yet: the intake knows it.
+        let submitted = state
+            .intake
+            .submitted(who.project_id, &dispatch_id)
+            .await
+            .map_err(store)?
+            .ok_or_else(|| ApiError::not_found("no such dispatch"))?;
+        let state_name = if submitted.dead_letter_reason.is_some() {
+            "dead_lettered"
+        } else {
+            "queued"
+        };
+        return Ok(Json(json!({
+            "dispatchId": dispatch_id,
+            "projectId": who.project_id,
+            "state": state_name,
+            "rejected": submitted.dead_letter_reason,
+            "receivedAt": touchpoint::clock::rfc3339(submitted.received_at),
+            "batches": [],
+        })));
     };
     let batches = state
         .delivery

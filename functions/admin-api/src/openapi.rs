@@ -356,7 +356,7 @@ fn schemas() -> Value {
                 "gid": {"type": "integer"}, "attributes": {"type": "object"}}}}
         }},
         "DispatchAccepted": {"type": "object", "properties": {"dispatchId": {"type": "string"}, "status": {"enum": ["queued", "duplicate"]}}},
-        "DispatchState": {"type": "object", "properties": {"state": {"enum": ["in_progress", "completed", "rejected"]}, "counts": {"type": "object"}, "batches": {"type": "array"}}},
+        "DispatchState": {"type": "object", "properties": {"state": {"enum": ["queued", "dead_lettered", "in_progress", "completed", "rejected"]}, "counts": {"type": "object"}, "batches": {"type": "array"}}},
         "BatchState": {"type": "object", "properties": {"orderNo": {"type": "string"}, "state": {"enum": ["in_flight", "retry_wait", "accepted", "final"]}, "results": {"type": "array"}}},
         "EnumOptions": {"type": "object", "properties": {
             "identifier": {"type": "string"}, "source": {"enum": ["manual", "api"]}, "multiple": {"type": "boolean"},

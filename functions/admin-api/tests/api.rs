@@ -823,3 +823,31 @@ async fn enum_options_are_readable_by_admins_and_operators_of_an_authorized_spac
     let r = api.call(Method::GET, &path, Some(ADMIN_2), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_submitted_dispatch_reads_as_queued_until_the_dispatcher_opens_it() {
+    let api = Api::new();
+    let id = id_of(&api.create(coupon()).await);
+    let r = api
+        .call(Method::GET, "/v1/dispatches/d-q", Some(CAMPAIGN), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "not submitted yet");
+    let body = json!({"dispatchId": "d-q", "projectId": 1, "spaceId": "space-a", "campaignId": "c1",
+                      "touchpointId": id, "users": [{"gid": 1}]});
+    let r = api
+        .call(Method::POST, "/v1/dispatches", Some(CAMPAIGN), Some(body))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let r = api
+        .call(Method::GET, "/v1/dispatches/d-q", Some(CAMPAIGN), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["state"], "queued");
+    assert_eq!(r.body["dispatchId"], "d-q");
+    assert!(r.body["receivedAt"].as_str().unwrap().ends_with('Z'));
+    // Another project does not see it.
+    let r = api
+        .call(Method::GET, "/v1/dispatches/d-q", Some(CAMPAIGN_2), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}

@@ -1258,4 +1258,24 @@ impl DispatchIntake for DynamoDelivery {
         }
         Ok(true)
     }
+
+    async fn submitted(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Option<Submission>, StoreError> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(dispatch_pk(project, dispatch_id), "INTAKE")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        Ok(out.item.map(|item| Submission {
+            received_at: get_n(&item, "received_at").unwrap_or_default(),
+            dead_letter_reason: None,
+        }))
+    }
 }

@@ -945,6 +945,31 @@ impl DispatchIntake for SqliteStore {
     ) -> Result<bool, StoreError> {
         self.submit_dispatch(project, dispatch_id, body, now).await
     }
+
+    async fn submitted(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Option<Submission>, StoreError> {
+        let dispatch_id = dispatch_id.to_owned();
+        self.tx(move |tx| {
+            tx.query_row_cached(
+                "SELECT i.received_at, q.dead_reason FROM dispatch_intake i
+                 LEFT JOIN queue q ON q.project_id = i.project_id AND q.dispatch_id = i.dispatch_id AND q.dead = 1
+                 WHERE i.project_id = ?1 AND i.dispatch_id = ?2",
+                params![project, dispatch_id],
+                |r| {
+                    Ok(Submission {
+                        received_at: r.get(0)?,
+                        dead_letter_reason: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -153,3 +153,35 @@ async fn everything_survives_reopening_the_data_directory() {
         .unwrap();
     assert_eq!(page.len(), 1, "name search ignores ASCII case");
 }
+
+#[tokio::test]
+async fn the_intake_knows_a_dispatch_from_submission_to_dead_letter() {
+    use touchpoint::delivery::{DispatchIntake, Submission};
+    let store = SqliteStore::in_memory().unwrap();
+    assert_eq!(store.submitted(1, "d1").await.unwrap(), None);
+    assert!(store.submit(1, "d1", "{}".into(), 1_000).await.unwrap());
+    assert!(
+        !store.submit(1, "d1", "{}".into(), 2_000).await.unwrap(),
+        "once"
+    );
+    assert_eq!(
+        store.submitted(1, "d1").await.unwrap(),
+        Some(Submission {
+            received_at: 1_000,
+            dead_letter_reason: None
+        })
+    );
+    assert_eq!(store.submitted(2, "d1").await.unwrap(), None, "per project");
+    let message = store.receive(1_000, 60_000).await.unwrap().unwrap();
+    store.dead_letter(message.id, "not JSON").await.unwrap();
+    assert_eq!(
+        store
+            .submitted(1, "d1")
+            .await
+            .unwrap()
+            .unwrap()
+            .dead_letter_reason
+            .as_deref(),
+        Some("not JSON")
+    );
+}

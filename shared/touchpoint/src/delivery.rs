@@ -317,4 +317,19 @@ pub trait DispatchIntake: Send + Sync {
         body: String,
         now: Millis,
     ) -> Result<bool, StoreError>;
+
+    /// A submitted dispatch as the intake knows it (before the dispatcher opens it).
+    async fn submitted(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Option<Submission>, StoreError>;
+}
+
+/// What the intake recorded of a dispatch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    pub received_at: Millis,
+    /// Why the queue gave up on it without opening it, where the intake knows.
+    pub dead_letter_reason: Option<String>,
 }
