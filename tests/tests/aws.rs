@@ -30,6 +30,11 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The JSON request body a fixture event carries.
+fn fixture_body(name: &str) -> Value {
+    serde_json::from_str(fixture(name)["body"].as_str().unwrap()).unwrap()
+}
+
 async fn clients() -> Clients {
     let endpoint =
         std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: run through infra/test.sh");
@@ -227,10 +232,7 @@ impl Aws {
 }
 
 fn dispatch_body(id: &str, tp: &str, users: i64) -> Value {
-    let mut d = fixture("apigw-submit-dispatch.json")["body"]
-        .as_str()
-        .map(|b| serde_json::from_str::<Value>(b).unwrap())
-        .unwrap();
+    let mut d = fixture_body("apigw-submit-dispatch.json");
     d["dispatchId"] = json!(id);
     d["touchpointId"] = json!(tp);
     d["users"] = Value::Array(
@@ -246,10 +248,7 @@ fn dispatch_body(id: &str, tp: &str, users: i64) -> Value {
 async fn the_whole_flow_from_admin_to_results_on_aws() {
     let aws = Aws::new().await;
     let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
-    let mut tp = fixture("apigw-create-touchpoint.json")["body"]
-        .as_str()
-        .map(|b| serde_json::from_str::<Value>(b).unwrap())
-        .unwrap();
+    let mut tp = fixture_body("apigw-create-touchpoint.json");
     tp["url"] = json!(rx.url());
     tp["batchSize"] = json!(100);
     let id = aws.create(tp).await;
@@ -400,10 +399,7 @@ async fn an_async_touchpoint_is_scheduled_and_finished_by_the_poller() {
         }
     })
     .await;
-    let mut tp = fixture("apigw-create-touchpoint.json")["body"]
-        .as_str()
-        .map(|b| serde_json::from_str::<Value>(b).unwrap())
-        .unwrap();
+    let mut tp = fixture_body("apigw-create-touchpoint.json");
     tp["name"] = json!("异步券");
     tp["url"] = json!(rx.url());
     tp["batchSize"] = json!(10);
@@ -511,10 +507,7 @@ async fn transient_failures_are_redelivered_through_the_queue_and_requests_witho
         }
     })
     .await;
-    let mut tp = fixture("apigw-create-touchpoint.json")["body"]
-        .as_str()
-        .map(|b| serde_json::from_str::<Value>(b).unwrap())
-        .unwrap();
+    let mut tp = fixture_body("apigw-create-touchpoint.json");
     tp["url"] = json!(rx.url());
     let id = aws.create(tp).await;
     let mut record = fixture("sqs-dispatch.json")["Records"][0].clone();
@@ -562,10 +555,7 @@ async fn transient_failures_are_redelivered_through_the_queue_and_requests_witho
 async fn hostile_sqs_messages_are_dead_lettered_or_failed_with_their_reason_never_retried() {
     let aws = Aws::new().await;
     let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
-    let mut tp = fixture("apigw-create-touchpoint.json")["body"]
-        .as_str()
-        .map(|b| serde_json::from_str::<Value>(b).unwrap())
-        .unwrap();
+    let mut tp = fixture_body("apigw-create-touchpoint.json");
     tp["url"] = json!(rx.url());
     let id = aws.create(tp).await;
     let dlq = aws
@@ -992,10 +982,7 @@ async fn metered_dispatch(users: i64, batch: u32) -> Bill {
     let meter = Arc::new(Meter::default());
     let aws = Aws::with(metered_clients(&meter).await).await;
     let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
-    let mut tp = fixture("apigw-create-touchpoint.json")["body"]
-        .as_str()
-        .map(|b| serde_json::from_str::<Value>(b).unwrap())
-        .unwrap();
+    let mut tp = fixture_body("apigw-create-touchpoint.json");
     tp["url"] = json!(rx.url());
     tp["batchSize"] = json!(batch);
     // One request in flight: the counts do not depend on it, and moto fails concurrent
