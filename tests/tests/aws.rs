@@ -110,7 +110,15 @@ impl Aws {
         body: Option<Value>,
         role: &str,
     ) -> (u16, Value) {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
         event["rawPath"] = json!(path);
+        event["rawQueryString"] = json!(query);
+        let params: serde_json::Map<String, Value> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect();
+        event["queryStringParameters"] = Value::Object(params);
         event["requestContext"]["http"]["method"] = json!(method);
         event["requestContext"]["http"]["path"] = json!(path);
         event["requestContext"]["authorizer"]["jwt"]["claims"]["custom:role"] = json!(role);
@@ -373,6 +381,94 @@ async fn the_whole_flow_from_admin_to_results_on_aws() {
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(rx.requests(), 3);
     assert!(aws.results().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn statistics_by_hour_and_failure_reasons_on_aws() {
+    let aws = Aws::new().await;
+    let rx = Receiver::start(|seen, _| {
+        Reply::statuses(seen, |g| match g % 5 {
+            0 => ("TOU_FAIL", "number blocked"),
+            _ => ("TOU_SUCC", ""),
+        })
+    })
+    .await;
+    let mut tp = fixture_body("apigw-create-touchpoint.json");
+    tp["url"] = json!(rx.url());
+    tp["batchSize"] = json!(100);
+    let id = aws.create(tp).await;
+    let (status, _) = aws
+        .api(
+            fixture("apigw-submit-dispatch.json"),
+            "POST",
+            "/v1/dispatches",
+            Some(dispatch_body("trend-1", &id, 250)),
+            "campaign",
+        )
+        .await;
+    assert_eq!(status, 202);
+    let queue = aws.names.dispatch_queue_url.clone().unwrap();
+    let records = aws.drain(&queue).await;
+    let response = aws
+        .dispatcher
+        .handle(SqsEvent {
+            records: records.clone(),
+        })
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    aws.delete(&queue, &records).await;
+
+    for (path, role) in [
+        (format!("/v1/touchpoints/{id}/stats?hours=3"), "admin"),
+        ("/v1/campaigns/cmp-42/stats?hours=3".to_owned(), "campaign"),
+    ] {
+        let (status, stats) = aws
+            .api(
+                fixture("apigw-list-touchpoints.json"),
+                "GET",
+                &path,
+                None,
+                role,
+            )
+            .await;
+        assert_eq!(status, 200, "{stats}");
+        assert_eq!(
+            (stats["sent"].as_u64(), stats["failed"].as_u64()),
+            (Some(250), Some(50))
+        );
+        let series = stats["series"].as_array().unwrap();
+        assert_eq!(series.len(), 3, "every hour of the window, oldest first");
+        let sum = |f: &str| series.iter().map(|h| h[f].as_u64().unwrap()).sum::<u64>();
+        assert_eq!(
+            (sum("sent"), sum("succeeded"), sum("failed")),
+            (250, 200, 50),
+            "{stats}"
+        );
+        assert_eq!(stats["window"]["successRate"], 0.8);
+        assert_eq!(stats["failureReasons"][0]["reason"], "number blocked");
+        assert_eq!(stats["failureReasons"][0]["count"], 50);
+        let sample = stats["failureReasons"][0]["sampleOrderNo"]
+            .as_str()
+            .unwrap();
+        let (status, batch) = aws
+            .api(
+                fixture("apigw-list-touchpoints.json"),
+                "GET",
+                &format!("/v1/batches/{sample}"),
+                None,
+                "campaign",
+            )
+            .await;
+        assert_eq!(status, 200, "{batch}");
+        assert!(
+            batch["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["errorMsg"] == "number blocked")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

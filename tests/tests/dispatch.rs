@@ -575,3 +575,96 @@ async fn a_touchpoint_can_set_its_own_concurrency_and_timeout() {
         b.results[0]
     );
 }
+
+#[tokio::test]
+async fn statistics_keep_hour_counters_and_the_most_frequent_failure_reasons() {
+    let rx = Receiver::start(|seen, _| {
+        Reply::statuses(seen, |gid| match gid % 10 {
+            0 | 5 => ("TOU_FAIL", "number blocked"),
+            1 => ("TOU_FAIL", "quota exceeded"),
+            _ => ("TOU_SUCC", ""),
+        })
+    })
+    .await;
+    let rig = Rig::new(config("50ms", 2_000));
+    let tp = rig.touchpoint("sms", &rx.url(), 100).await;
+    let now = touchpoint::clock::Clock::now_ms(&touchpoint::clock::SystemClock);
+    let (from, to) = (
+        touchpoint::delivery::hour_of(now) - touchpoint::delivery::HOUR_MS,
+        touchpoint::delivery::hour_of(now) + 2 * touchpoint::delivery::HOUR_MS,
+    );
+    assert_eq!(
+        rig.deliver(&dispatch("d1", &tp, 1_000)).await,
+        Handled::Done
+    );
+
+    for (scope, key) in [
+        (StatsScope::Touchpoint, tp.as_str()),
+        (StatsScope::Campaign, "cmp-42"),
+    ] {
+        let series = rig
+            .store
+            .stats_series(1, scope, key, from, to)
+            .await
+            .unwrap();
+        let sum =
+            |f: fn(&touchpoint::delivery::HourStats) -> u64| series.iter().map(f).sum::<u64>();
+        assert_eq!(
+            (sum(|h| h.sent), sum(|h| h.succeeded), sum(|h| h.failed)),
+            (1_000, 700, 300),
+            "{scope:?}: {series:?}"
+        );
+        assert!(
+            series
+                .iter()
+                .all(|h| h.hour % touchpoint::delivery::HOUR_MS == 0)
+        );
+        let order = series
+            .iter()
+            .rev()
+            .find_map(|h| h.last_order_no.clone())
+            .expect("an hour names a batch");
+        let batch = rig
+            .store
+            .batch(1, &order)
+            .await
+            .unwrap()
+            .expect("drill-down finds the batch");
+        assert_eq!(batch.results.len(), 100);
+
+        let reasons = rig
+            .store
+            .failure_reasons(1, scope, key, from, to, 10)
+            .await
+            .unwrap();
+        let listed: Vec<(&str, u64)> = reasons
+            .iter()
+            .map(|r| (r.reason.as_str(), r.count))
+            .collect();
+        assert_eq!(listed, [("number blocked", 200), ("quota exceeded", 100)]);
+        let sample = reasons[1].sample_order_no.clone().expect("a sample batch");
+        let batch = rig.store.batch(1, &sample).await.unwrap().unwrap();
+        assert!(
+            batch
+                .results
+                .iter()
+                .any(|r| r.status.reason() == "quota exceeded")
+        );
+        // Hours outside the window are not counted.
+        assert!(
+            rig.store
+                .stats_series(1, scope, key, to, to + touchpoint::delivery::HOUR_MS)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            rig.store
+                .failure_reasons(1, scope, key, from, to, 1)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}

@@ -146,10 +146,34 @@ async fn a_dispatch_posted_over_http_reaches_every_user_and_is_reported() {
     let (_, stats) = service
         .call(Method::GET, "/v1/campaigns/cmp-42/stats", CAMPAIGN, None)
         .await;
+    let totals = ["campaignId", "sent", "succeeded", "failed", "pending"].map(|k| stats[k].clone());
     assert_eq!(
-        stats,
-        json!({"campaignId": "cmp-42", "sent": 1000, "succeeded": 1000, "failed": 0, "pending": 0})
+        totals,
+        [
+            json!("cmp-42"),
+            json!(1000),
+            json!(1000),
+            json!(0),
+            json!(0)
+        ]
     );
+    // The last 24 hours, hour by hour, end with the current hour.
+    let series = stats["series"].as_array().unwrap();
+    assert_eq!(series.len(), 24);
+    let sent: u64 = series.iter().map(|h| h["sent"].as_u64().unwrap()).sum();
+    assert_eq!(sent, 1000);
+    assert_eq!(stats["window"]["successRate"], 1.0);
+    assert_eq!(stats["failureReasons"], json!([]));
+    let (status, bad) = service
+        .call(
+            Method::GET,
+            "/v1/campaigns/cmp-42/stats?hours=169",
+            CAMPAIGN,
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    assert_eq!(bad["error"]["details"][0]["path"], "hours");
     let (_, by_tp) = service
         .call(
             Method::GET,

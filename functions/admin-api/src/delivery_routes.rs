@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use touchpoint::delivery::{BatchState, StatsScope};
+use touchpoint::delivery::{BatchState, HOUR_MS, HourStats, StatsScope, hour_of};
 use touchpoint::dispatch::{
     Dispatch, DispatchUser, dynamic_data, read_dispatch, render_for_user, resolve_template,
 };
@@ -15,7 +15,7 @@ use touchpoint::protocol::UserData;
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, PathParams};
+use crate::extract::{JsonBody, PathParams, QueryParams};
 
 const CAMPAIGN_SYSTEM: &[&str] = &["admin", "campaign"];
 /// Most users one test send may carry.
@@ -190,27 +190,113 @@ pub async fn get_batch(
     })))
 }
 
-async fn counters(
+/// `?hours=` of the statistics routes: how far back the series and the failure reasons go.
+#[derive(serde::Deserialize)]
+pub struct StatsQuery {
+    hours: Option<String>,
+}
+
+/// Longest statistics window: one week of hours.
+const MAX_STATS_HOURS: i64 = 168;
+/// Failure reasons listed at most.
+const TOP_REASONS: usize = 10;
+
+/// Totals, plus the last `hours` hour by hour (every hour, zeros included, oldest first), the
+/// window's success rate and its most frequent failure reasons.
+async fn statistics(
     state: &AppState,
     project: i64,
     scope: StatsScope,
     key: &str,
+    query: StatsQuery,
 ) -> Result<Value, ApiError> {
+    let hours = match query.hours.as_deref() {
+        None => 24,
+        Some(h) => h
+            .parse::<i64>()
+            .ok()
+            .filter(|h| (1..=MAX_STATS_HOURS).contains(h))
+            .ok_or_else(|| {
+                ApiError::validation(vec![touchpoint::FieldError::new(
+                    "hours",
+                    format!("must be a whole number of hours from 1 to {MAX_STATS_HOURS}"),
+                )])
+            })?,
+    };
+    let store = |e| ApiError::from(touchpoint::DomainError::from(e));
     let c = state
         .delivery
         .stats(project, scope, key)
         .await
-        .map_err(|e| ApiError::from(touchpoint::DomainError::from(e)))?;
-    Ok(json!({"sent": c.sent, "succeeded": c.succeeded, "failed": c.failed, "pending": c.pending}))
+        .map_err(store)?;
+    let to = hour_of(state.clock.now_ms()) + HOUR_MS;
+    let from = to - hours * HOUR_MS;
+    let recorded = state
+        .delivery
+        .stats_series(project, scope, key, from, to)
+        .await
+        .map_err(store)?;
+    let reasons = state
+        .delivery
+        .failure_reasons(project, scope, key, from, to, TOP_REASONS)
+        .await
+        .map_err(store)?;
+    let mut recorded = recorded.into_iter().peekable();
+    let mut series = Vec::with_capacity(hours as usize);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for i in 0..hours {
+        let hour = from + i * HOUR_MS;
+        while recorded.peek().is_some_and(|r| r.hour < hour) {
+            recorded.next();
+        }
+        let row = match recorded.peek() {
+            Some(r) if r.hour == hour => recorded.next().unwrap_or_default(),
+            _ => HourStats {
+                hour,
+                ..HourStats::default()
+            },
+        };
+        ok += row.succeeded;
+        failed += row.failed;
+        series.push(json!({
+            "hour": touchpoint::clock::rfc3339(hour),
+            "sent": row.sent,
+            "succeeded": row.succeeded,
+            "failed": row.failed,
+            "lastOrderNo": row.last_order_no,
+        }));
+    }
+    let rate = (ok + failed > 0).then(|| ok as f64 / (ok + failed) as f64);
+    Ok(json!({
+        "sent": c.sent, "succeeded": c.succeeded, "failed": c.failed, "pending": c.pending,
+        "window": {
+            "hours": hours,
+            "from": touchpoint::clock::rfc3339(from),
+            "to": touchpoint::clock::rfc3339(to),
+            "succeeded": ok,
+            "failed": failed,
+            "successRate": rate,
+        },
+        "series": series,
+        "failureReasons": reasons,
+    }))
 }
 
 pub async fn campaign_stats(
     State(state): State<AppState>,
     who: Principal,
     PathParams(campaign_id): PathParams<String>,
+    QueryParams(query): QueryParams<StatsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     who.require(CAMPAIGN_SYSTEM)?;
-    let mut body = counters(&state, who.project_id, StatsScope::Campaign, &campaign_id).await?;
+    let mut body = statistics(
+        &state,
+        who.project_id,
+        StatsScope::Campaign,
+        &campaign_id,
+        query,
+    )
+    .await?;
     body["campaignId"] = json!(campaign_id);
     Ok(Json(body))
 }
@@ -219,10 +305,11 @@ pub async fn touchpoint_stats(
     State(state): State<AppState>,
     who: Principal,
     PathParams(id): PathParams<String>,
+    QueryParams(query): QueryParams<StatsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     who.require(&["admin"])?;
     state.touchpoints.get(who.project_id, &id).await?;
-    let mut body = counters(&state, who.project_id, StatsScope::Touchpoint, &id).await?;
+    let mut body = statistics(&state, who.project_id, StatsScope::Touchpoint, &id, query).await?;
     body["touchpointId"] = json!(id);
     Ok(Json(body))
 }

@@ -168,11 +168,11 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "get",
         "/v1/touchpoints/{id}/stats",
-        "Users sent, succeeded, failed and pending through the touchpoint",
+        "Users sent, succeeded, failed and pending through the touchpoint; the last `hours` hour by hour and their most frequent failure reasons",
         "admin",
         None,
         200,
-        Some("Counters"),
+        Some("Statistics"),
     ),
     op(
         "get",
@@ -213,11 +213,11 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "get",
         "/v1/campaigns/{campaignId}/stats",
-        "Users sent, succeeded, failed and pending for a campaign",
+        "Users sent, succeeded, failed and pending for a campaign; the last `hours` hour by hour and their most frequent failure reasons",
         "campaign, admin",
         None,
         200,
-        Some("Counters"),
+        Some("Statistics"),
     ),
     op(
         "get",
@@ -365,7 +365,15 @@ fn schemas() -> Value {
             "stale": {"type": "boolean", "description": "the latest refresh failed; this is the last good list"},
             "truncated": {"type": "boolean", "description": "the API offered more than 100 options"},
             "fetchedAt": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]}}},
-        "Counters": {"type": "object", "properties": {"sent": {"type": "integer"}, "succeeded": {"type": "integer"}, "failed": {"type": "integer"}, "pending": {"type": "integer"}}},
+        "Statistics": {"type": "object", "properties": {
+            "sent": {"type": "integer"}, "succeeded": {"type": "integer"}, "failed": {"type": "integer"}, "pending": {"type": "integer"},
+            "window": {"type": "object", "properties": {"hours": {"type": "integer"}, "from": {"type": "string", "format": "date-time"}, "to": {"type": "string", "format": "date-time"},
+                "succeeded": {"type": "integer"}, "failed": {"type": "integer"}, "successRate": {"type": ["number", "null"], "description": "succeeded / (succeeded + failed) in the window"}}},
+            "series": {"type": "array", "description": "every hour of the window, oldest first: users sent in it and users that became final in it", "items": {"type": "object", "properties": {
+                "hour": {"type": "string", "format": "date-time"}, "sent": {"type": "integer"}, "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
+                "lastOrderNo": {"type": ["string", "null"], "description": "a batch settled in the hour"}}}},
+            "failureReasons": {"type": "array", "maxItems": 10, "description": "most frequent first; each settled batch adds its 5 most frequent reasons, cut to 120 characters", "items": {"type": "object", "properties": {
+                "reason": {"type": "string"}, "count": {"type": "integer"}, "sampleOrderNo": {"type": ["string", "null"], "description": "a batch with users that failed for this reason"}}}}}},
         "TestSendInput": {"type": "object", "required": ["users"], "properties": {
             "users": {"type": "array", "minItems": 1, "maxItems": 10, "items": {"type": "object", "properties": {"gid": {"type": "integer"}, "attributes": {"type": "object"}}}},
             "templateValues": {"type": "object"}}},
@@ -396,6 +404,9 @@ fn parameters(path: &str) -> Vec<Value> {
                 json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}),
             );
         }
+    }
+    if path.ends_with("/stats") {
+        out.push(json!({"name": "hours", "in": "query", "description": "the window of the series and failure reasons", "schema": {"type": "integer", "minimum": 1, "maximum": 168, "default": 24}}));
     }
     if path == "/v1/touchpoints" {
         out.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 20}}));

@@ -7,12 +7,16 @@
 //! | dispatch | `P#{project}#D#{dispatchId}` | `META` |
 //! | batch (ledger) | `P#{project}#O#{orderNo}` | `B` |
 //! | statistics shard | `P#{project}#ST#{scope}#{key}` | `{0..15}` |
+//! | hour counters shard | `P#{project}#TR#{scope}#{key}#{day}` | `H#{hour}#{0..15}` |
+//! | failure-reason tally shard | `P#{project}#TR#{scope}#{key}#{day}` | `R#{hour}#{0..15}#{reason}` |
 //!
 //! Batches are their own partitions (the `orderNo` is random-looking), so no key is hot; a
 //! dispatch's batches are found again by recomputing their `orderNo`s. Accepted async batches
 //! carry `due_tp` and `next_poll_at`, the keys of the sparse `due` index the poller queries.
 //! Statistics are sharded counters moved once per settled batch, in the same transaction as
-//! the batch's record. Newly final results wait in the batch's `outbox` until they are on the
+//! the batch's record, together with the hour counters and the settlement's most frequent
+//! failure reasons (one day per partition, 13-digit hour starts in milliseconds, so a day's
+//! hours are one key range). Newly final results wait in the batch's `outbox` until they are on the
 //! results queue (FIFO, de-duplicated by `orderNo` and settlement), then leave it.
 
 use std::collections::HashMap;
@@ -57,6 +61,12 @@ fn batch_pk(project: ProjectId, order: &str) -> String {
 fn stats_pk(project: ProjectId, scope: &str, key: &str) -> String {
     format!("P#{project}#ST#{scope}#{key}")
 }
+
+fn trend_pk(project: ProjectId, scope: &str, key: &str, day: i64) -> String {
+    format!("P#{project}#TR#{scope}#{key}#{day}")
+}
+
+const DAY_MS: Millis = 86_400_000;
 
 fn due_key(project: ProjectId, touchpoint: &str) -> String {
     format!("P#{project}#TP#{touchpoint}")
@@ -263,18 +273,140 @@ impl DynamoDelivery {
             .build())
     }
 
-    /// The two counter updates (campaign, touchpoint) of one settlement, on the shard its
-    /// `orderNo` picks.
+    /// The counter updates of one settlement for the campaign and the touchpoint, on the
+    /// shard its `orderNo` picks: totals, the hour's counters (naming `drill`, the batch, for
+    /// drill-down) and the failure-reason tallies.
     fn stats_updates(
         &self,
         owner: &Owner<'_>,
         delta: Delta,
+        drill: Option<&str>,
+        reasons: &[(String, u64)],
         now: Millis,
-    ) -> Result<[TransactWriteItem; 2], StoreError> {
-        Ok([
-            self.stats_update("campaign", owner.campaign, owner, delta, now)?,
-            self.stats_update("touchpoint", owner.touchpoint, owner, delta, now)?,
-        ])
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let hour = touchpoint::delivery::hour_of(now);
+        let day = hour.div_euclid(DAY_MS);
+        let shard = shard_of(owner.order);
+        let mut items = Vec::with_capacity(4 + 2 * reasons.len());
+        for (scope, key_) in [
+            ("campaign", owner.campaign),
+            ("touchpoint", owner.touchpoint),
+        ] {
+            items.push(self.stats_update(scope, key_, owner, delta, now)?);
+            let pk = trend_pk(owner.project, scope, key_, day);
+            let mut hourly = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(crate::item::key(
+                    pk.clone(),
+                    format!("H#{hour:013}#{shard:02}"),
+                )))
+                .expression_attribute_values(":sent", n(delta.sent))
+                .expression_attribute_values(":ok", n(delta.ok))
+                .expression_attribute_values(":failed", n(delta.failed))
+                .expression_attribute_values(":exp", self.expires_at(now));
+            hourly = match drill {
+                Some(order) => hourly
+                    .update_expression(
+                        "ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp, last_order = :order",
+                    )
+                    .expression_attribute_values(":order", s(order)),
+                None => hourly.update_expression(
+                    "ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp",
+                ),
+            };
+            items.push(
+                TransactWriteItem::builder()
+                    .update(hourly.build().map_err(build_err)?)
+                    .build(),
+            );
+            for (reason, count) in reasons {
+                let mut tally = Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(crate::item::key(
+                        pk.clone(),
+                        format!("R#{hour:013}#{shard:02}#{reason}"),
+                    )))
+                    .expression_attribute_values(":n", n(count))
+                    .expression_attribute_values(":reason", s(reason))
+                    .expression_attribute_values(":exp", self.expires_at(now));
+                tally = match drill {
+                    Some(order) => tally
+                        .update_expression(
+                            "ADD #count :n SET reason = :reason, expires_at = :exp, sample_order = :order",
+                        )
+                        .expression_attribute_values(":order", s(order)),
+                    None => tally.update_expression(
+                        "ADD #count :n SET reason = :reason, expires_at = :exp",
+                    ),
+                };
+                items.push(
+                    TransactWriteItem::builder()
+                        .update(
+                            tally
+                                .expression_attribute_names("#count", "count")
+                                .build()
+                                .map_err(build_err)?,
+                        )
+                        .build(),
+                );
+            }
+        }
+        Ok(items)
+    }
+
+    /// Every item of one trend partition whose sort key lies in `[lower, upper)`.
+    async fn trend_items(
+        &self,
+        pk: String,
+        lower: String,
+        upper: String,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                .expression_attribute_values(":pk", s(&pk))
+                .expression_attribute_values(":lo", s(&lower))
+                .expression_attribute_values(":hi", s(&upper))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(aws_err)?;
+            items.extend(page.items().iter().cloned());
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// The items of `kind` (`H` or `R`) for hours in `[from, to)`, day partition by day partition.
+    async fn trend_range(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key_: &str,
+        kind: char,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        if to <= from {
+            return Ok(items);
+        }
+        let (from, to) = (from.max(0), to.max(0));
+        for day in from.div_euclid(DAY_MS)..=(to - 1).div_euclid(DAY_MS) {
+            let pk = trend_pk(project, scope.as_str(), key_, day);
+            // "#" sorts before every digit, "~" after every character a key here holds.
+            let lower = format!("{kind}#{:013}#", from.max(day * DAY_MS));
+            let upper = format!("{kind}#{:013}#", to.min((day + 1) * DAY_MS));
+            items.extend(self.trend_items(pk, lower, upper).await?);
+        }
+        Ok(items)
     }
 
     async fn get_batch(&self, project: ProjectId, order: &str) -> Result<Option<Item>, StoreError> {
@@ -444,8 +576,8 @@ impl DeliveryStore for DynamoDelivery {
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(build_err)?;
-        // The users count as sent on the first shard; later batches spread over all shards.
-        let [campaign, touchpoint] = self.stats_updates(
+        // The users count as sent on the shard the dispatch id picks; batches spread over all.
+        let counters = self.stats_updates(
             &Owner {
                 project: meta.project_id,
                 campaign: &meta.campaign_id,
@@ -457,14 +589,18 @@ impl DeliveryStore for DynamoDelivery {
                 ok: 0,
                 failed: 0,
             },
+            None,
+            &[],
             now,
         )?;
         let result = self
             .ddb
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .transact_items(campaign)
-            .transact_items(touchpoint)
+            .set_transact_items(Some(
+                std::iter::once(TransactWriteItem::builder().put(put).build())
+                    .chain(counters)
+                    .collect(),
+            ))
             .send()
             .await;
         match result {
@@ -519,7 +655,7 @@ impl DeliveryStore for DynamoDelivery {
             batch.insert(k.into(), v);
         }
         let n_users = gids.len() as i64;
-        let [campaign, touchpoint] = self.stats_updates(
+        let counters = self.stats_updates(
             &Owner {
                 project: meta.project_id,
                 campaign: &meta.campaign_id,
@@ -531,36 +667,35 @@ impl DeliveryStore for DynamoDelivery {
                 ok: 0,
                 failed: n_users,
             },
+            Some(&order),
+            &tally_reasons(&results),
             now,
         )?;
+        let head = [
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(item))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(batch))
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+        ];
         let result = self
             .ddb
             .transact_write_items()
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(item))
-                            .condition_expression("attribute_not_exists(pk)")
-                            .build()
-                            .map_err(build_err)?,
-                    )
-                    .build(),
-            )
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(batch))
-                            .build()
-                            .map_err(build_err)?,
-                    )
-                    .build(),
-            )
-            .transact_items(campaign)
-            .transact_items(touchpoint)
+            .set_transact_items(Some(head.into_iter().chain(counters).collect()))
             .send()
             .await;
         match result {
@@ -816,6 +951,8 @@ impl DeliveryStore for DynamoDelivery {
                     ok,
                     failed,
                 },
+                Some(order),
+                &tally_reasons(settled),
                 record.at,
             )? {
                 tx = tx.transact_items(t);
@@ -973,6 +1110,53 @@ impl DeliveryStore for DynamoDelivery {
         }
         c.pending = c.sent.saturating_sub(c.succeeded + c.failed);
         Ok(c)
+    }
+
+    async fn stats_series(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key_: &str,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<HourStats>, StoreError> {
+        let items = self
+            .trend_range(project, scope, key_, 'H', from, to)
+            .await?;
+        Ok(merge_hours(items.iter().filter_map(|item| {
+            let sk = get_s(item, "sk")?;
+            Some(HourStats {
+                hour: sk.get(2..15)?.parse().ok()?,
+                sent: get_n(item, "sent").unwrap_or_default(),
+                succeeded: get_n(item, "succeeded").unwrap_or_default(),
+                failed: get_n(item, "failed").unwrap_or_default(),
+                last_order_no: get_s(item, "last_order"),
+            })
+        })))
+    }
+
+    async fn failure_reasons(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key_: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> Result<Vec<ReasonCount>, StoreError> {
+        let items = self
+            .trend_range(project, scope, key_, 'R', from, to)
+            .await?;
+        Ok(merge_reasons(
+            items.iter().filter_map(|item| {
+                Some(ReasonCount {
+                    reason: get_s(item, "reason")?,
+                    count: get_n(item, "count").unwrap_or_default(),
+                    sample_order_no: get_s(item, "sample_order"),
+                })
+            }),
+            limit,
+        ))
     }
 
     async fn due_polls(
@@ -1162,6 +1346,8 @@ impl DeliveryStore for DynamoDelivery {
                     ok: s_ok,
                     failed: s_failed,
                 },
+                Some(order),
+                &tally_reasons(&settled),
                 record.at,
             )? {
                 tx = tx.transact_items(t);

@@ -23,35 +23,115 @@ fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::backend(e)
 }
 
+/// What one write adds to a dispatch's statistics.
+struct Tally<'a> {
+    sent: i64,
+    succeeded: i64,
+    failed: i64,
+    /// The batch, for drill-down from the hour and reason tallies.
+    order_no: Option<&'a str>,
+    /// Failure reasons with counts ([`touchpoint::delivery::tally_reasons`]).
+    reasons: Vec<(String, u64)>,
+}
+
+impl<'a> Tally<'a> {
+    fn sent(n: i64) -> Tally<'a> {
+        Tally {
+            sent: n,
+            succeeded: 0,
+            failed: 0,
+            order_no: None,
+            reasons: Vec::new(),
+        }
+    }
+
+    fn settled(order_no: &'a str, results: &[UserResult]) -> Tally<'a> {
+        let (succeeded, failed) = counts(results);
+        Tally {
+            sent: 0,
+            succeeded,
+            failed,
+            order_no: Some(order_no),
+            reasons: touchpoint::delivery::tally_reasons(results),
+        }
+    }
+}
+
+/// Moves the campaign's and the touchpoint's totals, their counters for the hour `at` falls
+/// in, and their failure-reason tallies, all in the caller's transaction.
 fn bump_stats(
     tx: &Transaction<'_>,
     project: ProjectId,
     campaign: &str,
     touchpoint: &str,
-    sent: i64,
-    succeeded: i64,
-    failed: i64,
+    tally: &Tally<'_>,
+    at: Millis,
 ) -> Result<(), StoreError> {
-    let mut stmt = tx
+    if tally.sent == 0 && tally.succeeded == 0 && tally.failed == 0 {
+        return Ok(());
+    }
+    let hour = touchpoint::delivery::hour_of(at);
+    let mut total = tx
         .prepare_cached(
             "INSERT INTO stats (project_id, scope, key, sent, succeeded, failed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (project_id, scope, key) DO UPDATE SET
                sent = sent + excluded.sent, succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed",
         )
         .map_err(backend)?;
-    stmt.execute(params![
-        project, "campaign", campaign, sent, succeeded, failed
-    ])
-    .map_err(backend)?;
-    stmt.execute(params![
-        project,
-        "touchpoint",
-        touchpoint,
-        sent,
-        succeeded,
-        failed
-    ])
-    .map_err(backend)?;
+    let mut hourly = tx
+        .prepare_cached(
+            "INSERT INTO stats_hourly (project_id, scope, key, hour, sent, succeeded, failed, last_order)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (project_id, scope, key, hour) DO UPDATE SET
+               sent = sent + excluded.sent, succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed,
+               last_order = coalesce(excluded.last_order, last_order)",
+        )
+        .map_err(backend)?;
+    let mut reasons = tx
+        .prepare_cached(
+            "INSERT INTO stats_reasons (project_id, scope, key, hour, reason, count, sample_order)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (project_id, scope, key, hour, reason) DO UPDATE SET
+               count = count + excluded.count, sample_order = excluded.sample_order",
+        )
+        .map_err(backend)?;
+    for (scope, key) in [("campaign", campaign), ("touchpoint", touchpoint)] {
+        total
+            .execute(params![
+                project,
+                scope,
+                key,
+                tally.sent,
+                tally.succeeded,
+                tally.failed
+            ])
+            .map_err(backend)?;
+        hourly
+            .execute(params![
+                project,
+                scope,
+                key,
+                hour,
+                tally.sent,
+                tally.succeeded,
+                tally.failed,
+                tally.order_no
+            ])
+            .map_err(backend)?;
+        for (reason, count) in &tally.reasons {
+            reasons
+                .execute(params![
+                    project,
+                    scope,
+                    key,
+                    hour,
+                    reason,
+                    *count as i64,
+                    tally.order_no
+                ])
+                .map_err(backend)?;
+        }
+    }
     Ok(())
 }
 
@@ -173,9 +253,8 @@ impl DeliveryStore for SqliteStore {
                     meta.project_id,
                     &meta.campaign_id,
                     &meta.touchpoint_id,
-                    i64::from(users),
-                    0,
-                    0,
+                    &Tally::sent(i64::from(users)),
+                    now,
                 )?;
                 writes.fetch_add(1, Ordering::Relaxed);
             }
@@ -222,8 +301,10 @@ impl DeliveryStore for SqliteStore {
             )
             .map_err(backend)?;
             enqueue_results(tx, &order_no(meta.project_id, &meta.dispatch_id, usize::MAX), &results, now)?;
-            let n = gids.len() as i64;
-            bump_stats(tx, meta.project_id, &meta.campaign_id, &meta.touchpoint_id, n, 0, n)
+            let order = order_no(meta.project_id, &meta.dispatch_id, usize::MAX);
+            let mut tally = Tally::settled(&order, &results);
+            tally.sent = gids.len() as i64;
+            bump_stats(tx, meta.project_id, &meta.campaign_id, &meta.touchpoint_id, &tally, now)
         })
         .await?;
         self.notify_results();
@@ -349,7 +430,7 @@ impl DeliveryStore for SqliteStore {
                         .map_err(backend)?;
                     // Already settled (a duplicate record): count and publish nothing twice.
                     if let Some((project, campaign, touchpoint)) = owner {
-                        bump_stats(tx, project, &campaign, &touchpoint, 0, ok, failed)?;
+                        bump_stats(tx, project, &campaign, &touchpoint, &Tally::settled(&record.order_no, results), record.at)?;
                         enqueue_results(tx, &record.order_no, results, record.at)?;
                     }
                     Ok(())
@@ -384,7 +465,7 @@ impl DeliveryStore for SqliteStore {
                         .optional()
                         .map_err(backend)?;
                     if let Some((project, campaign, touchpoint)) = owner {
-                        bump_stats(tx, project, &campaign, &touchpoint, 0, ok, failed)?;
+                        bump_stats(tx, project, &campaign, &touchpoint, &Tally::settled(&record.order_no, results), record.at)?;
                         enqueue_results(tx, &record.order_no, results, record.at)?;
                     }
                     Ok(())
@@ -530,8 +611,7 @@ impl DeliveryStore for SqliteStore {
                 ],
             )
             .map_err(backend)?;
-            let (s_ok, s_failed) = counts(&settled);
-            bump_stats(tx, project, &campaign, &touchpoint, 0, s_ok, s_failed)?;
+            bump_stats(tx, project, &campaign, &touchpoint, &Tally::settled(&record.order_no, &settled), record.at)?;
             enqueue_results(tx, &record.order_no, &settled, record.at)
         })
         .await?;
@@ -663,6 +743,74 @@ impl DeliveryStore for SqliteStore {
                 .map_err(backend)?;
             let (sent, succeeded, failed) = row.unwrap_or_default();
             Ok(Counters { sent, succeeded, failed, pending: sent.saturating_sub(succeeded + failed) })
+        })
+        .await
+    }
+
+    async fn stats_series(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key: &str,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<HourStats>, StoreError> {
+        let key = key.to_owned();
+        self.tx(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT hour, sent, succeeded, failed, last_order FROM stats_hourly
+                     WHERE project_id = ?1 AND scope = ?2 AND key = ?3 AND hour >= ?4 AND hour < ?5
+                     ORDER BY hour",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![project, scope.as_str(), key, from, to], |r| {
+                    Ok(HourStats {
+                        hour: r.get(0)?,
+                        sent: r.get(1)?,
+                        succeeded: r.get(2)?,
+                        failed: r.get(3)?,
+                        last_order_no: r.get(4)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn failure_reasons(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> Result<Vec<ReasonCount>, StoreError> {
+        let key = key.to_owned();
+        self.tx(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT reason, sum(count) AS n, max(sample_order) FROM stats_reasons
+                     WHERE project_id = ?1 AND scope = ?2 AND key = ?3 AND hour >= ?4 AND hour < ?5
+                     GROUP BY reason ORDER BY n DESC, reason LIMIT ?6",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![project, scope.as_str(), key, from, to, limit as i64],
+                    |r| {
+                        Ok(ReasonCount {
+                            reason: r.get(0)?,
+                            count: r.get(1)?,
+                            sample_order_no: r.get(2)?,
+                        })
+                    },
+                )
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await
     }

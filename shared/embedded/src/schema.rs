@@ -127,6 +127,28 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
     // 4: the publisher reads the last published offset on every round; index it.
     "CREATE INDEX outbox_published ON outbox (published_offset) WHERE published_offset IS NOT NULL;",
+    // 5: hour-by-hour counters and failure-reason tallies for the console's delivery view.
+    "CREATE TABLE stats_hourly (
+         project_id INTEGER NOT NULL,
+         scope      TEXT    NOT NULL,
+         key        TEXT    NOT NULL,
+         hour       INTEGER NOT NULL,
+         sent       INTEGER NOT NULL,
+         succeeded  INTEGER NOT NULL,
+         failed     INTEGER NOT NULL,
+         last_order TEXT,
+         PRIMARY KEY (project_id, scope, key, hour)
+     ) WITHOUT ROWID;
+     CREATE TABLE stats_reasons (
+         project_id   INTEGER NOT NULL,
+         scope        TEXT    NOT NULL,
+         key          TEXT    NOT NULL,
+         hour         INTEGER NOT NULL,
+         reason       TEXT    NOT NULL,
+         count        INTEGER NOT NULL,
+         sample_order TEXT,
+         PRIMARY KEY (project_id, scope, key, hour, reason)
+     ) WITHOUT ROWID;",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

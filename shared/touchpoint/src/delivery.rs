@@ -206,6 +206,109 @@ pub enum StatsScope {
     Touchpoint,
 }
 
+impl StatsScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatsScope::Campaign => "campaign",
+            StatsScope::Touchpoint => "touchpoint",
+        }
+    }
+}
+
+/// One hour of a scope's activity: users sent in the hour, users that became final in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HourStats {
+    /// The hour's start (UTC, milliseconds).
+    pub hour: Millis,
+    pub sent: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// A batch that moved these counters last, for drill-down.
+    pub last_order_no: Option<String>,
+}
+
+/// How often one failure reason was recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasonCount {
+    pub reason: String,
+    pub count: u64,
+    /// A batch with users that failed for this reason, for drill-down.
+    pub sample_order_no: Option<String>,
+}
+
+/// One hour in milliseconds.
+pub const HOUR_MS: Millis = 3_600_000;
+/// Failure reasons are tallied cut to this many characters.
+pub const REASON_CHARS: usize = 120;
+/// How many distinct reasons one settlement adds to the tallies (its most frequent).
+pub const REASONS_PER_SETTLEMENT: usize = 5;
+
+/// The start of the hour `at` falls in.
+pub fn hour_of(at: Millis) -> Millis {
+    at.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+/// The failure reasons among `results` with their counts, most frequent first (ties in text
+/// order), each cut to [`REASON_CHARS`] characters, at most [`REASONS_PER_SETTLEMENT`].
+pub fn tally_reasons(results: &[UserResult]) -> Vec<(String, u64)> {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for r in results {
+        if let UserStatus::Failed { reason } = &r.status {
+            let cut: String = reason.chars().take(REASON_CHARS).collect();
+            *counts.entry(cut).or_default() += 1;
+        }
+    }
+    let mut list: Vec<(String, u64)> = counts.into_iter().collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    list.truncate(REASONS_PER_SETTLEMENT);
+    list
+}
+
+/// Adds hour rows with equal `hour` together (shards of one hour) and sorts by hour.
+pub fn merge_hours(rows: impl IntoIterator<Item = HourStats>) -> Vec<HourStats> {
+    let mut by_hour: std::collections::BTreeMap<Millis, HourStats> = Default::default();
+    for row in rows {
+        let slot = by_hour.entry(row.hour).or_insert_with(|| HourStats {
+            hour: row.hour,
+            ..HourStats::default()
+        });
+        slot.sent += row.sent;
+        slot.succeeded += row.succeeded;
+        slot.failed += row.failed;
+        if row.last_order_no.is_some() {
+            slot.last_order_no = row.last_order_no;
+        }
+    }
+    by_hour.into_values().collect()
+}
+
+/// Adds reason rows with equal text together and keeps the `limit` most frequent.
+pub fn merge_reasons(
+    rows: impl IntoIterator<Item = ReasonCount>,
+    limit: usize,
+) -> Vec<ReasonCount> {
+    let mut by_reason: std::collections::BTreeMap<String, ReasonCount> = Default::default();
+    for row in rows {
+        match by_reason.get_mut(&row.reason) {
+            Some(slot) => {
+                slot.count += row.count;
+                if slot.sample_order_no.is_none() {
+                    slot.sample_order_no = row.sample_order_no;
+                }
+            }
+            None => {
+                by_reason.insert(row.reason.clone(), row);
+            }
+        }
+    }
+    let mut list: Vec<ReasonCount> = by_reason.into_values().collect();
+    list.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+    list.truncate(limit);
+    list
+}
+
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {
     /// Records a dispatch about to be delivered (idempotent: the first call wins) and counts
@@ -266,6 +369,29 @@ pub trait DeliveryStore: Send + Sync {
         scope: StatsScope,
         key: &str,
     ) -> Result<Counters, StoreError>;
+
+    /// The scope's activity hour by hour for hours starting in `[from, to)`, oldest first;
+    /// hours without activity are left out.
+    async fn stats_series(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key: &str,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<HourStats>, StoreError>;
+
+    /// The most frequent failure reasons recorded in hours starting in `[from, to)`, at most
+    /// `limit`, most frequent first.
+    async fn failure_reasons(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> Result<Vec<ReasonCount>, StoreError>;
 
     /// Accepted batches due for a receipt poll at `now`, for one touchpoint or all, found
     /// through an index of accepted batches by touchpoint and next poll time.
@@ -332,4 +458,62 @@ pub struct Submission {
     pub received_at: Millis,
     /// Why the queue gave up on it without opening it, where the intake knows.
     pub dead_letter_reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(gid: i64, reason: &str) -> UserResult {
+        UserResult {
+            gid,
+            status: UserStatus::failed(reason),
+        }
+    }
+
+    #[test]
+    fn reasons_are_counted_cut_and_limited_to_the_most_frequent() {
+        let long = "x".repeat(500);
+        let mut results = vec![
+            UserResult {
+                gid: 1,
+                status: UserStatus::Succeeded,
+            },
+            failed(2, "b"),
+            failed(3, "b"),
+            failed(4, &long),
+        ];
+        for (i, r) in ["c", "d", "e", "f", "g"].iter().enumerate() {
+            results.push(failed(10 + i as i64, r));
+        }
+        let tally = tally_reasons(&results);
+        assert_eq!(tally.len(), REASONS_PER_SETTLEMENT);
+        assert_eq!(tally[0], ("b".to_owned(), 2));
+        // Ties in text order; the long reason sorts after the letters before it was cut.
+        assert_eq!(tally[1].0, "c");
+        assert!(tally.iter().all(|(r, _)| r.chars().count() <= REASON_CHARS));
+        assert!(tally_reasons(&results[..1]).is_empty());
+    }
+
+    #[test]
+    fn shards_of_an_hour_and_of_a_reason_add_up() {
+        let h = |hour, sent, order: Option<&str>| HourStats {
+            hour,
+            sent,
+            succeeded: 0,
+            failed: 0,
+            last_order_no: order.map(str::to_owned),
+        };
+        let merged = merge_hours([h(HOUR_MS, 2, Some("a")), h(0, 1, None), h(HOUR_MS, 3, None)]);
+        assert_eq!(merged, [h(0, 1, None), h(HOUR_MS, 5, Some("a"))]);
+        let r = |reason: &str, count| ReasonCount {
+            reason: reason.into(),
+            count,
+            sample_order_no: None,
+        };
+        let top = merge_reasons([r("a", 1), r("b", 2), r("a", 3), r("c", 1)], 2);
+        assert_eq!(top, [r("a", 4), r("b", 2)]);
+        assert_eq!(hour_of(HOUR_MS + 5), HOUR_MS);
+        assert_eq!(hour_of(-1), -HOUR_MS);
+    }
 }
