@@ -3,11 +3,17 @@
 # (domain unit tests, the admin API through its Router, the SQLite store, end-to-end tests that
 # start the real binary, and the AWS adapters and Lambda handlers against a local moto server,
 # which this script installs, starts and stops), then the SAM template's checks and a build of
-# the three Lambdas for x86_64 with cargo lambda (the unoptimized `lambda-check` profile: it
+# the three Lambdas for x86_64 with cargo lambda, and the admin console's browser tests in
+# headless Chromium (installed from Debian's packages by infra/chromium.sh, in the background
+# while the workspace compiles) (the unoptimized `lambda-check` profile: it
 # proves the cross-build in two minutes; `infra/bench.sh` builds the size-optimized deploy
 # profile and reports its sizes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+mkdir -p target
+bash infra/chromium.sh > target/chromium-install.log 2>&1 &
+chromium_pid=$!
 
 echo "== tools"
 venv=$(bash infra/tools.sh)
@@ -19,7 +25,6 @@ echo "== clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== moto server"
-mkdir -p target
 read -r moto_pid moto_port < <(bash infra/moto.sh "$venv" target/moto.log)
 log=$(mktemp)
 cleanup() { kill "$moto_pid" 2>/dev/null || true; rm -f "$log"; }
@@ -32,7 +37,19 @@ AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \
 AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
   cargo test --workspace --locked -- --include-ignored 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last being doc-tests).
-summary=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log")
+cargo_summary=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log")
+echo "cargo tests: $cargo_summary"
+
+echo "== browser tests (admin console, headless Chromium)"
+if ! wait "$chromium_pid"; then
+  cat target/chromium-install.log
+  echo "could not install Chromium" >&2
+  exit 1
+fi
+tail -n 1 target/chromium-install.log
+bash infra/browser.sh 2>&1 | tee -a "$log"
+summary=$(awk '/^test result:/ { p += $4; f += $6 } /^# pass / { p += $3 } /^# fail / { f += $3 }
+  END { printf "tests: %d passed, %d failed (cargo and browser)\n", p, f }' "$log")
 echo "$summary"
 
 echo "== SAM template"

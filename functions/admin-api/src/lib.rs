@@ -16,6 +16,7 @@ use touchpoint::delivery::{DeliveryStore, DispatchIntake};
 use touchpoint_dispatcher::Dispatcher;
 
 pub mod auth;
+mod console;
 mod delivery_routes;
 pub mod error;
 pub mod extract;
@@ -40,6 +41,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     use routes::*;
     Router::new()
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route("/healthz", get(healthz))
         .route("/v1/openapi.json", get(openapi))
         .route(

@@ -8,7 +8,9 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::*;
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
 #[tokio::test]
 async fn created_touchpoint_is_enabled_authorized_nowhere_and_hides_its_token() {
@@ -850,4 +852,44 @@ async fn a_submitted_dispatch_reads_as_queued_until_the_dispatcher_opens_it() {
         .call(Method::GET, "/v1/dispatches/d-q", Some(CAMPAIGN_2), None)
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_console_is_served_at_the_root_without_a_key_under_a_strict_policy() {
+    let api = Api::new();
+    for (path, content_type, marker) in [
+        ("/", "text/html", "<dialog id=\"dialog\""),
+        ("/console/app.js", "text/javascript", "sessionStorage"),
+        ("/console/i18n.js", "text/javascript", "自定义触达通道"),
+        ("/console/app.css", "text/css", ":focus-visible"),
+    ] {
+        let response = api
+            .app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let header = |n: &str| {
+            response
+                .headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(header("content-type").starts_with(content_type), "{path}");
+        let csp = header("content-security-policy");
+        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+        assert!(csp.contains("frame-ancestors 'none'"));
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&bytes).contains(marker), "{path}");
+    }
+    let missing = api
+        .call(Method::GET, "/console/../lib.rs", None, None)
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let missing = api.call(Method::GET, "/console/nope.js", None, None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.error_code(), "not_found");
 }

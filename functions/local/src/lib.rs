@@ -291,6 +291,16 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "touchpoint {}", env!("CARGO_PKG_VERSION"))
         .and_then(|()| writeln!(out, "listening on http://{bound}"))
+        .and_then(|()| {
+            let mut here = bound;
+            if here.ip().is_unspecified() {
+                here.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            writeln!(
+                out,
+                "console: open http://{here}/ and sign in with the key below"
+            )
+        })
         .and_then(|()| writeln!(out, "data directory: {}", cfg.data_dir.display()))
         .and_then(|()| writeln!(out, "{}", keys.banner))
         .and_then(|()| out.flush());

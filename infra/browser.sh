@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The console's browser tests: headless Chromium (infra/chromium.sh) driven by playwright-core
+# (pinned in tests/browser/package-lock.json) against the real local binary on a free port.
+# Screenshots are left in target/browser-artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --locked -p touchpoint-local
+export TOUCHPOINT_BIN="$PWD/target/debug/touchpoint"
+cd tests/browser
+npm ci --no-audit --no-fund --loglevel=error
+npm test
+echo "screenshots: $(cd ../.. && pwd)/target/browser-artifacts/"
+ls ../../target/browser-artifacts/
