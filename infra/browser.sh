@@ -4,8 +4,11 @@
 # Screenshots are left in target/browser-artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked -p touchpoint-local
-export TOUCHPOINT_BIN="$PWD/target/debug/touchpoint"
+# infra/test.sh passes the binary its cargo tests built; alone, this builds the local binary.
+if [ -z "${TOUCHPOINT_BIN:-}" ]; then
+  cargo build --locked -p touchpoint-local
+  export TOUCHPOINT_BIN="$PWD/target/debug/touchpoint"
+fi
 cd tests/browser
 npm ci --no-audit --no-fund --loglevel=error
 npm test

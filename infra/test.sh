@@ -47,7 +47,8 @@ if ! wait "$chromium_pid"; then
   exit 1
 fi
 tail -n 1 target/chromium-install.log
-bash infra/browser.sh 2>&1 | tee -a "$log"
+# The same binary the end-to-end tests just ran (built with the workspace's features).
+TOUCHPOINT_BIN="$PWD/target/debug/touchpoint-under-test" bash infra/browser.sh 2>&1 | tee -a "$log"
 summary=$(awk '/^test result:/ { p += $4; f += $6 } /^# pass / { p += $3 } /^# fail / { f += $3 }
   END { printf "tests: %d passed, %d failed (cargo and browser)\n", p, f }' "$log")
 echo "$summary"

@@ -172,6 +172,20 @@ test('the console does everything on the product page, in English and Chinese', 
     await param.getByLabel(/^Identifier/).fill('title');
     await param.getByLabel(/^Display name/).fill('Title');
     await param.getByLabel('Required').check();
+    // An enum entered by hand, and a date.
+    await dialog.getByRole('button', { name: 'Add template parameter' }).click();
+    const jump = dialog.locator('fieldset.param').nth(1);
+    await jump.getByLabel(/^Identifier/).fill('jump');
+    await jump.getByLabel(/^Display name/).fill('Jump');
+    assert.equal(await jump.getByLabel('Options', { exact: true }).isVisible(), false, 'options only for an enum');
+    await jump.getByLabel(/^Type/).selectOption('enum');
+    await jump.getByLabel('Options', { exact: true }).fill('JUMP_H5 | 跳转到 h5 页面\nNO_JUMP | 无跳转');
+    await jump.getByLabel('Required').check();
+    await dialog.getByRole('button', { name: 'Add template parameter' }).click();
+    const day = dialog.locator('fieldset.param').nth(2);
+    await day.getByLabel(/^Identifier/).fill('startDate');
+    await day.getByLabel(/^Display name/).fill('Start');
+    await day.getByLabel(/^Type/).selectOption('date');
     await dialog.getByRole('button', { name: 'Save' }).click();
 
     // The server's complaint sits under the URL field, which is marked invalid and focused.
@@ -220,6 +234,12 @@ test('the console does everything on the product page, in English and Chinese', 
     await title.fill('Hi ');
     await dialog.getByLabel('Insert a user attribute…').selectOption('name');
     assert.equal(await title.inputValue(), 'Hi {{name}}');
+    const jump = dialog.getByLabel(/^Jump \(jump\)/);
+    await jump.locator('option', { hasText: '无跳转 (NO_JUMP)' }).waitFor({ state: 'attached' });
+    await jump.selectOption('NO_JUMP');
+    const start = dialog.getByLabel(/^Start \(startDate\)/);
+    assert.equal(await start.getAttribute('type'), 'date', 'a date picker');
+    await start.fill('2026-12-01');
     await dialog.getByRole('button', { name: 'Send' }).click();
     const result = dialog.locator('section.result');
     await result.getByRole('heading', { name: 'Result' }).waitFor();
@@ -229,6 +249,9 @@ test('the console does everything on the product page, in English and Chinese', 
     const sent = JSON.parse(await result.locator('pre').first().textContent());
     assert.equal(sent.body.dataList[0].temData.title, 'Hi Alice');
     assert.equal(sent.body.dataList[0].dynamicData.name, 'Alice');
+    assert.equal(sent.body.dataList[0].temData.jump, 'NO_JUMP');
+    assert.equal(sent.body.dataList[0].temData.startDate, '2026-12-01');
+    assert.equal(JSON.stringify(sent).includes(TOKEN), false);
     await page.keyboard.press('Escape');
     await dialog.waitFor({ state: 'hidden' });
     const stats = await fetch(`http://${receiver.addr}/stats`).then((r) => r.json());
@@ -259,6 +282,7 @@ test('the console does everything on the product page, in English and Chinese', 
     const tp = await call('GET', `/v1/touchpoints/${id}`, ADMIN);
     assert.equal(tp.body.tokenSet, true, 'the token was kept');
     assert.equal(tp.body.templateParams[0].required, true);
+    assert.deepEqual(tp.body.templateParams[1].enum.options.map((o) => o.code), ['JUMP_H5', 'NO_JUMP'], 'the edit kept the enum');
 
     await r.getByRole('button', { name: 'Enable' }).click();
     await r.locator('.badge', { hasText: 'Enabled' }).waitFor();

@@ -1088,10 +1088,7 @@ impl DeliveryStore for DynamoDelivery {
         scope: StatsScope,
         key_: &str,
     ) -> Result<Counters, StoreError> {
-        let scope = match scope {
-            StatsScope::Campaign => "campaign",
-            StatsScope::Touchpoint => "touchpoint",
-        };
+        let scope = scope.as_str();
         let page = self
             .ddb
             .query()

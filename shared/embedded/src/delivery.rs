@@ -728,10 +728,7 @@ impl DeliveryStore for SqliteStore {
         key: &str,
     ) -> Result<Counters, StoreError> {
         let key = key.to_owned();
-        let scope = match scope {
-            StatsScope::Campaign => "campaign",
-            StatsScope::Touchpoint => "touchpoint",
-        };
+        let scope = scope.as_str();
         self.tx(move |tx| {
             let row: Option<(u64, u64, u64)> = tx
                 .query_row_cached(
