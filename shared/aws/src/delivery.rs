@@ -354,7 +354,7 @@ impl DynamoDelivery {
         Ok(items)
     }
 
-    /// Every item of one trend partition whose sort key lies in `[lower, upper)`.
+    /// Every item of one trend partition whose sort key lies between `lower` and `upper`.
     async fn trend_items(
         &self,
         pk: String,
@@ -401,7 +401,8 @@ impl DynamoDelivery {
         let (from, to) = (from.max(0), to.max(0));
         for day in from.div_euclid(DAY_MS)..=(to - 1).div_euclid(DAY_MS) {
             let pk = trend_pk(project, scope.as_str(), key_, day);
-            // "#" sorts before every digit, "~" after every character a key here holds.
+            // `K#{from}#` .. `K#{to}#` holds every shard (and reason) of the hours from `from`
+            // up to, not including, `to`: `K#{to}#` sorts before all of hour `to`'s keys.
             let lower = format!("{kind}#{:013}#", from.max(day * DAY_MS));
             let upper = format!("{kind}#{:013}#", to.min((day + 1) * DAY_MS));
             items.extend(self.trend_items(pk, lower, upper).await?);
