@@ -340,6 +340,13 @@ test('the console does everything on the product page, in English and Chinese', 
     await page.getByRole('link', { name: 'cmp-2222' }).click();
     await page.getByRole('heading', { name: 'Delivery of campaign cmp-2222' }).waitFor();
     assert.equal((await page.locator('.cards .stat').first().textContent()), 'Sent30');
+    // Straight to a campaign or a dispatch by its ID.
+    await page.getByLabel('Open a campaign’s delivery by its ID').fill('cmp-2222');
+    await page.getByLabel('Open a campaign’s delivery by its ID').press('Enter');
+    await page.getByRole('heading', { name: 'Delivery of campaign cmp-2222' }).waitFor();
+    await page.getByLabel('Open a dispatch by its ID').fill('no-such-dispatch');
+    await page.getByLabel('Open a dispatch by its ID').press('Enter');
+    await page.getByText('No dispatch with this ID.').waitFor();
     await page.getByRole('link', { name: '← All touchpoints' }).click();
     await row(page, 'Coupons').waitFor();
   });
@@ -410,21 +417,21 @@ test('the console does everything on the product page, in English and Chinese', 
 
   await step(t, 'switch to Chinese: every visible string changes', async () => {
     await page.getByLabel('Language').selectOption('zh');
-    await page.getByRole('heading', { name: '自定义触达通道' }).waitFor();
-    await page.getByRole('button', { name: '添加触达通道' }).waitFor();
+    await page.getByRole('heading', { name: '自定义触点管理' }).waitFor();
+    await page.getByRole('button', { name: '添加触点' }).waitFor();
     const headers = await page.locator('table.list thead th').allTextContents();
-    assert.deepEqual(headers, ['名称', '类型', '请求地址主机', '批量大小', '回执', '状态', '空间', '近 24 小时成功率', '操作']);
+    assert.deepEqual(headers, ['触点名称', '触点类型', '请求地址主机', '批次设定', '回执', '状态', '空间', '近 24 小时成功率', '操作']);
     await row(page, 'Coupons').locator('.badge', { hasText: '已启用' }).waitFor();
     await page.screenshot({ path: join(ARTIFACTS, 'list-zh.png'), fullPage: true });
-    await page.getByRole('button', { name: '添加触达通道' }).click();
-    await dialog.getByRole('heading', { name: '添加触达通道' }).waitFor();
+    await page.getByRole('button', { name: '添加触点' }).click();
+    await dialog.getByRole('heading', { name: '添加触点' }).waitFor();
     await dialog.getByText('基础信息').waitFor();
     await dialog.getByText('发送参数').waitFor();
     await page.screenshot({ path: join(ARTIFACTS, 'dialog-zh.png') });
     await page.keyboard.press('Escape');
     // The choice is remembered for the next visit.
     await page.reload();
-    await page.getByRole('heading', { name: '触达通道', exact: true }).waitFor();
+    await page.getByRole('heading', { name: '触点列表', exact: true }).waitFor();
   });
 
   await step(t, 'the token never reaches the page, and nothing failed in it', async () => {
@@ -443,7 +450,7 @@ test('a Chinese browser gets the console in Chinese', async () => {
   await page.getByRole('heading', { name: '登录' }).waitFor();
   await page.getByLabel('API 密钥或 Bearer 令牌').fill(ADMIN);
   await page.getByRole('button', { name: '登录' }).click();
-  await page.getByRole('heading', { name: '触达通道', exact: true }).waitFor();
+  await page.getByRole('heading', { name: '触点列表', exact: true }).waitFor();
   await page.getByRole('button', { name: '退出' }).click();
   await page.getByRole('heading', { name: '登录' }).waitFor();
   assert.equal(await page.evaluate(() => sessionStorage.getItem('touchpoint.key')), null);

@@ -825,10 +825,14 @@
       r.addEventListener('change', () => renderDelivery(main, scope, id, n));
       return h('label.inline', { for: r.id }, r, ' ', t('lastHours', { n }));
     }));
-    const lookup = h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false' });
-    const lookupForm = h('form.inline-add', { onsubmit: (e) => { e.preventDefault(); const v = lookup.value.trim(); if (v) go(`#/dispatches/${enc(v)}`); } },
-      field(t('lookupDispatch'), lookup), h('button', { type: 'submit', text: t('open') }));
-    main.replaceChildren(h('section', {}, back(), h('div.toolbar', {}, title, ranges), body, lookupForm));
+    const lookup = (label, to) => {
+      const input = h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false' });
+      return h('form.inline-add', { onsubmit: (e) => { e.preventDefault(); const v = input.value.trim(); if (v) go(to(enc(v))); } },
+        field(label, input), h('button', { type: 'submit', text: t('open') }));
+    };
+    main.replaceChildren(h('section', {}, back(), h('div.toolbar', {}, title, ranges), body,
+      lookup(t('lookupDispatch'), (v) => `#/dispatches/${v}`),
+      lookup(t('lookupCampaign'), (v) => `#/campaigns/${v}/delivery`)));
     const path = scope === 'touchpoint' ? `/v1/touchpoints/${enc(id)}` : `/v1/campaigns/${enc(id)}`;
     try {
       const [stats, tp] = await Promise.all([

@@ -860,7 +860,7 @@ async fn the_console_is_served_at_the_root_without_a_key_under_a_strict_policy()
     for (path, content_type, marker) in [
         ("/", "text/html", "<dialog id=\"dialog\""),
         ("/console/app.js", "text/javascript", "sessionStorage"),
-        ("/console/i18n.js", "text/javascript", "自定义触达通道"),
+        ("/console/i18n.js", "text/javascript", "自定义触点管理"),
         ("/console/app.css", "text/css", ":focus-visible"),
     ] {
         let response = api
