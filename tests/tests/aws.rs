@@ -385,6 +385,39 @@ async fn the_whole_flow_from_admin_to_results_on_aws() {
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the moto server: run infra/test.sh"]
+async fn the_console_is_served_through_api_gateway_without_a_token() {
+    let aws = Aws::new().await;
+    for (path, content_type) in [("/", "text/html"), ("/console/app.js", "text/javascript")] {
+        let mut event = fixture("apigw-list-touchpoints.json");
+        event["rawPath"] = json!(path);
+        event["rawQueryString"] = json!("");
+        event
+            .as_object_mut()
+            .unwrap()
+            .remove("queryStringParameters");
+        event["requestContext"]["http"]["path"] = json!(path);
+        // The route has no authorizer: no claims reach the Lambda.
+        event["requestContext"]
+            .as_object_mut()
+            .unwrap()
+            .remove("authorizer");
+        event["headers"]
+            .as_object_mut()
+            .unwrap()
+            .remove("authorization");
+        let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+        let response = aws.admin.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let header = |n: &str| response.headers()[n].to_str().unwrap().to_owned();
+        assert!(header("content-type").starts_with(content_type), "{path}");
+        assert!(header("content-security-policy").contains("frame-ancestors 'none'"));
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(bytes.len() > 1_000, "{path}: {} bytes", bytes.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the moto server: run infra/test.sh"]
 async fn statistics_by_hour_and_failure_reasons_on_aws() {
     let aws = Aws::new().await;
     let rx = Receiver::start(|seen, _| {
