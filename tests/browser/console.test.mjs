@@ -323,6 +323,7 @@ test('the console does everything on the product page, in English and Chinese', 
     const cards = await page.locator('.cards .stat').allTextContents();
     assert.deepEqual(cards, ['Sent30', 'Succeeded20', 'Failed10', 'Pending0', 'Success rate, last 24 h66.7%']);
     assert.ok(await page.locator('svg.chart rect.ok').count() >= 24, 'a bar per hour');
+    assert.equal(await page.locator('svg.chart polyline.pending').count(), 1, 'a line of pending users');
     await page.screenshot({ path: join(ARTIFACTS, 'delivery.png'), fullPage: true });
     const reason = page.locator('table.reasons tbody tr');
     assert.deepEqual(await reason.first().locator('td').allTextContents(), ['number blocked', '10', 'View batch']);

@@ -571,6 +571,22 @@ async fn an_async_touchpoint_is_scheduled_and_finished_by_the_poller() {
         )
         .await;
     assert_eq!(d["counts"]["pending"], 25, "{d}");
+    let pending_now =
+        |stats: &Value| stats["series"].as_array().unwrap().last().unwrap()["pending"].clone();
+    let (_, stats) = aws
+        .api(
+            fixture("apigw-list-touchpoints.json"),
+            "GET",
+            "/v1/campaigns/cmp-42/stats?hours=3",
+            None,
+            "campaign",
+        )
+        .await;
+    assert_eq!(pending_now(&stats), 25, "the chart's pending line: {stats}");
+    assert_eq!(
+        stats["series"][0]["pending"], 0,
+        "nothing was pending two hours ago"
+    );
 
     // The schedule fires: the poller runs a round with the schedule's input.
     let input: Value = serde_json::from_str(target.input().unwrap()).unwrap();
@@ -590,6 +606,16 @@ async fn an_async_touchpoint_is_scheduled_and_finished_by_the_poller() {
         .await;
     assert_eq!(d["state"], "completed");
     assert_eq!(aws.results().await.len(), 25);
+    let (_, stats) = aws
+        .api(
+            fixture("apigw-list-touchpoints.json"),
+            "GET",
+            "/v1/campaigns/cmp-42/stats?hours=3",
+            None,
+            "campaign",
+        )
+        .await;
+    assert_eq!(pending_now(&stats), 0, "{stats}");
 
     // Deleting the touchpoint (nothing pending) removes its schedule.
     let (status, _) = aws

@@ -162,6 +162,7 @@ async fn a_dispatch_posted_over_http_reaches_every_user_and_is_reported() {
     assert_eq!(series.len(), 24);
     let sent: u64 = series.iter().map(|h| h["sent"].as_u64().unwrap()).sum();
     assert_eq!(sent, 1000);
+    assert_eq!(series[23]["pending"], 0, "nothing pending at the end");
     assert_eq!(stats["window"]["successRate"], 1.0);
     assert_eq!(stats["failureReasons"], json!([]));
     let (status, bad) = service

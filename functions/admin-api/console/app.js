@@ -861,7 +861,7 @@
 
   function chart(series) {
     const W = 720, H = 180, pad = 28;
-    const max = Math.max(1, ...series.map((x) => Math.max(x.sent, x.succeeded + x.failed)));
+    const max = Math.max(1, ...series.map((x) => Math.max(x.sent, x.succeeded, x.failed, x.pending || 0)));
     const bw = (W - pad) / series.length;
     const y = (v) => H - pad - (v / max) * (H - pad - 8);
     const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': t('chartLabel'), class: 'chart' });
@@ -875,18 +875,21 @@
       g.append(s('rect', { x: x + 1, y: y(pt.succeeded), width: Math.max(1, bw * 0.38), height: Math.max(0, okH), class: 'ok' }));
       g.append(s('rect', { x: x + 1 + bw * 0.4, y: y(pt.failed), width: Math.max(1, bw * 0.38), height: Math.max(0, failH), class: 'bad' }));
       if (pt.sent) g.append(s('rect', { x: x + 1, y: y(pt.sent), width: Math.max(1, bw * 0.78), height: 2, class: 'sent' }));
-      g.append(s('title', {}, `${fmtTime(pt.hour)} — ${t('sent')} ${pt.sent}, ${t('succeeded')} ${pt.succeeded}, ${t('failed')} ${pt.failed}`));
+      g.append(s('title', {}, `${fmtTime(pt.hour)} — ${t('sent')} ${pt.sent}, ${t('succeeded')} ${pt.succeeded}, ${t('failed')} ${pt.failed}, ${t('pendingAtEnd')} ${pt.pending}`));
       if (i % Math.ceil(series.length / 8) === 0) svg.append(s('text', { x, y: H - 10, class: 'tick' }, fmtTime(pt.hour, false)));
       if (pt.lastOrderNo) {
         const a = s('a', { href: `#/batches/${enc(pt.lastOrderNo)}`, 'aria-label': t('openHourBatch', { hour: fmtTime(pt.hour) }) }, g);
         svg.append(a);
       } else svg.append(g);
     });
-    const legend = h('p.legend', {}, h('span.key.ok', { text: t('succeeded') }), h('span.key.bad', { text: t('failed') }), h('span.key.sent', { text: t('sent') }));
-    const active = series.filter((x) => x.sent || x.succeeded || x.failed);
+    // Users still pending at the end of each hour, as a line.
+    svg.append(s('polyline', { class: 'pending', points: series.map((pt, i) => `${pad + (i + 0.5) * bw},${y(pt.pending || 0)}`).join(' ') }));
+    const legend = h('p.legend', {}, h('span.key.ok', { text: t('succeeded') }), h('span.key.bad', { text: t('failed') }), h('span.key.sent', { text: t('sent') }),
+      h('span.key.wait', { text: t('pendingAtEnd') }));
+    const active = series.filter((x) => x.sent || x.succeeded || x.failed || x.pending);
     const table = h('details', {}, h('summary', { text: t('chartAsTable') }),
-      h('table.small', {}, h('thead', {}, h('tr', {}, ['hour', 'sent', 'succeeded', 'failed', 'batch'].map((k) => h('th', { scope: 'col', text: t(k) })))),
-        h('tbody', {}, active.map((x) => h('tr', {}, h('td', { text: fmtTime(x.hour) }), h('td.num', { text: x.sent }), h('td.num', { text: x.succeeded }), h('td.num', { text: x.failed }),
+      h('table.small', {}, h('thead', {}, h('tr', {}, ['hour', 'sent', 'succeeded', 'failed', 'pendingAtEnd', 'batch'].map((k) => h('th', { scope: 'col', text: t(k) })))),
+        h('tbody', {}, active.map((x) => h('tr', {}, h('td', { text: fmtTime(x.hour) }), h('td.num', { text: x.sent }), h('td.num', { text: x.succeeded }), h('td.num', { text: x.failed }), h('td.num', { text: x.pending }),
           h('td', {}, x.lastOrderNo ? h('a', { href: `#/batches/${enc(x.lastOrderNo)}`, text: t('viewBatch') }) : '—'))))));
     return h('figure.chart-box', {}, h('figcaption', { text: t('overTime') }), svg, legend, table);
   }

@@ -201,8 +201,9 @@ const MAX_STATS_HOURS: i64 = 168;
 /// Failure reasons listed at most.
 const TOP_REASONS: usize = 10;
 
-/// Totals, plus the last `hours` hour by hour (every hour, zeros included, oldest first), the
-/// window's success rate and its most frequent failure reasons.
+/// Totals, plus the last `hours` hour by hour (every hour, zeros included, oldest first, with
+/// the users still pending at its end), the window's success rate and its most frequent
+/// failure reasons.
 async fn statistics(
     state: &AppState,
     project: i64,
@@ -265,6 +266,16 @@ async fn statistics(
             "failed": row.failed,
             "lastOrderNo": row.last_order_no,
         }));
+    }
+    // Users still pending at the end of each hour: the totals are moved with the hour counters,
+    // so walking back from today's pending through each hour's (sent − final) is exact.
+    let mut pending = c.pending as i64;
+    for row in series.iter_mut().rev() {
+        row["pending"] = json!(pending.max(0));
+        let sent = row["sent"].as_i64().unwrap_or_default();
+        let done = row["succeeded"].as_i64().unwrap_or_default()
+            + row["failed"].as_i64().unwrap_or_default();
+        pending -= sent - done;
     }
     let rate = (ok + failed > 0).then(|| ok as f64 / (ok + failed) as f64);
     Ok(json!({

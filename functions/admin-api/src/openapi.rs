@@ -370,7 +370,7 @@ fn schemas() -> Value {
             "window": {"type": "object", "properties": {"hours": {"type": "integer"}, "from": {"type": "string", "format": "date-time"}, "to": {"type": "string", "format": "date-time"},
                 "succeeded": {"type": "integer"}, "failed": {"type": "integer"}, "successRate": {"type": ["number", "null"], "description": "succeeded / (succeeded + failed) in the window"}}},
             "series": {"type": "array", "description": "every hour of the window, oldest first: users sent in it and users that became final in it", "items": {"type": "object", "properties": {
-                "hour": {"type": "string", "format": "date-time"}, "sent": {"type": "integer"}, "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
+                "hour": {"type": "string", "format": "date-time"}, "sent": {"type": "integer"}, "succeeded": {"type": "integer"}, "failed": {"type": "integer"}, "pending": {"type": "integer", "description": "users still pending at the end of the hour"},
                 "lastOrderNo": {"type": ["string", "null"], "description": "a batch settled in the hour"}}}},
             "failureReasons": {"type": "array", "maxItems": 10, "description": "most frequent first; each settled batch adds its 5 most frequent reasons, cut to 120 characters", "items": {"type": "object", "properties": {
                 "reason": {"type": "string"}, "count": {"type": "integer"}, "sampleOrderNo": {"type": ["string", "null"], "description": "a batch with users that failed for this reason"}}}}}},
