@@ -396,7 +396,8 @@
     };
     if (!d.open) d.showModal();
     const first = d.querySelector('#dialog-body input:not([type=hidden]), #dialog-body select, #dialog-body textarea, #dialog-foot button');
-    if (first) first.focus();
+    if (first) first.focus({ preventScroll: true });
+    document.getElementById('dialog-body').scrollTop = 0;
   }
 
   function closeDialog() {
@@ -556,7 +557,7 @@
       h('button', { type: 'button', text: t('cancel'), onclick: closeDialog }),
       h('button.primary', { type: 'submit', text: t('save') }),
     ], save);
-    name.focus();
+    name.focus({ preventScroll: true });
   }
 
   function paramEditor(p) {
