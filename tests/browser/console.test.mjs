@@ -267,6 +267,15 @@ test('the console does everything on the product page, in English and Chinese', 
     await page.keyboard.press('Enter');
     await page.locator('#toast').getByText('An enabled touchpoint cannot be edited: disable it first.').waitFor();
     assert.equal(await dialog.isVisible(), false);
+    // Its settings can still be read: the name opens them, read-only.
+    await r.getByRole('button', { name: 'SMS gateway' }).click();
+    await dialog.getByRole('heading', { name: '“SMS gateway”' }).waitFor();
+    assert.equal(await dialog.getByLabel(/^Request URL/).isDisabled(), true);
+    assert.equal(await dialog.getByLabel(/^Request URL/).inputValue(), `http://${receiver.addr}/touch`);
+    assert.match(await dialog.locator('fieldset.param').nth(1).getByLabel('Options', { exact: true }).inputValue(), /NO_JUMP \| 无跳转/);
+    assert.equal(await dialog.getByRole('button', { name: 'Save' }).count(), 0);
+    await dialog.getByRole('button', { name: 'Close' }).last().click();
+    await dialog.waitFor({ state: 'hidden' });
 
     await r.getByRole('button', { name: 'Disable' }).click();
     await r.locator('.badge', { hasText: 'Disabled' }).waitFor();

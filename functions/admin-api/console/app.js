@@ -295,7 +295,9 @@
         h('a.button', { href: `#/touchpoints/${enc(tp.id)}/delivery`, text: t('delivery') }),
         actionButton(t('delete'), tp.enabled ? t('deleteLocked') : null, () => confirmDelete(tp), 'danger'));
       return h('tr', { 'data-id': tp.id },
-        h('th', { scope: 'row' }, h('span.name', { text: tp.name }), tp.description ? h('span.sub', { text: tp.description }) : null),
+        h('th', { scope: 'row' },
+          h('button.link.name', { type: 'button', text: tp.name, title: t('showDetails'), onclick: () => openEditor(tp, true) }),
+          tp.description ? h('span.sub', { text: tp.description }) : null),
         h('td', { text: t('kind_' + tp.kind) }),
         h('td', { text: hostOf(tp.url) }),
         h('td.num', { text: tp.batchSize }),
@@ -415,7 +417,8 @@
 
   // ---------------------------------------------------------------- add / edit
 
-  function openEditor(tp) {
+  /** The add / edit dialog; `readOnly` shows a touchpoint's settings without changing them. */
+  function openEditor(tp, readOnly = false) {
     const editing = !!tp;
     const v = tp || { name: '', kind: 'notification', url: '', batchSize: 100, receipt: { mode: 'sync' }, userAttributes: [], templateParams: [], description: '' };
     const root = h('div.editor');
@@ -553,6 +556,14 @@
       }
     };
 
+    if (readOnly) {
+      for (const el of root.querySelectorAll('input, select, textarea, button')) el.disabled = true;
+      const foot = [h('button', { type: 'button', text: t('close'), onclick: closeDialog })];
+      if (!tp.enabled) foot.push(h('button.primary', { type: 'button', text: t('edit'), onclick: () => openEditor(tp) }));
+      root.prepend(h('p.muted', { text: tp.enabled ? t('editLocked') : t('detailsHint') }));
+      openDialog(t('detailsTitle', { name: tp.name }), [root], foot, null);
+      return;
+    }
     openDialog(editing ? t('editTitle', { name: tp.name }) : t('addTitle'), [root], [
       h('button', { type: 'button', text: t('cancel'), onclick: closeDialog }),
       h('button.primary', { type: 'submit', text: t('save') }),
