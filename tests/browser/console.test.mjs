@@ -161,6 +161,21 @@ test('the console does everything on the product page, in English and Chinese', 
     await dialog.getByLabel(/Sync: results in/).check();
     assert.equal(await receiptUrl.isVisible(), false);
     await dialog.getByLabel(/^Batch size/).fill('100');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+
+    // The server's complaint sits under the URL field, which is marked invalid and focused.
+    const urlId = await url.getAttribute('id');
+    const err = page.locator(`#${urlId}-err`);
+    await err.waitFor({ state: 'visible' });
+    assert.match(await err.textContent(), /http or https/);
+    assert.equal(await url.getAttribute('aria-invalid'), 'true');
+    assert.equal(await url.evaluate((el) => el === document.activeElement), true);
+    assert.match(await url.getAttribute('aria-describedby'), new RegExp(`${urlId}-err`));
+    await page.screenshot({ path: join(ARTIFACTS, 'dialog-validation-error.png') });
+    // Errors about whole lists sit under those lists.
+    assert.match(await dialog.locator('div.table-wrap + .error').textContent(), /at least 1 user attribute/);
+    assert.match(await dialog.locator('div.params + .error').textContent(), /at least 1 template parameter/);
+
     await dialog.getByRole('button', { name: 'Add user attribute' }).click();
     const attr = dialog.locator('tr.attr').first();
     await attr.getByLabel('Attribute').fill('usr_name');
@@ -186,18 +201,6 @@ test('the console does everything on the product page, in English and Chinese', 
     await day.getByLabel(/^Identifier/).fill('startDate');
     await day.getByLabel(/^Display name/).fill('Start');
     await day.getByLabel(/^Type/).selectOption('date');
-    await dialog.getByRole('button', { name: 'Save' }).click();
-
-    // The server's complaint sits under the URL field, which is marked invalid and focused.
-    const urlId = await url.getAttribute('id');
-    const err = page.locator(`#${urlId}-err`);
-    await err.waitFor({ state: 'visible' });
-    assert.match(await err.textContent(), /http or https/);
-    assert.equal(await url.getAttribute('aria-invalid'), 'true');
-    assert.equal(await url.evaluate((el) => el === document.activeElement), true);
-    assert.match(await url.getAttribute('aria-describedby'), new RegExp(`${urlId}-err`));
-    await page.screenshot({ path: join(ARTIFACTS, 'dialog-validation-error.png') });
-
     await url.fill(`http://${receiver.addr}/touch`);
     await dialog.getByRole('button', { name: 'Save' }).click();
     await dialog.waitFor({ state: 'hidden' });

@@ -473,7 +473,7 @@
 
     // Send parameters
     const attrRows = h('tbody');
-    const attrTable = h('table.rows', {},
+    const attrTable = h('table.rows', { id: nextId('attrs'), 'data-path': 'userAttributes' },
       h('caption', { text: t('userAttributes') }),
       h('thead', {}, h('tr', {}, ['attrSource', 'attrIdentifier', 'displayName', 'default', ''].map((k) => h('th', { scope: 'col', text: k ? t(k) : '' })))),
       attrRows);
@@ -488,7 +488,7 @@
         h('td', {}, h('button.icon', { type: 'button', 'aria-label': t('removeRow'), text: '×', onclick: () => { rowEl.remove(); renumber(); } })));
       attrRows.append(rowEl);
     };
-    const paramRows = h('div.params');
+    const paramRows = h('div.params', { id: nextId('params'), 'data-path': 'templateParams' });
     const addParam = (p = {}) => paramRows.append(paramEditor(p));
     const renumber = () => {
       [...attrRows.children].forEach((r, i) => r.querySelectorAll('[data-path]').forEach((el) => { el.dataset.path = el.dataset.path.replace(/^userAttributes\[\d+\]/, `userAttributes[${i}]`); }));
@@ -512,9 +512,11 @@
         h('fieldset.field.wide', {}, h('legend', { text: t('receiptMode') }), h('div.choices', {}, modes), asyncPart)),
       h('fieldset.section', {}, h('legend', { text: t('sendParams') }),
         h('div.table-wrap', {}, attrTable),
+        h('p.error', { id: attrTable.id + '-err', hidden: true }),
         h('button', { type: 'button', text: t('addAttribute'), onclick: () => { addAttr(); attrRows.lastChild.querySelector('input').focus(); } }),
         h('h3', { text: t('templateParams') }),
         paramRows,
+        h('p.error', { id: paramRows.id + '-err', hidden: true }),
         h('button', { type: 'button', text: t('addParam'), onclick: () => { addParam(); paramRows.lastChild.querySelector('input').focus(); } })));
 
     const save = async () => {
@@ -671,7 +673,8 @@
       general.replaceChildren(h('p', { text: details.length ? t('fixFields') : '' }), h('ul', {}, leftover.map((m) => h('li', { text: m }))));
       general.hidden = false;
     }
-    if (first) first.focus(); else if (!general.hidden) general.scrollIntoView({ block: 'nearest' });
+    if (first) first.focus();
+    else (general.hidden ? root.querySelector('.error:not([hidden])') : general)?.scrollIntoView({ block: 'nearest' });
   }
 
   // ---------------------------------------------------------------- spaces
