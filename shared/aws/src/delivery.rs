@@ -410,17 +410,22 @@ impl DynamoDelivery {
         Ok(items)
     }
 
-    async fn get_batch(&self, project: ProjectId, order: &str) -> Result<Option<Item>, StoreError> {
+    /// One item, read consistently.
+    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
         Ok(self
             .ddb
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key(batch_pk(project, order), "B")))
+            .set_key(Some(key(pk, sk)))
             .consistent_read(true)
             .send()
             .await
             .map_err(aws_err)?
             .item)
+    }
+
+    async fn get_batch(&self, project: ProjectId, order: &str) -> Result<Option<Item>, StoreError> {
+        self.get(batch_pk(project, order), "B").await
     }
 
     /// Puts a batch's waiting settlements on the results queue (read from the item) and takes
@@ -990,16 +995,7 @@ impl DeliveryStore for DynamoDelivery {
         project: ProjectId,
         dispatch_id: &str,
     ) -> Result<Option<DispatchView>, StoreError> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(dispatch_pk(project, dispatch_id), "META")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(aws_err)?;
-        let Some(item) = out.item else {
+        let Some(item) = self.get(dispatch_pk(project, dispatch_id), "META").await? else {
             return Ok(None);
         };
         let users: u32 = get_n(&item, "users").unwrap_or_default();
@@ -1448,16 +1444,10 @@ impl DispatchIntake for DynamoDelivery {
         project: ProjectId,
         dispatch_id: &str,
     ) -> Result<Option<Submission>, StoreError> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(dispatch_pk(project, dispatch_id), "INTAKE")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(aws_err)?;
-        Ok(out.item.map(|item| Submission {
+        let item = self
+            .get(dispatch_pk(project, dispatch_id), "INTAKE")
+            .await?;
+        Ok(item.map(|item| Submission {
             received_at: get_n(&item, "received_at").unwrap_or_default(),
             dead_letter_reason: None,
         }))
