@@ -116,7 +116,8 @@
     }
   }
 
-  async function api(method, path, body) {
+  /** Calls the API with the signed-in key; a 401 ends the session, unless `signingIn`. */
+  async function api(method, path, body, { signingIn = false } = {}) {
     const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY) || ''}`, Accept: 'application/json' };
     const init = { method, headers, redirect: 'error', cache: 'no-store', credentials: 'omit' };
     if (body !== undefined) {
@@ -134,7 +135,7 @@
     if (text) {
       try { data = JSON.parse(text); } catch { data = { error: { code: 'not_json', message: text.slice(0, 200) } }; }
     }
-    if (response.status === 401 && path !== '/v1/touchpoints?limit=1') {
+    if (response.status === 401 && !signingIn) {
       signOut(t('sessionEnded'));
       throw new ApiError(401, data);
     }
@@ -183,7 +184,7 @@
         if (!key) return showError(err, input, t('keyMissing'));
         sessionStorage.setItem(KEY, key);
         try {
-          await api('GET', '/v1/touchpoints?limit=1');
+          await api('GET', '/v1/touchpoints?limit=1', undefined, { signingIn: true });
           input.value = '';
           location.hash = '#/';
           route();
