@@ -125,6 +125,15 @@ async function step(t, name, fn) {
   });
 }
 
+/** Waits until `selector` matches exactly `n` elements (a locator's count() does not wait). */
+async function rowsAre(page, selector, n) {
+  try {
+    await page.waitForFunction(([sel, want]) => document.querySelectorAll(sel).length === want, [selector, n], { timeout: 10000 });
+  } catch (e) {
+    assert.equal(await page.locator(selector).count(), n, `${selector}: ${e.message}`);
+  }
+}
+
 const row = (page, name) => page.locator('table.list tbody tr', { has: page.locator('.name', { hasText: name }) });
 
 test('the console does everything on the product page, in English and Chinese', async (t) => {
@@ -343,9 +352,9 @@ test('the console does everything on the product page, in English and Chinese', 
     await page.getByText('Success rate, last 168 h').waitFor();
     await page.locator('table.reasons tbody tr').first().getByRole('link', { name: 'View batch' }).click();
     await page.getByRole('heading', { name: 'Batch' }).waitFor();
-    assert.equal(await page.locator('table.small tbody tr').count(), 30);
+    await rowsAre(page, 'table.small tbody tr', 30);
     await page.getByRole('radio', { name: 'Failed' }).check();
-    assert.equal(await page.locator('table.small tbody tr').count(), 10);
+    await rowsAre(page, 'table.small tbody tr', 10);
     assert.match(await page.locator('table.small tbody tr').first().textContent(), /3TOU_FAILnumber blocked/);
     // Per campaign, through the dispatch.
     await page.getByRole('link', { name: 'console-d1' }).click();
@@ -370,10 +379,10 @@ test('the console does everything on the product page, in English and Chinese', 
     }
     await page.reload();
     await page.getByText('Page 1').waitFor();
-    assert.equal(await page.locator('table.list tbody tr').count(), 10);
+    await rowsAre(page, 'table.list tbody tr', 10);
     await page.getByRole('button', { name: 'Next' }).click();
     await page.getByText('Page 2').waitFor();
-    assert.equal(await page.locator('table.list tbody tr').count(), 2);
+    await rowsAre(page, 'table.list tbody tr', 2);
     await page.getByRole('button', { name: 'Previous' }).click();
     await page.getByText('Page 1').waitFor();
     await page.getByLabel('Kind').selectOption('benefit');

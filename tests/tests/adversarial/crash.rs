@@ -61,17 +61,7 @@ async fn touchpoint(
 }
 
 fn events(data: &Path) -> Vec<Value> {
-    std::fs::read_to_string(data.join("results.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .flat_map(|l| {
-            serde_json::from_str::<Value>(l).expect("results.jsonl holds whole lines only")
-                ["events"]
-                .as_array()
-                .unwrap()
-                .clone()
-        })
-        .collect()
+    crate::support::results_events(&data.join("results.jsonl"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -209,7 +209,9 @@ async fn a_token_never_leaves_through_responses_errors_previews_records_events_o
     let started = Instant::now();
     let events = loop {
         let text = std::fs::read_to_string(data.join("results.jsonl")).unwrap_or_default();
-        if text.lines().count() >= 3 || started.elapsed() > Duration::from_secs(20) {
+        if crate::support::complete_lines(&text).count() >= 3
+            || started.elapsed() > Duration::from_secs(20)
+        {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -5,6 +5,7 @@
 
 pub mod rig;
 pub mod service;
+pub mod sqs;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -203,6 +204,29 @@ impl Receiver {
         }
         m
     }
+}
+
+/// The events in a results file that the service may still be writing: only lines ended by a
+/// newline count. A reader of a growing JSON-lines file must ignore an unterminated last line
+/// (it is being written); every complete line must parse.
+pub fn results_events(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    complete_lines(&text)
+        .flat_map(|l| {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| {
+                panic!("a complete line of {} is not JSON: {e}", path.display())
+            })["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The newline-terminated lines of `text`, without an unterminated last line.
+pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    let end = text.rfind('\n').map_or(0, |i| i + 1);
+    text[..end].lines()
 }
 
 /// A clock the test moves by hand.

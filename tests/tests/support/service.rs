@@ -18,7 +18,17 @@ pub struct Service {
     pub base: String,
     pub key: Option<String>,
     pub banner: Vec<String>,
-    stderr: std::thread::JoinHandle<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// A test's service dies with it, also when the test panics: no process outlives the run.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 pub fn command(data_dir: &Path, env: &[(&str, &str)]) -> Command {
@@ -86,7 +96,7 @@ impl Service {
             base,
             key,
             banner,
-            stderr,
+            stderr: Some(stderr),
         }
     }
 
@@ -149,7 +159,12 @@ impl Service {
     pub fn terminate(mut self) -> (ExitStatus, String) {
         self.signal("TERM");
         let status = wait(&mut self.child, Duration::from_secs(20));
-        (status, self.stderr.join().unwrap())
+        let logs = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        (status, logs)
     }
 
     pub fn kill9(mut self) {
