@@ -158,6 +158,7 @@ impl Aws {
                 .queue_url(queue)
                 .max_number_of_messages(10)
                 .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+                .message_attribute_names("All")
                 .send()
                 .await
                 .unwrap();
@@ -165,20 +166,7 @@ impl Aws {
             if messages.is_empty() {
                 break;
             }
-            for m in messages {
-                out.push(SqsMessage {
-                    message_id: m.message_id.clone(),
-                    receipt_handle: m.receipt_handle.clone(),
-                    body: m.body.clone(),
-                    attributes: m
-                        .attributes
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k.as_str().to_owned(), v))
-                        .collect(),
-                    ..Default::default()
-                });
-            }
+            out.extend(messages.into_iter().map(support::sqs::record_of));
         }
         out
     }
@@ -658,20 +646,49 @@ async fn transient_failures_are_redelivered_through_the_queue_and_requests_witho
     let event = SqsEvent {
         records: vec![serde_json::from_value(record).unwrap()],
     };
-    let response = aws.dispatcher.handle(event.clone()).await;
-    assert_eq!(
-        response.batch_item_failures.len(),
-        1,
-        "reported for redelivery"
-    );
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let response = aws.dispatcher.handle(event).await;
     assert!(
-        aws.dispatcher
-            .handle(event)
-            .await
-            .batch_item_failures
-            .is_empty()
+        response.batch_item_failures.is_empty(),
+        "handed on to a fresh message, this one deleted"
     );
+    // The retry round is a fresh message, delayed by SQS and carrying when it is due.
+    let queue = aws.names.dispatch_queue_url.clone().unwrap();
+    let mut next = Vec::new();
+    for _ in 0..30 {
+        next = aws.drain(&queue).await;
+        if !next.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(next.len(), 1, "one fresh message");
+    assert_eq!(
+        next[0]
+            .attributes
+            .get("ApproximateReceiveCount")
+            .map(String::as_str),
+        Some("1"),
+        "its receive count starts again"
+    );
+    let due: i64 = next[0].message_attributes["notBefore"]
+        .string_value
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(due > rx.seen()[0].wall_ms, "due after the failed attempt");
+    tokio::time::sleep(Duration::from_millis(
+        (due - rx.seen()[0].wall_ms).clamp(0, 2_000) as u64,
+    ))
+    .await;
+    let response = aws
+        .dispatcher
+        .handle(SqsEvent {
+            records: next.clone(),
+        })
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    aws.delete(&queue, &next).await;
     assert_eq!(rx.requests(), 2);
     assert!(
         rx.seen()

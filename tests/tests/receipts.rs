@@ -302,9 +302,10 @@ async fn users_whose_receipt_never_comes_fail_at_the_timeout_exactly_once() {
     let report = rig.round(&tp).await;
     assert_eq!(
         (report.polled, report.timed_out),
-        (0, 2),
-        "at the deadline the pending users fail"
+        (1, 2),
+        "at the deadline the batch is polled once more, then its pending users fail"
     );
+    assert_eq!(rx.seen_at("/receipt").len(), 2);
     rig.clock.advance(5 * MINUTE);
     assert_eq!(rig.round(&tp).await, RoundReport::default());
     assert_eq!(

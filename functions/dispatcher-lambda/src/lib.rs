@@ -1,26 +1,43 @@
-//! The dispatcher Lambda: handles an SQS batch of dispatch messages concurrently and reports
-//! the ones to redeliver as partial batch failures (`ReportBatchItemFailures`).
+//! The dispatcher Lambda: handles an SQS batch of dispatch messages concurrently, each record
+//! on its own, and reports the ones to redeliver as partial batch failures
+//! (`ReportBatchItemFailures`). It reads its invocation deadline: no batch is claimed unless it
+//! can be sent and recorded in time, and what is left is handed on.
 //!
 //! - Done: the message is deleted.
+//! - Work left (a retry round later, or the deadline near): a fresh copy of the message goes to
+//!   the queue, delayed until then (at most 15 minutes; a copy that arrives early waits out the
+//!   rest by its visibility), with the time in its `notBefore` attribute, and this one is
+//!   deleted. Every delivery that makes progress so starts a new message: its receive count
+//!   counts only deliveries in a row that made none (crashes, storage errors), and neither the
+//!   poison guard (`MAX_RECEIVES`) nor the queue's `maxReceiveCount` is reached on a healthy
+//!   path however long the retries or slow the receiver.
 //! - Unreadable (not JSON, duplicate keys, no dispatch id or project, unreadable users): nobody
 //!   can be told per user, so the message is moved to the dead-letter queue at once with the
 //!   reason as a message attribute (`DEAD_LETTER_QUEUE_URL`; its alarm fires) and logged; it is
 //!   never retried.
-//! - Batches waiting for a retry: the message's visibility is set to the retry time and it is
-//!   reported as failed, so SQS redelivers it then.
-//! - Received more than `MAX_RECEIVES` times: every user without an outcome fails, and the
-//!   message is deleted (nothing waits forever, nothing is lost silently).
+//! - Received more than `MAX_RECEIVES` times in a row without progress: every user without an
+//!   outcome fails ("delivery stalled: …"), as far as the deadline allows and then on fresh
+//!   copies, so nothing waits forever and nothing is lost silently.
+//! - A record whose handling fails or panics is reported as failed and comes back after the
+//!   visibility timeout; the other records of the batch are not affected.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::Value;
-use touchpoint::clock::{Clock, SystemClock};
-use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints};
+use touchpoint::clock::{Clock, Millis, SystemClock};
+use touchpoint::ledger::stalled;
+use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints, SchedulerReceipts};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled, RetryPolicy};
 use touchpoint_outbound::Outbound;
+
+/// The message attribute of a fresh copy: when it is due (epoch ms).
+pub const NOT_BEFORE: &str = "notBefore";
+/// The longest delay SQS gives a message.
+const MAX_DELAY_SECONDS: u64 = 900;
 
 /// Everything a warm Lambda keeps between invocations.
 pub struct DispatcherLambda {
@@ -47,10 +64,18 @@ impl DispatcherLambda {
             cfg.retry = RetryPolicy::parse(&s).map_err(|e| format!("RETRY_SCHEDULE: {e}"))?;
         }
         let allow_private = std::env::var("ALLOW_PRIVATE_NETWORKS").is_ok_and(|v| v == "true");
-        let max_receives = std::env::var("MAX_RECEIVES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
+        let max_receives = match std::env::var("MAX_RECEIVES") {
+            Err(_) => 10,
+            Ok(v) => v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n >= 2)
+                .ok_or("MAX_RECEIVES must be an integer of at least 2")?,
+        };
+        // The dispatcher's poison guard and this backstop on the queue's receive count (kept
+        // below the queue's own maxReceiveCount) count the same deliveries without progress.
+        cfg.max_stalls = max_receives;
         let mut lambda = Self::new(
             &clients,
             &names,
@@ -63,6 +88,23 @@ impl DispatcherLambda {
             .ok()
             .filter(|u| !u.is_empty());
         Ok(lambda)
+    }
+
+    /// A Lambda around a dispatcher built elsewhere (simulations wrap its stores).
+    pub fn from_parts(
+        dispatcher: Dispatcher,
+        sqs: aws_sdk_sqs::Client,
+        queue_url: String,
+        max_receives: u32,
+    ) -> DispatcherLambda {
+        DispatcherLambda {
+            dispatcher,
+            sqs,
+            queue_url,
+            dead_letter_url: None,
+            clock: Arc::new(SystemClock),
+            max_receives,
+        }
     }
 
     pub fn new(
@@ -79,8 +121,14 @@ impl DispatcherLambda {
         ));
         let ledger = Arc::new(DynamoDelivery::new(clients, names));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let mut dispatcher =
+            Dispatcher::new(touchpoints, ledger, outbound, Arc::clone(&clock), cfg);
+        // Async touchpoints' receipt schedules are made sure of before their batches go out.
+        if let Ok(schedule) = SchedulerReceipts::new(clients.scheduler.clone(), names) {
+            dispatcher = dispatcher.with_receipt_schedule(Arc::new(schedule));
+        }
         DispatcherLambda {
-            dispatcher: Dispatcher::new(touchpoints, ledger, outbound, Arc::clone(&clock), cfg),
+            dispatcher,
             sqs: clients.sqs.clone(),
             queue_url,
             dead_letter_url: None,
@@ -89,29 +137,99 @@ impl DispatcherLambda {
         }
     }
 
-    /// One SQS event: records run concurrently; the response names those to redeliver.
+    /// One SQS event with no time limit (tests, tools).
     pub async fn handle(self: &Arc<Self>, event: SqsEvent) -> SqsBatchResponse {
+        self.handle_until(event, Millis::MAX).await
+    }
+
+    /// One SQS event, finished before `deadline` (epoch ms, the invocation's deadline): records
+    /// run concurrently, each on its own; the response names those to redeliver.
+    pub async fn handle_until(
+        self: &Arc<Self>,
+        event: SqsEvent,
+        deadline: Millis,
+    ) -> SqsBatchResponse {
         let mut set = tokio::task::JoinSet::new();
+        let mut ids = HashMap::new();
         for record in event.records {
             let me = Arc::clone(self);
-            set.spawn(async move {
-                let id = record.message_id.clone().unwrap_or_default();
-                (id, me.handle_record(record).await)
-            });
+            let id = record.message_id.clone().unwrap_or_default();
+            let task = set.spawn(async move { me.handle_record(record, deadline).await });
+            ids.insert(task.id(), id);
         }
         let mut response = SqsBatchResponse::default();
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((_, true)) => {}
-                Ok((id, false)) => {
-                    response.batch_item_failures.push(BatchItemFailure {
-                        item_identifier: id,
-                    });
+        while let Some(joined) = set.join_next_with_id().await {
+            let (task, deletable) = match joined {
+                Ok((task, deletable)) => (task, deletable),
+                Err(e) => {
+                    // A panic is a failure like any other: the message comes back.
+                    tracing::error!(error = %e, "a record's handling panicked; it will be redelivered");
+                    (e.id(), false)
                 }
-                Err(e) => tracing::error!(error = %e, "a record's task failed"),
+            };
+            if !deletable {
+                response.batch_item_failures.push(BatchItemFailure {
+                    item_identifier: ids.remove(&task).unwrap_or_default(),
+                });
             }
         }
         response
+    }
+
+    /// Hands the dispatch on to a fresh message due at `at`, so this one can be deleted. True
+    /// when it was sent; otherwise this message is delayed instead (and reported as failed).
+    async fn continue_at(&self, record: &SqsMessage, at: Millis) -> bool {
+        let id = record.message_id.as_deref().unwrap_or_default();
+        let now = self.clock.now_ms();
+        let delay = ((at - now).max(0) as u64)
+            .div_ceil(1000)
+            .min(MAX_DELAY_SECONDS) as i32;
+        let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value(at.to_string())
+            .build();
+        let sent = match (attribute, &record.body) {
+            (Ok(attribute), Some(body)) => self
+                .sqs
+                .send_message()
+                .queue_url(&self.queue_url)
+                .message_body(body.clone())
+                .delay_seconds(delay)
+                .message_attributes(NOT_BEFORE, attribute)
+                .send()
+                .await
+                .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()),
+            (Err(e), _) => Err(e.to_string()),
+            (_, None) => Err("the message has no body".into()),
+        };
+        match sent {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(message_id = id, error = %e, "cannot hand the dispatch on to a fresh message; delaying this one");
+                self.delay(record, at).await;
+                false
+            }
+        }
+    }
+
+    /// Keeps this message hidden until `at` (it comes back then with one more receive).
+    async fn delay(&self, record: &SqsMessage, at: Millis) {
+        let id = record.message_id.as_deref().unwrap_or_default();
+        let wait = Duration::from_millis((at - self.clock.now_ms()).max(0) as u64);
+        let seconds = wait.as_secs_f64().ceil().clamp(1.0, 43_200.0) as i32;
+        if let Some(handle) = &record.receipt_handle {
+            let changed = self
+                .sqs
+                .change_message_visibility()
+                .queue_url(&self.queue_url)
+                .receipt_handle(handle)
+                .visibility_timeout(seconds)
+                .send()
+                .await;
+            if let Err(e) = changed {
+                tracing::warn!(message_id = id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot delay the message; it comes back after the queue's visibility timeout");
+            }
+        }
     }
 
     /// Moves an unreadable message to the dead-letter queue with its reason. True when it may
@@ -153,7 +271,7 @@ impl DispatcherLambda {
     }
 
     /// True when the message may be deleted.
-    async fn handle_record(&self, record: SqsMessage) -> bool {
+    async fn handle_record(&self, record: SqsMessage, deadline: Millis) -> bool {
         let id = record.message_id.as_deref().unwrap_or_default();
         let body: Value = match record
             .body
@@ -166,42 +284,40 @@ impl DispatcherLambda {
             }
             None => return self.dead_letter(&record, "the message has no body").await,
         };
+        // A fresh copy that arrived before its time waits out the rest (SQS delays at most
+        // 15 minutes); nothing is read or sent for it.
+        let not_before = record
+            .message_attributes
+            .get(NOT_BEFORE)
+            .and_then(|a| a.string_value.as_deref())
+            .and_then(|v| v.parse::<Millis>().ok());
+        if let Some(at) = not_before.filter(|at| *at > self.clock.now_ms() + 1_000) {
+            self.delay(&record, at).await;
+            return false;
+        }
         let receives: u32 = record
             .attributes
             .get("ApproximateReceiveCount")
             .and_then(|c| c.parse().ok())
             .unwrap_or(1);
-        if receives > self.max_receives {
-            let reason = format!("dead-lettered after {} deliveries", receives - 1);
-            return match self.dispatcher.give_up(&body, &reason).await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(message_id = id, error = %e, "cannot record a dead-lettered dispatch");
-                    false
-                }
-            };
-        }
-        match self.dispatcher.handle_owned(body).await {
+        let handled = match stalled(receives, self.max_receives) {
+            Some(reason) => {
+                tracing::error!(message_id = id, %reason, "giving up on a dispatch");
+                self.dispatcher
+                    .give_up_until(&body, &reason, deadline)
+                    .await
+            }
+            None => {
+                self.dispatcher
+                    .handle_delivery(body, receives, deadline)
+                    .await
+            }
+        };
+        match handled {
             Ok(Handled::Done) => true,
             Ok(Handled::Malformed(reason)) => self.dead_letter(&record, &reason).await,
-            Ok(Handled::RetryAt(at)) => {
-                let wait = Duration::from_millis((at - self.clock.now_ms()).max(0) as u64);
-                let seconds = wait.as_secs().clamp(1, 43_200) as i32;
-                if let Some(handle) = &record.receipt_handle {
-                    let changed = self
-                        .sqs
-                        .change_message_visibility()
-                        .queue_url(&self.queue_url)
-                        .receipt_handle(handle)
-                        .visibility_timeout(seconds)
-                        .send()
-                        .await;
-                    if let Err(e) = changed {
-                        tracing::warn!(message_id = id, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "cannot delay the message; it comes back after the queue's visibility timeout");
-                    }
-                }
-                false
-            }
+            Ok(Handled::RetryAt(at)) => self.continue_at(&record, at).await,
+            Ok(Handled::Continue) => self.continue_at(&record, self.clock.now_ms()).await,
             Err(e) => {
                 tracing::error!(message_id = id, error = %e, "dispatch failed on storage; SQS will redeliver it");
                 false

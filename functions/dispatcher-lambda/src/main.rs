@@ -16,7 +16,10 @@ async fn main() -> Result<(), Error> {
     let state = Arc::new(DispatcherLambda::from_env().await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Error>(state.handle(event.payload).await) }
+        // The invocation's deadline (epoch ms): the dispatcher stops claiming batches in time
+        // to record the ones in flight and hand the rest on.
+        let deadline = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
+        async move { Ok::<_, Error>(state.handle_until(event.payload, deadline).await) }
     }))
     .await
 }

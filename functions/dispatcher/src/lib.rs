@@ -18,11 +18,14 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 use touchpoint::clock::{Clock, Millis};
 use touchpoint::delivery::{
-    AttemptOutcome, AttemptRecord, Claim, DeliveryStore, DispatchMeta, UserResult,
+    AttemptOutcome, AttemptRecord, Claim, DeliveryStore, DispatchMeta, Progress, ReceiptSchedule,
+    UserResult,
 };
 use touchpoint::dispatch::{
-    Dispatch, PlannedBatch, batch_count, order_no, plan_batch, read_dispatch, resolve_template_with,
+    Dispatch, PlannedBatch, batch_users, batches_of, order_no, plan_batch_sized, read_dispatch,
+    resolve_template_with,
 };
+use touchpoint::ledger::{exhausted_reason, may_claim, next_round, stalled};
 use touchpoint::model::{EnumSource, Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::{
@@ -31,71 +34,7 @@ use touchpoint::protocol::{
 };
 use touchpoint_outbound::Outbound;
 
-/// How transient failures are retried: the waits between attempts (attempts = waits + 1).
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    pub waits: Vec<Duration>,
-    /// ± this fraction of each wait, so retries of many batches spread out.
-    pub jitter: f64,
-}
-
-impl Default for RetryPolicy {
-    /// Protocol §3: 6 attempts, waiting about 30 s, 2 min, 10 min, 30 min and 1 h.
-    fn default() -> Self {
-        RetryPolicy {
-            waits: [30, 120, 600, 1800, 3600]
-                .into_iter()
-                .map(Duration::from_secs)
-                .collect(),
-            jitter: 0.2,
-        }
-    }
-}
-
-impl RetryPolicy {
-    pub fn max_attempts(&self) -> u32 {
-        self.waits.len() as u32 + 1
-    }
-
-    /// Parses `30s,2m,10m,30m,1h`.
-    pub fn parse(s: &str) -> Result<RetryPolicy, String> {
-        let waits = s
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(parse_duration)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RetryPolicy { waits, jitter: 0.2 })
-    }
-
-    fn wait_after(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let base = self
-            .waits
-            .get(attempt.saturating_sub(1) as usize)
-            .copied()
-            .unwrap_or_default();
-        let cap = self.waits.iter().max().copied().unwrap_or_default();
-        let jittered = base.mul_f64(1.0 + self.jitter * (2.0 * unit_random() - 1.0));
-        // Retry-After is honoured up to the schedule's cap.
-        retry_after.map_or(jittered, |r| r.min(cap).max(jittered))
-    }
-}
-
-/// `500ms`, `30s`, `2m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?} is not a duration like 30s")),
-    })
-}
+pub use touchpoint::ledger::{RetryPolicy, parse_duration};
 
 fn unit_random() -> f64 {
     let mut b = [0u8; 4];
@@ -113,6 +52,17 @@ pub struct DispatcherConfig {
     pub lease: Duration,
     /// How often async receipts are polled (protocol §2.2: every 5 minutes).
     pub receipt_poll_interval: Duration,
+    /// Kept free before a delivery's deadline to record the batches in flight and hand the
+    /// rest back: no batch is claimed later than the request timeout plus this before it.
+    pub deadline_margin: Duration,
+    /// Batches given up at once when a dispatch is abandoned (storage writes only).
+    pub give_up_concurrency: usize,
+    /// The poison guard: deliveries of a dispatch in a row that made no progress (each crashed
+    /// or failed on storage before recording anything) after which its remaining users fail.
+    pub max_stalls: u32,
+    /// Divides the durations a touchpoint states (its request timeout, its receipt timeout):
+    /// 1 in production; compressed time in simulations.
+    pub time_scale: f64,
 }
 
 impl Default for DispatcherConfig {
@@ -123,6 +73,10 @@ impl Default for DispatcherConfig {
             request_timeout: touchpoint_outbound::DEFAULT_REQUEST_TIMEOUT,
             lease: Duration::from_secs(120),
             receipt_poll_interval: Duration::from_secs(300),
+            deadline_margin: Duration::from_secs(5),
+            give_up_concurrency: 16,
+            max_stalls: 10,
+            time_scale: 1.0,
         }
     }
 }
@@ -132,11 +86,26 @@ impl Default for DispatcherConfig {
 pub enum Handled {
     /// Every user of the dispatch is final (or awaits an async receipt): delete the message.
     Done,
-    /// Some batches wait for a retry or another sender: redeliver the message at this time.
+    /// Some batches wait for a retry or another sender: deliver the dispatch again at this time
+    /// (a new delivery: this one made progress).
     RetryAt(Millis),
+    /// Stopped before the deadline with batches left, none of them sent twice and no attempt
+    /// used: deliver it again at once.
+    Continue,
     /// Unreadable as a dispatch; nobody can be told per user. Delete it (and log the reason).
     Malformed(String),
 }
+
+/// How a touchpoint's receipt schedule is made sure of before its batches go out.
+struct ScheduleCheck {
+    schedule: Arc<dyn ReceiptSchedule>,
+    /// Touchpoints whose schedule this process ensured, and when.
+    ensured: Mutex<HashMap<(i64, String), Millis>>,
+}
+
+/// A schedule ensured by this process is ensured again after this long (it may have been
+/// removed behind its back).
+const ENSURE_AGAIN_MS: Millis = 10 * 60 * 1000;
 
 pub struct Dispatcher {
     touchpoints: Arc<dyn TouchpointStore>,
@@ -146,6 +115,7 @@ pub struct Dispatcher {
     cfg: DispatcherConfig,
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
     options: Arc<EnumOptions>,
+    schedules: Option<ScheduleCheck>,
 }
 
 /// The outcome of one HTTP exchange with a receiver.
@@ -164,6 +134,32 @@ enum Verdict {
     Retry(Option<Duration>),
 }
 
+/// Where a batch stands after a delivery looked at it.
+enum BatchStatus {
+    /// Final or accepted.
+    Finished,
+    /// Waiting until then (a retry, or another sender's lease).
+    Waiting(Millis),
+}
+
+/// An opened dispatch whose remaining users fail.
+struct Remaining<'a> {
+    meta: &'a DispatchMeta,
+    dispatch: &'a Dispatch,
+    batch_size: usize,
+    progress: Progress,
+}
+
+/// A dispatch ready to deliver: read, checked, opened.
+struct Plan<'a> {
+    tp: &'a Touchpoint,
+    meta: &'a DispatchMeta,
+    dispatch: &'a Dispatch,
+    template: &'a Map<String, Value>,
+    batch_size: usize,
+    progress: Progress,
+}
+
 impl Dispatcher {
     pub fn new(
         touchpoints: Arc<dyn TouchpointStore>,
@@ -180,7 +176,23 @@ impl Dispatcher {
             clock,
             cfg,
             gates: Mutex::new(HashMap::new()),
+            schedules: None,
         }
+    }
+
+    /// Makes sure an async touchpoint's receipt schedule exists before its batches go out, so
+    /// that a schedule whose creation failed (or that was removed) heals: an accepted batch is
+    /// always polled.
+    pub fn with_receipt_schedule(mut self, schedule: Arc<dyn ReceiptSchedule>) -> Dispatcher {
+        self.schedules = Some(ScheduleCheck {
+            schedule,
+            ensured: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    pub fn config(&self) -> &DispatcherConfig {
+        &self.cfg
     }
 
     /// The enum-options cache this dispatcher validates with (shared with the options API).
@@ -217,14 +229,39 @@ impl Dispatcher {
         Ok(self.options.api_codes(tp).await)
     }
 
-    /// Delivers one dispatch message as far as it can go now.
+    /// Delivers one dispatch message as far as it can go now, with no time limit.
     pub async fn handle(&self, message: &Value) -> Result<Handled, StoreError> {
-        self.handle_owned(message.clone()).await
+        self.handle_until(message.clone(), Millis::MAX).await
     }
 
     /// [`Dispatcher::handle`] taking the message, which is dropped once read: while the
     /// batches go out, memory holds one copy of the users, not two.
     pub async fn handle_owned(&self, message: Value) -> Result<Handled, StoreError> {
+        self.handle_until(message, Millis::MAX).await
+    }
+
+    /// Delivers one dispatch message as far as it can go before `deadline` (epoch ms): no batch
+    /// is claimed unless it can be sent and recorded in time; what is left is handed back
+    /// ([`Handled::Continue`]).
+    pub async fn handle_until(
+        &self,
+        message: Value,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
+        self.handle_delivery(message, 1, deadline).await
+    }
+
+    /// [`Dispatcher::handle_until`] for a message the queue delivered `receives` times in a row
+    /// (a fresh message once a delivery made progress; more after crashes or storage errors).
+    /// A redelivery after a delivery that crashed having made progress is handed on at once
+    /// ([`Handled::Continue`]), so the queue's receive count only ever counts deliveries without
+    /// progress; past [`DispatcherConfig::max_stalls`] of those in a row the dispatch is given up.
+    pub async fn handle_delivery(
+        &self,
+        message: Value,
+        receives: u32,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
         let read = read_dispatch(&message);
         drop(message);
         let (dispatch, problems) = match read {
@@ -248,13 +285,15 @@ impl Dispatcher {
         };
         let (tp, template) = match (touchpoint, checked) {
             (Some(tp), Ok(template)) => (tp, template),
-            (_, Err(why)) => return self.reject(&dispatch, &meta, &why, now).await,
+            (_, Err(why)) => return self.reject(&dispatch, &meta, &why, deadline).await,
             (None, Ok(_)) => {
                 let why = format!("touchpoint {} does not exist", dispatch.touchpoint_id);
-                return self.reject(&dispatch, &meta, &why, now).await;
+                return self.reject(&dispatch, &meta, &why, deadline).await;
             }
         };
-        self.ledger
+        self.ensure_schedule(&tp, now).await?;
+        let opened = self
+            .ledger
             .open_dispatch(
                 &meta,
                 dispatch.users.len() as u32,
@@ -262,83 +301,227 @@ impl Dispatcher {
                 now,
             )
             .await?;
-        self.deliver_all(&tp, &meta, &dispatch, &template).await
+        let plan = Plan {
+            tp: &tp,
+            meta: &meta,
+            dispatch: &dispatch,
+            template: &template,
+            // The batches are those planned when it was opened, whatever the touchpoint's batch
+            // size is now: a redelivery never sends a user under a second orderNo.
+            batch_size: (opened.batch_size as usize).max(1),
+            progress: opened.progress,
+        };
+        let abandoned = plan.progress.abandoned.clone().or_else(|| {
+            let why = stalled(opened.stalls + 1, self.cfg.max_stalls);
+            if let Some(why) = &why {
+                tracing::error!(dispatch = %meta.dispatch_id, reason = %why, "giving up on a dispatch");
+            }
+            why
+        });
+        if abandoned.is_none() && receives > 1 && opened.stalls == 0 && !opened.new {
+            // The last delivery of this message made progress and then died: continue on a
+            // fresh message.
+            return Ok(Handled::Continue);
+        }
+        if let Some(why) = abandoned {
+            let left = Remaining {
+                meta: plan.meta,
+                dispatch: plan.dispatch,
+                batch_size: plan.batch_size,
+                progress: plan.progress,
+            };
+            return self.fail_remaining(&left, &why, deadline).await;
+        }
+        self.deliver_all(plan, deadline).await
+    }
+
+    async fn ensure_schedule(&self, tp: &Touchpoint, now: Millis) -> Result<(), StoreError> {
+        let Some(check) = &self.schedules else {
+            return Ok(());
+        };
+        if !matches!(tp.spec.receipt, Receipt::Async { .. }) {
+            return Ok(());
+        }
+        let key = (tp.project_id, tp.id.clone());
+        let fresh = {
+            let ensured = check.ensured.lock().unwrap_or_else(|p| p.into_inner());
+            ensured
+                .get(&key)
+                .is_some_and(|at| now - at < ENSURE_AGAIN_MS)
+        };
+        if !fresh {
+            check.schedule.ensure(tp.project_id, &tp.id).await?;
+            check
+                .ensured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, now);
+        }
+        Ok(())
     }
 
     /// Ends every user of a dispatch that has no outcome yet with `why`. A dispatch that was
     /// never opened is refused whole; one that was (its touchpoint changed or vanished since,
-    /// or the queue gave up on it) keeps the outcomes it has and fails only the rest.
+    /// or the poison guard gave up on it) keeps the outcomes it has and fails only the rest.
     async fn reject(
         &self,
         dispatch: &Dispatch,
         meta: &DispatchMeta,
         why: &str,
-        now: Millis,
+        deadline: Millis,
     ) -> Result<Handled, StoreError> {
         tracing::warn!(dispatch = %dispatch.dispatch_id, project = dispatch.project_id, reason = %why, "dispatch refused");
+        let now = self.clock.now_ms();
         let opened = self
             .ledger
             .dispatch(dispatch.project_id, &dispatch.dispatch_id)
             .await?;
         match opened {
             Some(view) if view.rejected.is_none() && view.batch_size > 0 => {
-                let chunks = dispatch.users.chunks(view.batch_size as usize);
-                for (index, chunk) in chunks.enumerate() {
-                    let order = order_no(dispatch.project_id, &dispatch.dispatch_id, index);
-                    let claim = self
-                        .ledger
-                        .claim_batch(&view.meta, index, &order, chunk.len() as u32, now, i64::MAX)
-                        .await?;
-                    let (attempt, sent_at) = match claim {
-                        Claim::Done => continue,
-                        Claim::Send { attempt, sent_at } => (attempt, sent_at),
-                        Claim::NotBefore(_) => (self.cfg.retry.max_attempts(), now),
-                    };
-                    let results = chunk
-                        .iter()
-                        .map(|u| UserResult {
-                            gid: u.gid,
-                            status: UserStatus::failed(why),
-                        })
-                        .collect();
-                    self.ledger
-                        .record_attempt(&AttemptRecord {
-                            meta: view.meta.clone(),
-                            order_no: order,
-                            batch_index: index,
-                            sent_at,
-                            attempt,
-                            http_status: None,
-                            error: Some(why.to_owned()),
-                            response_excerpt: None,
-                            at: now,
-                            outcome: AttemptOutcome::Final(results),
-                        })
-                        .await?;
-                }
+                let opened = self
+                    .ledger
+                    .open_dispatch(&view.meta, view.users, view.batch_size, now)
+                    .await?;
+                let left = Remaining {
+                    meta: &view.meta,
+                    dispatch,
+                    batch_size: view.batch_size as usize,
+                    progress: opened.progress,
+                };
+                self.fail_remaining(&left, why, deadline).await
             }
             _ => {
                 let gids: Vec<i64> = dispatch.users.iter().map(|u| u.gid).collect();
                 self.ledger.reject_dispatch(meta, &gids, why, now).await?;
+                Ok(Handled::Done)
             }
         }
-        Ok(Handled::Done)
     }
 
-    /// The queue gave up on a message: every user still without an outcome fails with
-    /// `reason`, so none is left pending forever.
-    pub async fn give_up(&self, message: &Value, reason: &str) -> Result<(), StoreError> {
+    /// The poison guard gave up on a message: every user still without an outcome fails with
+    /// `reason`, so none is left pending forever. Bounded by `deadline` and resumable: the
+    /// reason is saved on the dispatch first, and every later delivery goes on failing what is
+    /// left instead of sending.
+    pub async fn give_up_until(
+        &self,
+        message: &Value,
+        reason: &str,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
         let Ok((dispatch, _)) = read_dispatch(message) else {
-            return Ok(());
+            return Ok(Handled::Done);
         };
         let tp = self
             .touchpoints
             .get(dispatch.project_id, &dispatch.touchpoint_id)
             .await?;
         let meta = meta_of(&dispatch, tp.as_ref());
-        self.reject(&dispatch, &meta, reason, self.clock.now_ms())
-            .await?;
+        self.reject(&dispatch, &meta, reason, deadline).await
+    }
+
+    /// [`Dispatcher::give_up_until`] with no time limit.
+    pub async fn give_up(&self, message: &Value, reason: &str) -> Result<(), StoreError> {
+        self.give_up_until(message, reason, Millis::MAX).await?;
         Ok(())
+    }
+
+    /// Fails every batch of an opened dispatch that has no outcome yet, as far as `deadline`
+    /// allows.
+    async fn fail_remaining(
+        &self,
+        plan: &Remaining<'_>,
+        why: &str,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
+        let meta = plan.meta;
+        let batches = batches_of(plan.dispatch, plan.batch_size) as u32;
+        let mut progress = plan.progress.clone();
+        if progress.abandoned.as_deref() != Some(why) {
+            progress.abandoned = Some(why.to_owned());
+            self.ledger
+                .save_progress(
+                    meta.project_id,
+                    &meta.dispatch_id,
+                    &progress,
+                    self.clock.now_ms(),
+                )
+                .await?;
+        }
+        let work: Vec<u32> = progress.work(batches).collect();
+        let mut looked = Vec::new();
+        let mut stopped = false;
+        let mut set = tokio::task::JoinSet::new();
+        let mut first_error = None;
+        let mut work = work.into_iter();
+        loop {
+            while set.len() < self.cfg.give_up_concurrency.max(1) {
+                let Some(index) = work.next() else { break };
+                if !may_claim(self.clock.now_ms(), deadline, self.cfg.deadline_margin) {
+                    stopped = true;
+                    break;
+                }
+                looked.push(index);
+                let ledger = Arc::clone(&self.ledger);
+                let clock = Arc::clone(&self.clock);
+                let meta = meta.clone();
+                let gids: Vec<i64> = batch_users(plan.dispatch, plan.batch_size, index as usize)
+                    .iter()
+                    .map(|u| u.gid)
+                    .collect();
+                let why = why.to_owned();
+                let lease = self.cfg.lease;
+                let max_attempts = self.cfg.retry.max_attempts();
+                set.spawn(async move {
+                    fail_batch(
+                        &*ledger,
+                        &*clock,
+                        &meta,
+                        index as usize,
+                        &gids,
+                        &why,
+                        lease,
+                        max_attempts,
+                    )
+                    .await
+                    .map(|()| index)
+                });
+            }
+            if stopped && set.is_empty() {
+                break;
+            }
+            match set.join_next().await {
+                None => break,
+                Some(Ok(Ok(_))) => {}
+                Some(Ok(Err(e))) => {
+                    first_error.get_or_insert(e);
+                }
+                Some(Err(join)) => {
+                    first_error.get_or_insert(StoreError::backend(join));
+                }
+            }
+        }
+        let finished = if first_error.is_none() {
+            looked.clone()
+        } else {
+            Vec::new()
+        };
+        let next = progress.after(batches, &looked, &finished);
+        self.ledger
+            .save_progress(
+                meta.project_id,
+                &meta.dispatch_id,
+                &next,
+                self.clock.now_ms(),
+            )
+            .await?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(if next.is_complete(batches) {
+            Handled::Done
+        } else {
+            Handled::Continue
+        })
     }
 
     /// Requests in flight at once towards this touchpoint.
@@ -354,6 +537,7 @@ impl Dispatcher {
             .request_timeout_seconds
             .map_or(self.cfg.request_timeout, |s| {
                 Duration::from_secs(u64::from(s))
+                    .div_f64(self.cfg.time_scale.max(f64::MIN_POSITIVE))
             })
     }
 
@@ -368,34 +552,65 @@ impl Dispatcher {
         )
     }
 
-    async fn deliver_all(
-        &self,
-        tp: &Touchpoint,
-        meta: &DispatchMeta,
-        dispatch: &Dispatch,
-        template: &Map<String, Value>,
-    ) -> Result<Handled, StoreError> {
+    async fn deliver_all(&self, plan: Plan<'_>, deadline: Millis) -> Result<Handled, StoreError> {
+        let tp = plan.tp;
         let gate = self.gate(tp);
         let limit = self.concurrency(tp);
         let timeout = self.timeout(tp);
+        // No batch is claimed unless it can be sent, answered and recorded before the deadline.
+        let budget = timeout + self.cfg.deadline_margin;
+        let started = self.clock.now_ms();
+        let batches = batches_of(plan.dispatch, plan.batch_size) as u32;
         let mut set = tokio::task::JoinSet::new();
-        let mut retry_at: Option<Millis> = None;
+        let mut waits: Vec<Millis> = Vec::new();
+        let mut looked: Vec<u32> = Vec::new();
+        let mut finished: Vec<u32> = Vec::new();
         let mut first_error = None;
+        let mut stopped = false;
+        let mut marked = false;
         // Batches run concurrently up to the touchpoint's gate; the JoinSet holds at most
         // `per_touchpoint_concurrency` + 1 tasks so a 10,000-user dispatch does not spawn
         // thousands of waiting tasks.
-        let shared = Arc::new((tp.clone(), meta.clone()));
+        let shared = Arc::new((tp.clone(), plan.meta.clone()));
         // Each batch is mapped and rendered when it is about to go out: memory holds the
         // batches in flight, not every user's rendered data for the whole dispatch.
-        let mut pending = 0..batch_count(dispatch, tp);
+        let work: Vec<u32> = plan.progress.work(batches).collect();
+        let mut pending = work.into_iter();
         loop {
-            while set.len() <= limit {
+            while !stopped && set.len() <= limit {
                 let Some(index) = pending.next() else { break };
-                let batch = plan_batch(dispatch, tp, template, index);
-                let permit = Arc::clone(&gate)
-                    .acquire_owned()
-                    .await
-                    .map_err(StoreError::backend)?;
+                let now = self.clock.now_ms();
+                if !may_claim(now, deadline, budget) {
+                    stopped = true;
+                    break;
+                }
+                // Waiting for the gate (other dispatches of this touchpoint hold it) ends in
+                // time to hand the rest back.
+                let room = Duration::from_millis(
+                    (deadline.saturating_sub(now))
+                        .saturating_sub(budget.as_millis() as i64)
+                        .max(0) as u64,
+                );
+                let permit =
+                    match tokio::time::timeout(room, Arc::clone(&gate).acquire_owned()).await {
+                        Ok(p) => p.map_err(StoreError::backend)?,
+                        Err(_) => {
+                            stopped = true;
+                            break;
+                        }
+                    };
+                if !may_claim(self.clock.now_ms(), deadline, budget) {
+                    stopped = true;
+                    break;
+                }
+                looked.push(index);
+                let batch = plan_batch_sized(
+                    plan.dispatch,
+                    tp,
+                    plan.template,
+                    plan.batch_size,
+                    index as usize,
+                );
                 let job = BatchJob {
                     shared: Arc::clone(&shared),
                     batch,
@@ -410,16 +625,30 @@ impl Dispatcher {
                 set.spawn(async move {
                     let out = job.run().await;
                     drop(permit);
-                    out
+                    out.map(|(status, recorded)| (index, status, recorded))
                 });
             }
-            match set.join_next().await {
+            let joined = set.join_next().await;
+            if let Some(Ok(Ok((_, _, true)))) = &joined
+                && !marked
+            {
+                // This delivery made progress: say so at once, so that a crash later in it
+                // does not count as a delivery without progress.
+                marked = true;
+                let so_far = plan.progress.after(batches, &looked, &finished);
+                self.ledger
+                    .save_progress(
+                        plan.meta.project_id,
+                        &plan.meta.dispatch_id,
+                        &so_far,
+                        self.clock.now_ms(),
+                    )
+                    .await?;
+            }
+            match joined {
                 None => break,
-                Some(Ok(Ok(next))) => {
-                    if let Some(t) = next {
-                        retry_at = Some(retry_at.map_or(t, |r| r.min(t)));
-                    }
-                }
+                Some(Ok(Ok((index, BatchStatus::Finished, _)))) => finished.push(index),
+                Some(Ok(Ok((_, BatchStatus::Waiting(t), _)))) => waits.push(t),
                 Some(Ok(Err(e))) => {
                     first_error.get_or_insert(e);
                 }
@@ -428,10 +657,26 @@ impl Dispatcher {
                 }
             }
         }
+        let now = self.clock.now_ms();
+        let next = plan.progress.after(batches, &looked, &finished);
+        // A delivery that ends without an error made progress (or had none to make); one that
+        // failed on storage counts as progress only if it recorded an outcome.
+        if first_error.is_none() || marked {
+            self.ledger
+                .save_progress(plan.meta.project_id, &plan.meta.dispatch_id, &next, now)
+                .await?;
+        }
         if let Some(e) = first_error {
             return Err(e);
         }
-        Ok(retry_at.map_or(Handled::Done, Handled::RetryAt))
+        if stopped {
+            tracing::info!(dispatch = %plan.meta.dispatch_id, left = next.work(batches).count(), "time limit near: handing the rest back");
+            return Ok(Handled::Continue);
+        }
+        Ok(match next_round(now, &waits, now - started) {
+            Some(at) => Handled::RetryAt(at),
+            None => Handled::Done,
+        })
     }
 
     /// One real, signed request with a fresh `orderNo`, for the admin's "test send". Not
@@ -511,8 +756,9 @@ struct BatchJob {
 }
 
 impl BatchJob {
-    /// Sends the batch if the ledger lets us; returns when to come back, if not done.
-    async fn run(self) -> Result<Option<Millis>, StoreError> {
+    /// Sends the batch if the ledger lets us; says where it stands afterwards, and whether an
+    /// outcome was recorded.
+    async fn run(self) -> Result<(BatchStatus, bool), StoreError> {
         let (tp, meta) = &*self.shared;
         let batch = &self.batch;
         let now = self.clock.now_ms();
@@ -529,8 +775,8 @@ impl BatchJob {
             )
             .await?
         {
-            Claim::Done => return Ok(None),
-            Claim::NotBefore(t) => return Ok(Some(t)),
+            Claim::Done => return Ok((BatchStatus::Finished, false)),
+            Claim::NotBefore(t) => return Ok((BatchStatus::Waiting(t), false)),
             Claim::Send { attempt, sent_at } => (attempt, sent_at),
         };
         let sent_at = self.clock.now_ms();
@@ -546,28 +792,35 @@ impl BatchJob {
         )
         .await;
         let at = self.clock.now_ms();
-        let (outcome, next) = match ex.verdict {
-            Verdict::Final(statuses) => (final_results(&gids, statuses), None),
-            Verdict::Accepted(statuses) => (self.accepted(tp, &gids, statuses, at), None),
-            Verdict::Retry(retry_after) if attempt < self.cfg.retry.max_attempts() => {
-                let wait = self.cfg.retry.wait_after(attempt, retry_after);
-                let next = at + wait.as_millis() as i64;
-                (
-                    AttemptOutcome::Retry {
-                        next_attempt_at: next,
-                    },
-                    Some(next),
-                )
-            }
-            Verdict::Retry(_) => {
-                let reason = format!(
-                    "retries exhausted after {attempt} attempts: {}",
-                    ex.error.as_deref().unwrap_or("transient failure")
-                );
-                (
-                    final_results(&gids, vec![UserStatus::failed(reason); gids.len()]),
-                    None,
-                )
+        let (outcome, status) = match ex.verdict {
+            Verdict::Final(statuses) => (final_results(&gids, statuses), BatchStatus::Finished),
+            Verdict::Accepted(statuses) => (
+                self.accepted(tp, &gids, statuses, at),
+                BatchStatus::Finished,
+            ),
+            Verdict::Retry(retry_after) => {
+                match self
+                    .cfg
+                    .retry
+                    .wait_after(attempt, retry_after, unit_random())
+                {
+                    Some(wait) => {
+                        let next = at + wait.as_millis() as i64;
+                        (
+                            AttemptOutcome::Retry {
+                                next_attempt_at: next,
+                            },
+                            BatchStatus::Waiting(next),
+                        )
+                    }
+                    None => {
+                        let reason = exhausted_reason(attempt, ex.error.as_deref());
+                        (
+                            final_results(&gids, vec![UserStatus::failed(reason); gids.len()]),
+                            BatchStatus::Finished,
+                        )
+                    }
+                }
             }
         };
         if let (AttemptOutcome::Retry { .. }, Some(err)) = (&outcome, &ex.error) {
@@ -587,7 +840,7 @@ impl BatchJob {
                 outcome,
             })
             .await?;
-        Ok(next)
+        Ok((status, true))
     }
 }
 
@@ -624,14 +877,73 @@ impl BatchJob {
         if pending.is_empty() {
             return AttemptOutcome::Final(results);
         }
+        let minute = Duration::from_secs(60).div_f64(self.cfg.time_scale.max(f64::MIN_POSITIVE));
+        let deadline = at + i64::from(*timeout_minutes) * minute.as_millis() as i64;
         AttemptOutcome::Accepted {
             results,
             pending,
             receipt_url: receipt_url.clone(),
-            deadline: at + i64::from(*timeout_minutes) * 60_000,
-            next_poll_at: at + self.cfg.receipt_poll_interval.as_millis() as i64,
+            deadline,
+            next_poll_at: touchpoint::ledger::next_poll_at(
+                at,
+                self.cfg.receipt_poll_interval,
+                deadline,
+                at,
+            ),
         }
     }
+}
+
+/// Fails the users of one batch that has no outcome yet with `why` (a give-up).
+#[allow(clippy::too_many_arguments)]
+async fn fail_batch(
+    ledger: &dyn DeliveryStore,
+    clock: &dyn Clock,
+    meta: &DispatchMeta,
+    index: usize,
+    gids: &[i64],
+    why: &str,
+    lease: Duration,
+    max_attempts: u32,
+) -> Result<(), StoreError> {
+    let now = clock.now_ms();
+    let order = order_no(meta.project_id, &meta.dispatch_id, index);
+    let claim = ledger
+        .claim_batch(
+            meta,
+            index,
+            &order,
+            gids.len() as u32,
+            now,
+            now + lease.as_millis() as i64,
+        )
+        .await?;
+    let (attempt, sent_at) = match claim {
+        Claim::Done => return Ok(()),
+        Claim::Send { attempt, sent_at } => (attempt, sent_at),
+        Claim::NotBefore(_) => (max_attempts, now),
+    };
+    let results = gids
+        .iter()
+        .map(|gid| UserResult {
+            gid: *gid,
+            status: UserStatus::failed(why),
+        })
+        .collect();
+    ledger
+        .record_attempt(&AttemptRecord {
+            meta: meta.clone(),
+            order_no: order,
+            batch_index: index,
+            sent_at,
+            attempt,
+            http_status: None,
+            error: Some(why.to_owned()),
+            response_excerpt: None,
+            at: now,
+            outcome: AttemptOutcome::Final(results),
+        })
+        .await
 }
 
 fn final_results(gids: &[i64], statuses: Vec<UserStatus>) -> AttemptOutcome {

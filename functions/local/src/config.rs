@@ -25,7 +25,8 @@ environment:
   TOUCHPOINT_RETRY_SCHEDULE     waits between delivery attempts (default 30s,2m,10m,30m,1h)
   TOUCHPOINT_REQUEST_TIMEOUT    per request to a receiver (default 15s, at most 60s)
   TOUCHPOINT_CONCURRENCY        requests in flight per touchpoint (default 4)
-  TOUCHPOINT_MAX_RECEIVES       deliveries of a queued dispatch before it is dead-lettered (default 20)
+  TOUCHPOINT_MAX_RECEIVES       deliveries in a row without progress (crashes, storage errors) before a
+                                dispatch's remaining users fail (default 10; waits and retries never count)
   TOUCHPOINT_RECEIPT_POLL_INTERVAL  how often async receipts are polled (default 5m; e.g. 2s for a demo)
   TOUCHPOINT_LOG_FORMAT         human (default) or json
   TOUCHPOINT_LOG                log filter, e.g. info or touchpoint=debug (default info)";
@@ -50,7 +51,6 @@ pub struct Config {
     /// Turn the SSRF guard off (receivers on localhost in the quick start).
     pub allow_private_networks: bool,
     pub dispatcher: DispatcherConfig,
-    pub max_receives: u32,
 }
 
 fn flag(name: &str, value: Option<String>) -> Result<bool, String> {
@@ -176,15 +176,14 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         }
         dispatcher.receipt_poll_interval = t;
     }
-    let max_receives = match env("TOUCHPOINT_MAX_RECEIVES").filter(|s| !s.trim().is_empty()) {
-        None => 20,
-        Some(s) => s
+    if let Some(s) = env("TOUCHPOINT_MAX_RECEIVES").filter(|s| !s.trim().is_empty()) {
+        dispatcher.max_stalls = s
             .trim()
             .parse()
             .ok()
             .filter(|n| *n >= 2)
-            .ok_or("TOUCHPOINT_MAX_RECEIVES must be an integer of at least 2")?,
-    };
+            .ok_or("TOUCHPOINT_MAX_RECEIVES must be an integer of at least 2")?;
+    }
     Ok(Command::Serve(Config {
         listen,
         data_dir: PathBuf::from(data_dir.unwrap_or_else(|| "touchpoint-data".into())),
@@ -200,7 +199,6 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             v => flag("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", v)?,
         },
         dispatcher,
-        max_receives,
     }))
 }
 

@@ -250,13 +250,16 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
             ..PollerConfig::default()
         },
     ));
-    let dispatcher = Arc::new(Dispatcher::new(
-        shared.clone(),
-        shared.clone(),
-        outbound,
-        clock.clone(),
-        cfg.dispatcher.clone(),
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            shared.clone(),
+            shared.clone(),
+            outbound,
+            clock.clone(),
+            cfg.dispatcher.clone(),
+        )
+        .with_receipt_schedule(shared.clone()),
+    );
     let app = touchpoint_admin_api::router(AppState {
         touchpoints,
         auth: Arc::new(keys.keys),
@@ -270,7 +273,7 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
         store: store.clone(),
         dispatcher,
         clock,
-        max_receives: cfg.max_receives,
+        turn: std::time::Duration::from_secs(120),
     });
     let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
     let results = ResultsFile::new(store.clone(), cfg.data_dir.join(RESULTS_FILE));

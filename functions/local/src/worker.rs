@@ -21,8 +21,8 @@ pub struct Worker {
     pub store: SqliteStore,
     pub dispatcher: Arc<Dispatcher>,
     pub clock: Arc<dyn Clock>,
-    /// Receives after which a message is dead-lettered and its remaining users failed.
-    pub max_receives: u32,
+    /// How long one delivery of a message may take (the Lambda's timeout on AWS).
+    pub turn: Duration,
 }
 
 impl Worker {
@@ -79,21 +79,23 @@ impl Worker {
                 return;
             }
         };
-        if message.receives > self.max_receives {
-            let reason = format!("dead-lettered after {} deliveries", message.receives - 1);
-            tracing::error!(queue_id = message.id, %reason, "giving up on a dispatch");
-            match self.dispatcher.give_up(&body, &reason).await {
-                Ok(()) => {
-                    let _ = self.store.dead_letter(message.id, &reason).await;
-                }
-                Err(e) => tracing::error!(error = %e, "cannot record the dead-lettered dispatch"),
-            }
-            return;
-        }
-        let outcome = self.dispatcher.handle_owned(body).await;
+        // The same time limit per delivery as the dispatcher Lambda's: a large dispatch hands
+        // the rest on instead of holding a worker slot for ever.
+        let deadline = self.clock.now_ms() + self.turn.as_millis() as i64;
+        // The poison guard is the dispatcher's (deliveries in a row without progress, kept on
+        // the dispatch record); the local queue has no redrive limit of its own.
+        let outcome = self
+            .dispatcher
+            .handle_delivery(body, message.receives, deadline)
+            .await;
         let result = match outcome {
             Ok(Handled::Done) => self.store.ack(message.id).await,
-            Ok(Handled::RetryAt(at)) => self.store.redeliver_at(message.id, at).await,
+            Ok(Handled::RetryAt(at)) => self.store.continue_at(message.id, at).await,
+            Ok(Handled::Continue) => {
+                self.store
+                    .continue_at(message.id, self.clock.now_ms())
+                    .await
+            }
             Ok(Handled::Malformed(reason)) => {
                 tracing::error!(queue_id = message.id, %reason, "malformed dispatch dead-lettered");
                 self.store.dead_letter(message.id, &reason).await

@@ -45,8 +45,15 @@ impl PollerLambda {
         })
     }
 
-    /// One round for the touchpoint the schedule names.
+    /// One round for the touchpoint the schedule names, with no time limit.
     pub async fn handle(&self, input: Value) -> Result<Value, String> {
+        self.handle_until(input, i64::MAX).await
+    }
+
+    /// One round that ends before `deadline` (epoch ms); what it leaves is still due and comes
+    /// first in the next round. A round invoked twice (Scheduler delivers at least once) polls
+    /// nothing twice: every batch is leased before it is polled.
+    pub async fn handle_until(&self, input: Value, deadline: i64) -> Result<Value, String> {
         let project = input
             .get("projectId")
             .and_then(Value::as_i64)
@@ -57,13 +64,13 @@ impl PollerLambda {
             .ok_or("input needs a touchpointId")?;
         let report = self
             .poller
-            .round(Some((project, touchpoint)))
+            .round_until(Some((project, touchpoint)), deadline)
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(project, touchpoint, ?report, "receipt round");
         Ok(json!({
             "polled": report.polled, "settled": report.settled, "timedOut": report.timed_out,
-            "failedPolls": report.failed_polls, "skipped": report.skipped,
+            "failedPolls": report.failed_polls, "skipped": report.skipped, "left": report.left,
         }))
     }
 }

@@ -16,7 +16,14 @@ async fn main() -> Result<(), Error> {
     let state = Arc::new(PollerLambda::from_env().await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let state = Arc::clone(&state);
-        async move { state.handle(event.payload).await.map_err(Error::from) }
+        // The invocation's deadline (epoch ms): the round leases no batch it cannot finish.
+        let deadline = i64::try_from(event.context.deadline).unwrap_or(i64::MAX);
+        async move {
+            state
+                .handle_until(event.payload, deadline)
+                .await
+                .map_err(Error::from)
+        }
     }))
     .await
 }

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use touchpoint::ProjectId;
 use touchpoint::clock::{Clock, Millis};
 use touchpoint::delivery::{DeliveryStore, PendingBatch, PollRecord, ReceiptSchedule, UserResult};
+use touchpoint::ledger::{PollDecision, decide_poll, may_claim, next_poll_at};
 use touchpoint::model::{Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::{
@@ -37,6 +38,12 @@ pub struct PollerConfig {
     pub request_timeout: Duration,
     /// Most batches one round takes on.
     pub max_batches: usize,
+    /// Kept free before a round's deadline: no poll starts later than the request timeout
+    /// plus this before it.
+    pub deadline_margin: Duration,
+    /// Divides the request timeout a touchpoint states: 1 in production; compressed time in
+    /// simulations.
+    pub time_scale: f64,
 }
 
 impl Default for PollerConfig {
@@ -47,6 +54,8 @@ impl Default for PollerConfig {
             interval: Duration::from_secs(300),
             request_timeout: touchpoint_outbound::DEFAULT_REQUEST_TIMEOUT,
             max_batches: 10_000,
+            deadline_margin: Duration::from_secs(5),
+            time_scale: 1.0,
         }
     }
 }
@@ -64,6 +73,8 @@ pub struct RoundReport {
     pub failed_polls: usize,
     /// Due batches another round was polling.
     pub skipped: usize,
+    /// Due batches left for the next round (the deadline was near).
+    pub left: usize,
 }
 
 pub struct ReceiptPoller {
@@ -77,7 +88,11 @@ pub struct ReceiptPoller {
 
 enum Polled {
     Skipped,
-    TimedOut(usize),
+    /// The last poll at the deadline: some users settled by it, the rest timed out.
+    TimedOut {
+        settled: usize,
+        timed_out: usize,
+    },
     Settled(usize),
     Failed,
 }
@@ -101,10 +116,21 @@ impl ReceiptPoller {
         }
     }
 
-    /// One round for a touchpoint (`Some`) or every touchpoint (`None`).
+    /// One round for a touchpoint (`Some`) or every touchpoint (`None`), with no time limit.
     pub async fn round(
         self: &Arc<Self>,
         scope: Option<(ProjectId, &str)>,
+    ) -> Result<RoundReport, StoreError> {
+        self.round_until(scope, Millis::MAX).await
+    }
+
+    /// One round that ends before `deadline` (epoch ms, the invocation's deadline): no batch is
+    /// leased unless its poll can be answered and recorded in time. Batches left are still due
+    /// and come first in the next round (the oldest are polled first).
+    pub async fn round_until(
+        self: &Arc<Self>,
+        scope: Option<(ProjectId, &str)>,
+        deadline: Millis,
     ) -> Result<RoundReport, StoreError> {
         let now = self.clock.now_ms();
         let due = self
@@ -128,10 +154,23 @@ impl ReceiptPoller {
                 .get(&(batch.project_id, batch.touchpoint_id.clone()))
                 .cloned()
                 .flatten();
-            let permit = Arc::clone(&gate)
-                .acquire_owned()
-                .await
-                .map_err(StoreError::backend)?;
+            let budget = self.timeout(tp.as_deref()) + self.cfg.deadline_margin;
+            let room = Duration::from_millis(
+                (deadline.saturating_sub(self.clock.now_ms()))
+                    .saturating_sub(budget.as_millis() as i64)
+                    .max(0) as u64,
+            );
+            let permit = match tokio::time::timeout(room, Arc::clone(&gate).acquire_owned()).await {
+                Ok(p) => p.map_err(StoreError::backend)?,
+                Err(_) => {
+                    report.left += 1;
+                    continue;
+                }
+            };
+            if !may_claim(self.clock.now_ms(), deadline, budget) {
+                report.left += 1;
+                continue;
+            }
             let me = Arc::clone(self);
             set.spawn(async move {
                 let out = me.poll_one(batch, tp.as_deref(), now).await;
@@ -143,7 +182,11 @@ impl ReceiptPoller {
         while let Some(joined) = set.join_next().await {
             match joined.map_err(StoreError::backend).and_then(|r| r) {
                 Ok(Polled::Skipped) => report.skipped += 1,
-                Ok(Polled::TimedOut(n)) => report.timed_out += n,
+                Ok(Polled::TimedOut { settled, timed_out }) => {
+                    report.polled += 1;
+                    report.settled += settled;
+                    report.timed_out += timed_out;
+                }
                 Ok(Polled::Settled(n)) => {
                     report.polled += 1;
                     report.settled += n;
@@ -186,6 +229,14 @@ impl ReceiptPoller {
         Ok(())
     }
 
+    fn timeout(&self, tp: Option<&Touchpoint>) -> Duration {
+        tp.and_then(|t| t.spec.request_timeout_seconds)
+            .map_or(self.cfg.request_timeout, |s| {
+                Duration::from_secs(u64::from(s))
+                    .div_f64(self.cfg.time_scale.max(f64::MIN_POSITIVE))
+            })
+    }
+
     async fn poll_one(
         &self,
         b: PendingBatch,
@@ -200,30 +251,11 @@ impl ReceiptPoller {
         {
             return Ok(Polled::Skipped);
         }
-        let next_poll_at = now + self.cfg.interval.as_millis() as i64;
-        if now >= b.deadline {
-            let settled: Vec<UserResult> = b
-                .pending
-                .iter()
-                .map(|gid| UserResult {
-                    gid: *gid,
-                    status: UserStatus::failed(RECEIPT_TIMEOUT),
-                })
-                .collect();
-            let n = settled.len();
-            self.ledger
-                .record_poll(&PollRecord {
-                    project_id: b.project_id,
-                    order_no: b.order_no,
-                    at: now,
-                    settled,
-                    next_poll_at,
-                    http_status: None,
-                    error: None,
-                })
-                .await?;
-            return Ok(Polled::TimedOut(n));
-        }
+        // On the grid from acceptance, and at the deadline at the latest.
+        let next_poll_at = next_poll_at(b.accepted_at, self.cfg.interval, b.deadline, now);
+        // At (or after) the deadline the batch is polled once more, then what is still
+        // pending times out.
+        let last = decide_poll(now, b.deadline) == PollDecision::FinalPoll;
         let token = tp
             .and_then(|t| t.token.as_ref())
             .map(|t| t.expose().to_owned());
@@ -243,11 +275,7 @@ impl ReceiptPoller {
                 &body,
             ));
         }
-        let timeout = tp
-            .and_then(|t| t.spec.request_timeout_seconds)
-            .map_or(self.cfg.request_timeout, |s| {
-                Duration::from_secs(u64::from(s))
-            });
+        let timeout = self.timeout(tp);
         let reply = self
             .outbound
             .post_json(&b.receipt_url, body, &headers, timeout)
@@ -296,7 +324,20 @@ impl ReceiptPoller {
                 ReceiptReading::Invalid(m) => (Vec::new(), Some(r.status), Some(m)),
             },
         };
-        let failed = error.is_some() && settled.is_empty();
+        let mut settled: Vec<UserResult> = settled;
+        let mut timed_out = 0;
+        if last {
+            for gid in &b.pending {
+                if !settled.iter().any(|r| r.gid == *gid) {
+                    settled.push(UserResult {
+                        gid: *gid,
+                        status: UserStatus::failed(RECEIPT_TIMEOUT),
+                    });
+                    timed_out += 1;
+                }
+            }
+        }
+        let failed = error.is_some() && settled.len() == timed_out;
         if let Some(e) = &error {
             if failed {
                 tracing::info!(order_no = %b.order_no, error = %e, "receipt poll failed; trying again next round");
@@ -316,10 +357,13 @@ impl ReceiptPoller {
                 error,
             })
             .await?;
-        Ok(if failed {
-            Polled::Failed
-        } else {
-            Polled::Settled(n)
+        Ok(match (failed, timed_out) {
+            (_, t) if t > 0 => Polled::TimedOut {
+                settled: n - t,
+                timed_out: t,
+            },
+            (true, _) => Polled::Failed,
+            (false, _) => Polled::Settled(n),
         })
     }
 }

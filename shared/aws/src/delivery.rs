@@ -30,6 +30,7 @@ use touchpoint::ProjectId;
 use touchpoint::clock::Millis;
 use touchpoint::delivery::*;
 use touchpoint::dispatch::order_no;
+use touchpoint::ledger::{BatchRecord, ClaimDecision, decide_claim, record_condition};
 use touchpoint::ports::StoreError;
 use touchpoint::protocol::UserStatus;
 
@@ -569,12 +570,13 @@ impl DeliveryStore for DynamoDelivery {
         users: u32,
         batch_size: u32,
         now: Millis,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Opened, StoreError> {
         let mut item = key(dispatch_pk(meta.project_id, &meta.dispatch_id), "META");
         item.insert("meta".into(), json_s(meta)?);
         item.insert("users".into(), n(users));
         item.insert("batch_size".into(), n(batch_size));
         item.insert("received_at".into(), n(now));
+        item.insert("stalls".into(), n(1));
         item.insert("expires_at".into(), self.expires_at(now));
         let put = Put::builder()
             .table_name(&self.table)
@@ -610,10 +612,63 @@ impl DeliveryStore for DynamoDelivery {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_cancelled_by_condition(&e, 0) => Ok(false),
+            Ok(_) => Ok(Opened {
+                new: true,
+                batch_size,
+                progress: Progress::default(),
+                stalls: 0,
+            }),
+            Err(e) if is_cancelled_by_condition(&e, 0) => {
+                // Opened before: one more delivery, and its batch size and progress as
+                // recorded (the item as it was before this update).
+                let item = self
+                    .ddb
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key(
+                        dispatch_pk(meta.project_id, &meta.dispatch_id),
+                        "META",
+                    )))
+                    .update_expression("ADD stalls :one")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_values(":one", n(1))
+                    .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+                    .send()
+                    .await
+                    .map_err(aws_err)?
+                    .attributes
+                    .ok_or_else(|| missing("META"))?;
+                Ok(Opened {
+                    new: false,
+                    batch_size: get_n(&item, "batch_size").unwrap_or(batch_size),
+                    progress: json_of(&item, "progress")?,
+                    stalls: get_n(&item, "stalls").unwrap_or_default(),
+                })
+            }
             Err(e) => Err(aws_err(e)),
         }
+    }
+
+    async fn save_progress(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+        progress: &Progress,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(dispatch_pk(project, dispatch_id), "META")))
+            .update_expression("SET progress = :p, stalls = :zero, expires_at = :exp")
+            .expression_attribute_values(":zero", n(0))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":p", json_s(progress)?)
+            .expression_attribute_values(":exp", self.expires_at(now))
+            .send()
+            .await
+            .map_err(aws_err)?;
+        Ok(())
     }
 
     async fn reject_dispatch(
@@ -765,30 +820,23 @@ impl DeliveryStore for DynamoDelivery {
         let Some(current) = self.get_batch(meta.project_id, order).await? else {
             return Ok(Claim::NotBefore(now + 1_000));
         };
-        let state = get_s(&current, "state").and_then(|s| BatchState::parse(&s));
-        let attempts: u32 = get_n(&current, "attempts").unwrap_or_default();
-        match state {
-            Some(BatchState::Final | BatchState::Accepted) => {
+        let record = BatchRecord {
+            state: get_s(&current, "state")
+                .and_then(|s| BatchState::parse(&s))
+                .ok_or_else(|| missing("state"))?,
+            attempts: get_n(&current, "attempts").unwrap_or_default(),
+            lease_until: get_n(&current, "lease_until"),
+            next_attempt_at: get_n(&current, "next_attempt_at"),
+            sent_at: get_n(&current, "sent_at"),
+        };
+        let decision = decide_claim(Some(&record), now);
+        let ClaimDecision::Take { attempt, .. } = decision else {
+            if decision == ClaimDecision::Done {
                 // Results of an earlier run that never reached the queue go out now.
                 self.publish(&current).await?;
-                return Ok(Claim::Done);
             }
-            Some(BatchState::InFlight)
-                if get_n::<i64>(&current, "lease_until").unwrap_or(0) > now =>
-            {
-                return Ok(Claim::NotBefore(
-                    get_n(&current, "lease_until").unwrap_or(now),
-                ));
-            }
-            Some(BatchState::RetryWait)
-                if get_n::<i64>(&current, "next_attempt_at").unwrap_or(0) > now =>
-            {
-                return Ok(Claim::NotBefore(
-                    get_n(&current, "next_attempt_at").unwrap_or(now),
-                ));
-            }
-            _ => {}
-        }
+            return Ok(decision.claim(now));
+        };
         let taken = self
             .ddb
             .update_item()
@@ -799,16 +847,13 @@ impl DeliveryStore for DynamoDelivery {
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":in_flight", s("in_flight"))
             .expression_attribute_values(":retry", s("retry_wait"))
-            .expression_attribute_values(":next", n(attempts + 1))
-            .expression_attribute_values(":seen", n(attempts))
+            .expression_attribute_values(":next", n(attempt))
+            .expression_attribute_values(":seen", n(record.attempts))
             .expression_attribute_values(":lease", n(lease_until))
             .send()
             .await;
         match taken {
-            Ok(_) => Ok(Claim::Send {
-                attempt: attempts + 1,
-                sent_at: get_n(&current, "sent_at").unwrap_or(now),
-            }),
+            Ok(_) => Ok(decision.claim(now)),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
@@ -826,10 +871,20 @@ impl DeliveryStore for DynamoDelivery {
             .table_name(&self.table)
             .set_key(Some(key(batch_pk(meta.project_id, order), "B")))
             .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":attempt", n(record.attempt))
-            .expression_attribute_values(":final", s("final"))
-            .expression_attribute_values(":accepted", s("accepted"))
-            .condition_expression("attribute_exists(pk) AND NOT #state IN (:final, :accepted)");
+            .expression_attribute_values(":attempt", n(record.attempt));
+        // The domain's condition for this outcome, as a condition expression.
+        let condition = record_condition(&record.outcome);
+        let mut states = Vec::new();
+        for (i, st) in condition.states.iter().enumerate() {
+            let name = format!(":st{i}");
+            update = update.expression_attribute_values(&name, s(st.as_str()));
+            states.push(name);
+        }
+        let mut expression = format!("attribute_exists(pk) AND #state IN ({})", states.join(", "));
+        if condition.same_attempt {
+            expression.push_str(" AND attempts = :attempt");
+        }
+        update = update.condition_expression(expression);
         let mut sets = vec![
             "attempts = :attempt".to_owned(),
             "#state = :state".to_owned(),
@@ -906,9 +961,14 @@ impl DeliveryStore for DynamoDelivery {
                         "next_poll_at = :next_poll",
                         "due_tp = :due",
                         "polls = :zero",
+                        // Kept until its receipt deadline plus the retention, whatever the
+                        // retention: TTL never removes a batch whose receipts are awaited.
+                        "expires_at = :accepted_expiry",
                     ]
                     .map(String::from),
                 );
+                update = update
+                    .expression_attribute_values(":accepted_expiry", self.expires_at(*deadline));
                 removes.push("next_attempt_at".into());
                 if !results.is_empty() {
                     sets.push("outbox = :outbox".into());

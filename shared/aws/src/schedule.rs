@@ -9,6 +9,11 @@ use touchpoint::ProjectId;
 use touchpoint::delivery::ReceiptSchedule;
 use touchpoint::ports::StoreError;
 
+/// How often each async touchpoint's receipts are polled (protocol §2.2).
+pub const SCHEDULE_EXPRESSION: &str = "rate(5 minutes)";
+/// [`SCHEDULE_EXPRESSION`] as a duration.
+pub const SCHEDULE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[derive(Clone, Debug)]
 pub struct SchedulerReceipts {
     client: aws_sdk_scheduler::Client,
@@ -50,7 +55,7 @@ impl SchedulerReceipts {
                 .scheduler_role_arn
                 .clone()
                 .ok_or("SCHEDULER_ROLE_ARN is not set")?,
-            expression: "rate(5 minutes)".into(),
+            expression: SCHEDULE_EXPRESSION.into(),
         })
     }
 }

@@ -34,10 +34,30 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
     let names = support::provision(&clients).await;
     let ledger = DynamoDelivery::new(&clients, &names);
     let m = meta();
-    assert!(ledger.open_dispatch(&m, 2, 10, 1_000).await.unwrap());
-    assert!(
-        !ledger.open_dispatch(&m, 2, 10, 1_000).await.unwrap(),
-        "opened once"
+    assert!(ledger.open_dispatch(&m, 2, 10, 1_000).await.unwrap().new);
+    let again = ledger.open_dispatch(&m, 2, 30, 1_000).await.unwrap();
+    assert!(!again.new, "opened once");
+    assert_eq!(
+        again.batch_size, 10,
+        "with the batch size it was opened with"
+    );
+    let progress = touchpoint::delivery::Progress {
+        frontier: 1,
+        open: vec![0],
+        abandoned: None,
+    };
+    ledger
+        .save_progress(m.project_id, &m.dispatch_id, &progress, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger
+            .open_dispatch(&m, 2, 10, 3_000)
+            .await
+            .unwrap()
+            .progress,
+        progress,
+        "a redelivery resumes where the last one stopped"
     );
     assert_eq!(
         ledger

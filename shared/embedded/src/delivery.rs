@@ -11,6 +11,7 @@ use touchpoint::ProjectId;
 use touchpoint::clock::Millis;
 use touchpoint::delivery::*;
 use touchpoint::dispatch::order_no;
+use touchpoint::ledger::{BatchRecord, ClaimDecision, decide_claim, record_condition};
 use touchpoint::ports::StoreError;
 use touchpoint::protocol::UserStatus;
 
@@ -242,7 +243,7 @@ impl DeliveryStore for SqliteStore {
         users: u32,
         batch_size: u32,
         now: Millis,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Opened, StoreError> {
         let meta = meta.clone();
         let writes = self.writes();
         self.tx(move |tx| {
@@ -258,7 +259,35 @@ impl DeliveryStore for SqliteStore {
                 )?;
                 writes.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(new)
+            let (batch_size, progress, stalls): (u32, Option<String>, u32) = tx
+                .query_row_cached(
+                    "UPDATE dispatches SET stalls = stalls + 1 WHERE project_id = ?1 AND dispatch_id = ?2
+                     RETURNING batch_size, progress, stalls - 1",
+                    params![meta.project_id, meta.dispatch_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(backend)?;
+            Ok(Opened { new, batch_size, progress: parse_json(progress)?, stalls })
+        })
+        .await
+    }
+
+    async fn save_progress(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+        progress: &Progress,
+        _now: Millis,
+    ) -> Result<(), StoreError> {
+        let dispatch_id = dispatch_id.to_owned();
+        let progress = serde_json::to_string(progress).map_err(json_err)?;
+        self.tx(move |tx| {
+            tx.execute_cached(
+                "UPDATE dispatches SET progress = ?3, stalls = 0 WHERE project_id = ?1 AND dispatch_id = ?2",
+                params![project, dispatch_id, progress],
+            )
+            .map_err(backend)?;
+            Ok(())
         })
         .await
     }
@@ -324,16 +353,26 @@ impl DeliveryStore for SqliteStore {
         let order_no = order_no.to_owned();
         let writes = self.writes();
         self.tx(move |tx| {
-            let row: Option<(String, u32, Option<i64>, Option<i64>, Option<i64>)> = tx
+            let current: Option<BatchRecord> = tx
                 .query_row_cached(
                     "SELECT state, attempts, lease_until, next_attempt_at, sent_at FROM batches WHERE order_no = ?1",
                     params![order_no],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    |r| {
+                        let state: String = r.get(0)?;
+                        Ok(BatchRecord {
+                            state: BatchState::parse(&state).unwrap_or(BatchState::InFlight),
+                            attempts: r.get(1)?,
+                            lease_until: r.get(2)?,
+                            next_attempt_at: r.get(3)?,
+                            sent_at: r.get(4)?,
+                        })
+                    },
                 )
                 .optional()
                 .map_err(backend)?;
-            let (attempt, sent_at) = match row {
-                None => {
+            let decision = decide_claim(current.as_ref(), now);
+            match &decision {
+                ClaimDecision::Create => {
                     tx.execute_cached(
                         "INSERT INTO batches (order_no, project_id, dispatch_id, batch_index, touchpoint_id, campaign_id,
                                               users, state, attempts, lease_until, sent_at, succeeded, failed)
@@ -352,29 +391,18 @@ impl DeliveryStore for SqliteStore {
                     )
                     .map_err(backend)?;
                     writes.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Claim::Send {
-                        attempt: 1,
-                        sent_at: now,
-                    });
                 }
-                Some((state, attempts, lease, next, sent_at)) => match BatchState::parse(&state) {
-                    Some(BatchState::Final | BatchState::Accepted) => return Ok(Claim::Done),
-                    Some(BatchState::InFlight) if lease.unwrap_or(0) > now => {
-                        return Ok(Claim::NotBefore(lease.unwrap_or(now)));
-                    }
-                    Some(BatchState::RetryWait) if next.unwrap_or(0) > now => {
-                        return Ok(Claim::NotBefore(next.unwrap_or(now)));
-                    }
-                    _ => (attempts + 1, sent_at.unwrap_or(now)),
-                },
-            };
-            tx.execute_cached(
-                "UPDATE batches SET state = 'in_flight', attempts = ?2, lease_until = ?3 WHERE order_no = ?1",
-                params![order_no, attempt, lease_until],
-            )
-            .map_err(backend)?;
-            writes.fetch_add(1, Ordering::Relaxed);
-            Ok(Claim::Send { attempt, sent_at })
+                ClaimDecision::Take { attempt, .. } => {
+                    tx.execute_cached(
+                        "UPDATE batches SET state = 'in_flight', attempts = ?2, lease_until = ?3 WHERE order_no = ?1",
+                        params![order_no, attempt, lease_until],
+                    )
+                    .map_err(backend)?;
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+                ClaimDecision::Wait(_) | ClaimDecision::Done => {}
+            }
+            Ok(decision.claim(now))
         })
         .await
     }
@@ -384,6 +412,22 @@ impl DeliveryStore for SqliteStore {
         let writes = self.writes();
         let settles = !matches!(record.outcome, AttemptOutcome::Retry { .. });
         self.tx(move |tx| {
+            let current: Option<(String, u32)> = tx
+                .query_row_cached(
+                    "SELECT state, attempts FROM batches WHERE order_no = ?1",
+                    params![record.order_no],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let condition = record_condition(&record.outcome);
+            let allowed = current.is_some_and(|(state, attempts)| {
+                BatchState::parse(&state).is_some_and(|st| condition.holds(st, attempts, record.attempt))
+            });
+            // Already settled, or taken by another sender since: nothing is written twice.
+            if !allowed {
+                return Ok(());
+            }
             writes.fetch_add(1, Ordering::Relaxed);
             match &record.outcome {
                 AttemptOutcome::Retry { next_attempt_at } => {
@@ -918,6 +962,23 @@ impl SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    /// Hands a message on after a delivery that made progress: visible again at `at`, its
+    /// receive count started again (like a fresh message on SQS), so the count only ever
+    /// holds deliveries in a row that made no progress.
+    pub async fn continue_at(&self, id: i64, at: Millis) -> Result<(), StoreError> {
+        self.tx(move |tx| {
+            tx.execute_cached(
+                "UPDATE queue SET visible_at = ?2, receives = 0 WHERE id = ?1",
+                params![id, at],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await?;
+        self.notify_queue();
+        Ok(())
     }
 
     pub async fn dead_letter(&self, id: i64, reason: &str) -> Result<(), StoreError> {

@@ -149,6 +149,9 @@ const MIGRATIONS: &[&str] = &[
          sample_order TEXT,
          PRIMARY KEY (project_id, scope, key, hour, reason)
      ) WITHOUT ROWID;",
+    // 6: how far a dispatch's delivery has come (a redelivery resumes there).
+    "ALTER TABLE dispatches ADD COLUMN progress TEXT;
+     ALTER TABLE dispatches ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
+pub use crate::ledger::Progress;
 use crate::model::{Kind, ProjectId};
 use crate::ports::StoreError;
 use crate::protocol::UserStatus;
@@ -59,6 +60,19 @@ impl BatchState {
         .into_iter()
         .find(|b| b.as_str() == s)
     }
+}
+
+/// A dispatch as [`DeliveryStore::open_dispatch`] found or made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// True when this call opened it.
+    pub new: bool,
+    /// Users per batch, fixed when it was opened.
+    pub batch_size: u32,
+    pub progress: Progress,
+    /// Deliveries in a row before this one that made no progress (each crashed or failed on
+    /// storage before it recorded anything).
+    pub stalls: u32,
 }
 
 /// The answer to a claim.
@@ -312,14 +326,29 @@ pub fn merge_reasons(
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {
     /// Records a dispatch about to be delivered (idempotent: the first call wins) and counts
-    /// its users as sent. Returns false when it was already open.
+    /// its users as sent, and counts this delivery as one more that has not made progress yet
+    /// (in the same write). Answers what the dispatch record holds: the batch size it was
+    /// opened with (a redelivery plans the same batches whatever the touchpoint says now), how
+    /// far its delivery has come, and how many deliveries in a row before this one made no
+    /// progress.
     async fn open_dispatch(
         &self,
         meta: &DispatchMeta,
         users: u32,
         batch_size: u32,
         now: Millis,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Opened, StoreError>;
+
+    /// Saves how far a dispatch's delivery has come (last writer wins: every writer's progress
+    /// is safe on its own, see [`Progress`]), and that the delivery made progress: the count of
+    /// deliveries in a row without progress starts again.
+    async fn save_progress(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+        progress: &Progress,
+        now: Millis,
+    ) -> Result<(), StoreError>;
 
     /// Records a refused dispatch: every user final with `reason` (idempotent).
     async fn reject_dispatch(

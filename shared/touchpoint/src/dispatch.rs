@@ -345,9 +345,20 @@ pub fn plan(d: &Dispatch, tp: &Touchpoint, tem: &Map<String, Value>) -> Vec<Plan
 
 /// How many batches the dispatch makes at the touchpoint's batch size.
 pub fn batch_count(d: &Dispatch, tp: &Touchpoint) -> usize {
+    batches_of(d, usize::from(tp.spec.batch_size))
+}
+
+/// How many batches the dispatch makes at `batch_size` users each.
+pub fn batches_of(d: &Dispatch, batch_size: usize) -> usize {
+    d.users.len().div_ceil(batch_size.max(1))
+}
+
+/// The users of batch `index` at `batch_size` users per batch.
+pub fn batch_users(d: &Dispatch, batch_size: usize, index: usize) -> &[DispatchUser] {
     d.users
-        .len()
-        .div_ceil(usize::from(tp.spec.batch_size.max(1)))
+        .chunks(batch_size.max(1))
+        .nth(index)
+        .unwrap_or_default()
 }
 
 /// Batch `index` of [`plan`] alone, so a sender can map and render each batch when it is
@@ -358,12 +369,22 @@ pub fn plan_batch(
     tem: &Map<String, Value>,
     index: usize,
 ) -> PlannedBatch {
-    let size = usize::from(tp.spec.batch_size.max(1));
-    let chunk = d.users.chunks(size).nth(index).unwrap_or_default();
+    plan_batch_sized(d, tp, tem, usize::from(tp.spec.batch_size), index)
+}
+
+/// [`plan_batch`] at the batch size the dispatch was opened with (which the touchpoint may
+/// have changed since).
+pub fn plan_batch_sized(
+    d: &Dispatch,
+    tp: &Touchpoint,
+    tem: &Map<String, Value>,
+    batch_size: usize,
+    index: usize,
+) -> PlannedBatch {
     PlannedBatch {
         index,
         order_no: order_no(d.project_id, &d.dispatch_id, index),
-        users: chunk
+        users: batch_users(d, batch_size, index)
             .iter()
             .map(|u| {
                 let dynamic = dynamic_data(tp, u);

@@ -13,6 +13,7 @@ pub mod error;
 pub mod ids;
 pub mod input;
 pub mod json;
+pub mod ledger;
 pub mod model;
 pub mod ports;
 pub mod protocol;

@@ -261,6 +261,9 @@ impl Touchpoints {
         let current = self.get(project, id).await?;
         check_version(&current, expected)?;
         if current.enabled {
+            // Enabling an enabled touchpoint re-syncs its receipt schedule (a schedule whose
+            // creation failed, or that was removed by hand, is made again).
+            self.sync_schedule(None, Some(&current)).await?;
             return Ok(current);
         }
         let version = current.version;
