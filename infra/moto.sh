@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Starts the moto server on a free loopback port and prints "PID PORT" once it answers.
+# Starts the moto server on a free loopback port and prints "PID PORT" once it answers
+# (infra/moto_server.py: moto with DynamoDB transactions that back up only the items they name).
 set -euo pipefail
 venv="$1"
 log="${2:-/dev/null}"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+"$venv/bin/python" "$(dirname "$0")/moto_server.py" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
   if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then

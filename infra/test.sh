@@ -32,6 +32,10 @@ trap cleanup EXIT
 echo "moto on 127.0.0.1:$moto_port"
 
 echo "== tests"
+# MOTO_PYTHON: the delivery scenarios (tests/tests/delivery_sim.rs) start a moto server each
+# (infra/moto_server.py), stopped when they end, so that scenarios running side by side do not
+# wait on each other.
+MOTO_PYTHON="$venv/bin/python" \
 AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \
 AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \

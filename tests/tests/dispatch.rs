@@ -668,3 +668,54 @@ async fn statistics_keep_hour_counters_and_the_most_frequent_failure_reasons() {
         );
     }
 }
+
+/// The poison guard counts deliveries in a row that made no progress (here each dies while its
+/// requests are in flight, as a killed process does) and then fails the remaining users once,
+/// with the reason; a later delivery sends nothing.
+#[tokio::test]
+async fn a_dispatch_whose_deliveries_keep_dying_is_given_up_and_every_user_fails_once() {
+    let rx = Receiver::start(|_, _| {
+        Reply::After(
+            Duration::from_secs(30),
+            Box::new(Reply::Json(503, json!({}))),
+        )
+    })
+    .await;
+    let mut cfg = config("1s", 60_000);
+    // A dead sender's batch may be taken again at once.
+    cfg.lease = Duration::from_millis(1);
+    cfg.max_stalls = 3;
+    let rig = Rig::new(cfg);
+    let tp = rig.touchpoint("crashy", &rx.url(), 10).await;
+    let d = dispatch("crashy-1", &tp, 25);
+    for receives in 1..=3 {
+        let delivery = rig
+            .dispatcher
+            .handle_delivery(d.clone(), receives, i64::MAX);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), delivery)
+                .await
+                .is_err(),
+            "the delivery dies with its requests in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(rx.requests(), 9, "three deliveries sent the three batches");
+    assert_eq!(
+        rig.dispatcher
+            .handle_delivery(d.clone(), 4, i64::MAX)
+            .await
+            .unwrap(),
+        Handled::Done
+    );
+    let results = results_of(&rig.batches("crashy-1").await);
+    assert_eq!(results.len(), 25);
+    assert!(
+        results.iter().all(|(_, code, why)| code == "TOU_FAIL"
+            && why == "delivery stalled: 3 deliveries in a row made no progress"),
+        "{results:?}"
+    );
+    assert_eq!(rig.events().await.len(), 25, "one event each");
+    assert_eq!(rig.dispatcher.handle(&d).await.unwrap(), Handled::Done);
+    assert_eq!(rx.requests(), 9, "nothing sent after the give-up");
+}

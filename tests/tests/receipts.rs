@@ -557,3 +557,32 @@ async fn a_receipt_url_that_hangs_costs_one_timeout_per_round_and_users_fail_at_
         ]
     );
 }
+
+/// A round that meets its deadline leases nothing it cannot finish; what it leaves is still
+/// due, and the next round polls it.
+#[tokio::test]
+async fn a_round_near_its_deadline_leaves_its_batches_to_the_next_round() {
+    let rx = Receiver::start(|seen, _| {
+        if seen.path == "/touch" {
+            Reply::Json(200, json!({"code": 0, "orderNo": seen.order_no}))
+        } else {
+            Reply::all_ok(seen)
+        }
+    })
+    .await;
+    let rig = Rig::new();
+    let tp = rig.touchpoint(&rx, 60).await;
+    rig.dispatch("d1", &tp, 30).await;
+    rig.clock.advance(5 * MINUTE);
+    let now = touchpoint::clock::Clock::now_ms(&*rig.clock);
+    // Less time left than a poll's request timeout and margin.
+    let report = rig
+        .poller
+        .round_until(Some((1, &tp)), now + 1_000)
+        .await
+        .unwrap();
+    assert_eq!((report.polled, report.left), (0, 3), "{report:?}");
+    assert!(rx.seen_at("/receipt").is_empty());
+    let report = rig.round(&tp).await;
+    assert_eq!((report.polled, report.settled), (3, 30));
+}

@@ -28,6 +28,8 @@ environment:
   TOUCHPOINT_MAX_RECEIVES       deliveries in a row without progress (crashes, storage errors) before a
                                 dispatch's remaining users fail (default 10; waits and retries never count)
   TOUCHPOINT_RECEIPT_POLL_INTERVAL  how often async receipts are polled (default 5m; e.g. 2s for a demo)
+  TOUCHPOINT_DURABILITY         process (default: a commit survives kill -9; the last commits before a
+                                power loss may be lost) or power-loss (every commit synced to disk)
   TOUCHPOINT_LOG_FORMAT         human (default) or json
   TOUCHPOINT_LOG                log filter, e.g. info or touchpoint=debug (default info)";
 
@@ -51,6 +53,7 @@ pub struct Config {
     /// Turn the SSRF guard off (receivers on localhost in the quick start).
     pub allow_private_networks: bool,
     pub dispatcher: DispatcherConfig,
+    pub durability: touchpoint_embedded::Durability,
 }
 
 fn flag(name: &str, value: Option<String>) -> Result<bool, String> {
@@ -184,6 +187,12 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             .filter(|n| *n >= 2)
             .ok_or("TOUCHPOINT_MAX_RECEIVES must be an integer of at least 2")?;
     }
+    let durability = match env("TOUCHPOINT_DURABILITY").filter(|s| !s.trim().is_empty()) {
+        None => touchpoint_embedded::Durability::default(),
+        Some(s) => touchpoint_embedded::Durability::parse(&s).ok_or_else(|| {
+            format!("TOUCHPOINT_DURABILITY must be process or power-loss, not {s:?}")
+        })?,
+    };
     Ok(Command::Serve(Config {
         listen,
         data_dir: PathBuf::from(data_dir.unwrap_or_else(|| "touchpoint-data".into())),
@@ -199,6 +208,7 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             v => flag("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", v)?,
         },
         dispatcher,
+        durability,
     }))
 }
 
@@ -248,5 +258,17 @@ mod tests {
                 .then(|| "soon".into()))
             .is_err()
         );
+        assert!(
+            parse(&[], |n| (n == "TOUCHPOINT_DURABILITY")
+                .then(|| "forever".into()))
+            .is_err()
+        );
+        let Command::Serve(c) = parse(&[], |n| {
+            (n == "TOUCHPOINT_DURABILITY").then(|| "power-loss".into())
+        })
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.durability, touchpoint_embedded::Durability::PowerLoss);
     }
 }

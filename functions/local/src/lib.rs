@@ -202,7 +202,7 @@ fn restrict_to_owner(dir: &Path) {
 
 async fn serve(mut cfg: Config) -> Result<(), String> {
     cfg.data_dir = prepare_data_dir(&cfg.data_dir)?;
-    let store = SqliteStore::open(&cfg.data_dir)
+    let store = SqliteStore::open_with(&cfg.data_dir, cfg.durability)
         .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
     restrict_to_owner(&cfg.data_dir);
     let keys = load_keys(&cfg)?;

@@ -67,16 +67,28 @@ impl Clients {
     /// Builds the clients from the default provider chain (and `AWS_ENDPOINT_URL`, which the
     /// tests point at a local moto server).
     pub async fn from_env() -> Clients {
+        Self::build(None).await
+    }
+
+    /// The clients of [`Clients::from_env`] sent to an explicit endpoint (a local emulator such
+    /// as moto), whatever `AWS_ENDPOINT_URL` says.
+    pub async fn with_endpoint(endpoint: &str) -> Clients {
+        Self::build(Some(endpoint)).await
+    }
+
+    async fn build(endpoint: Option<&str>) -> Clients {
         use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
         // The SDK's hyper client on rustls with ring, the crypto library the outbound client
         // uses too, instead of its default on aws-lc: one crypto library per binary.
         let https = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(https)
-            .load()
-            .await;
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https);
+        if let Some(endpoint) = endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let shared = loader.load().await;
         Clients {
             dynamodb: aws_sdk_dynamodb::Client::new(&shared),
             sqs: aws_sdk_sqs::Client::new(&shared),

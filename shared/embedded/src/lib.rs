@@ -12,4 +12,4 @@ mod schema;
 mod store;
 
 pub use delivery::{QueuedDispatch, ResultsFile};
-pub use store::SqliteStore;
+pub use store::{Durability, SqliteStore};

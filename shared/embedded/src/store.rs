@@ -26,25 +26,74 @@ pub struct SqliteStore {
     results_ready: Arc<tokio::sync::Notify>,
 }
 
+/// What a committed write survives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous = NORMAL` in WAL mode: a commit survives the process dying (`kill -9`, a
+    /// panic, an OOM kill) but the last commits before a power loss or an OS crash may be lost
+    /// (the database stays consistent). The default.
+    #[default]
+    Process,
+    /// `synchronous = FULL`: every commit is synced to disk before it is answered, so it also
+    /// survives a power loss; costs an fsync per group commit.
+    PowerLoss,
+}
+
+impl Durability {
+    pub fn parse(s: &str) -> Option<Durability> {
+        match s.trim() {
+            "process" | "normal" => Some(Durability::Process),
+            "power-loss" | "full" => Some(Durability::PowerLoss),
+            _ => None,
+        }
+    }
+
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Process => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        }
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database in `data_dir` and migrates it.
+    /// Opens (creating if needed) the database in `data_dir` and migrates it, with the default
+    /// durability.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(data_dir, Durability::default())
+    }
+
+    /// [`SqliteStore::open`] with a chosen durability.
+    pub fn open_with(data_dir: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(data_dir.join(DATABASE_FILE)).map_err(StoreError::backend)?;
-        Self::setup(conn)
+        Self::setup(conn, durability)
     }
 
     /// A private in-memory database, for tests and throwaway runs.
     pub fn in_memory() -> Result<SqliteStore, StoreError> {
-        Self::setup(Connection::open_in_memory().map_err(StoreError::backend)?)
+        Self::setup(
+            Connection::open_in_memory().map_err(StoreError::backend)?,
+            Durability::default(),
+        )
     }
 
-    fn setup(mut conn: Connection) -> Result<SqliteStore, StoreError> {
-        conn.execute_batch(
+    /// The `synchronous` setting in force (1 NORMAL, 2 FULL), as SQLite reports it.
+    pub async fn synchronous(&self) -> Result<i64, StoreError> {
+        self.tx(|tx| {
+            tx.query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .map_err(StoreError::backend)
+        })
+        .await
+    }
+
+    fn setup(mut conn: Connection, durability: Durability) -> Result<SqliteStore, StoreError> {
+        conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
+             PRAGMA synchronous = {};
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000;",
-        )
+            durability.pragma()
+        ))
         .map_err(StoreError::backend)?;
         schema::migrate(&mut conn).map_err(StoreError::backend)?;
         // Every statement goes through the cache (see [`Cached`]); room for all of them.

@@ -185,3 +185,17 @@ async fn the_intake_knows_a_dispatch_from_submission_to_dead_letter() {
         Some("not JSON")
     );
 }
+
+#[tokio::test]
+async fn durability_chooses_what_a_commit_survives() {
+    use touchpoint_embedded::Durability;
+    let dir = tempfile::tempdir().unwrap();
+    let normal = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(normal.synchronous().await.unwrap(), 1, "NORMAL by default");
+    drop(normal);
+    let full = SqliteStore::open_with(dir.path(), Durability::PowerLoss).unwrap();
+    assert_eq!(full.synchronous().await.unwrap(), 2, "FULL when asked");
+    assert_eq!(Durability::parse("power-loss"), Some(Durability::PowerLoss));
+    assert_eq!(Durability::parse("process"), Some(Durability::Process));
+    assert_eq!(Durability::parse("sometimes"), None);
+}

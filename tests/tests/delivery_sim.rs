@@ -1,0 +1,910 @@
+//! The delivery promise under the conditions the product exists for, proven in a faithful
+//! emulation of AWS (see `sim/mod.rs`) against the moto server, and against the real local
+//! binary: receiver outages shorter and longer than the retry horizon, a slow receiver at batch
+//! size 1, a hanging receiver next to healthy ones in one SQS batch, a panicking record, async
+//! receipts with a 5-minute timeout and a schedule that failed to be created, aborts of
+//! invocations at random points, a 45-second outage with the default schedule, and a batch size
+//! edited during a retry wait. Each scenario prints one line of figures (RELIABILITY.md quotes
+//! them). The scenarios run side by side: most of their time is spent waiting, compressed.
+
+mod sim;
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use sim::{Esm, Figures, Scheduler, Template};
+use support::{Receiver, Reply, Seen};
+use touchpoint::clock::{Clock, SystemClock};
+use touchpoint::ledger::RetryPolicy;
+use touchpoint::model::{CampaignRef, ProjectId, Touchpoint};
+use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
+use touchpoint::{Touchpoints, UrlPolicy};
+use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints, SchedulerReceipts};
+use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
+use touchpoint_dispatcher_lambda::DispatcherLambda;
+use touchpoint_outbound::Outbound;
+use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
+use touchpoint_receipt_poller_lambda::PollerLambda;
+
+/// Time that storage calls take does not compress (and moto serves them one at a time): kept
+/// free before a deadline to record the batches in flight.
+const MARGIN: Duration = Duration::from_millis(1000);
+
+fn config(t: &Template, margin: Duration) -> DispatcherConfig {
+    DispatcherConfig {
+        // The default schedule, jitter on, compressed.
+        retry: RetryPolicy::default().scaled(t.factor),
+        request_timeout: t.scaled(Duration::from_secs(15)),
+        lease: t.scaled(Duration::from_secs(120)),
+        receipt_poll_interval: t.scaled(touchpoint_aws::schedule::SCHEDULE_INTERVAL),
+        deadline_margin: margin,
+        max_stalls: t.max_receives_env,
+        time_scale: t.factor,
+        ..DispatcherConfig::default()
+    }
+}
+
+/// Scenarios that load the moto server run one at a time (it is one Python process; its
+/// latency does not compress), beside the ones that mostly wait.
+static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// One deployment: tables, queues as the template declares them, and the stores.
+struct World {
+    clients: Clients,
+    names: AwsNames,
+    template: Template,
+    dlq: String,
+    ledger: Arc<DynamoDelivery>,
+    touchpoints: Arc<DynamoTouchpoints>,
+    admin: Touchpoints,
+    results: Mutex<Option<sim::ResultsReader>>,
+    /// Last: the moto server stops after everything that talks to it.
+    _moto: sim::Moto,
+}
+
+impl World {
+    async fn new(factor: f64) -> World {
+        // SIM_LOG=touchpoint_dispatcher=debug,info shows what the functions log.
+        if let Ok(filter) = std::env::var("SIM_LOG") {
+            use tracing_subscriber::prelude::*;
+            if let Ok(targets) = filter.parse::<tracing_subscriber::filter::Targets>() {
+                let _ = tracing_subscriber::registry()
+                    .with(targets)
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .try_init();
+            }
+        }
+        let moto = sim::Moto::start().await;
+        let clients = Clients::with_endpoint(&moto.endpoint).await;
+        let names = touchpoint_aws::provision::provision(&clients).await;
+        let template = Template::read(factor);
+        let dlq = sim::configure_queues(&clients, &names, &template).await;
+        let ledger = Arc::new(DynamoDelivery::new(&clients, &names));
+        let touchpoints = Arc::new(DynamoTouchpoints::new(
+            clients.dynamodb.clone(),
+            &names.touchpoints_table,
+        ));
+        let admin = Touchpoints::new(
+            touchpoints.clone(),
+            Arc::new(SystemClock),
+            UrlPolicy {
+                allow_plain_http: true,
+            },
+        )
+        .with_receipt_schedule(
+            Arc::new(SchedulerReceipts::new(clients.scheduler.clone(), &names).unwrap()),
+            ledger.clone(),
+        );
+        let results = Mutex::new(Some(sim::ResultsReader::start(&clients, &names)));
+        World {
+            _moto: moto,
+            results,
+            clients,
+            names,
+            template,
+            dlq,
+            ledger,
+            touchpoints,
+            admin,
+        }
+    }
+
+    fn queue(&self) -> String {
+        self.names.dispatch_queue_url.clone().unwrap()
+    }
+
+    async fn touchpoint(&self, name: &str, extra: Value) -> String {
+        let mut body = json!({
+            "name": name, "kind": "notification", "url": "http://127.0.0.1:9/touch", "token": "sim-token",
+            "batchSize": 50,
+            "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
+            "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let tp = self.admin.create(1, &body).await.unwrap();
+        self.admin
+            .set_spaces(1, &tp.id, &json!({"spaceIds": ["space-a"]}))
+            .await
+            .unwrap();
+        tp.id
+    }
+
+    /// Sends a dispatch to the dispatch queue, as the campaign system does.
+    async fn send(&self, id: &str, touchpoint: &str, users: usize) {
+        let users: Vec<Value> = (0..users as i64)
+            .map(|g| json!({"gid": g, "attributes": {"usr_name": format!("u{g}")}}))
+            .collect();
+        let body = json!({
+            "dispatchId": id, "projectId": 1, "spaceId": "space-a", "campaignId": "cmp-sim",
+            "touchpointId": touchpoint, "templateValues": {"title": "Hi {{name}}"}, "users": users
+        });
+        self.clients
+            .sqs
+            .send_message()
+            .queue_url(self.queue())
+            .message_body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    fn lambda(&self, cfg: DispatcherConfig) -> Arc<DispatcherLambda> {
+        Arc::new(DispatcherLambda::new(
+            &self.clients,
+            &self.names,
+            self.queue(),
+            Outbound::new(true).unwrap(),
+            cfg,
+            self.template.max_receives_env,
+        ))
+    }
+
+    /// The event source mapping with `instances` Lambda instances side by side.
+    fn esm(&self, instances: usize, abort: Option<sim::Abort>) -> Esm {
+        self.esm_with(instances, abort, MARGIN)
+    }
+
+    fn esm_with(&self, instances: usize, abort: Option<sim::Abort>, margin: Duration) -> Esm {
+        let lambdas = (0..instances)
+            .map(|_| self.lambda(config(&self.template, margin)))
+            .collect();
+        Esm::start(&self.clients, &self.queue(), &self.template, lambdas, abort)
+    }
+
+    async fn figures(
+        &self,
+        dispatches: &[(String, usize)],
+        rx: &Tracked,
+        esm: &sim::EsmStats,
+    ) -> Figures {
+        let results = self.results.lock().unwrap().take().unwrap();
+        let mut f = Figures::gather(
+            &self.clients,
+            results,
+            &*self.ledger,
+            dispatches,
+            esm,
+            &self.dlq,
+        )
+        .await;
+        f.sent_twice = rx.sent_twice();
+        f
+    }
+}
+
+/// A receiver's answers, tracked: how often each orderNo was answered with a transient failure,
+/// so that a request beyond those (and the first) counts as the batch sent twice.
+#[derive(Clone, Default)]
+struct Tracked {
+    transient: Arc<Mutex<HashMap<String, usize>>>,
+    requests: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Tracked {
+    fn answer(&self, seen: &Seen, reply: Reply, transient: bool) -> Reply {
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry(seen.order_no.clone())
+            .or_default() += 1;
+        if transient {
+            *self
+                .transient
+                .lock()
+                .unwrap()
+                .entry(seen.order_no.clone())
+                .or_default() += 1;
+        }
+        reply
+    }
+
+    fn sent_twice(&self) -> usize {
+        let transient = self.transient.lock().unwrap();
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(order, n)| **n > transient.get(*order).copied().unwrap_or(0) + 1)
+            .count()
+    }
+}
+
+fn total(dispatches: &[(String, usize)]) -> usize {
+    dispatches.iter().map(|(_, n)| n).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn an_outage_of_40_percent_of_the_retry_horizon_fails_no_one() {
+    let _heavy = HEAVY.acquire().await.unwrap();
+    let w = World::new(60.0).await;
+    let horizon = w.template.scaled(RetryPolicy::default().horizon());
+    let up_at = Instant::now() + horizon.mul_f64(0.4);
+    let tracked = Tracked::default();
+    let t = tracked.clone();
+    let _rx = Receiver::start(move |seen, _| {
+        if Instant::now() < up_at {
+            t.answer(seen, Reply::Json(503, json!({})), true)
+        } else {
+            t.answer(seen, Reply::all_ok(seen), false)
+        }
+    })
+    .await;
+    let url = _rx.url();
+    let tp = w
+        .touchpoint("outage", json!({"url": url, "batchSize": 50}))
+        .await;
+    let dispatches: Vec<(String, usize)> = (0..5).map(|i| (format!("outage-{i}"), 1_000)).collect();
+    for (id, n) in &dispatches {
+        w.send(id, &tp, *n).await;
+    }
+    let esm = w.esm(3, None);
+    let elapsed = sim::until_final(&*w.ledger, &dispatches, horizon * 2).await;
+    let stats = esm.stop().await;
+    let f = w.figures(&dispatches, &tracked, &stats).await;
+    f.print(
+        "receiver down 40% of the retry horizon, 5 dispatches × 20 batches, jitter on",
+        elapsed,
+        w.template.factor,
+    );
+    assert_eq!(f.succeeded, total(&dispatches), "{f:?}");
+    assert!(f.failed_by_reason.is_empty(), "{f:?}");
+    assert!(f.max_attempts <= 6, "{f:?}");
+    assert_eq!(f.dead_lettered, 0);
+    assert_eq!((f.one_event, f.repeated_events), (total(&dispatches), 0));
+    assert_eq!(f.killed, 0);
+    assert!(f.max_receives <= 2, "{f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn an_outage_longer_than_the_horizon_fails_users_only_when_their_attempts_run_out() {
+    let w = World::new(60.0).await;
+    let horizon = w.template.scaled(RetryPolicy::default().horizon());
+    let tracked = Tracked::default();
+    let t = tracked.clone();
+    let rx =
+        Receiver::start(move |seen, _| t.answer(seen, Reply::Json(503, json!({})), true)).await;
+    let tp = w
+        .touchpoint("down", json!({"url": rx.url(), "batchSize": 10}))
+        .await;
+    let dispatches = vec![("down-0".to_owned(), 50)];
+    w.send("down-0", &tp, 50).await;
+    let esm = w.esm(2, None);
+    let elapsed = sim::until_final(&*w.ledger, &dispatches, horizon * 3).await;
+    let stats = esm.stop().await;
+    let f = w.figures(&dispatches, &tracked, &stats).await;
+    f.print(
+        "receiver down longer than the retry horizon, 5 batches",
+        elapsed,
+        w.template.factor,
+    );
+    assert_eq!(
+        f.failed_by_reason.get("retries exhausted after 6 attempts"),
+        Some(&50),
+        "{f:?}"
+    );
+    assert_eq!(f.failed_by_reason.len(), 1, "no other reason: {f:?}");
+    assert_eq!(f.max_attempts, 6);
+    // At about the schedule's end: the waits with their jitter, rounded up to whole seconds
+    // where SQS delays.
+    assert!(
+        elapsed >= horizon.mul_f64(0.8) && elapsed <= horizon.mul_f64(1.6),
+        "{elapsed:?} for a horizon of {horizon:?}"
+    );
+    assert_eq!(f.dead_lettered, 0);
+    assert_eq!(
+        rx.requests(),
+        30,
+        "six attempts of each of the five batches"
+    );
+    assert_eq!((f.one_event, f.repeated_events), (50, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_slow_receiver_at_batch_size_1_is_served_across_invocations_without_a_kill_or_a_resend() {
+    let _heavy = HEAVY.acquire().await.unwrap();
+    let w = World::new(30.0).await;
+    let users: usize = std::env::var("SIM_SLOW_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    // A third of the function's timeout per request.
+    let slow = w.template.scaled(w.template.dispatcher_timeout) / 3;
+    let tracked = Tracked::default();
+    let t = tracked.clone();
+    let rx = Receiver::start(move |seen, _| {
+        t.answer(
+            seen,
+            Reply::After(slow, Box::new(Reply::all_ok(seen))),
+            false,
+        )
+    })
+    .await;
+    // Its request timeout must let such a receiver answer: 45 s.
+    let tp = w
+        .touchpoint(
+            "slow",
+            json!({"url": rx.url(), "batchSize": 1, "requestTimeoutSeconds": 45, "maxConcurrency": 16}),
+        )
+        .await;
+    let dispatches = vec![("slow-0".to_owned(), users)];
+    w.send("slow-0", &tp, users).await;
+    // Recording 16 batches at once takes moto longer than the compressed margin.
+    let esm = w.esm_with(2, None, Duration::from_millis(1500));
+    let elapsed = sim::until_final(&*w.ledger, &dispatches, Duration::from_secs(300)).await;
+    let stats = esm.stop().await;
+    let f = w.figures(&dispatches, &tracked, &stats).await;
+    f.print(
+        &format!("slow receiver ({slow:?} a request), batch size 1, {users} users"),
+        elapsed,
+        w.template.factor,
+    );
+    assert_eq!(f.succeeded, users, "{f:?}");
+    assert_eq!(f.killed, 0, "no invocation reached its timeout");
+    assert_eq!(f.sent_twice, 0);
+    assert!(f.invocations > 1, "more than one invocation: {f:?}");
+    assert!(f.max_receives <= 2, "{f:?}");
+    assert_eq!((f.one_event, f.repeated_events), (users, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_hanging_receiver_costs_the_other_records_of_its_batch_nothing() {
+    let w = World::new(20.0).await;
+    let ok = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let hang = Receiver::start(|seen, _| {
+        Reply::After(Duration::from_secs(30), Box::new(Reply::all_ok(seen)))
+    })
+    .await;
+    let a = w
+        .touchpoint("healthy-a", json!({"url": ok.url(), "batchSize": 10}))
+        .await;
+    let b = w
+        .touchpoint("healthy-b", json!({"url": ok.url(), "batchSize": 10}))
+        .await;
+    let c = w
+        .touchpoint("hanging", json!({"url": hang.url(), "batchSize": 10}))
+        .await;
+    let mut healthy = Vec::new();
+    for i in 0..10 {
+        let tp = [&a, &b, &c][i % 3];
+        let id = format!("mixed-{i}");
+        w.send(&id, tp, 30).await;
+        if i % 3 != 2 {
+            healthy.push((id, 30));
+        }
+    }
+    // One instance: the ten messages arrive as one SQS batch.
+    let esm = w.esm(1, None);
+    let elapsed = sim::until_final(&*w.ledger, &healthy, Duration::from_secs(60)).await;
+    let stats = esm.stop().await;
+    let deliveries = stats.deliveries.lock().unwrap().clone();
+    let f = w.figures(&healthy, &Tracked::default(), &stats).await;
+    f.print(
+        "10 dispatches for 3 touchpoints in one SQS batch, one receiver hanging",
+        elapsed,
+        w.template.factor,
+    );
+    assert_eq!(
+        stats.max_records.load(Ordering::SeqCst),
+        10,
+        "one SQS batch of ten"
+    );
+    assert_eq!(f.succeeded, total(&healthy));
+    for (id, _) in &healthy {
+        assert_eq!(
+            deliveries.get(id),
+            Some(&1),
+            "{id} was delivered once: {deliveries:?}"
+        );
+    }
+    assert!(
+        elapsed < w.template.scaled(w.template.dispatcher_timeout) * 2,
+        "the healthy dispatches finished in the first invocation: {elapsed:?}"
+    );
+}
+
+/// A touchpoint store whose first read of one touchpoint panics (a bug met by one record).
+struct PanicOnce {
+    inner: Arc<DynamoTouchpoints>,
+    id: String,
+    fired: AtomicBool,
+}
+
+#[async_trait]
+impl TouchpointStore for PanicOnce {
+    async fn insert(&self, tp: &Touchpoint) -> Result<(), StoreError> {
+        self.inner.insert(tp).await
+    }
+    async fn get(&self, project: ProjectId, id: &str) -> Result<Option<Touchpoint>, StoreError> {
+        if id == self.id && !self.fired.swap(true, Ordering::SeqCst) {
+            panic!("a bug met by one record");
+        }
+        self.inner.get(project, id).await
+    }
+    async fn list(
+        &self,
+        project: ProjectId,
+        f: &ListFilter,
+    ) -> Result<Vec<Touchpoint>, StoreError> {
+        self.inner.list(project, f).await
+    }
+    async fn list_for_space(&self, p: ProjectId, s: &str) -> Result<Vec<Touchpoint>, StoreError> {
+        self.inner.list_for_space(p, s).await
+    }
+    async fn update(&self, n: &Touchpoint, v: u64, g: UpdateGuard) -> Result<(), StoreError> {
+        self.inner.update(n, v, g).await
+    }
+    async fn delete(&self, p: ProjectId, id: &str, v: u64) -> Result<(), StoreError> {
+        self.inner.delete(p, id, v).await
+    }
+    async fn campaigns(&self, p: ProjectId, id: &str) -> Result<Vec<CampaignRef>, StoreError> {
+        self.inner.campaigns(p, id).await
+    }
+    async fn put_campaign(
+        &self,
+        p: ProjectId,
+        id: &str,
+        c: &CampaignRef,
+    ) -> Result<(), StoreError> {
+        self.inner.put_campaign(p, id, c).await
+    }
+    async fn delete_campaign(&self, p: ProjectId, id: &str, c: &str) -> Result<bool, StoreError> {
+        self.inner.delete_campaign(p, id, c).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_record_whose_handling_panics_is_redelivered_and_its_users_get_outcomes() {
+    let w = World::new(60.0).await;
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let bad = w
+        .touchpoint("panics", json!({"url": rx.url(), "batchSize": 10}))
+        .await;
+    let good = w
+        .touchpoint("fine", json!({"url": rx.url(), "batchSize": 10}))
+        .await;
+    let store = Arc::new(PanicOnce {
+        inner: w.touchpoints.clone(),
+        id: bad.clone(),
+        fired: AtomicBool::new(false),
+    });
+    let dispatcher = Dispatcher::new(
+        store,
+        w.ledger.clone(),
+        Outbound::new(true).unwrap(),
+        Arc::new(SystemClock),
+        config(&w.template, MARGIN),
+    );
+    let lambda = Arc::new(DispatcherLambda::from_parts(
+        dispatcher,
+        w.clients.sqs.clone(),
+        w.queue(),
+        w.template.max_receives_env,
+    ));
+    w.send("panic-0", &bad, 30).await;
+    w.send("calm-0", &good, 30).await;
+    let dispatches = vec![("panic-0".to_owned(), 30), ("calm-0".to_owned(), 30)];
+    let esm = Esm::start(&w.clients, &w.queue(), &w.template, vec![lambda], None);
+    let elapsed = sim::until_final(
+        &*w.ledger,
+        &dispatches,
+        w.template.scaled(w.template.visibility_timeout) * 3,
+    )
+    .await;
+    let stats = esm.stop().await;
+    let deliveries = stats.deliveries.lock().unwrap().clone();
+    let f = w.figures(&dispatches, &Tracked::default(), &stats).await;
+    f.print(
+        "a record whose handling panics, next to a calm one",
+        elapsed,
+        w.template.factor,
+    );
+    assert_eq!(f.succeeded, 60, "{f:?}");
+    assert_eq!(
+        deliveries.get("panic-0"),
+        Some(&2),
+        "redelivered once: {deliveries:?}"
+    );
+    assert_eq!(deliveries.get("calm-0"), Some(&1), "{deliveries:?}");
+    assert_eq!(f.max_receives, 2);
+    assert_eq!((f.one_event, f.repeated_events), (60, 0));
+}
+
+/// When a batch was accepted, and its users.
+type Accepted = (Instant, Vec<i64>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_five_minute_receipt_timeout_is_polled_and_a_failed_schedule_heals() {
+    let w = World::new(60.0).await;
+    let minute = w.template.scaled(Duration::from_secs(60));
+    let accepted: Arc<Mutex<HashMap<String, Accepted>>> = Arc::default();
+    let polls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let rx = {
+        let accepted = Arc::clone(&accepted);
+        let polls = Arc::clone(&polls);
+        Receiver::start(move |seen, _| match seen.path.as_str() {
+            "/touch" => {
+                accepted
+                    .lock()
+                    .unwrap()
+                    .insert(seen.order_no.clone(), (Instant::now(), seen.gids.clone()));
+                Reply::Json(
+                    200,
+                    json!({"code": 0, "message": "", "orderNo": seen.order_no}),
+                )
+            }
+            _ => {
+                *polls
+                    .lock()
+                    .unwrap()
+                    .entry(seen.order_no.clone())
+                    .or_default() += 1;
+                let (at, gids) = accepted.lock().unwrap()[&seen.order_no].clone();
+                // The statuses arrive just before the 5-minute deadline.
+                if at.elapsed() >= minute * 5 - minute / 6 {
+                    Reply::statuses_for(&seen.order_no, &gids, |_| ("TOU_SUCC", ""))
+                } else {
+                    Reply::Json(200, json!({"code": 0, "sendStatusList": []}))
+                }
+            }
+        })
+        .await
+    };
+    let tp = w
+        .touchpoint(
+            "async",
+            json!({"url": rx.url(), "batchSize": 10,
+                   "receipt": {"mode": "async", "receiptUrl": rx.receipt_url(), "timeoutMinutes": 5}}),
+        )
+        .await;
+    // The schedule's creation failed (it is not there): the dispatcher makes it.
+    let group = w.names.schedule_group.clone().unwrap();
+    w.clients
+        .scheduler
+        .delete_schedule()
+        .group_name(&group)
+        .name(touchpoint_aws::schedule::schedule_name(1, &tp))
+        .send()
+        .await
+        .unwrap();
+    let poller = Arc::new(PollerLambda {
+        poller: Arc::new(ReceiptPoller::new(
+            w.touchpoints.clone(),
+            w.ledger.clone(),
+            Arc::new(SchedulerReceipts::new(w.clients.scheduler.clone(), &w.names).unwrap()),
+            Outbound::new(true).unwrap(),
+            Arc::new(SystemClock),
+            PollerConfig {
+                interval: w
+                    .template
+                    .scaled(touchpoint_aws::schedule::SCHEDULE_INTERVAL),
+                lease: w.template.scaled(Duration::from_secs(60)),
+                request_timeout: w.template.scaled(Duration::from_secs(15)),
+                deadline_margin: MARGIN,
+                time_scale: w.template.factor,
+                ..PollerConfig::default()
+            },
+        )),
+    });
+    // Every firing is delivered twice at once (Scheduler invokes at least once).
+    let scheduler = Scheduler::start(&w.clients, group, poller, &w.template, 1);
+    w.send("async-0", &tp, 40).await;
+    let dispatches = vec![("async-0".to_owned(), 40)];
+    let esm = w.esm(1, None);
+    let elapsed = sim::until_final(&*w.ledger, &dispatches, minute * 15).await;
+    let stats = esm.stop().await;
+    let firings = scheduler.stop().await;
+    let f = w.figures(&dispatches, &Tracked::default(), &stats).await;
+    f.print(
+        "async receipts, timeoutMinutes 5, schedule creation failed once",
+        elapsed,
+        w.template.factor,
+    );
+    let polls = polls.lock().unwrap().clone();
+    eprintln!("scenario async: poller invocations {firings}; receipt polls per batch {polls:?}");
+    assert_eq!(
+        f.succeeded, 40,
+        "the statuses that came just before the deadline: {f:?}"
+    );
+    assert_eq!(polls.len(), 4, "every batch was polled");
+    assert!(
+        polls.values().all(|n| *n <= 2),
+        "no batch polled twice by one firing: {polls:?}"
+    );
+    assert_eq!((f.one_event, f.repeated_events), (40, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn ten_aborts_at_random_points_lose_no_one_and_resend_only_what_was_in_flight() {
+    let w = World::new(60.0).await;
+    let tracked = Tracked::default();
+    let t = tracked.clone();
+    let rx = Receiver::start(move |seen, _| {
+        t.answer(
+            seen,
+            Reply::After(Duration::from_millis(30), Box::new(Reply::all_ok(seen))),
+            false,
+        )
+    })
+    .await;
+    let tp = w
+        .touchpoint("aborts", json!({"url": rx.url(), "batchSize": 10}))
+        .await;
+    let dispatches: Vec<(String, usize)> = (0..3).map(|i| (format!("abort-{i}"), 600)).collect();
+    for (id, n) in &dispatches {
+        w.send(id, &tp, *n).await;
+    }
+    let timeout = w.template.scaled(w.template.dispatcher_timeout);
+    let seed = Arc::new(AtomicUsize::new((SystemClock.now_ms() as usize) | 1));
+    let abort: sim::Abort = Arc::new(move |stats: &sim::EsmStats| {
+        // Invocations die at a random point (a xorshift step picks it) until ten did.
+        let mut x = seed.load(Ordering::SeqCst);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        seed.store(x, Ordering::SeqCst);
+        (stats.aborted.load(Ordering::SeqCst) < 10)
+            .then(|| timeout.mul_f64(0.05 + 0.5 * (x % 1000) as f64 / 1000.0))
+    });
+    let esm = w.esm(2, Some(abort));
+    let elapsed = sim::until_final(&*w.ledger, &dispatches, Duration::from_secs(240)).await;
+    let stats = esm.stop().await;
+    let aborted = stats.aborted.load(Ordering::SeqCst) as usize;
+    assert_eq!(aborted, 10, "ten invocations died");
+    let f = w.figures(&dispatches, &tracked, &stats).await;
+    f.print(
+        &format!("{aborted} aborts of an invocation at random points"),
+        elapsed,
+        w.template.factor,
+    );
+    let users = total(&dispatches);
+    assert_eq!(f.succeeded, users, "users lost: {}", users - f.succeeded);
+    assert_eq!(
+        (f.one_event, f.repeated_events),
+        (users, 0),
+        "one outcome each"
+    );
+    // Only batches in flight at an abort are sent again: at most the touchpoint's concurrency
+    // (4 in flight per instance) per abort.
+    assert!(
+        f.sent_twice <= 4 * aborted,
+        "{} re-sent for {aborted} aborts",
+        f.sent_twice
+    );
+    assert_eq!(f.dead_lettered, 0);
+}
+
+// ---- Against the real local binary ----
+
+const ADMIN: &str = "sim-admin-key-00001";
+const CAMPAIGN: &str = "sim-campaign-key-001";
+
+fn local(dir: &std::path::Path, extra: &[(&str, &str)]) -> support::service::Service {
+    let keys = format!("{ADMIN}=1:admin,{CAMPAIGN}=1:campaign");
+    let mut env = vec![
+        ("TOUCHPOINT_API_KEYS", keys.as_str()),
+        ("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", "true"),
+    ];
+    env.extend_from_slice(extra);
+    support::service::Service::start(dir, &env)
+}
+
+fn local_dispatch(id: &str, touchpoint: &str, users: i64) -> Value {
+    let users: Vec<Value> = (0..users)
+        .map(|g| json!({"gid": g, "attributes": {"usr_name": format!("u{g}")}}))
+        .collect();
+    json!({
+        "dispatchId": id, "projectId": 1, "spaceId": "space-a", "campaignId": "cmp-local",
+        "touchpointId": touchpoint, "templateValues": {"title": "Hi {{name}}"}, "users": users
+    })
+}
+
+async fn local_completed(service: &support::service::Service, id: &str, limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, d) = service
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/dispatches/{id}"),
+                CAMPAIGN,
+                None,
+            )
+            .await;
+        if status == 200 && d["state"] == "completed" {
+            return d;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not completed after {limit:?}: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_local_binary_rides_out_a_45_second_outage_with_the_default_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up_at = Instant::now() + Duration::from_secs(45);
+    let tracked = Tracked::default();
+    let t = tracked.clone();
+    let rx = Receiver::start(move |seen, _| {
+        if Instant::now() < up_at {
+            t.answer(seen, Reply::Json(503, json!({})), true)
+        } else {
+            t.answer(seen, Reply::all_ok(seen), false)
+        }
+    })
+    .await;
+    let service = local(&tmp.path().join("data"), &[]);
+    let body = json!({
+        "name": "outage", "kind": "notification", "url": rx.url(), "batchSize": 500,
+        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
+        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
+    });
+    let tp = service.register(ADMIN, body, &["space-a"]).await;
+    let started = Instant::now();
+    let (status, _) = service
+        .call(
+            reqwest::Method::POST,
+            "/v1/dispatches",
+            CAMPAIGN,
+            Some(local_dispatch("outage-45", &tp, 10_000)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    // 30 s ± 20 %, then 2 min ± 20 %: done within about three minutes.
+    let d = local_completed(&service, "outage-45", Duration::from_secs(240)).await;
+    let elapsed = started.elapsed();
+    let max_attempts = d["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["attempts"].as_u64())
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "scenario local 45-second outage: {elapsed:.1?}; users succeeded {}, failed {}; max attempts of a \
+         batch {max_attempts}; receiver POSTs {}; batches sent twice {}",
+        d["counts"]["succeeded"],
+        d["counts"]["failed"],
+        rx.requests(),
+        tracked.sent_twice()
+    );
+    assert_eq!(d["counts"]["succeeded"], 10_000, "{}", d["counts"]);
+    assert_eq!(d["counts"]["failed"], 0);
+    assert!(
+        max_attempts <= 3,
+        "two retry rounds at most: {max_attempts}"
+    );
+    assert_eq!(tracked.sent_twice(), 0);
+    service.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_size_edited_during_a_retry_wait_sends_no_user_under_two_order_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The first request of every batch holding a gid below 500 fails; the rest succeed.
+    let rx = Receiver::start(|seen, n| {
+        if n == 1 && seen.gids.iter().any(|g| *g < 500) {
+            Reply::Json(503, json!({}))
+        } else {
+            Reply::all_ok(seen)
+        }
+    })
+    .await;
+    let service = local(
+        &tmp.path().join("data"),
+        &[("TOUCHPOINT_RETRY_SCHEDULE", "3s,3s,3s")],
+    );
+    let body = json!({
+        "name": "resized", "kind": "notification", "url": rx.url(), "batchSize": 100,
+        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
+        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
+    });
+    let tp = service.register(ADMIN, body.clone(), &["space-a"]).await;
+    let (status, _) = service
+        .call(
+            reqwest::Method::POST,
+            "/v1/dispatches",
+            CAMPAIGN,
+            Some(local_dispatch("resized-0", &tp, 1_000)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    // Wait until every batch was sent once: five wait for their retry.
+    let started = Instant::now();
+    while rx.requests() < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "first round not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Disable, change the batch size from 100 to 30, enable: all within the retry wait.
+    let (status, disabled) = service
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/touchpoints/{tp}/disable"),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{disabled}");
+    let mut edit = body;
+    edit["batchSize"] = json!(30);
+    edit["version"] = disabled["version"].clone();
+    let (status, edited) = service
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/touchpoints/{tp}"),
+            ADMIN,
+            Some(edit),
+        )
+        .await;
+    assert_eq!(status, 200, "{edited}");
+    let (status, _) = service
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/touchpoints/{tp}/enable"),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the edit happened during the retry wait"
+    );
+    let d = local_completed(&service, "resized-0", Duration::from_secs(30)).await;
+    let mut orders_of: HashMap<i64, HashSet<String>> = HashMap::new();
+    for s in rx.seen() {
+        for g in &s.gids {
+            orders_of.entry(*g).or_default().insert(s.order_no.clone());
+        }
+    }
+    let twice = orders_of.values().filter(|o| o.len() > 1).count();
+    eprintln!(
+        "scenario batch size edited during a retry wait (100 → 30): users succeeded {}, users sent under two \
+         orderNos {twice}, receiver POSTs {}",
+        d["counts"]["succeeded"],
+        rx.requests()
+    );
+    assert_eq!(d["counts"]["succeeded"], 1_000, "{}", d["counts"]);
+    assert_eq!(twice, 0);
+    assert_eq!(rx.requests(), 15, "ten batches of 100, five of them twice");
+    service.terminate();
+}

@@ -1,0 +1,696 @@
+//! A faithful emulation of what AWS does around the dispatcher and the receipt poller, against
+//! the moto server (which stores SQS and DynamoDB state but runs no Lambda): an event source
+//! mapping that long-polls the dispatch queue and invokes the real dispatcher Lambda handler
+//! with up to `BatchSize` records and the function's `Timeout` as its deadline, drops the
+//! invocation at that deadline (its records come back after the visibility timeout, as on AWS),
+//! applies `ReportBatchItemFailures`, and runs several instances side by side; and EventBridge
+//! Scheduler invoking the receipt poller at a fixed rate, at least once. Queues get the
+//! attributes `template.yaml` gives them (moto applies visibility, delays, receive counts and
+//! the redrive policy). Time is compressed by one factor throughout a scenario
+//! ([`Template::factor`]): the retry schedule, visibility, timeouts and poll interval alike.
+
+pub mod template;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::sqs::SqsEvent;
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
+use serde_json::{Value, json};
+use touchpoint::clock::{Clock, SystemClock};
+use touchpoint::delivery::{BatchView, DeliveryStore};
+use touchpoint_aws::{AwsNames, Clients};
+use touchpoint_dispatcher_lambda::DispatcherLambda;
+use touchpoint_receipt_poller_lambda::PollerLambda;
+
+pub use template::Template;
+
+/// Whole seconds as SQS takes them, rounded up (never down) and at least `min`.
+pub fn sqs_seconds(d: Duration, min: u64) -> i32 {
+    (d.as_secs_f64().ceil() as u64).max(min) as i32
+}
+
+/// A moto server of the scenario's own (`infra/moto_server.py`, when `MOTO_PYTHON` names the
+/// Python that has moto, as the test command sets it), so that scenarios running side by side do not queue behind each other in
+/// one Python process, and moto's transactions (which copy every table it holds) stay fast;
+/// otherwise the shared one at `AWS_ENDPOINT_URL`. Stopped when dropped.
+pub struct Moto {
+    child: Option<std::process::Child>,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let shared =
+            std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL: run through infra/test.sh");
+        assert!(
+            shared.starts_with("http://127.0.0.1:"),
+            "not local: {shared}"
+        );
+        let Ok(python) = std::env::var("MOTO_PYTHON") else {
+            return Moto {
+                child: None,
+                endpoint: shared,
+            };
+        };
+        let port = crate::support::service::free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/moto_server.py");
+        let child = std::process::Command::new(&python)
+            .arg(script)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {script} with {python}: {e}"));
+        let moto = Moto {
+            child: Some(child),
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        while reqwest::get(format!("{}/moto-api/", moto.endpoint))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The dispatch queue as the template declares it (attributes scaled), and its dead-letter
+/// queue with the template's redrive policy.
+pub async fn configure_queues(clients: &Clients, names: &AwsNames, t: &Template) -> String {
+    let dlq = clients
+        .sqs
+        .create_queue()
+        .queue_name(touchpoint_aws::provision::unique("dispatch-dlq"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap();
+    let queue = names.dispatch_queue_url.clone().unwrap();
+    clients
+        .sqs
+        .set_queue_attributes()
+        .queue_url(&queue)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            sqs_seconds(t.scaled(t.visibility_timeout), 1).to_string(),
+        )
+        .attributes(
+            QueueAttributeName::MessageRetentionPeriod,
+            t.retention.as_secs().to_string(),
+        )
+        .attributes(
+            QueueAttributeName::MaximumMessageSize,
+            t.maximum_message_size.to_string(),
+        )
+        .attributes(
+            QueueAttributeName::DelaySeconds,
+            t.delay_seconds.to_string(),
+        )
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": t.max_receive_count})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    dlq
+}
+
+/// What the event source mapping saw.
+#[derive(Default)]
+pub struct EsmStats {
+    pub invocations: AtomicU64,
+    /// Invocations still running at the function's timeout (dropped, as Lambda kills them).
+    pub killed: AtomicU64,
+    /// Invocations the scenario aborted at a random point (a crash).
+    pub aborted: AtomicU64,
+    pub max_receive_count: AtomicU64,
+    /// Deliveries per dispatch id.
+    pub deliveries: Mutex<HashMap<String, u64>>,
+    /// Batches of records handed to one invocation at most.
+    pub max_records: AtomicU64,
+}
+
+/// Decides, per invocation, whether to abort it and after how long (a crash at a random point),
+/// knowing what the mapping saw so far.
+pub type Abort = Arc<dyn Fn(&EsmStats) -> Option<Duration> + Send + Sync>;
+
+/// The event source mapping: `instances` concurrent pollers, each invoking its own Lambda
+/// instance (a process with its own per-touchpoint gates), as SQS scales the function out.
+pub struct Esm {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub stats: Arc<EsmStats>,
+}
+
+impl Esm {
+    pub fn start(
+        clients: &Clients,
+        queue: &str,
+        t: &Template,
+        lambdas: Vec<Arc<DispatcherLambda>>,
+        abort: Option<Abort>,
+    ) -> Esm {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(EsmStats::default());
+        let timeout = t.scaled(t.dispatcher_timeout);
+        let tasks = lambdas
+            .into_iter()
+            .map(|lambda| {
+                let sqs = clients.sqs.clone();
+                let queue = queue.to_owned();
+                let stop = Arc::clone(&stop);
+                let stats = Arc::clone(&stats);
+                let abort = abort.clone();
+                let batch_size = t.batch_size;
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let got = sqs
+                            .receive_message()
+                            .queue_url(&queue)
+                            .max_number_of_messages(batch_size)
+                            .wait_time_seconds(1)
+                            .message_system_attribute_names(
+                                aws_sdk_sqs::types::MessageSystemAttributeName::All,
+                            )
+                            .message_attribute_names("All")
+                            .send()
+                            .await;
+                        let messages = match got {
+                            Ok(r) => r.messages.unwrap_or_default(),
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        };
+                        if messages.is_empty() {
+                            continue;
+                        }
+                        let records: Vec<_> = messages
+                            .into_iter()
+                            .map(crate::support::sqs::record_of)
+                            .collect();
+                        stats
+                            .max_records
+                            .fetch_max(records.len() as u64, Ordering::SeqCst);
+                        for r in &records {
+                            let receives: u64 = r
+                                .attributes
+                                .get("ApproximateReceiveCount")
+                                .and_then(|c| c.parse().ok())
+                                .unwrap_or(1);
+                            stats
+                                .max_receive_count
+                                .fetch_max(receives, Ordering::SeqCst);
+                            let id = r
+                                .body
+                                .as_deref()
+                                .and_then(|b| serde_json::from_str::<Value>(b).ok())
+                                .and_then(|b| b["dispatchId"].as_str().map(str::to_owned))
+                                .unwrap_or_default();
+                            *stats.deliveries.lock().unwrap().entry(id).or_default() += 1;
+                        }
+                        stats.invocations.fetch_add(1, Ordering::SeqCst);
+                        let deadline = SystemClock.now_ms() + timeout.as_millis() as i64;
+                        let cut = abort
+                            .as_ref()
+                            .and_then(|a| a(&stats))
+                            .filter(|d| *d < timeout);
+                        let limit = cut.unwrap_or(timeout);
+                        let event = SqsEvent {
+                            records: records.clone(),
+                        };
+                        match tokio::time::timeout(limit, lambda.handle_until(event, deadline))
+                            .await
+                        {
+                            Ok(response) => {
+                                let failed: Vec<String> = response
+                                    .batch_item_failures
+                                    .iter()
+                                    .map(|f| f.item_identifier.clone())
+                                    .collect();
+                                let done: Vec<_> = records
+                                    .iter()
+                                    .filter(|r| !failed.contains(r.message_id.as_ref().unwrap()))
+                                    .collect();
+                                for chunk in done.chunks(10) {
+                                    let entries = chunk
+                                        .iter()
+                                        .enumerate()
+                                        .map(|(i, r)| {
+                                            DeleteMessageBatchRequestEntry::builder()
+                                                .id(i.to_string())
+                                                .receipt_handle(r.receipt_handle.clone().unwrap())
+                                                .build()
+                                                .unwrap()
+                                        })
+                                        .collect();
+                                    let _ = sqs
+                                        .delete_message_batch()
+                                        .queue_url(&queue)
+                                        .set_entries(Some(entries))
+                                        .send()
+                                        .await;
+                                }
+                            }
+                            // Dropped: its records come back after the visibility timeout.
+                            Err(_) if cut.is_some() => {
+                                stats.aborted.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(_) => {
+                                stats.killed.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Esm { stop, tasks, stats }
+    }
+
+    pub async fn stop(self) -> Arc<EsmStats> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.stats
+    }
+}
+
+/// EventBridge Scheduler for the receipt poller: every schedule of the group fires at the fixed
+/// rate (scaled), invoking the poller with the schedule's input and the function's timeout as
+/// its deadline; every `twice_every`-th firing is delivered twice at once (at least once), and a
+/// failed invocation is retried as the function's async-retry setting says.
+pub struct Scheduler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    pub invocations: Arc<AtomicUsize>,
+}
+
+impl Scheduler {
+    pub fn start(
+        clients: &Clients,
+        group: String,
+        poller: Arc<PollerLambda>,
+        t: &Template,
+        twice_every: usize,
+    ) -> Scheduler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let invocations = Arc::new(AtomicUsize::new(0));
+        let rate = t.scaled(touchpoint_aws::schedule::SCHEDULE_INTERVAL);
+        let timeout = t.scaled(t.poller_timeout);
+        let retries = t.poller_async_retries;
+        let scheduler = clients.scheduler.clone();
+        let task = {
+            let stop = Arc::clone(&stop);
+            let invocations = Arc::clone(&invocations);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(rate);
+                ticker.tick().await;
+                let mut firing = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    ticker.tick().await;
+                    let Ok(list) = scheduler.list_schedules().group_name(&group).send().await
+                    else {
+                        continue;
+                    };
+                    for summary in list.schedules() {
+                        let Some(name) = summary.name() else { continue };
+                        let Ok(s) = scheduler
+                            .get_schedule()
+                            .group_name(&group)
+                            .name(name)
+                            .send()
+                            .await
+                        else {
+                            continue;
+                        };
+                        let Some(input) = s.target().and_then(|t| t.input()) else {
+                            continue;
+                        };
+                        let input: Value = serde_json::from_str(input).unwrap();
+                        firing += 1;
+                        let copies = if twice_every > 0 && firing.is_multiple_of(twice_every) {
+                            2
+                        } else {
+                            1
+                        };
+                        for _ in 0..copies {
+                            let poller = Arc::clone(&poller);
+                            let input = input.clone();
+                            let invocations = Arc::clone(&invocations);
+                            tokio::spawn(async move {
+                                for _ in 0..=retries {
+                                    invocations.fetch_add(1, Ordering::SeqCst);
+                                    let deadline =
+                                        SystemClock.now_ms() + timeout.as_millis() as i64;
+                                    let run = poller.handle_until(input.clone(), deadline);
+                                    match tokio::time::timeout(timeout, run).await {
+                                        Ok(Ok(_)) => break,
+                                        _ => continue,
+                                    }
+                                }
+                            });
+                        }
+                    }
+                }
+            })
+        };
+        Scheduler {
+            stop,
+            task,
+            invocations,
+        }
+    }
+
+    pub async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.abort();
+        let _ = self.task.await;
+        self.invocations.load(Ordering::SeqCst)
+    }
+}
+
+/// Every batch of a dispatch with its per-user results.
+pub async fn batches(ledger: &dyn DeliveryStore, project: i64, dispatch: &str) -> Vec<BatchView> {
+    let mut out = Vec::new();
+    for b in ledger.dispatch_batches(project, dispatch).await.unwrap() {
+        out.push(ledger.batch(project, &b.order_no).await.unwrap().unwrap());
+    }
+    out
+}
+
+/// Waits until every user of the dispatches (all of campaign `cmp-sim`) has a final result;
+/// panics after `limit`. Reads the campaign's counters (16 small items), not the batches, so
+/// that watching does not load the moto server.
+pub async fn until_final(
+    ledger: &dyn DeliveryStore,
+    dispatches: &[(String, usize)],
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let mut said = Instant::now();
+    let want: u64 = dispatches.iter().map(|(_, n)| *n as u64).sum();
+    loop {
+        let c = ledger
+            .stats(1, touchpoint::delivery::StatsScope::Campaign, "cmp-sim")
+            .await
+            .unwrap();
+        let done = c.succeeded + c.failed;
+        if done >= want {
+            return started.elapsed();
+        }
+        if said.elapsed() > Duration::from_secs(15) {
+            said = Instant::now();
+            eprintln!(
+                "  … {:.0?}: {done} of {want} users final",
+                started.elapsed()
+            );
+        }
+        if started.elapsed() > limit {
+            let mut states: HashMap<&'static str, usize> = HashMap::new();
+            for (id, _) in dispatches {
+                for b in ledger.dispatch_batches(1, id).await.unwrap() {
+                    *states.entry(b.state.as_str()).or_default() += 1;
+                }
+            }
+            panic!(
+                "{done} of {want} users have an outcome after {limit:?}; batches by state {states:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The data center: reads the results queue as events arrive (as it would; a FIFO queue that
+/// only grows also slows moto down) and counts the events per (dispatch, gid), de-duplicating
+/// messages by their `MessageDeduplicationId` as README tells consumers to (the FIFO itself
+/// only does so within 5 minutes).
+pub struct ResultsReader {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    per_user: Arc<Mutex<Counted>>,
+    clients: Clients,
+    queue: String,
+}
+
+impl ResultsReader {
+    pub fn start(clients: &Clients, names: &AwsNames) -> ResultsReader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let per_user: Arc<Mutex<Counted>> = Arc::default();
+        let queue = names.results_queue_url.clone().unwrap();
+        let task = {
+            let (stop, per_user, clients, queue) = (
+                Arc::clone(&stop),
+                Arc::clone(&per_user),
+                clients.clone(),
+                queue.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let bodies = drain_with_ids(&clients, &queue).await;
+                    count_events(&per_user, &bodies);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
+        ResultsReader {
+            stop,
+            task,
+            per_user,
+            clients: clients.clone(),
+            queue,
+        }
+    }
+
+    /// Stops reading, reads what is left, and answers the events per user and how many
+    /// messages came again with a deduplication id already seen.
+    pub async fn finish(self) -> Counted {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        let bodies = drain_with_ids(&self.clients, &self.queue).await;
+        count_events(&self.per_user, &bodies);
+        self.per_user.lock().unwrap().clone()
+    }
+}
+
+/// Events per (dispatch, gid), the deduplication ids seen, and messages seen again.
+#[derive(Clone, Default)]
+pub struct Counted {
+    pub per_user: HashMap<(String, i64), usize>,
+    seen: std::collections::HashSet<String>,
+    pub republished: usize,
+}
+
+fn count_events(counted: &Mutex<Counted>, bodies: &[(String, String)]) {
+    let mut c = counted.lock().unwrap();
+    for (dedup, body) in bodies {
+        if !c.seen.insert(dedup.clone()) {
+            c.republished += 1;
+            continue;
+        }
+        let v: Value = serde_json::from_str(body).unwrap();
+        for e in v["events"].as_array().unwrap() {
+            *c.per_user
+                .entry((
+                    e["dispatchId"].as_str().unwrap().to_owned(),
+                    e["gid"].as_i64().unwrap(),
+                ))
+                .or_default() += 1;
+        }
+    }
+}
+
+/// Drains a FIFO queue: every message's deduplication id and body (deleted as read).
+async fn drain_with_ids(clients: &Clients, queue: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut empty = 0;
+    while empty < 2 {
+        let got = clients
+            .sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::MessageDeduplicationId,
+            )
+            .send()
+            .await
+            .unwrap();
+        let messages = got.messages.unwrap_or_default();
+        if messages.is_empty() {
+            empty += 1;
+            continue;
+        }
+        empty = 0;
+        for m in messages {
+            let dedup = m
+                .attributes
+                .as_ref()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageDeduplicationId)
+                })
+                .cloned()
+                .unwrap_or_else(|| m.message_id.clone().unwrap_or_default());
+            out.push((dedup, m.body.clone().unwrap_or_default()));
+            let _ = clients
+                .sqs
+                .delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle.unwrap())
+                .send()
+                .await;
+        }
+    }
+    out
+}
+
+/// Drains a queue: every message body (deleted as read).
+pub async fn drain(clients: &Clients, queue: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut empty = 0;
+    while empty < 2 {
+        let got = clients
+            .sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        let messages = got.messages.unwrap_or_default();
+        if messages.is_empty() {
+            empty += 1;
+            continue;
+        }
+        empty = 0;
+        for m in messages {
+            out.push(m.body.clone().unwrap_or_default());
+            let _ = clients
+                .sqs
+                .delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle.unwrap())
+                .send()
+                .await;
+        }
+    }
+    out
+}
+
+/// The figures every scenario prints and asserts on.
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub succeeded: usize,
+    pub failed_by_reason: HashMap<String, usize>,
+    pub max_attempts: u32,
+    pub max_receives: u64,
+    pub killed: u64,
+    /// Batches a receiver got more often than it answered with a transient failure, plus one.
+    pub sent_twice: usize,
+    pub dead_lettered: usize,
+    pub invocations: u64,
+    /// Users with exactly one results event / with more than one (after de-duplicating by the
+    /// messages' deduplication id).
+    pub one_event: usize,
+    pub repeated_events: usize,
+    /// Results messages published again after a crash, with the same deduplication id.
+    pub republished: usize,
+}
+
+impl Figures {
+    /// From the ledger, the results queue, the dead-letter queue and the mapping's stats (the
+    /// batches sent twice come from the receiver: see the scenarios).
+    pub async fn gather(
+        clients: &Clients,
+        results: ResultsReader,
+        ledger: &dyn DeliveryStore,
+        dispatches: &[(String, usize)],
+        stats: &EsmStats,
+        dlq: &str,
+    ) -> Figures {
+        let mut f = Figures {
+            max_receives: stats.max_receive_count.load(Ordering::SeqCst),
+            killed: stats.killed.load(Ordering::SeqCst),
+            invocations: stats.invocations.load(Ordering::SeqCst),
+            ..Figures::default()
+        };
+        for (id, _) in dispatches {
+            for b in batches(ledger, 1, id).await {
+                f.max_attempts = f.max_attempts.max(b.attempts);
+                for r in &b.results {
+                    match &r.status {
+                        touchpoint::protocol::UserStatus::Succeeded => f.succeeded += 1,
+                        touchpoint::protocol::UserStatus::Failed { reason } => {
+                            let key = reason.split(':').next().unwrap_or_default().to_owned();
+                            *f.failed_by_reason.entry(key).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+        f.dead_lettered = drain(clients, dlq).await.len();
+        let counted = results.finish().await;
+        f.republished = counted.republished;
+        let per_user = counted.per_user;
+        f.one_event = per_user.values().filter(|n| **n == 1).count();
+        f.repeated_events = per_user.values().filter(|n| **n > 1).count();
+        f
+    }
+
+    pub fn print(&self, scenario: &str, elapsed: Duration, factor: f64) {
+        let mut reasons: Vec<_> = self.failed_by_reason.iter().collect();
+        reasons.sort();
+        eprintln!(
+            "scenario {scenario}: {:.1?} (×{factor} compressed); users succeeded {}, failed by reason {:?}; \
+             max attempts of a batch {}; max receives of a message {}; invocations {} of which killed at the \
+             deadline {}; batches sent twice {}; dead-lettered {}; users with one results event {}, with more {} \
+             (results messages published again with their deduplication id: {})",
+            elapsed,
+            self.succeeded,
+            reasons,
+            self.max_attempts,
+            self.max_receives,
+            self.invocations,
+            self.killed,
+            self.sent_twice,
+            self.dead_lettered,
+            self.one_event,
+            self.repeated_events,
+            self.republished,
+        );
+    }
+}
