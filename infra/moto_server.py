@@ -1,11 +1,12 @@
 """The moto server, with DynamoDB transactions that back up only the items they name.
 
 moto backs up a transaction by deep-copying every table it touches, once per item of the
-transaction, so each TransactWriteItems costs time in proportion to everything the table
-holds: a delivery scenario with a few thousand batches slows down as it runs, which DynamoDB
-does not do (and which the scenarios would mistake for the dispatcher's own slowness). This
-wrapper keeps moto's semantics (the named items are restored when the transaction is
-cancelled) and makes the backup cost what the transaction names. Arguments are moto_server's.
+transaction, and puts the copies back when the transaction is cancelled. So each
+TransactWriteItems costs time in proportion to everything the table holds (a delivery scenario
+with a few thousand batches slows down as it runs, which DynamoDB does not do), and a cancelled
+one undoes the writes other requests made to other items meanwhile (counters lost). This wrapper
+keeps moto's semantics for the items a transaction names (restored when it is cancelled) and
+leaves every other item alone. Arguments are moto_server's.
 """
 import copy as _copy
 import sys
@@ -21,28 +22,13 @@ _local = threading.local()
 _real_transact = DynamoDBBackend.transact_write_items
 
 
-def _backup(table, keys):
-    """A stand-in for copy.deepcopy(table): the same table with its own item maps, sharing
-    every item but the named ones, which are copied."""
-    clone = _copy.copy(table)
-    clone.items = _copy.copy(table.items)
-    for hash_key, value in list(clone.items.items()):
-        if isinstance(value, dict):
-            clone.items[hash_key] = dict(value)
-    for hash_key, range_key in keys:
-        if hash_key not in clone.items:
-            continue
-        if range_key is None:
-            clone.items[hash_key] = _copy.deepcopy(table.items[hash_key])
-        elif range_key in clone.items[hash_key]:
-            clone.items[hash_key][range_key] = _copy.deepcopy(table.items[hash_key][range_key])
-    return clone
-
-
 def _deepcopy(obj, memo=None):
-    keys = getattr(_local, "keys", None)
-    if keys is not None and isinstance(obj, Table):
-        return _backup(obj, keys.get(obj.name, []))
+    # Inside a transaction moto "backs up" each table it touches: hand it the live table, so
+    # that its rollback (putting the backup back) changes nothing, and restore the items the
+    # transaction names ourselves. A whole-table backup put back would also undo every write
+    # other requests made to other items meanwhile.
+    if getattr(_local, "active", False) and isinstance(obj, Table):
+        return obj
     return _copy.deepcopy(obj, memo)
 
 
@@ -51,8 +37,28 @@ _shim.deepcopy = _deepcopy
 _models.copy = _shim
 
 
+def _get(table, hash_key, range_key):
+    value = table.items.get(hash_key)
+    if range_key is None or value is None:
+        return value
+    return value.get(range_key)
+
+
+def _put_back(table, hash_key, range_key, saved):
+    if range_key is None:
+        if saved is None:
+            table.items.pop(hash_key, None)
+        else:
+            table.items[hash_key] = saved
+    elif saved is None:
+        if hash_key in table.items:
+            table.items[hash_key].pop(range_key, None)
+    else:
+        table.items[hash_key][range_key] = saved
+
+
 def _transact_write_items(self, transact_items):
-    keys = {}
+    saved = []
     for entry in transact_items:
         _, op = next(iter(entry.items()))
         table = self.tables.get(op.get("TableName"))
@@ -64,12 +70,16 @@ def _transact_write_items(self, transact_items):
             range_key = DynamoType(raw[table.range_key_attr]) if table.range_key_attr else None
         except KeyError:
             continue
-        keys.setdefault(table.name, []).append((hash_key, range_key))
-    _local.keys = keys
+        saved.append((table, hash_key, range_key, _copy.deepcopy(_get(table, hash_key, range_key))))
+    _local.active = True
     try:
         return _real_transact(self, transact_items)
+    except Exception:
+        for table, hash_key, range_key, item in reversed(saved):
+            _put_back(table, hash_key, range_key, item)
+        raise
     finally:
-        _local.keys = None
+        _local.active = False
 
 
 DynamoDBBackend.transact_write_items = _transact_write_items

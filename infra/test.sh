@@ -32,14 +32,20 @@ trap cleanup EXIT
 echo "moto on 127.0.0.1:$moto_port"
 
 echo "== tests"
-# MOTO_PYTHON: the delivery scenarios (tests/tests/delivery_sim.rs) start a moto server each
-# (infra/moto_server.py), stopped when they end, so that scenarios running side by side do not
-# wait on each other.
+AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
+AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \
+AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
+  cargo test --workspace --locked -- --include-ignored --skip scenario_ 2>&1 | tee "$log"
+echo "== delivery scenarios (RELIABILITY.md), side by side"
+# A thread per scenario: they mostly wait (compressed time). MOTO_PYTHON: each starts a moto
+# server of its own (infra/moto_server.py), stopped when it ends, so that scenarios running side
+# by side do not queue behind each other in one Python process.
 MOTO_PYTHON="$venv/bin/python" \
 AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \
 AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
-  cargo test --workspace --locked -- --include-ignored 2>&1 | tee "$log"
+  cargo test --locked -p touchpoint-tests --test delivery_sim -- --include-ignored --nocapture \
+  --test-threads 16 scenario_ 2>&1 | tee -a "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last being doc-tests).
 cargo_summary=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log")
 echo "cargo tests: $cargo_summary"

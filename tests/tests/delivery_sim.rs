@@ -5,7 +5,9 @@
 //! receipts with a 5-minute timeout and a schedule that failed to be created, aborts of
 //! invocations at random points, a 45-second outage with the default schedule, and a batch size
 //! edited during a retry wait. Each scenario prints one line of figures (RELIABILITY.md quotes
-//! them). The scenarios run side by side: most of their time is spent waiting, compressed.
+//! them). The scenarios run side by side: most of their time is spent waiting, compressed. The
+//! test command runs this binary on its own with a thread per scenario (`--test-threads`), and
+//! skips `scenario_` in the workspace run.
 
 mod sim;
 mod support;
@@ -243,7 +245,7 @@ fn total(dispatches: &[(String, usize)]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the moto server: run infra/test.sh"]
-async fn an_outage_of_40_percent_of_the_retry_horizon_fails_no_one() {
+async fn scenario_an_outage_of_40_percent_of_the_retry_horizon_fails_no_one() {
     let _heavy = HEAVY.acquire().await.unwrap();
     let w = World::new(60.0).await;
     let horizon = w.template.scaled(RetryPolicy::default().horizon());
@@ -286,7 +288,7 @@ async fn an_outage_of_40_percent_of_the_retry_horizon_fails_no_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the moto server: run infra/test.sh"]
-async fn an_outage_longer_than_the_horizon_fails_users_only_when_their_attempts_run_out() {
+async fn scenario_an_outage_longer_than_the_horizon_fails_users_only_when_their_attempts_run_out() {
     let w = World::new(60.0).await;
     let horizon = w.template.scaled(RetryPolicy::default().horizon());
     let tracked = Tracked::default();
@@ -331,7 +333,8 @@ async fn an_outage_longer_than_the_horizon_fails_users_only_when_their_attempts_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the moto server: run infra/test.sh"]
-async fn a_slow_receiver_at_batch_size_1_is_served_across_invocations_without_a_kill_or_a_resend() {
+async fn scenario_a_slow_receiver_at_batch_size_1_is_served_across_invocations_without_a_kill_or_a_resend()
+ {
     let _heavy = HEAVY.acquire().await.unwrap();
     let w = World::new(30.0).await;
     let users: usize = std::env::var("SIM_SLOW_USERS")
@@ -379,7 +382,7 @@ async fn a_slow_receiver_at_batch_size_1_is_served_across_invocations_without_a_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the moto server: run infra/test.sh"]
-async fn a_hanging_receiver_costs_the_other_records_of_its_batch_nothing() {
+async fn scenario_a_hanging_receiver_costs_the_other_records_of_its_batch_nothing() {
     let w = World::new(20.0).await;
     let ok = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
     let hang = Receiver::start(|seen, _| {
@@ -486,7 +489,7 @@ impl TouchpointStore for PanicOnce {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the moto server: run infra/test.sh"]
-async fn a_record_whose_handling_panics_is_redelivered_and_its_users_get_outcomes() {
+async fn scenario_a_record_whose_handling_panics_is_redelivered_and_its_users_get_outcomes() {
     let w = World::new(60.0).await;
     let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
     let bad = w
@@ -547,7 +550,7 @@ type Accepted = (Instant, Vec<i64>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the moto server: run infra/test.sh"]
-async fn a_five_minute_receipt_timeout_is_polled_and_a_failed_schedule_heals() {
+async fn scenario_a_five_minute_receipt_timeout_is_polled_and_a_failed_schedule_heals() {
     let w = World::new(60.0).await;
     let minute = w.template.scaled(Duration::from_secs(60));
     let accepted: Arc<Mutex<HashMap<String, Accepted>>> = Arc::default();
@@ -649,7 +652,7 @@ async fn a_five_minute_receipt_timeout_is_polled_and_a_failed_schedule_heals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the moto server: run infra/test.sh"]
-async fn ten_aborts_at_random_points_lose_no_one_and_resend_only_what_was_in_flight() {
+async fn scenario_ten_aborts_at_random_points_lose_no_one_and_resend_only_what_was_in_flight() {
     let w = World::new(60.0).await;
     let tracked = Tracked::default();
     let t = tracked.clone();
@@ -664,27 +667,30 @@ async fn ten_aborts_at_random_points_lose_no_one_and_resend_only_what_was_in_fli
     let tp = w
         .touchpoint("aborts", json!({"url": rx.url(), "batchSize": 10}))
         .await;
-    let dispatches: Vec<(String, usize)> = (0..3).map(|i| (format!("abort-{i}"), 600)).collect();
+    let dispatches: Vec<(String, usize)> = (0..4).map(|i| (format!("abort-{i}"), 800)).collect();
     for (id, n) in &dispatches {
         w.send(id, &tp, *n).await;
     }
     let timeout = w.template.scaled(w.template.dispatcher_timeout);
     let seed = Arc::new(AtomicUsize::new((SystemClock.now_ms() as usize) | 1));
     let abort: sim::Abort = Arc::new(move |stats: &sim::EsmStats| {
-        // Invocations die at a random point (a xorshift step picks it) until ten did.
+        // Every other invocation dies at a random point (a xorshift step picks it) until ten
+        // did: crashes among normal deliveries, never ten in a row (that is the poison guard's
+        // case, tested in tests/dispatch.rs).
         let mut x = seed.load(Ordering::SeqCst);
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         seed.store(x, Ordering::SeqCst);
-        (stats.aborted.load(Ordering::SeqCst) < 10)
-            .then(|| timeout.mul_f64(0.05 + 0.5 * (x % 1000) as f64 / 1000.0))
+        let turn = stats.invocations.load(Ordering::SeqCst);
+        (stats.aborted.load(Ordering::SeqCst) < 10 && turn % 2 == 1)
+            .then(|| timeout.mul_f64(0.02 + 0.6 * (x % 1000) as f64 / 1000.0))
     });
     let esm = w.esm(2, Some(abort));
     let elapsed = sim::until_final(&*w.ledger, &dispatches, Duration::from_secs(240)).await;
     let stats = esm.stop().await;
     let aborted = stats.aborted.load(Ordering::SeqCst) as usize;
-    assert_eq!(aborted, 10, "ten invocations died");
+    assert!(aborted >= 10, "ten invocations died: {aborted}");
     let f = w.figures(&dispatches, &tracked, &stats).await;
     f.print(
         &format!("{aborted} aborts of an invocation at random points"),
@@ -756,7 +762,7 @@ async fn local_completed(service: &support::service::Service, id: &str, limit: D
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_local_binary_rides_out_a_45_second_outage_with_the_default_schedule() {
+async fn scenario_the_local_binary_rides_out_a_45_second_outage_with_the_default_schedule() {
     let tmp = tempfile::tempdir().unwrap();
     let up_at = Instant::now() + Duration::from_secs(45);
     let tracked = Tracked::default();
@@ -815,7 +821,7 @@ async fn the_local_binary_rides_out_a_45_second_outage_with_the_default_schedule
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_batch_size_edited_during_a_retry_wait_sends_no_user_under_two_order_numbers() {
+async fn scenario_a_batch_size_edited_during_a_retry_wait_sends_no_user_under_two_order_numbers() {
     let tmp = tempfile::tempdir().unwrap();
     // The first request of every batch holding a gid below 500 fails; the rest succeed.
     let rx = Receiver::start(|seen, n| {

@@ -719,3 +719,26 @@ async fn a_dispatch_whose_deliveries_keep_dying_is_given_up_and_every_user_fails
     assert_eq!(rig.dispatcher.handle(&d).await.unwrap(), Handled::Done);
     assert_eq!(rx.requests(), 9, "nothing sent after the give-up");
 }
+
+/// A dispatch refused whole keeps that outcome: delivered again once its touchpoint is fixed,
+/// it sends nothing and no user gets a second outcome.
+#[tokio::test]
+async fn a_dispatch_refused_whole_sends_nothing_when_it_comes_back_after_the_touchpoint_is_fixed() {
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let rig = Rig::new(config("50ms", 2_000));
+    let tp = rig.touchpoint("fixed", &rx.url(), 10).await;
+    rig.touchpoints.disable(1, &tp, None).await.unwrap();
+    let d = dispatch("refused-1", &tp, 15);
+    assert_eq!(rig.deliver(&d).await, Handled::Done);
+    rig.touchpoints.enable(1, &tp, None).await.unwrap();
+    assert_eq!(rig.deliver(&d).await, Handled::Done);
+    assert_eq!(rx.requests(), 0, "nothing sent");
+    let events = rig.events().await;
+    assert_eq!(events.len(), 15, "one outcome each");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["errorMsg"].as_str().unwrap().contains("is disabled")),
+        "{events:?}"
+    );
+}

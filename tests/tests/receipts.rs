@@ -516,6 +516,13 @@ async fn schedules_follow_the_touchpoint_lifecycle() {
         vec![tp.clone()],
         "ensured when enabled"
     );
+    rig.store.remove_schedule_for_test(1, &tp).await;
+    rig.touchpoints.enable(1, &tp, None).await.unwrap();
+    assert_eq!(
+        rig.schedules().await,
+        vec![tp.clone()],
+        "enabling an enabled touchpoint re-syncs its schedule"
+    );
     rig.touchpoints.disable(1, &tp, None).await.unwrap();
     rig.touchpoints.delete(1, &tp, None).await.unwrap();
     assert!(
@@ -562,14 +569,7 @@ async fn a_receipt_url_that_hangs_costs_one_timeout_per_round_and_users_fail_at_
 /// due, and the next round polls it.
 #[tokio::test]
 async fn a_round_near_its_deadline_leaves_its_batches_to_the_next_round() {
-    let rx = Receiver::start(|seen, _| {
-        if seen.path == "/touch" {
-            Reply::Json(200, json!({"code": 0, "orderNo": seen.order_no}))
-        } else {
-            Reply::all_ok(seen)
-        }
-    })
-    .await;
+    let rx = receiver(|_, gids| all_ok("", gids)).await;
     let rig = Rig::new();
     let tp = rig.touchpoint(&rx, 60).await;
     rig.dispatch("d1", &tp, 30).await;

@@ -301,6 +301,10 @@ impl Dispatcher {
                 now,
             )
             .await?;
+        if !opened.new && opened.batch_size == 0 {
+            // Refused whole when it was first delivered: every user has that outcome.
+            return Ok(Handled::Done);
+        }
         let plan = Plan {
             tp: &tp,
             meta: &meta,

@@ -534,7 +534,8 @@ fn count_events(counted: &Mutex<Counted>, bodies: &[(String, String)]) {
     }
 }
 
-/// Drains a FIFO queue: every message's deduplication id and body (deleted as read).
+/// Drains a queue: every message's deduplication id (its message id on a standard queue) and
+/// body (deleted as read).
 async fn drain_with_ids(clients: &Clients, queue: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut empty = 0;
@@ -580,35 +581,11 @@ async fn drain_with_ids(clients: &Clients, queue: &str) -> Vec<(String, String)>
 
 /// Drains a queue: every message body (deleted as read).
 pub async fn drain(clients: &Clients, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut empty = 0;
-    while empty < 2 {
-        let got = clients
-            .sqs
-            .receive_message()
-            .queue_url(queue)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .unwrap();
-        let messages = got.messages.unwrap_or_default();
-        if messages.is_empty() {
-            empty += 1;
-            continue;
-        }
-        empty = 0;
-        for m in messages {
-            out.push(m.body.clone().unwrap_or_default());
-            let _ = clients
-                .sqs
-                .delete_message()
-                .queue_url(queue)
-                .receipt_handle(m.receipt_handle.unwrap())
-                .send()
-                .await;
-        }
-    }
-    out
+    drain_with_ids(clients, queue)
+        .await
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect()
 }
 
 /// The figures every scenario prints and asserts on.
