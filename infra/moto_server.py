@@ -5,8 +5,10 @@ transaction, and puts the copies back when the transaction is cancelled. So each
 TransactWriteItems costs time in proportion to everything the table holds (a delivery scenario
 with a few thousand batches slows down as it runs, which DynamoDB does not do), and a cancelled
 one undoes the writes other requests made to other items meanwhile (counters lost). This wrapper
-keeps moto's semantics for the items a transaction names (restored when it is cancelled) and
-leaves every other item alone. Arguments are moto_server's.
+keeps moto's semantics for the items a transaction names (restored when it is cancelled), leaves
+every other item alone, and makes each DynamoDB operation atomic with one lock (moto serves
+requests on threads; a cancelled transaction's undo could otherwise overwrite another request's
+write to a counter it named). Arguments are moto_server's.
 """
 import copy as _copy
 import sys
@@ -83,6 +85,36 @@ def _transact_write_items(self, transact_items):
 
 
 DynamoDBBackend.transact_write_items = _transact_write_items
+
+# moto serves requests on threads and applies a transaction item by item (then undoes it when it
+# is cancelled): one lock around every DynamoDB operation makes each one atomic, as DynamoDB's
+# are, so no request sees or overwrites another's half-done transaction.
+_lock = threading.RLock()
+
+
+def _locked(method):
+    def run(self, *args, **kwargs):
+        with _lock:
+            return method(self, *args, **kwargs)
+
+    run.__name__ = method.__name__
+    return run
+
+
+for _name in (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "get_item",
+    "query",
+    "scan",
+    "batch_get_item",
+    "batch_write_item",
+    "transact_write_items",
+    "transact_get_items",
+):
+    if hasattr(DynamoDBBackend, _name):
+        setattr(DynamoDBBackend, _name, _locked(getattr(DynamoDBBackend, _name)))
 
 if __name__ == "__main__":
     from moto.server import main
