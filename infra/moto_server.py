@@ -1,4 +1,5 @@
-"""The moto server, with DynamoDB transactions that back up only the items they name.
+"""The moto server, with DynamoDB transactions that back up only the items they name, and
+without the per-request costs that grow with a queue.
 
 moto backs up a transaction by deep-copying every table it touches, once per item of the
 transaction, and puts the copies back when the transaction is cancelled. So each
@@ -8,17 +9,24 @@ one undoes the writes other requests made to other items meanwhile (counters los
 keeps moto's semantics for the items a transaction names (restored when it is cancelled), leaves
 every other item alone, and makes each DynamoDB operation atomic with one lock (moto serves
 requests on threads; a cancelled transaction's undo could otherwise overwrite another request's
-write to a counter it named). Arguments are moto_server's.
+write to a counter it named). moto's SQS counts a queue's messages on every SendMessage and once
+per message a ReceiveMessage looks at; those counts are made lazy (see below). Arguments are
+moto_server's.
 """
 import copy as _copy
+import logging
 import sys
 import threading
 import types
+from collections.abc import Mapping
 
+import moto.backends as _backends
 import moto.dynamodb.models as _models
+import moto.sqs.models as _sqs
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
+from werkzeug.serving import WSGIRequestHandler
 
 _local = threading.local()
 _real_transact = DynamoDBBackend.transact_write_items
@@ -115,6 +123,111 @@ for _name in (
 ):
     if hasattr(DynamoDBBackend, _name):
         setattr(DynamoDBBackend, _name, _locked(getattr(DynamoDBBackend, _name)))
+
+# moto answers a Query on a table by sorting every item of the table and keeping the partition's:
+# a delivery scenario's table of ten thousand batches makes each one cost milliseconds (DynamoDB
+# reads the partition only). Within a query of the table itself, only the partition is listed.
+_real_all_items = Table.all_items
+_real_query = Table.query
+
+
+def _all_items(self):
+    hash_key = getattr(_local, "query_hash", None)
+    if hash_key is None:
+        return _real_all_items(self)
+    partition = self.items.get(hash_key)
+    if partition is None:
+        return []
+    if not self.range_key_attr:
+        return [partition]
+    return sorted(partition.values(), key=lambda item: item.range_key)
+
+
+def _query(self, hash_key, *args, **kwargs):
+    index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
+    if index_name or hash_key is None:
+        return _real_query(self, hash_key, *args, **kwargs)
+    _local.query_hash = hash_key
+    try:
+        return _real_query(self, hash_key, *args, **kwargs)
+    finally:
+        _local.query_hash = None
+
+
+Table.all_items = _all_items
+Table.query = _query
+
+# moto's SQS recomputes every attribute of a queue, counting its messages three times over, on
+# each SendMessage (to read ContentBasedDeduplication) and, through GetQueueAttributes, for each
+# message a ReceiveMessage considers: a queue holding a few thousand results messages then
+# costs milliseconds per request. The counts are computed when they are asked for instead.
+_COUNTS = {
+    "ApproximateNumberOfMessages": "approximate_number_of_messages",
+    "ApproximateNumberOfMessagesDelayed": "approximate_number_of_messages_delayed",
+    "ApproximateNumberOfMessagesNotVisible": "approximate_number_of_messages_not_visible",
+}
+_real_attributes = _sqs.Queue.attributes.fget
+_real_counts = {name: getattr(_sqs.Queue, name).fget for name in _COUNTS.values()}
+
+
+def _count(name):
+    def get(self):
+        if getattr(_local, "skip_counts", False):
+            return 0
+        return _real_counts[name](self)
+
+    return property(get)
+
+
+for _name in _COUNTS.values():
+    setattr(_sqs.Queue, _name, _count(_name))
+
+
+class _Attributes(Mapping):
+    def __init__(self, queue):
+        self._queue = queue
+        _local.skip_counts = True
+        try:
+            self._fixed = _real_attributes(queue)
+        finally:
+            _local.skip_counts = False
+
+    def __getitem__(self, key):
+        value = self._fixed[key]
+        if key in _COUNTS:
+            return getattr(self._queue, _COUNTS[key])
+        return value
+
+    def __iter__(self):
+        return iter(self._fixed)
+
+    def __len__(self):
+        return len(self._fixed)
+
+
+_sqs.Queue.attributes = property(_Attributes)
+_real_get_queue_attributes = _sqs.SQSBackend.get_queue_attributes
+
+
+def _get_queue_attributes(self, *args, **kwargs):
+    return dict(_real_get_queue_attributes(self, *args, **kwargs))
+
+
+def _retained(self, queue_name, message):
+    retention = int(self.get_queue(queue_name).message_retention_period)
+    return retention + message.sent_timestamp / 1000 > _sqs.unix_time()
+
+
+_sqs.SQSBackend.get_queue_attributes = _get_queue_attributes
+_sqs.SQSBackend.is_message_valid_based_on_retention_period = _retained
+
+# Per-request overheads that are not the emulation: moto lists its package directory to route
+# every request, werkzeug formats a log line for each and answers HTTP/1.0 (a new connection and
+# thread per request). The scenarios send tens of thousands of requests.
+_modules = tuple(_backends.list_of_moto_modules())
+_backends.list_of_moto_modules = lambda: _modules
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+WSGIRequestHandler.protocol_version = "HTTP/1.1"
 
 if __name__ == "__main__":
     from moto.server import main

@@ -615,11 +615,11 @@ pub struct Figures {
 }
 
 impl Figures {
-    /// From the ledger, the results queue, the dead-letter queue and the mapping's stats (the
+    /// From the ledger, the results queue (when there is one), the dead-letter queue and the mapping's stats (the
     /// batches sent twice come from the receiver: see the scenarios).
     pub async fn gather(
         clients: &Clients,
-        results: ResultsReader,
+        results: Option<ResultsReader>,
         ledger: &dyn DeliveryStore,
         dispatches: &[(String, usize)],
         stats: &EsmStats,
@@ -646,11 +646,14 @@ impl Figures {
             }
         }
         f.dead_lettered = drain(clients, dlq).await.len();
-        let counted = results.finish().await;
-        f.republished = counted.republished;
-        let per_user = counted.per_user;
-        f.one_event = per_user.values().filter(|n| **n == 1).count();
-        f.repeated_events = per_user.values().filter(|n| **n > 1).count();
+        // Without the results queue (the embedded store), the caller counts the events.
+        if let Some(results) = results {
+            let counted = results.finish().await;
+            f.republished = counted.republished;
+            let per_user = counted.per_user;
+            f.one_event = per_user.values().filter(|n| **n == 1).count();
+            f.repeated_events = per_user.values().filter(|n| **n > 1).count();
+        }
         f
     }
 
