@@ -10,7 +10,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::rig::{Rig, TOKEN, config, dispatch, results_of};
 use support::{Receiver, Reply, Seen};
-use touchpoint::delivery::{BatchState, DeliveryStore, StatsScope};
+use touchpoint::clock::{Clock, Millis};
+use touchpoint::delivery::{
+    AttemptRecord, BatchState, BatchView, Claim, Counters, DeliveryStore, DispatchMeta,
+    DispatchView, HourStats, Opened, PendingBatch, PollRecord, ReasonCount, StatsScope,
+};
+use touchpoint::ledger::Progress;
+use touchpoint::model::ProjectId;
+use touchpoint::ports::StoreError;
 use touchpoint::protocol::{verify_sign, verify_webhook_signature};
 use touchpoint_dispatcher::{DispatcherConfig, Handled};
 use touchpoint_outbound::{Lookup, Outbound};
@@ -202,12 +209,10 @@ async fn receipts_decide_each_users_outcome() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_with_the_same_order_number() {
-    let rx = Receiver::start(|seen, n| {
-        if n <= 2 {
-            Reply::Json(500, json!({}))
-        } else {
-            Reply::all_ok(seen)
-        }
+    let rx = Receiver::start(|seen, n| match n {
+        1 => Reply::Json(500, json!({})),
+        2 => Reply::Json(408, json!({})),
+        _ => Reply::all_ok(seen),
     })
     .await;
     let rig = Rig::new(config("50ms,50ms,50ms", 2_000));
@@ -224,6 +229,65 @@ async fn transient_failures_are_retried_with_the_same_order_number() {
     assert_eq!(batches[0].state, BatchState::Final);
     assert_eq!(batches[0].succeeded, 10);
     assert_eq!(rig.events().await.len(), 10, "one final outcome per user");
+}
+
+/// A dispatch's batches that failed together are retried together, jitter on: the round after a
+/// failed one is one delivery that finds every batch due (each batch's own jittered time would
+/// need a delivery per batch), and none is retried earlier than its own time.
+#[tokio::test]
+async fn batches_that_failed_together_are_retried_in_one_round() {
+    let rx = Receiver::start(|seen, n| {
+        if n <= 20 {
+            Reply::Json(503, json!({}))
+        } else {
+            Reply::all_ok(seen)
+        }
+    })
+    .await;
+    let cfg = DispatcherConfig {
+        retry: touchpoint::ledger::RetryPolicy {
+            jitter: 0.2,
+            ..touchpoint::ledger::RetryPolicy::parse("300ms").unwrap()
+        },
+        per_touchpoint_concurrency: 4,
+        ..config("300ms", 2_000)
+    };
+    let rig = Rig::new(cfg);
+    let tp = rig.touchpoint("round", &rx.url(), 5).await;
+    let d = dispatch("round-1", &tp, 100);
+    let first = rig.dispatcher.handle(&d).await.unwrap();
+    let Handled::RetryAt(at) = first else {
+        panic!("a retry round: {first:?}");
+    };
+    assert_eq!(rx.requests(), 20, "every batch failed once");
+    let batches = rig.batches("round-1").await;
+    let latest = batches
+        .iter()
+        .filter_map(|b| b.next_attempt_at)
+        .max()
+        .unwrap();
+    assert!(
+        at >= latest,
+        "the round waits for its last batch ({at} < {latest})"
+    );
+    let wait = at - touchpoint::clock::SystemClock.now_ms();
+    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64 + 5)).await;
+    assert_eq!(
+        rig.dispatcher.handle(&d).await.unwrap(),
+        Handled::Done,
+        "one delivery for the whole round"
+    );
+    assert_eq!(rx.requests(), 40);
+}
+
+/// The timeouts README states.
+#[test]
+fn a_request_times_out_after_15_s_and_a_connection_after_5_s_by_default() {
+    assert_eq!(
+        DispatcherConfig::default().request_timeout,
+        Duration::from_secs(15)
+    );
+    assert_eq!(touchpoint_outbound::CONNECT_TIMEOUT, Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -720,6 +784,50 @@ async fn a_dispatch_whose_deliveries_keep_dying_is_given_up_and_every_user_fails
     assert_eq!(rx.requests(), 9, "nothing sent after the give-up");
 }
 
+/// A crash with a request in flight does not use up an attempt: its batch is taken again once
+/// the lease runs out and still gets every attempt of the schedule (one lost, then two here).
+#[tokio::test]
+async fn an_attempt_lost_to_a_crash_does_not_use_up_the_users_attempts() {
+    let rx = Receiver::start(|_, n| {
+        if n == 1 {
+            Reply::After(
+                Duration::from_secs(30),
+                Box::new(Reply::Json(503, json!({}))),
+            )
+        } else {
+            Reply::Json(503, json!({}))
+        }
+    })
+    .await;
+    // Two attempts; a dead sender's batch may be taken again at once.
+    let mut cfg = config("50ms", 2_000);
+    cfg.lease = Duration::from_millis(1);
+    let rig = Rig::new(cfg);
+    let tp = rig.touchpoint("crash", &rx.url(), 10).await;
+    let d = dispatch("crash-1", &tp, 10);
+    let delivery = rig.dispatcher.handle_delivery(d.clone(), 1, i64::MAX);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), delivery)
+            .await
+            .is_err(),
+        "the delivery dies with its request in flight"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(rig.deliver(&d).await, Handled::Done);
+    assert_eq!(
+        rx.requests(),
+        3,
+        "the lost attempt, then the schedule's two"
+    );
+    let results = results_of(&rig.batches("crash-1").await);
+    assert_eq!(results.len(), 10);
+    assert!(
+        results.iter().all(|(_, code, why)| code == "TOU_FAIL"
+            && why == "retries exhausted after 2 attempts: HTTP 503"),
+        "{results:?}"
+    );
+}
+
 /// A dispatch refused whole keeps that outcome: delivered again once its touchpoint is fixed,
 /// it sends nothing and no user gets a second outcome.
 #[tokio::test]
@@ -741,4 +849,191 @@ async fn a_dispatch_refused_whole_sends_nothing_when_it_comes_back_after_the_tou
             .all(|e| e["errorMsg"].as_str().unwrap().contains("is disabled")),
         "{events:?}"
     );
+}
+
+/// The SQLite ledger, counting the batch claims made through it.
+struct CountingClaims {
+    inner: touchpoint_embedded::SqliteStore,
+    claims: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl DeliveryStore for CountingClaims {
+    async fn open_dispatch(
+        &self,
+        meta: &DispatchMeta,
+        users: u32,
+        batch_size: u32,
+        now: Millis,
+    ) -> Result<Opened, StoreError> {
+        self.inner.open_dispatch(meta, users, batch_size, now).await
+    }
+    async fn save_progress(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+        progress: &Progress,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .save_progress(project, dispatch_id, progress, now)
+            .await
+    }
+    async fn reject_dispatch(
+        &self,
+        meta: &DispatchMeta,
+        gids: &[i64],
+        reason: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.inner.reject_dispatch(meta, gids, reason, now).await
+    }
+    async fn claim_batch(
+        &self,
+        meta: &DispatchMeta,
+        index: usize,
+        order_no: &str,
+        users: u32,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError> {
+        self.claims.lock().unwrap().push(index);
+        self.inner
+            .claim_batch(meta, index, order_no, users, now, lease_until)
+            .await
+    }
+    async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError> {
+        self.inner.record_attempt(record).await
+    }
+    async fn dispatch(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Option<DispatchView>, StoreError> {
+        self.inner.dispatch(project, dispatch_id).await
+    }
+    async fn dispatch_batches(
+        &self,
+        project: ProjectId,
+        dispatch_id: &str,
+    ) -> Result<Vec<BatchView>, StoreError> {
+        self.inner.dispatch_batches(project, dispatch_id).await
+    }
+    async fn batch(
+        &self,
+        project: ProjectId,
+        order_no: &str,
+    ) -> Result<Option<BatchView>, StoreError> {
+        self.inner.batch(project, order_no).await
+    }
+    async fn stats(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key: &str,
+    ) -> Result<Counters, StoreError> {
+        self.inner.stats(project, scope, key).await
+    }
+    async fn stats_series(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key: &str,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<HourStats>, StoreError> {
+        self.inner.stats_series(project, scope, key, from, to).await
+    }
+    async fn failure_reasons(
+        &self,
+        project: ProjectId,
+        scope: StatsScope,
+        key: &str,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> Result<Vec<ReasonCount>, StoreError> {
+        self.inner
+            .failure_reasons(project, scope, key, from, to, limit)
+            .await
+    }
+    async fn due_polls(
+        &self,
+        touchpoint: Option<(ProjectId, &str)>,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<PendingBatch>, StoreError> {
+        self.inner.due_polls(touchpoint, now, limit).await
+    }
+    async fn lease_poll(
+        &self,
+        project: ProjectId,
+        order_no: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        self.inner.lease_poll(project, order_no, now, until).await
+    }
+    async fn record_poll(&self, record: &PollRecord) -> Result<(), StoreError> {
+        self.inner.record_poll(record).await
+    }
+    async fn pending_receipts(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &str,
+    ) -> Result<u64, StoreError> {
+        self.inner.pending_receipts(project, touchpoint_id).await
+    }
+}
+
+/// A delivery stopped by its time limit hands the rest on, and the next one resumes from the
+/// progress saved on the dispatch: no batch is claimed twice (a redelivery does not walk the
+/// finished batches again).
+#[tokio::test]
+async fn a_redelivery_resumes_where_the_last_one_stopped() {
+    let rx = Receiver::start(|seen, _| {
+        Reply::After(Duration::from_millis(50), Box::new(Reply::all_ok(seen)))
+    })
+    .await;
+    let cfg = DispatcherConfig {
+        per_touchpoint_concurrency: 1,
+        deadline_margin: Duration::from_millis(100),
+        ..config("50ms", 500)
+    };
+    let rig = Rig::new(cfg.clone());
+    let tp = rig.touchpoint("resume", &rx.url(), 1).await;
+    let ledger = Arc::new(CountingClaims {
+        inner: rig.store.clone(),
+        claims: Default::default(),
+    });
+    let dispatcher = touchpoint_dispatcher::Dispatcher::new(
+        Arc::new(rig.store.clone()),
+        ledger.clone(),
+        Outbound::new(true).unwrap(),
+        Arc::new(touchpoint::clock::SystemClock),
+        cfg,
+    );
+    let d = dispatch("resume-1", &tp, 40);
+    // Room for a few 50 ms requests one at a time past the 600 ms a claim needs.
+    let deadline = touchpoint::clock::SystemClock.now_ms() + 800;
+    assert_eq!(
+        dispatcher.handle_until(d.clone(), deadline).await.unwrap(),
+        Handled::Continue,
+        "stopped by its time limit"
+    );
+    let first = ledger.claims.lock().unwrap().len();
+    assert!(
+        (1..40).contains(&first),
+        "{first} batches in the first delivery"
+    );
+    assert_eq!(
+        dispatcher.handle_until(d.clone(), i64::MAX).await.unwrap(),
+        Handled::Done
+    );
+    let mut claims = ledger.claims.lock().unwrap().clone();
+    assert_eq!(claims.len(), 40, "each batch claimed once: {claims:?}");
+    claims.sort_unstable();
+    claims.dedup();
+    assert_eq!(claims.len(), 40);
+    assert_eq!(rx.requests(), 40);
 }

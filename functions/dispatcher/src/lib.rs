@@ -767,7 +767,7 @@ impl BatchJob {
         let batch = &self.batch;
         let now = self.clock.now_ms();
         let lease_until = now + (self.cfg.lease.as_millis() as i64);
-        let (attempt, first_sent_at) = match self
+        let (attempt, first_sent_at, counted) = match self
             .ledger
             .claim_batch(
                 meta,
@@ -781,7 +781,11 @@ impl BatchJob {
         {
             Claim::Done => return Ok((BatchStatus::Finished, false)),
             Claim::NotBefore(t) => return Ok((BatchStatus::Waiting(t), false)),
-            Claim::Send { attempt, sent_at } => (attempt, sent_at),
+            Claim::Send {
+                attempt,
+                sent_at,
+                counted,
+            } => (attempt, sent_at, counted),
         };
         let sent_at = self.clock.now_ms();
         let (body, headers) = build_request(tp, &batch.order_no, sent_at, &batch.users);
@@ -806,7 +810,7 @@ impl BatchJob {
                 match self
                     .cfg
                     .retry
-                    .wait_after(attempt, retry_after, unit_random())
+                    .wait_after(counted, retry_after, unit_random())
                 {
                     Some(wait) => {
                         let next = at + wait.as_millis() as i64;
@@ -818,7 +822,7 @@ impl BatchJob {
                         )
                     }
                     None => {
-                        let reason = exhausted_reason(attempt, ex.error.as_deref());
+                        let reason = exhausted_reason(counted, ex.error.as_deref());
                         (
                             final_results(&gids, vec![UserStatus::failed(reason); gids.len()]),
                             BatchStatus::Finished,
@@ -924,7 +928,9 @@ async fn fail_batch(
         .await?;
     let (attempt, sent_at) = match claim {
         Claim::Done => return Ok(()),
-        Claim::Send { attempt, sent_at } => (attempt, sent_at),
+        Claim::Send {
+            attempt, sent_at, ..
+        } => (attempt, sent_at),
         Claim::NotBefore(_) => (max_attempts, now),
     };
     let results = gids

@@ -810,6 +810,7 @@ impl DeliveryStore for DynamoDelivery {
                 return Ok(Claim::Send {
                     attempt: 1,
                     sent_at: now,
+                    counted: 1,
                 });
             }
             Err(e)
@@ -828,9 +829,10 @@ impl DeliveryStore for DynamoDelivery {
             lease_until: get_n(&current, "lease_until"),
             next_attempt_at: get_n(&current, "next_attempt_at"),
             sent_at: get_n(&current, "sent_at"),
+            lost: get_n(&current, "lost").unwrap_or_default(),
         };
         let decision = decide_claim(Some(&record), now);
-        let ClaimDecision::Take { attempt, .. } = decision else {
+        let ClaimDecision::Take { attempt, lost, .. } = decision else {
             if decision == ClaimDecision::Done {
                 // Results of an earlier run that never reached the queue go out now.
                 self.publish(&current).await?;
@@ -842,7 +844,9 @@ impl DeliveryStore for DynamoDelivery {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(batch_pk(meta.project_id, order), "B")))
-            .update_expression("SET #state = :in_flight, attempts = :next, lease_until = :lease")
+            .update_expression(
+                "SET #state = :in_flight, attempts = :next, lease_until = :lease, lost = :lost",
+            )
             .condition_expression("attempts = :seen AND #state IN (:in_flight, :retry)")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":in_flight", s("in_flight"))
@@ -850,6 +854,7 @@ impl DeliveryStore for DynamoDelivery {
             .expression_attribute_values(":next", n(attempt))
             .expression_attribute_values(":seen", n(record.attempts))
             .expression_attribute_values(":lease", n(lease_until))
+            .expression_attribute_values(":lost", n(lost))
             .send()
             .await;
         match taken {

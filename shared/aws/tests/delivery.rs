@@ -66,7 +66,8 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
             .unwrap(),
         Claim::Send {
             attempt: 1,
-            sent_at: 1_000
+            sent_at: 1_000,
+            counted: 1
         }
     );
     assert_eq!(
@@ -106,9 +107,22 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
             .unwrap(),
         Claim::Send {
             attempt: 2,
-            sent_at: 1_000
+            sent_at: 1_000,
+            counted: 2
         },
         "the first send's time is kept"
+    );
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, "o1", 2, 9_000, 12_000)
+            .await
+            .unwrap(),
+        Claim::Send {
+            attempt: 3,
+            sent_at: 1_000,
+            counted: 2
+        },
+        "its sender died (the lease ran out): taken again, the lost attempt not counted"
     );
     let done = AttemptRecord {
         attempt: 2,
@@ -185,6 +199,30 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
         },
     };
     ledger.record_attempt(&accepted).await.unwrap();
+    // TTL keeps it until its receipt deadline plus the retention, whatever the retention.
+    let items = clients
+        .dynamodb
+        .scan()
+        .table_name(&names.delivery_table)
+        .filter_expression("order_no = :o")
+        .expression_attribute_values(
+            ":o",
+            aws_sdk_dynamodb::types::AttributeValue::S("o2".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0]["expires_at"]
+            .as_n()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap(),
+        100_000 / 1000 + names.retention.as_secs() as i64
+    );
     assert!(
         ledger
             .due_polls(Some((1, "tp_1")), 1_500, 10)

@@ -355,7 +355,7 @@ impl DeliveryStore for SqliteStore {
         self.tx(move |tx| {
             let current: Option<BatchRecord> = tx
                 .query_row_cached(
-                    "SELECT state, attempts, lease_until, next_attempt_at, sent_at FROM batches WHERE order_no = ?1",
+                    "SELECT state, attempts, lease_until, next_attempt_at, sent_at, lost FROM batches WHERE order_no = ?1",
                     params![order_no],
                     |r| {
                         let state: String = r.get(0)?;
@@ -365,6 +365,7 @@ impl DeliveryStore for SqliteStore {
                             lease_until: r.get(2)?,
                             next_attempt_at: r.get(3)?,
                             sent_at: r.get(4)?,
+                            lost: r.get(5)?,
                         })
                     },
                 )
@@ -392,10 +393,10 @@ impl DeliveryStore for SqliteStore {
                     .map_err(backend)?;
                     writes.fetch_add(1, Ordering::Relaxed);
                 }
-                ClaimDecision::Take { attempt, .. } => {
+                ClaimDecision::Take { attempt, lost, .. } => {
                     tx.execute_cached(
-                        "UPDATE batches SET state = 'in_flight', attempts = ?2, lease_until = ?3 WHERE order_no = ?1",
-                        params![order_no, attempt, lease_until],
+                        "UPDATE batches SET state = 'in_flight', attempts = ?2, lease_until = ?3, lost = ?4 WHERE order_no = ?1",
+                        params![order_no, attempt, lease_until, lost],
                     )
                     .map_err(backend)?;
                     writes.fetch_add(1, Ordering::Relaxed);

@@ -152,6 +152,8 @@ const MIGRATIONS: &[&str] = &[
     // 6: how far a dispatch's delivery has come (a redelivery resumes there).
     "ALTER TABLE dispatches ADD COLUMN progress TEXT;
      ALTER TABLE dispatches ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0;",
+    // 7: attempts of a batch lost to a dead sender (they do not count against its retries).
+    "ALTER TABLE batches ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

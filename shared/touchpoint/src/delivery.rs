@@ -79,8 +79,13 @@ pub struct Opened {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
     /// Send now; this is attempt number `attempt` (1-based) of a batch first sent at
-    /// `sent_at`.
-    Send { attempt: u32, sent_at: Millis },
+    /// `sent_at`, and the `counted`-th against the retry budget (attempts whose sender died
+    /// before recording an outcome do not count: see [`crate::ledger::decide_claim`]).
+    Send {
+        attempt: u32,
+        sent_at: Millis,
+        counted: u32,
+    },
     /// Someone holds the batch until then (another sender, or a retry not yet due).
     NotBefore(Millis),
     /// Nothing to send: the outcome is final (or the receiver accepted it and receipts are

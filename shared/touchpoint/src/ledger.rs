@@ -128,6 +128,8 @@ pub struct BatchRecord {
     pub lease_until: Option<Millis>,
     pub next_attempt_at: Option<Millis>,
     pub sent_at: Option<Millis>,
+    /// Attempts whose sender died before recording an outcome (its lease ran out).
+    pub lost: u32,
 }
 
 /// What a claim does to the ledger.
@@ -135,8 +137,13 @@ pub struct BatchRecord {
 pub enum ClaimDecision {
     /// No record yet: create it in flight, attempt 1 (only if there is still none).
     Create,
-    /// Take it for `attempt`, only if its attempts are still `attempt - 1`.
-    Take { attempt: u32, sent_at: Millis },
+    /// Take it for `attempt`, only if its attempts are still `attempt - 1`; `lost` is its
+    /// count of attempts lost to a dead sender after this take.
+    Take {
+        attempt: u32,
+        sent_at: Millis,
+        lost: u32,
+    },
     /// Someone holds it, or its retry is not due, until then.
     Wait(Millis),
     /// Final, or accepted by an async receiver: nothing to send.
@@ -150,10 +157,16 @@ impl ClaimDecision {
             ClaimDecision::Create => Claim::Send {
                 attempt: 1,
                 sent_at: now,
+                counted: 1,
             },
-            ClaimDecision::Take { attempt, sent_at } => Claim::Send {
+            ClaimDecision::Take {
+                attempt,
+                sent_at,
+                lost,
+            } => Claim::Send {
                 attempt: *attempt,
                 sent_at: *sent_at,
+                counted: attempt.saturating_sub(*lost).max(1),
             },
             ClaimDecision::Wait(t) => Claim::NotBefore(*t),
             ClaimDecision::Done => Claim::Done,
@@ -175,10 +188,18 @@ pub fn decide_claim(current: Option<&BatchRecord>, now: Millis) -> ClaimDecision
             ClaimDecision::Wait(b.next_attempt_at.unwrap_or(now))
         }
         // Due for a retry, or its sender's lease ran out (the sender died): send it again
-        // under the same orderNo.
-        _ => ClaimDecision::Take {
+        // under the same orderNo. The attempt number still goes up (it fences the dead
+        // sender's late record), but an attempt lost to a crash does not count against the
+        // retry budget: a user's attempts are used up only by answers and transport failures.
+        BatchState::InFlight => ClaimDecision::Take {
             attempt: b.attempts + 1,
             sent_at: b.sent_at.unwrap_or(now),
+            lost: b.lost + 1,
+        },
+        BatchState::RetryWait => ClaimDecision::Take {
+            attempt: b.attempts + 1,
+            sent_at: b.sent_at.unwrap_or(now),
+            lost: b.lost,
         },
     }
 }
@@ -358,7 +379,44 @@ mod tests {
             lease_until: Some(100),
             next_attempt_at: Some(200),
             sent_at: Some(10),
+            lost: 0,
         }
+    }
+
+    #[test]
+    fn an_attempt_lost_to_a_crash_does_not_count_against_the_retry_budget() {
+        let policy = RetryPolicy::default();
+        let max = policy.max_attempts();
+        // Five transient failures, then the sixth attempt's sender dies, and the batch is taken
+        // again: still the sixth attempt against the budget, so one more retry is allowed.
+        let mut b = BatchRecord {
+            lost: 0,
+            ..record(BatchState::InFlight, max)
+        };
+        let ClaimDecision::Take { attempt, lost, .. } = decide_claim(Some(&b), 100) else {
+            panic!("taken");
+        };
+        let Claim::Send { counted, .. } = decide_claim(Some(&b), 100).claim(100) else {
+            panic!("sent");
+        };
+        assert_eq!((attempt, lost, counted), (max + 1, 1, max));
+        // Crashes do not add up either: after three lost attempts the count is where it was.
+        b.lost = 2;
+        b.attempts = max + 2;
+        let Claim::Send {
+            attempt, counted, ..
+        } = decide_claim(Some(&b), 100).claim(100)
+        else {
+            panic!("sent");
+        };
+        assert_eq!((attempt, counted), (max + 3, max));
+        // A retry that was due is counted.
+        b.state = BatchState::RetryWait;
+        let Claim::Send { counted, .. } = decide_claim(Some(&b), 200).claim(200) else {
+            panic!("sent");
+        };
+        assert_eq!(counted, max + 1);
+        assert!(policy.wait_after(counted, None, 0.5).is_none(), "exhausted");
     }
 
     #[test]
@@ -373,9 +431,10 @@ mod tests {
             decide_claim(Some(&record(BatchState::InFlight, 1)), 100),
             ClaimDecision::Take {
                 attempt: 2,
-                sent_at: 10
+                sent_at: 10,
+                lost: 1
             },
-            "a dead sender's batch is taken again"
+            "a dead sender's batch is taken again; its attempt was lost"
         );
         assert_eq!(
             decide_claim(Some(&record(BatchState::RetryWait, 3)), 150),
@@ -385,7 +444,8 @@ mod tests {
             decide_claim(Some(&record(BatchState::RetryWait, 3)), 200),
             ClaimDecision::Take {
                 attempt: 4,
-                sent_at: 10
+                sent_at: 10,
+                lost: 0
             }
         );
         for done in [BatchState::Final, BatchState::Accepted] {
@@ -398,7 +458,8 @@ mod tests {
             ClaimDecision::Create.claim(7),
             Claim::Send {
                 attempt: 1,
-                sent_at: 7
+                sent_at: 7,
+                counted: 1
             }
         );
     }
