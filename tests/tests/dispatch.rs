@@ -805,13 +805,17 @@ async fn an_attempt_lost_to_a_crash_does_not_use_up_the_users_attempts() {
     let rig = Rig::new(cfg);
     let tp = rig.touchpoint("crash", &rx.url(), 10).await;
     let d = dispatch("crash-1", &tp, 10);
-    let delivery = rig.dispatcher.handle_delivery(d.clone(), 1, i64::MAX);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), delivery)
-            .await
-            .is_err(),
-        "the delivery dies with its request in flight"
-    );
+    // The delivery dies once its request is in flight.
+    let mut delivery = Box::pin(rig.dispatcher.handle_delivery(d.clone(), 1, i64::MAX));
+    let started = Instant::now();
+    while rx.requests() == 0 {
+        tokio::select! {
+            ended = &mut delivery => panic!("the delivery ended: {ended:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never sent");
+    }
+    drop(delivery);
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(rig.deliver(&d).await, Handled::Done);
     assert_eq!(
@@ -1014,8 +1018,9 @@ async fn a_redelivery_resumes_where_the_last_one_stopped() {
         cfg,
     );
     let d = dispatch("resume-1", &tp, 40);
-    // Room for a few 50 ms requests one at a time past the 600 ms a claim needs.
-    let deadline = touchpoint::clock::SystemClock.now_ms() + 800;
+    // A second for 50 ms requests one at a time (about 18 of the 40) past the 600 ms a claim
+    // needs.
+    let deadline = touchpoint::clock::SystemClock.now_ms() + 1_600;
     assert_eq!(
         dispatcher.handle_until(d.clone(), deadline).await.unwrap(),
         Handled::Continue,

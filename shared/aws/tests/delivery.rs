@@ -124,6 +124,18 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
         },
         "its sender died (the lease ran out): taken again, the lost attempt not counted"
     );
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, "o1", 2, 12_000, 15_000)
+            .await
+            .unwrap(),
+        Claim::Send {
+            attempt: 4,
+            sent_at: 1_000,
+            counted: 2
+        },
+        "a second lost attempt is not counted either"
+    );
     let done = AttemptRecord {
         attempt: 2,
         http_status: Some(200),
