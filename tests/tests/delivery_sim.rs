@@ -234,6 +234,21 @@ fn audience(prefix: &str, users: usize) -> Vec<(String, usize)> {
         .collect()
 }
 
+/// A Tracked receiver that answers 503 until `up_at`, then accepts every user.
+async fn receiver_down_until(up_at: Instant) -> (Receiver, Tracked) {
+    let tracked = Tracked::default();
+    let t = tracked.clone();
+    let rx = Receiver::start(move |seen, _| {
+        if Instant::now() < up_at {
+            t.answer(seen, Reply::Json(503, json!({})), true)
+        } else {
+            t.answer(seen, Reply::all_ok(seen), false)
+        }
+    })
+    .await;
+    (rx, tracked)
+}
+
 /// A Tracked receiver that answers every request after `slow`.
 async fn slow_receiver(slow: Duration) -> (Receiver, Tracked) {
     let tracked = Tracked::default();
@@ -297,17 +312,7 @@ async fn scenario_an_outage_of_40_percent_of_the_retry_horizon_fails_no_one() {
     let _heavy = HEAVY.acquire().await.unwrap();
     let w = World::new(60.0).await;
     let horizon = w.template.scaled(RetryPolicy::default().horizon());
-    let up_at = Instant::now() + horizon.mul_f64(0.4);
-    let tracked = Tracked::default();
-    let t = tracked.clone();
-    let _rx = Receiver::start(move |seen, _| {
-        if Instant::now() < up_at {
-            t.answer(seen, Reply::Json(503, json!({})), true)
-        } else {
-            t.answer(seen, Reply::all_ok(seen), false)
-        }
-    })
-    .await;
+    let (_rx, tracked) = receiver_down_until(Instant::now() + horizon.mul_f64(0.4)).await;
     let url = _rx.url();
     let tp = w
         .touchpoint("outage", json!({"url": url, "batchSize": 50}))
@@ -896,17 +901,7 @@ async fn local_completed(service: &support::service::Service, id: &str, limit: D
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scenario_the_local_binary_rides_out_a_45_second_outage_with_the_default_schedule() {
     let tmp = tempfile::tempdir().unwrap();
-    let up_at = Instant::now() + Duration::from_secs(45);
-    let tracked = Tracked::default();
-    let t = tracked.clone();
-    let rx = Receiver::start(move |seen, _| {
-        if Instant::now() < up_at {
-            t.answer(seen, Reply::Json(503, json!({})), true)
-        } else {
-            t.answer(seen, Reply::all_ok(seen), false)
-        }
-    })
-    .await;
+    let (rx, tracked) = receiver_down_until(Instant::now() + Duration::from_secs(45)).await;
     let service = local(&tmp.path().join("data"), &[]);
     let body = json!({
         "name": "outage", "kind": "notification", "url": rx.url(), "batchSize": 500,
