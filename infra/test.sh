@@ -5,7 +5,8 @@
 # which this script installs, starts and stops), then the SAM template's checks and a build of
 # the three Lambdas for x86_64 with cargo lambda, and the admin console's browser tests in
 # headless Chromium (installed from Debian's packages by infra/chromium.sh, in the background
-# while the workspace compiles) (the unoptimized `lambda-check` profile: it
+# while the workspace compiles), and schemathesis fuzzing the local binary from its own OpenAPI
+# document (infra/fuzz.sh) (the unoptimized `lambda-check` profile: it
 # proves the cross-build in two minutes; `infra/bench.sh` builds the size-optimized deploy
 # profile and reports its sizes).
 set -euo pipefail
@@ -62,6 +63,10 @@ TOUCHPOINT_BIN="$PWD/target/debug/touchpoint-under-test" bash infra/browser.sh 2
 summary=$(awk '/^test result:/ { p += $4; f += $6 } /^# pass / { p += $3 } /^# fail / { f += $3 }
   END { printf "tests: %d passed, %d failed (cargo and browser)\n", p, f }' "$log")
 echo "$summary"
+
+echo "== API fuzzing (schemathesis from the served OpenAPI document, --checks all)"
+# Against the same binary; fails on any failure schemathesis reports.
+bash infra/fuzz.sh "$venv" target/debug/touchpoint-under-test 2>&1 | tail -n 25
 
 echo "== SAM template"
 PATH="$venv/bin:$PATH" AWS_DEFAULT_REGION=us-east-1 sam validate --lint --template-file template.yaml

@@ -477,7 +477,12 @@ async fn library_for(receiver_base: &str, batch: u16, concurrency: usize) -> Lib
         .await
         .expect("tp");
     let tp = touchpoints
-        .set_spaces(1, &tp.id, &json!({"spaceIds": ["bench"]}))
+        .set_spaces(
+            1,
+            &tp.id,
+            vec!["bench"].into_iter().map(String::from).collect(),
+            None,
+        )
         .await
         .expect("spaces");
     let dispatcher = Arc::new(Dispatcher::new(

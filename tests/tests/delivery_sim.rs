@@ -201,7 +201,12 @@ async fn create_touchpoint(admin: &Touchpoints, name: &str, extra: Value) -> Str
     }
     let tp = admin.create(1, &body).await.unwrap();
     admin
-        .set_spaces(1, &tp.id, &json!({"spaceIds": ["space-a"]}))
+        .set_spaces(
+            1,
+            &tp.id,
+            vec!["space-a"].into_iter().map(String::from).collect(),
+            None,
+        )
         .await
         .unwrap();
     tp.id

@@ -620,7 +620,12 @@ async fn a_touchpoint_can_set_its_own_concurrency_and_timeout() {
         .await
         .unwrap();
     rig.touchpoints
-        .set_spaces(1, &tp.id, &json!({"spaceIds": ["space-a"]}))
+        .set_spaces(
+            1,
+            &tp.id,
+            vec!["space-a"].into_iter().map(String::from).collect(),
+            None,
+        )
         .await
         .unwrap();
     let mut d = dispatch("d1", &tp.id, 4);

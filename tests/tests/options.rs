@@ -85,7 +85,12 @@ impl Rig {
             .await
             .unwrap();
         self.touchpoints
-            .set_spaces(1, &tp.id, &json!({"spaceIds": ["s"]}))
+            .set_spaces(
+                1,
+                &tp.id,
+                vec!["s"].into_iter().map(String::from).collect(),
+                None,
+            )
             .await
             .unwrap()
     }

@@ -88,7 +88,12 @@ impl Rig {
             .await
             .unwrap();
         self.touchpoints
-            .set_spaces(1, &tp.id, &json!({"spaceIds": ["s"]}))
+            .set_spaces(
+                1,
+                &tp.id,
+                vec!["s"].into_iter().map(String::from).collect(),
+                None,
+            )
             .await
             .unwrap();
         tp.id
@@ -374,7 +379,12 @@ async fn a_receipt_endpoint_that_is_down_for_two_rounds_is_polled_again_when_up(
         .await
         .unwrap();
     rig.touchpoints
-        .set_spaces(1, &dead.id, &json!({"spaceIds": ["s"]}))
+        .set_spaces(
+            1,
+            &dead.id,
+            vec!["s"].into_iter().map(String::from).collect(),
+            None,
+        )
         .await
         .unwrap();
     rig.dispatch("d2", &dead.id, 2).await;

@@ -121,7 +121,11 @@ pub fn app(
     Ok(touchpoint_admin_api::router(AppState {
         touchpoints,
         auth: Arc::new(claims),
-        delivery: delivery.clone(),
+        reporting: touchpoint::reporting::Reporting::new(
+            delivery.clone(),
+            delivery.clone(),
+            clock.clone(),
+        ),
         intake: delivery,
         dispatcher: Arc::new(dispatcher),
         clock,

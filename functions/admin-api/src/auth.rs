@@ -44,7 +44,7 @@ pub struct Principal {
 
 impl Principal {
     /// Refuses with 403 unless the caller has one of `roles` (by name).
-    pub fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
+    fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
         if roles.contains(&self.role.name()) {
             Ok(())
         } else {
@@ -180,6 +180,32 @@ impl Authenticator for ApiKeys {
             .get(&digest(key))
             .cloned()
             .ok_or_else(|| ApiError::unauthorized("unknown API key"))
+    }
+}
+
+/// A caller with the admin role (403 for any other).
+pub struct Admin(pub Principal);
+
+/// The campaign system, or an admin (403 for operators).
+pub struct CampaignSystem(pub Principal);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let who = state.auth.authenticate(parts)?;
+        who.require(&["admin"])?;
+        Ok(Admin(who))
+    }
+}
+
+impl FromRequestParts<AppState> for CampaignSystem {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let who = state.auth.authenticate(parts)?;
+        who.require(&["admin", "campaign"])?;
+        Ok(CampaignSystem(who))
     }
 }
 

@@ -3,9 +3,9 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
-use touchpoint::view::CampaignRefView;
-use touchpoint::{DomainError, FieldError};
+use touchpoint::{CampaignRef, DomainError, FieldError};
+
+use crate::contract::{ErrorBody, ErrorDetail};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -13,8 +13,10 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Vec<FieldError>,
-    /// Extra members of the error object (e.g. the campaigns that block a disable).
-    pub extra: Option<(&'static str, Value)>,
+    /// On touchpoint_in_use: the campaigns that block a disable.
+    pub campaigns: Option<Vec<CampaignRef>>,
+    /// On version_conflict.
+    pub current_version: Option<u64>,
 }
 
 impl ApiError {
@@ -24,7 +26,8 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
-            extra: None,
+            campaigns: None,
+            current_version: None,
         }
     }
 
@@ -64,7 +67,7 @@ impl From<DomainError> for ApiError {
             DomainError::Validation(details) => ApiError::validation(details),
             DomainError::NotFound(_) => ApiError::not_found(message),
             DomainError::VersionConflict { current } => ApiError {
-                extra: Some(("currentVersion", json!(current))),
+                current_version: Some(current),
                 ..ApiError::new(StatusCode::CONFLICT, "version_conflict", message)
             },
             DomainError::NameTaken(_) => ApiError {
@@ -85,9 +88,8 @@ impl From<DomainError> for ApiError {
                     .iter()
                     .map(|c| format!("{} ({}, {})", c.name, c.campaign_id, c.state.as_str()))
                     .collect();
-                let views: Vec<CampaignRefView<'_>> = campaigns.iter().map(Into::into).collect();
                 ApiError {
-                    extra: Some(("campaigns", json!(views))),
+                    campaigns: Some(campaigns),
                     ..ApiError::new(
                         StatusCode::CONFLICT,
                         "touchpoint_in_use",
@@ -112,14 +114,19 @@ impl From<DomainError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if !self.details.is_empty() {
-            error["details"] = json!(self.details);
-        }
-        if let Some((key, value)) = self.extra {
-            error[key] = value;
-        }
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                details: self.details,
+                campaigns: self
+                    .campaigns
+                    .as_ref()
+                    .map(|c| c.iter().map(Into::into).collect()),
+                current_version: self.current_version,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

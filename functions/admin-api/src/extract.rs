@@ -6,6 +6,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use touchpoint::FieldError;
 
 use crate::error::ApiError;
 
@@ -58,6 +59,35 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         touchpoint::json::parse_strict(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+    }
+}
+
+/// A small JSON body read into its derived type; the first broken rule answers 422 at its JSON
+/// path. An empty body reads as `null` (so `Option<T>` takes an optional body).
+pub struct JsonInput<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonInput<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let JsonBody(value) = JsonBody::from_request(req, state).await?;
+        // Derived structs would also read a JSON array positionally; the API's bodies are
+        // objects.
+        if value.is_array() {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "",
+                "must be a JSON object",
+            )]));
+        }
+        serde_path_to_error::deserialize(value)
+            .map(JsonInput)
+            .map_err(|e| {
+                let path = match e.path().to_string() {
+                    p if p == "." => String::new(),
+                    p => p,
+                };
+                ApiError::validation(vec![FieldError::new(path, e.into_inner().to_string())])
+            })
     }
 }
 

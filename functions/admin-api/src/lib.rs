@@ -9,14 +9,19 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use touchpoint::Touchpoints;
 use touchpoint::clock::Clock;
-use touchpoint::delivery::{DeliveryStore, DispatchIntake};
+use touchpoint::delivery::DispatchIntake;
+use touchpoint::reporting::Reporting;
 use touchpoint_dispatcher::Dispatcher;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub mod auth;
 mod console;
+pub mod contract;
 mod delivery_routes;
 pub mod error;
 pub mod extract;
@@ -30,64 +35,65 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub touchpoints: Touchpoints,
+    pub reporting: Reporting,
     pub auth: Arc<dyn Authenticator>,
-    pub delivery: Arc<dyn DeliveryStore>,
     pub intake: Arc<dyn DispatchIntake>,
     pub dispatcher: Arc<Dispatcher>,
     pub clock: Arc<dyn Clock>,
 }
 
+/// The routes with their OpenAPI annotations, and the document they make.
+fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use delivery_routes::*;
+    use routes::*;
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(create_touchpoint, list_touchpoints))
+        .routes(routes!(
+            get_touchpoint,
+            replace_touchpoint,
+            delete_touchpoint
+        ))
+        .routes(routes!(enable_touchpoint))
+        .routes(routes!(disable_touchpoint))
+        .routes(routes!(set_spaces))
+        .routes(routes!(list_campaigns))
+        .routes(routes!(put_campaign, delete_campaign))
+        .routes(routes!(space_touchpoints))
+        .routes(routes!(test_send))
+        .routes(routes!(touchpoint_stats))
+        .routes(routes!(param_options))
+        .routes(routes!(submit_dispatch))
+        .routes(routes!(get_dispatch))
+        .routes(routes!(get_batch))
+        .routes(routes!(campaign_stats))
+        .split_for_parts();
+    (router, openapi::finish(doc))
+}
+
+/// The OpenAPI document the API serves.
+pub fn document() -> utoipa::openapi::OpenApi {
+    documented().1
+}
+
 /// The whole admin API.
 pub fn router(state: AppState) -> Router {
-    use routes::*;
-    Router::new()
-        .route("/", get(console::index))
+    let (api, doc) = documented();
+    // Serialized once: the document is the same for every request.
+    let doc = axum::body::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+    api.route("/", get(console::index))
         .route("/console/{file}", get(console::asset))
-        .route("/healthz", get(healthz))
-        .route("/v1/openapi.json", get(openapi))
         .route(
-            "/v1/touchpoints",
-            post(create_touchpoint).get(list_touchpoints),
+            "/v1/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    doc,
+                )
+            }),
         )
-        .route(
-            "/v1/touchpoints/{id}",
-            get(get_touchpoint)
-                .put(replace_touchpoint)
-                .delete(delete_touchpoint),
-        )
-        .route("/v1/touchpoints/{id}/enable", post(enable_touchpoint))
-        .route("/v1/touchpoints/{id}/disable", post(disable_touchpoint))
-        .route("/v1/touchpoints/{id}/spaces", put(set_spaces))
-        .route("/v1/touchpoints/{id}/campaigns", get(list_campaigns))
-        .route(
-            "/v1/touchpoints/{id}/campaigns/{campaignId}",
-            put(put_campaign).delete(delete_campaign),
-        )
-        .route("/v1/spaces/{spaceId}/touchpoints", get(space_touchpoints))
-        .route(
-            "/v1/touchpoints/{id}/test",
-            post(delivery_routes::test_send),
-        )
-        .route(
-            "/v1/touchpoints/{id}/stats",
-            get(delivery_routes::touchpoint_stats),
-        )
-        .route(
-            "/v1/touchpoints/{id}/params/{identifier}/options",
-            get(delivery_routes::param_options),
-        )
-        .route("/v1/dispatches", post(delivery_routes::submit_dispatch))
-        .route(
-            "/v1/dispatches/{dispatchId}",
-            get(delivery_routes::get_dispatch),
-        )
-        .route("/v1/batches/{orderNo}", get(delivery_routes::get_batch))
-        .route(
-            "/v1/campaigns/{campaignId}/stats",
-            get(delivery_routes::campaign_stats),
-        )
-        .fallback(no_route)
-        .method_not_allowed_fallback(wrong_method)
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(middleware::from_fn(access_log))
         .with_state(state)

@@ -1,41 +1,60 @@
-//! The handlers: parse, check the caller's role, call the use case, shape the response.
+//! The touchpoint lifecycle's handlers: read the request, call the use case, answer with the
+//! contract's types. Each one's `#[utoipa::path]` is its entry in the OpenAPI document; the
+//! statuses every authenticated route can answer (400, 401, 403, 413, 415, 500) are added there
+//! by [`crate::openapi`].
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use touchpoint::ListParams;
-use touchpoint::service::parse_version;
-use touchpoint::view::{CampaignRefView, TouchpointView, operator_view};
+use touchpoint::view::{CampaignRefView, TouchpointView};
 
 use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{Admin, CampaignSystem, Principal};
+use crate::contract::*;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::extract::{JsonBody, JsonInput, PathParams, QueryParams};
 
-const ADMIN: &[&str] = &["admin"];
-const CAMPAIGN_SYSTEM: &[&str] = &["admin", "campaign"];
-
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
-}
-
-pub async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "The service is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
 }
 
 fn touchpoint_json(tp: &touchpoint::Touchpoint) -> Json<TouchpointView<'_>> {
     Json(TouchpointView::from(tp))
 }
 
+/// Register a touchpoint (enabled, authorized for no space).
+#[utoipa::path(post, path = "/v1/touchpoints", tag = "touchpoints",
+    request_body = TouchpointInput,
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 201, description = "Registered", body = TouchpointView,
+            headers(("Location" = String, description = "the touchpoint's URL")),
+            links(
+                ("GetTouchpoint" = (operation_id = "get_touchpoint", parameters(("id" = "$response.body#/id")))),
+                ("ReplaceTouchpoint" = (operation_id = "replace_touchpoint", parameters(("id" = "$response.body#/id")))),
+                ("DeleteTouchpoint" = (operation_id = "delete_touchpoint", parameters(("id" = "$response.body#/id")))),
+                ("EnableTouchpoint" = (operation_id = "enable_touchpoint", parameters(("id" = "$response.body#/id")))),
+                ("DisableTouchpoint" = (operation_id = "disable_touchpoint", parameters(("id" = "$response.body#/id")))),
+                ("SetSpaces" = (operation_id = "set_spaces", parameters(("id" = "$response.body#/id")))),
+                ("ListCampaigns" = (operation_id = "list_campaigns", parameters(("id" = "$response.body#/id")))),
+                ("TestSend" = (operation_id = "test_send", parameters(("id" = "$response.body#/id")))),
+                ("TouchpointStats" = (operation_id = "touchpoint_stats", parameters(("id" = "$response.body#/id"))))
+            )),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 422, description = "Invalid fields, each at its JSON path", body = ErrorBody),
+    ))]
 pub async fn create_touchpoint(
     State(state): State<AppState>,
-    who: Principal,
+    Admin(who): Admin,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    who.require(ADMIN)?;
     let tp = state.touchpoints.create(who.project_id, &body).await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, "touchpoint created");
     let location = format!("/v1/touchpoints/{}", tp.id);
@@ -47,28 +66,19 @@ pub async fn create_touchpoint(
         .into_response())
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PageView<'a> {
-    items: Vec<TouchpointView<'a>>,
-    next_cursor: Option<&'a str>,
-}
-
-#[derive(Deserialize)]
-pub struct ListQuery {
-    limit: Option<String>,
-    cursor: Option<String>,
-    kind: Option<String>,
-    enabled: Option<String>,
-    q: Option<String>,
-}
-
+/// List touchpoints, filtered and paged.
+#[utoipa::path(get, path = "/v1/touchpoints", tag = "touchpoints",
+    params(ListQuery),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "A page", body = TouchpointPage),
+        (status = 422, description = "A query parameter is invalid", body = ErrorBody),
+    ))]
 pub async fn list_touchpoints(
     State(state): State<AppState>,
-    who: Principal,
+    Admin(who): Admin,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Response, ApiError> {
-    who.require(ADMIN)?;
     let params = ListParams {
         limit: query.limit,
         cursor: query.cursor,
@@ -77,50 +87,71 @@ pub async fn list_touchpoints(
         q: query.q,
     };
     let page = state.touchpoints.list(who.project_id, &params).await?;
-    Ok(Json(PageView {
+    Ok(Json(TouchpointPage {
         items: page.items.iter().map(Into::into).collect(),
         next_cursor: page.next_cursor.as_deref(),
     })
     .into_response())
 }
 
+/// Read a touchpoint.
+#[utoipa::path(get, path = "/v1/touchpoints/{id}", tag = "touchpoints",
+    params(("id" = String, Path, description = "the touchpoint's id")),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "The touchpoint", body = TouchpointView),
+        (status = 404, description = "No such touchpoint in the caller's project", body = ErrorBody),
+    ))]
 pub async fn get_touchpoint(
     State(state): State<AppState>,
-    who: Principal,
+    Admin(who): Admin,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    who.require(ADMIN)?;
     let tp = state.touchpoints.get(who.project_id, &id).await?;
     Ok(touchpoint_json(&tp).into_response())
 }
 
+/// Replace the editable fields of a disabled touchpoint.
+#[utoipa::path(put, path = "/v1/touchpoints/{id}", tag = "touchpoints",
+    params(("id" = String, Path, description = "the touchpoint's id")),
+    request_body = TouchpointReplace,
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Replaced", body = TouchpointView),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+        (status = 409, description = "Enabled, the name is taken, or the version is not the current one", body = ErrorBody),
+        (status = 422, description = "Invalid fields, each at its JSON path", body = ErrorBody),
+    ))]
 pub async fn replace_touchpoint(
     State(state): State<AppState>,
-    who: Principal,
+    Admin(who): Admin,
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    who.require(ADMIN)?;
     let tp = state.touchpoints.update(who.project_id, &id, &body).await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, version = tp.version, "touchpoint edited");
     Ok(touchpoint_json(&tp).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct DeleteQuery {
-    version: Option<String>,
-}
-
+/// Delete a disabled touchpoint.
+#[utoipa::path(delete, path = "/v1/touchpoints/{id}", tag = "touchpoints",
+    params(("id" = String, Path, description = "the touchpoint's id"), DeleteQuery),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+        (status = 409, description = "Enabled, or the version is not the current one", body = ErrorBody),
+        (status = 422, description = "The version is not a positive integer", body = ErrorBody),
+    ))]
 pub async fn delete_touchpoint(
     State(state): State<AppState>,
-    who: Principal,
+    Admin(who): Admin,
     PathParams(id): PathParams<String>,
     QueryParams(query): QueryParams<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
-    who.require(ADMIN)?;
     let version = match query.version.as_deref() {
         None | Some("") => None,
-        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+        Some(v) => Some(v.parse::<u64>().ok().filter(|v| *v >= 1).ok_or_else(|| {
             ApiError::validation(vec![touchpoint::FieldError::new(
                 "version",
                 "must be a positive integer",
@@ -135,14 +166,24 @@ pub async fn delete_touchpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Enable.
+#[utoipa::path(post, path = "/v1/touchpoints/{id}/enable", tag = "touchpoints",
+    params(("id" = String, Path, description = "the touchpoint's id")),
+    request_body(content = Option<VersionInput>, description = "optional"),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Enabled", body = TouchpointView),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+        (status = 409, description = "The version is not the current one", body = ErrorBody),
+        (status = 422, description = "The body is not {} or {\"version\": n}", body = ErrorBody),
+    ))]
 pub async fn enable_touchpoint(
     State(state): State<AppState>,
-    who: Principal,
+    Admin(who): Admin,
     PathParams(id): PathParams<String>,
-    JsonBody(body): JsonBody,
+    JsonInput(body): JsonInput<Option<VersionInput>>,
 ) -> Result<Response, ApiError> {
-    who.require(ADMIN)?;
-    let version = parse_version(&body)?;
+    let version = body.unwrap_or_default().version;
     let tp = state
         .touchpoints
         .enable(who.project_id, &id, version)
@@ -151,14 +192,24 @@ pub async fn enable_touchpoint(
     Ok(touchpoint_json(&tp).into_response())
 }
 
+/// Disable, unless active campaigns use it.
+#[utoipa::path(post, path = "/v1/touchpoints/{id}/disable", tag = "touchpoints",
+    params(("id" = String, Path, description = "the touchpoint's id")),
+    request_body(content = Option<VersionInput>, description = "optional"),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Disabled", body = TouchpointView),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+        (status = 409, description = "Active campaigns use it (listed in `campaigns`), or the version is not the current one", body = ErrorBody),
+        (status = 422, description = "The body is not {} or {\"version\": n}", body = ErrorBody),
+    ))]
 pub async fn disable_touchpoint(
     State(state): State<AppState>,
-    who: Principal,
+    Admin(who): Admin,
     PathParams(id): PathParams<String>,
-    JsonBody(body): JsonBody,
+    JsonInput(body): JsonInput<Option<VersionInput>>,
 ) -> Result<Response, ApiError> {
-    who.require(ADMIN)?;
-    let version = parse_version(&body)?;
+    let version = body.unwrap_or_default().version;
     let tp = state
         .touchpoints
         .disable(who.project_id, &id, version)
@@ -167,73 +218,121 @@ pub async fn disable_touchpoint(
     Ok(touchpoint_json(&tp).into_response())
 }
 
+/// Replace the authorized spaces.
+#[utoipa::path(put, path = "/v1/touchpoints/{id}/spaces", tag = "touchpoints",
+    params(("id" = String, Path, description = "the touchpoint's id")),
+    request_body = SpacesInput,
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Authorized", body = TouchpointView),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+        (status = 409, description = "The version is not the current one", body = ErrorBody),
+        (status = 422, description = "Invalid space ids", body = ErrorBody),
+    ))]
 pub async fn set_spaces(
     State(state): State<AppState>,
-    who: Principal,
+    Admin(who): Admin,
     PathParams(id): PathParams<String>,
-    JsonBody(body): JsonBody,
+    JsonInput(body): JsonInput<SpacesInput>,
 ) -> Result<Response, ApiError> {
-    who.require(ADMIN)?;
     let tp = state
         .touchpoints
-        .set_spaces(who.project_id, &id, &body)
+        .set_spaces(who.project_id, &id, body.space_ids, body.version)
         .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, spaces = tp.space_ids.len(), "spaces authorized");
     Ok(touchpoint_json(&tp).into_response())
 }
 
+/// What operators of a space may pick, with each parameter's input.
+#[utoipa::path(get, path = "/v1/spaces/{spaceId}/touchpoints", tag = "operators",
+    params(SpacePath),
+    security(("bearer" = ["admin", "operator"])),
+    responses(
+        (status = 200, description = "Enabled touchpoints authorized for the space", body = SpaceTouchpoints),
+        (status = 422, description = "Not a space id", body = ErrorBody),
+    ))]
 pub async fn space_touchpoints(
     State(state): State<AppState>,
     who: Principal,
     PathParams(space): PathParams<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if !who.may_read_space(&space) {
         return Err(ApiError::forbidden(format!(
             "the {} role may not read space {space:?}",
             who.role.name()
         )));
     }
-    let items: Vec<Value> = state
-        .touchpoints
-        .for_space(who.project_id, &space)
-        .await?
-        .iter()
-        .map(operator_view)
-        .collect();
-    Ok(Json(json!({"spaceId": space, "items": items})))
+    let touchpoints = state.touchpoints.for_space(who.project_id, &space).await?;
+    Ok(Json(SpaceTouchpoints {
+        space_id: &space,
+        items: touchpoints.iter().map(Into::into).collect(),
+    })
+    .into_response())
 }
 
+/// Campaigns that reference the touchpoint.
+#[utoipa::path(get, path = "/v1/touchpoints/{id}/campaigns", tag = "campaigns",
+    params(("id" = String, Path, description = "the touchpoint's id")),
+    security(("bearer" = ["admin", "campaign"])),
+    responses(
+        (status = 200, description = "The references", body = CampaignRefList),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+    ))]
 pub async fn list_campaigns(
     State(state): State<AppState>,
-    who: Principal,
+    CampaignSystem(who): CampaignSystem,
     PathParams(id): PathParams<String>,
-) -> Result<Json<Value>, ApiError> {
-    who.require(CAMPAIGN_SYSTEM)?;
+) -> Result<Response, ApiError> {
     let refs = state.touchpoints.campaigns(who.project_id, &id).await?;
-    let items: Vec<CampaignRefView<'_>> = refs.iter().map(Into::into).collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(CampaignRefList {
+        items: refs.iter().map(Into::into).collect(),
+    })
+    .into_response())
 }
 
+/// Record a campaign's reference and state.
+#[utoipa::path(put, path = "/v1/touchpoints/{id}/campaigns/{campaignId}", tag = "campaigns",
+    params(CampaignRefPath),
+    request_body = CampaignRefInput,
+    security(("bearer" = ["admin", "campaign"])),
+    responses(
+        (status = 200, description = "Recorded", body = CampaignRefView),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+        (status = 409, description = "A live campaign cannot use a disabled touchpoint", body = ErrorBody),
+        (status = 422, description = "Invalid campaign id, state or name", body = ErrorBody),
+    ))]
 pub async fn put_campaign(
     State(state): State<AppState>,
-    who: Principal,
+    CampaignSystem(who): CampaignSystem,
     PathParams((id, campaign_id)): PathParams<(String, String)>,
-    JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    who.require(CAMPAIGN_SYSTEM)?;
+    JsonInput(body): JsonInput<CampaignRefInput>,
+) -> Result<Response, ApiError> {
     let campaign = state
         .touchpoints
-        .put_campaign(who.project_id, &id, &campaign_id, &body)
+        .put_campaign(
+            who.project_id,
+            &id,
+            &campaign_id,
+            body.state,
+            body.name.as_deref(),
+        )
         .await?;
-    Ok(Json(json!(CampaignRefView::from(&campaign))))
+    Ok(Json(CampaignRefView::from(&campaign)).into_response())
 }
 
+/// Remove a campaign's reference.
+#[utoipa::path(delete, path = "/v1/touchpoints/{id}/campaigns/{campaignId}", tag = "campaigns",
+    params(CampaignRefPath),
+    security(("bearer" = ["admin", "campaign"])),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such touchpoint or reference", body = ErrorBody),
+    ))]
 pub async fn delete_campaign(
     State(state): State<AppState>,
-    who: Principal,
+    CampaignSystem(who): CampaignSystem,
     PathParams((id, campaign_id)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    who.require(CAMPAIGN_SYSTEM)?;
     state
         .touchpoints
         .delete_campaign(who.project_id, &id, &campaign_id)

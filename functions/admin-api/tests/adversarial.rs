@@ -731,6 +731,76 @@ fn dispatch_body(touchpoint: &str, users: Value) -> Value {
            "users": users})
 }
 
+/// Over HTTP, a dispatch that could only end in every user failed is refused with the reason
+/// and nothing is queued: the campaign system can fix it (over SQS nobody could be told).
+#[tokio::test]
+async fn the_http_intake_refuses_a_dispatch_it_could_only_fail() {
+    let api = Api::new();
+    let id = id_of(&api.create(coupon()).await);
+    let users = |n: i64| json!((0..n).map(|g| json!({"gid": g})).collect::<Vec<_>>());
+    let mut missing = dispatch_body(&id, users(3));
+    missing.as_object_mut().unwrap().remove("spaceId");
+    let mut values = dispatch_body(&id, users(2));
+    values["templateValues"] = json!("x");
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "10,001 users",
+            dispatch_body(&id, users(10_001)),
+            "at most 10000",
+        ),
+        (
+            "negative gids",
+            dispatch_body(&id, json!([{"gid": -1}, {"gid": 2}])),
+            "must not be negative",
+        ),
+        (
+            "duplicate gids",
+            dispatch_body(&id, json!([{"gid": 5}, {"gid": 5}])),
+            "more than once",
+        ),
+        (
+            "no users",
+            dispatch_body(&id, json!([])),
+            "at least one user",
+        ),
+        ("no spaceId", missing, "spaceId"),
+        (
+            "attributes as a list",
+            dispatch_body(&id, json!([{"gid": 1, "attributes": [1]}])),
+            "attributes must be an object",
+        ),
+        ("template values as a string", values, "templateValues"),
+    ];
+    for (what, body, reason) in cases {
+        let r = api
+            .call(Method::POST, "/v1/dispatches", Some(CAMPAIGN), Some(body))
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{what}: {}",
+            r.body
+        );
+        assert_eq!(r.error_code(), "invalid_dispatch", "{what}");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{what}: {message}");
+        let read = api
+            .call(Method::GET, "/v1/dispatches/d-1", Some(CAMPAIGN), None)
+            .await;
+        assert_eq!(read.status, StatusCode::NOT_FOUND, "{what}: nothing queued");
+    }
+    // A gid written as 3.0 is the integer 3 (JSON Schema's integer).
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/dispatches",
+            Some(CAMPAIGN),
+            Some(dispatch_body(&id, json!([{"gid": 3.0}]))),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+}
+
 /// Hostile dispatches: refused at intake when unreadable; otherwise every user they name
 /// ends in a recorded failure with the reason, and the message is done (no retry loop).
 #[tokio::test]

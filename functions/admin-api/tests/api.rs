@@ -518,9 +518,13 @@ async fn space_ids_are_validated() {
     let api = Api::new();
     let id = id_of(&api.create(coupon()).await);
     let path = format!("/v1/touchpoints/{id}/spaces");
-    let r = api.put(&path, json!({"spaceIds": ["ok", "", 3]})).await;
+    let r = api.put(&path, json!({"spaceIds": ["ok", "", "a/b"]})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.error_paths(), ["spaceIds[1]", "spaceIds[2]"]);
+    // A wrong type is named at its path.
+    let r = api.put(&path, json!({"spaceIds": ["ok", 3]})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.error_paths(), ["spaceIds[1]"]);
     let r = api.put(&path, json!({"spaces": ["a"]})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
@@ -785,10 +789,46 @@ async fn every_documented_operation_is_served() {
             );
         }
     }
-    assert_eq!(operations, touchpoint_admin_api::openapi::OPERATIONS.len());
-    let schema = &doc.body["components"]["schemas"]["TouchpointInput"]["properties"];
-    assert_eq!(schema["name"]["maxLength"], 15);
-    assert_eq!(schema["batchSize"]["maximum"], 500);
+    assert_eq!(operations, 20, "the API's surface");
+    let schemas = &doc.body["components"]["schemas"];
+    let input = &schemas["TouchpointInput"];
+    assert_eq!(input["additionalProperties"], false);
+    assert_eq!(input["properties"]["name"]["maxLength"], 15);
+    assert_eq!(input["properties"]["batchSize"]["maximum"], 500);
+    assert_eq!(input["properties"]["batchSize"]["default"], 500);
+    assert_eq!(input["properties"]["userAttributes"]["maxItems"], 50);
+    assert_eq!(
+        schemas["TouchpointReplace"]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| *r == "version")
+            .count(),
+        1
+    );
+    // Roles as security, and every answer a route can give.
+    let create = &doc.body["paths"]["/v1/touchpoints"]["post"];
+    assert_eq!(create["security"], json!([{"bearer": ["admin"]}]));
+    let statuses: Vec<&String> = create["responses"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        statuses,
+        [
+            "201", "400", "401", "403", "409", "413", "415", "422", "500"
+        ]
+    );
+    let health = &doc.body["paths"]["/healthz"]["get"];
+    assert!(health.get("security").is_none());
+    assert_eq!(
+        health["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["200"]
+    );
+    // Responses are typed, not stubs.
+    let dispatch = &schemas["DispatchReport"]["properties"];
+    assert!(dispatch["counts"].is_object() && dispatch["batches"]["items"].is_object());
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use options::EnumOptions;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use touchpoint::clock::{Clock, Millis};
 use touchpoint::delivery::{
@@ -690,52 +690,98 @@ impl Dispatcher {
         tp: &Touchpoint,
         users: Vec<UserData>,
         order_no: String,
-    ) -> Value {
+    ) -> TestSendReport {
         let now = self.clock.now_ms();
         let (body, headers) = build_request(tp, &order_no, now, &users);
-        let shown_headers: Map<String, Value> = headers
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Value::from(v.clone())))
-            .collect();
-        let request = json!({
-            "method": "POST",
-            "url": tp.spec.url,
-            "headers": shown_headers,
-            "body": serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
-        });
+        let request = SentRequest {
+            method: "POST",
+            url: tp.spec.url.clone(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            body: serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+        };
         let gids: Vec<i64> = users.iter().map(|u| u.gid).collect();
         let exchange = exchange(&self.outbound, tp, body, &headers, &gids, self.timeout(tp)).await;
-        let results: Vec<Value> = match &exchange.verdict {
+        let result = |gid: &i64, s: &UserStatus| TestResult {
+            gid: *gid,
+            status: s.code(),
+            error_msg: s.reason().to_owned(),
+        };
+        let results: Vec<TestResult> = match &exchange.verdict {
             Verdict::Final(statuses) => gids
                 .iter()
                 .zip(statuses)
-                .map(|(gid, s)| json!({"gid": gid, "status": s.code(), "errorMsg": s.reason()}))
+                .map(|(g, s)| result(g, s))
                 .collect(),
             Verdict::Accepted(statuses) => gids
                 .iter()
                 .zip(statuses)
                 .map(|(gid, s)| match s {
-                    Some(s) => json!({"gid": gid, "status": s.code(), "errorMsg": s.reason()}),
-                    None => json!({"gid": gid, "status": "PENDING", "errorMsg": "awaiting the async receipt"}),
+                    Some(s) => result(gid, s),
+                    None => TestResult {
+                        gid: *gid,
+                        status: "PENDING",
+                        error_msg: "awaiting the async receipt".into(),
+                    },
                 })
                 .collect(),
             Verdict::Retry(_) => Vec::new(),
         };
-        json!({
-            "orderNo": order_no,
-            "request": request,
-            "httpStatus": exchange.http_status,
-            "latencyMs": exchange.latency_ms,
-            "ok": match &exchange.verdict {
+        TestSendReport {
+            order_no,
+            request,
+            http_status: exchange.http_status,
+            latency_ms: exchange.latency_ms,
+            ok: match &exchange.verdict {
                 Verdict::Final(s) => s.iter().all(|s| *s == UserStatus::Succeeded),
-                Verdict::Accepted(s) => s.iter().all(|s| s.as_ref().is_none_or(|s| *s == UserStatus::Succeeded)),
+                Verdict::Accepted(s) => s
+                    .iter()
+                    .all(|s| s.as_ref().is_none_or(|s| *s == UserStatus::Succeeded)),
                 Verdict::Retry(_) => false,
             },
-            "error": exchange.error,
-            "responseExcerpt": exchange.excerpt,
-            "results": results,
-        })
+            error: exchange.error,
+            response_excerpt: exchange.excerpt,
+            results,
+        }
     }
+}
+
+/// What a test send did: the request exactly as sent (the token only as the signature it
+/// produced), the receiver's answer and each user's reading of it.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestSendReport {
+    pub order_no: String,
+    pub request: SentRequest,
+    /// Null when no HTTP answer came (refused, timed out, blocked).
+    pub http_status: Option<u16>,
+    pub latency_ms: Option<u64>,
+    /// Every user succeeded (or, async, was accepted and not failed).
+    pub ok: bool,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    pub results: Vec<TestResult>,
+}
+
+/// The touch request a test send made.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SentRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub body: Value,
+}
+
+/// One user's result of a test send.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestResult {
+    pub gid: i64,
+    /// `TOU_SUCC`, `TOU_FAIL`, or `PENDING` while an async receipt is awaited.
+    pub status: &'static str,
+    pub error_msg: String,
 }
 
 fn meta_of(d: &Dispatch, tp: Option<&Touchpoint>) -> DispatchMeta {

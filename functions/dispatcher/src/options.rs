@@ -21,16 +21,19 @@ pub const MAX_OPTIONS: usize = 100;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One option, or a category whose children are the selectable options.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OptionNode {
     pub code: String,
     pub name: String,
+    /// A category's selectable options.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
     pub children: Vec<OptionNode>,
 }
 
 /// What the options endpoint shows.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = EnumOptions)]
 #[serde(rename_all = "camelCase")]
 pub struct OptionsView {
     pub identifier: String,

@@ -263,7 +263,11 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
     let app = touchpoint_admin_api::router(AppState {
         touchpoints,
         auth: Arc::new(keys.keys),
-        delivery: shared.clone(),
+        reporting: touchpoint::reporting::Reporting::new(
+            shared.clone(),
+            shared.clone(),
+            clock.clone(),
+        ),
         intake: shared,
         dispatcher: dispatcher.clone(),
         clock: clock.clone(),

@@ -117,7 +117,15 @@ async fn lifecycle_guards_hold_at_write_time() {
     let (tp, store) = service().await;
     let a = tp.create(1, &body("券中心", "benefit")).await.unwrap();
     let a = tp
-        .set_spaces(1, &a.id, &json!({"spaceIds": ["space-a", "space-b"]}))
+        .set_spaces(
+            1,
+            &a.id,
+            vec!["space-a", "space-b"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(tp.for_space(1, "space-a").await.unwrap().len(), 1);
@@ -126,7 +134,8 @@ async fn lifecycle_guards_hold_at_write_time() {
         1,
         &a.id,
         "cmp-42",
-        &json!({"state": "running", "name": "双十一"}),
+        touchpoint::CampaignState::Running,
+        Some("双十一"),
     )
     .await
     .unwrap();
@@ -144,7 +153,7 @@ async fn lifecycle_guards_hold_at_write_time() {
             .await,
         Err(StoreError::InUse(_))
     ));
-    tp.put_campaign(1, &a.id, "cmp-42", &json!({"state": "ended"}))
+    tp.put_campaign(1, &a.id, "cmp-42", touchpoint::CampaignState::Ended, None)
         .await
         .unwrap();
     let a = tp.disable(1, &a.id, None).await.unwrap();
@@ -154,7 +163,7 @@ async fn lifecycle_guards_hold_at_write_time() {
         "disabled: hidden from operators"
     );
     assert!(matches!(
-        tp.put_campaign(1, &a.id, "cmp-43", &json!({"state": "running"}))
+        tp.put_campaign(1, &a.id, "cmp-43", touchpoint::CampaignState::Running, None)
             .await,
         Err(DomainError::TouchpointDisabled)
     ));

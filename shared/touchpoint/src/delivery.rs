@@ -27,7 +27,7 @@ pub struct DispatchMeta {
 }
 
 /// Where a batch stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchState {
     /// Claimed by a sender; `lease_until` says until when.
@@ -248,7 +248,7 @@ pub struct HourStats {
 }
 
 /// How often one failure reason was recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReasonCount {
     pub reason: String,

@@ -14,7 +14,7 @@ use crate::template::{Segment, segments};
 
 /// Most users one dispatch may carry.
 pub const MAX_USERS: usize = 10_000;
-const MAX_ID_CHARS: usize = 256;
+pub const MAX_ID_CHARS: usize = 256;
 
 /// A user of a dispatch: id and the data center's attributes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,7 +70,7 @@ pub fn read_dispatch(v: &Value) -> Result<(Dispatch, Vec<String>), Malformed> {
     })?;
     let project_id = m
         .get("projectId")
-        .and_then(Value::as_i64)
+        .and_then(crate::json::as_whole_i64)
         .ok_or_else(|| Malformed("projectId must be an integer".into()))?;
     let Some(Value::Array(raw_users)) = m.get("users") else {
         return Err(Malformed("users must be an array".into()));
@@ -81,7 +81,7 @@ pub fn read_dispatch(v: &Value) -> Result<(Dispatch, Vec<String>), Malformed> {
     let mut duplicates = Vec::new();
     let mut negative = Vec::new();
     for (i, u) in raw_users.iter().enumerate() {
-        let Some(gid) = u.get("gid").and_then(Value::as_i64) else {
+        let Some(gid) = u.get("gid").and_then(crate::json::as_whole_i64) else {
             return Err(Malformed(format!("users[{i}].gid must be an integer")));
         };
         let attributes = match u.get("attributes") {

@@ -6,7 +6,7 @@ use crate::model::CampaignRef;
 use crate::ports::StoreError;
 
 /// One invalid field: a JSON path such as `templateParams[2].identifier` and a message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub path: String,
     pub message: String,

@@ -40,14 +40,14 @@ pub struct TouchpointInput {
     pub version: Option<u64>,
 }
 
-const MAX_URL_LEN: usize = 2_048;
-const MAX_TOKEN_CHARS: usize = 256;
-const MAX_DESCRIPTION_CHARS: usize = 500;
-const MAX_DISPLAY_NAME_CHARS: usize = 50;
-const MAX_IDENTIFIER_CHARS: usize = 64;
-const MAX_ATTRIBUTE_CHARS: usize = 128;
-const MAX_OPTION_CHARS: usize = 100;
-const MAX_TEXT_CHARS: usize = 10_000;
+pub const MAX_URL_LEN: usize = 2_048;
+pub const MAX_TOKEN_CHARS: usize = 256;
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+pub const MAX_DISPLAY_NAME_CHARS: usize = 50;
+pub const MAX_IDENTIFIER_CHARS: usize = 64;
+pub const MAX_ATTRIBUTE_CHARS: usize = 128;
+pub const MAX_OPTION_CHARS: usize = 100;
+pub const MAX_TEXT_CHARS: usize = 10_000;
 /// Fields the API returns but a client cannot set; accepted and ignored so a fetched
 /// touchpoint can be edited and sent back as it is.
 const READ_ONLY_FIELDS: [&str; 7] = [
@@ -186,7 +186,12 @@ impl Reader {
                 return None;
             }
         };
-        match n.as_u64() {
+        let whole = n.as_u64().or_else(|| {
+            crate::json::whole_i64(n)
+                .filter(|v| *v >= 0)
+                .map(|v| v as u64)
+        });
+        match whole {
             Some(n) if range.contains(&n) => Some(n),
             _ if n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
                 self.err(
@@ -425,10 +430,11 @@ pub fn parse_touchpoint(
         .collect();
     let template_params =
         parse_template_params(&mut r, m.get("templateParams"), policy, &attribute_ids);
+    // A create ignores the version, but a wrong one is still refused (it is not a field to
+    // fill with anything).
     let version = match m.get("version") {
         None | Some(Value::Null) if !require_version => None,
-        v if require_version => r.integer(v, "version", 1..=u64::MAX),
-        _ => None,
+        v => r.integer(v, "version", 1..=u64::MAX),
     };
 
     match (name, kind, url, batch_size, receipt) {

@@ -98,6 +98,23 @@ impl<'de> Visitor<'de> for StrictValue {
     }
 }
 
+/// A JSON number that is a whole number within i64 (`3` or `3.0`: JSON Schema's `integer`).
+pub fn whole_i64(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f > i64::MIN as f64 && *f < i64::MAX as f64)
+            .map(|f| f as i64)
+    })
+}
+
+/// [`whole_i64`] of a JSON value.
+pub fn as_whole_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => whole_i64(n),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +150,17 @@ mod tests {
         assert!(parse_strict_str(&fine).is_ok());
         assert!(parse_strict_str("{} {}").is_err());
         assert!(parse_strict(b"\"\xff\"").is_err());
+    }
+
+    #[test]
+    fn whole_numbers_may_carry_a_zero_fraction() {
+        let n = |s: &str| serde_json::from_str::<Number>(s).unwrap();
+        assert_eq!(whole_i64(&n("3")), Some(3));
+        assert_eq!(whole_i64(&n("3.0")), Some(3));
+        assert_eq!(whole_i64(&n("-7.0")), Some(-7));
+        assert_eq!(whole_i64(&n("1161001.0")), Some(1_161_001));
+        assert_eq!(whole_i64(&n("3.5")), None);
+        assert_eq!(whole_i64(&n("1e300")), None);
+        assert_eq!(whole_i64(&n("-9223372036854775809")), None);
     }
 }

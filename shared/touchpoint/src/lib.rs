@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod model;
 pub mod ports;
 pub mod protocol;
+pub mod reporting;
 pub mod service;
 pub mod template;
 pub mod view;

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::clock::Millis;
 
@@ -28,7 +29,7 @@ pub const MAX_ENUM_OPTIONS: usize = 100;
 pub const MAX_SPACES: usize = 1_000;
 
 /// What a touchpoint does for the user; fixed at creation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// SMS, official-account message, …
@@ -55,25 +56,23 @@ impl Kind {
 }
 
 /// How the receiver reports each user's result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "mode",
-    rename_all = "lowercase",
-    rename_all_fields = "camelCase"
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "mode", rename_all = "lowercase")]
 pub enum Receipt {
     /// Results come in the touch response.
     Sync,
     /// The touch response only accepts; results are polled from `receipt_url` every 5 minutes,
     /// and whatever is unresolved after `timeout_minutes` fails.
     Async {
+        #[serde(rename = "receiptUrl")]
         receipt_url: String,
+        #[serde(rename = "timeoutMinutes")]
         timeout_minutes: u32,
     },
 }
 
 /// A user attribute sent in `dynamicData`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserAttribute {
     /// The source attribute or identity in the data center.
@@ -87,7 +86,7 @@ pub struct UserAttribute {
 }
 
 /// The type of a template parameter, which decides the operator's input widget and validation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
     Date,
@@ -119,7 +118,7 @@ impl ParamType {
 }
 
 /// A template parameter sent in `temData`, filled in by operators per campaign strategy.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateParam {
     pub identifier: String,
@@ -135,7 +134,7 @@ pub struct TemplateParam {
 }
 
 /// Where an enum parameter's options come from, and whether several may be chosen.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnumSpec {
     pub multiple: bool,
@@ -143,27 +142,26 @@ pub struct EnumSpec {
     pub source: EnumSource,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "source",
-    rename_all = "lowercase",
-    rename_all_fields = "camelCase"
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "source", rename_all = "lowercase")]
 pub enum EnumSource {
     /// Entered by hand by the admin.
     Manual { options: Vec<EnumOption> },
     /// Fetched from the content system's options API (protocol §4).
-    Api { options_url: String },
+    Api {
+        #[serde(rename = "optionsUrl")]
+        options_url: String,
+    },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EnumOption {
     pub code: String,
     pub name: String,
 }
 
 /// The fields an admin edits. Everything else on a [`Touchpoint`] is managed by the service.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TouchpointSpec {
     pub name: String,
@@ -226,7 +224,7 @@ pub struct Touchpoint {
 }
 
 /// The state of a campaign that references a touchpoint, as the campaign system reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignState {
     Running,

@@ -19,9 +19,9 @@ use crate::ports::{ListFilter, TouchpointStore, UpdateGuard};
 /// Listing size when none is asked for, and the most one page may hold.
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 pub const MAX_PAGE_SIZE: usize = 100;
-const MAX_SPACE_ID_CHARS: usize = 64;
-const MAX_CAMPAIGN_ID_CHARS: usize = 128;
-const MAX_CAMPAIGN_NAME_CHARS: usize = 100;
+pub const MAX_SPACE_ID_CHARS: usize = 64;
+pub const MAX_CAMPAIGN_ID_CHARS: usize = 128;
+pub const MAX_CAMPAIGN_NAME_CHARS: usize = 100;
 
 /// A listing request as it arrives (query-string values, unchecked).
 #[derive(Clone, Debug, Default)]
@@ -164,7 +164,7 @@ impl Touchpoints {
                 }
             },
         };
-        let kind = match params.kind.as_deref().filter(|k| !k.is_empty()) {
+        let kind = match params.kind.as_deref() {
             None => None,
             Some(k) => Kind::parse(k).or_else(|| {
                 errors.push(FieldError::new(
@@ -174,7 +174,7 @@ impl Touchpoints {
                 None
             }),
         };
-        let enabled = match params.enabled.as_deref().filter(|e| !e.is_empty()) {
+        let enabled = match params.enabled.as_deref() {
             None => None,
             Some("true") => Some(true),
             Some("false") => Some(false),
@@ -303,16 +303,17 @@ impl Touchpoints {
             .await
     }
 
-    /// Replaces the set of spaces authorized to use the touchpoint, from
-    /// `{"spaceIds": [...], "version": n?}`.
+    /// Replaces the set of spaces authorized to use the touchpoint (`expected`: the version
+    /// the change is based on).
     pub async fn set_spaces(
         &self,
         project: ProjectId,
         id: &str,
-        body: &Value,
+        spaces: Vec<String>,
+        expected: Option<u64>,
     ) -> Result<Touchpoint, DomainError> {
+        let spaces = check_spaces(spaces)?;
         let current = self.get(project, id).await?;
-        let (spaces, expected) = parse_spaces(body)?;
         check_version(&current, expected)?;
         if current.space_ids == spaces {
             return Ok(current);
@@ -359,15 +360,17 @@ impl Touchpoints {
         Ok(self.store.campaigns(project, id).await?)
     }
 
-    /// Records that a campaign references the touchpoint, from `{"state": …, "name": …}`.
+    /// Records that a campaign references the touchpoint, in `state` (named `name`, or by its
+    /// id).
     pub async fn put_campaign(
         &self,
         project: ProjectId,
         id: &str,
         campaign_id: &str,
-        body: &Value,
+        state: CampaignState,
+        name: Option<&str>,
     ) -> Result<CampaignRef, DomainError> {
-        let campaign = parse_campaign(campaign_id, body, self.clock.now_ms())?;
+        let campaign = check_campaign(campaign_id, state, name, self.clock.now_ms())?;
         let current = self.get(project, id).await?;
         if !current.enabled && campaign.state.blocks_disable() {
             return Err(DomainError::TouchpointDisabled);
@@ -431,78 +434,35 @@ fn check_space_id(space: &str, path: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// Reads an optional `version` from a small action body (`{}` or `{"version": n}`).
-pub fn parse_version(body: &Value) -> Result<Option<u64>, DomainError> {
-    match body {
-        Value::Null => Ok(None),
-        Value::Object(m) => {
-            if let Some(k) = m.keys().find(|k| k.as_str() != "version") {
-                return Err(DomainError::field(k.clone(), "unknown field"));
-            }
-            match m.get("version") {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|v| *v >= 1)
-                    .map(Some)
-                    .ok_or_else(|| DomainError::field("version", "must be a positive integer")),
-            }
-        }
-        _ => Err(DomainError::field("", "must be an object")),
-    }
-}
-
-fn parse_spaces(body: &Value) -> Result<(Vec<String>, Option<u64>), DomainError> {
-    let Value::Object(m) = body else {
-        return Err(DomainError::field("", "must be an object"));
-    };
-    let mut errors = Vec::new();
-    for k in m.keys() {
-        if k != "spaceIds" && k != "version" {
-            errors.push(FieldError::new(k.clone(), "unknown field"));
-        }
-    }
-    let mut spaces = Vec::new();
-    match m.get("spaceIds") {
-        Some(Value::Array(items)) if items.len() > MAX_SPACES => errors.push(FieldError::new(
+/// Checks, sorts and de-duplicates a set of space ids.
+fn check_spaces(spaces: Vec<String>) -> Result<Vec<String>, DomainError> {
+    if spaces.len() > MAX_SPACES {
+        return Err(DomainError::field(
             "spaceIds",
             format!("at most {MAX_SPACES} spaces allowed"),
-        )),
-        Some(Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                let path = format!("spaceIds[{i}]");
-                match item.as_str() {
-                    Some(s) => match check_space_id(s, &path) {
-                        Ok(()) => spaces.push(s.to_owned()),
-                        Err(DomainError::Validation(mut e)) => errors.append(&mut e),
-                        Err(_) => {}
-                    },
-                    None => errors.push(FieldError::new(path, "must be a string")),
-                }
-            }
-        }
-        None | Some(Value::Null) => errors.push(FieldError::new("spaceIds", "is required")),
-        Some(_) => errors.push(FieldError::new("spaceIds", "must be an array of space ids")),
+        ));
     }
-    let version = match m.get("version") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64().filter(|v| *v >= 1) {
-            Some(v) => Some(v),
-            None => {
-                errors.push(FieldError::new("version", "must be a positive integer"));
-                None
-            }
-        },
-    };
+    let mut errors = Vec::new();
+    for (i, s) in spaces.iter().enumerate() {
+        if let Err(DomainError::Validation(mut e)) = check_space_id(s, &format!("spaceIds[{i}]")) {
+            errors.append(&mut e);
+        }
+    }
     if !errors.is_empty() {
         return Err(DomainError::Validation(errors));
     }
+    let mut spaces = spaces;
     spaces.sort();
     spaces.dedup();
-    Ok((spaces, version))
+    Ok(spaces)
 }
 
-fn parse_campaign(campaign_id: &str, body: &Value, now: i64) -> Result<CampaignRef, DomainError> {
+fn check_campaign(
+    campaign_id: &str,
+    state: CampaignState,
+    name: Option<&str>,
+    now: i64,
+) -> Result<CampaignRef, DomainError> {
     let mut errors = Vec::new();
     let n = campaign_id.chars().count();
     if n == 0 || n > MAX_CAMPAIGN_ID_CHARS || campaign_id.chars().any(char::is_control) {
@@ -511,31 +471,9 @@ fn parse_campaign(campaign_id: &str, body: &Value, now: i64) -> Result<CampaignR
             format!("must be 1 to {MAX_CAMPAIGN_ID_CHARS} characters"),
         ));
     }
-    let Value::Object(m) = body else {
-        return Err(DomainError::field("", "must be an object"));
-    };
-    for k in m.keys() {
-        if k != "state" && k != "name" && k != "campaignId" {
-            errors.push(FieldError::new(k.clone(), "unknown field"));
-        }
-    }
-    let state = match m
-        .get("state")
-        .and_then(Value::as_str)
-        .and_then(CampaignState::parse)
-    {
-        Some(s) => Some(s),
-        None => {
-            errors.push(FieldError::new(
-                "state",
-                "must be one of running, paused, not_started, pending_publish, in_approval, ended, draft",
-            ));
-            None
-        }
-    };
-    let name = match m.get("name") {
-        None | Some(Value::Null) => campaign_id.to_owned(),
-        Some(Value::String(s))
+    let name = match name {
+        None => campaign_id.to_owned(),
+        Some(s)
             if !s.trim().is_empty()
                 && s.chars().count() <= MAX_CAMPAIGN_NAME_CHARS
                 && !s.chars().any(char::is_control) =>
@@ -550,13 +488,13 @@ fn parse_campaign(campaign_id: &str, body: &Value, now: i64) -> Result<CampaignR
             String::new()
         }
     };
-    match state {
-        Some(state) if errors.is_empty() => Ok(CampaignRef {
-            campaign_id: campaign_id.to_owned(),
-            name,
-            state,
-            updated_at: now,
-        }),
-        _ => Err(DomainError::Validation(errors)),
+    if !errors.is_empty() {
+        return Err(DomainError::Validation(errors));
     }
+    Ok(CampaignRef {
+        campaign_id: campaign_id.to_owned(),
+        name,
+        state,
+        updated_at: now,
+    })
 }

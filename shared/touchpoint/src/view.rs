@@ -1,14 +1,16 @@
 //! The API representations: what admins, operators and the campaign system see.
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::clock::rfc3339;
 use crate::model::*;
 
 /// A touchpoint as the admin API returns it: every field but the token, and `tokenSet`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Touchpoint)]
 pub struct TouchpointView<'a> {
     pub id: &'a str,
     pub project_id: ProjectId,
@@ -29,7 +31,9 @@ pub struct TouchpointView<'a> {
     pub enabled: bool,
     pub space_ids: &'a [String],
     pub version: u64,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -59,13 +63,16 @@ impl<'a> From<&'a Touchpoint> for TouchpointView<'a> {
 }
 
 /// A campaign reference as listed for a touchpoint.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = CampaignRef)]
 pub struct CampaignRefView<'a> {
     pub campaign_id: &'a str,
     pub name: &'a str,
     pub state: CampaignState,
+    /// Whether the campaign's state keeps the touchpoint from being disabled.
     pub blocks_disable: bool,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -81,71 +88,152 @@ impl<'a> From<&'a CampaignRef> for CampaignRefView<'a> {
     }
 }
 
+/// A user attribute as operators see it: what it is called, not where it comes from.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorAttribute<'a> {
+    pub identifier: &'a str,
+    pub display_name: &'a str,
+}
+
+/// The widget a campaign editor draws for a template parameter.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputWidget {
+    DatePicker,
+    NumberInput,
+    TextInput,
+    Select,
+    MultiSelect,
+}
+
+/// The formats a date parameter accepts.
+pub const DATE_FORMATS: [&str; 2] = ["yyyy-MM-dd", "yyyy-MM-dd HH:mm:ss"];
+
+/// A template parameter as operators fill it in.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorParam<'a> {
+    pub identifier: &'a str,
+    pub display_name: &'a str,
+    #[serde(rename = "type")]
+    pub param_type: ParamType,
+    pub required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<&'a Value>,
+    pub input: InputWidget,
+    /// Date parameters: the accepted formats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub formats: Option<[&'static str; 2]>,
+    /// Text parameters: the attributes the operator may insert as `{{identifier}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insertable_attributes: Option<Vec<OperatorAttribute<'a>>>,
+    /// Enum parameters: whether several options may be chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiple: Option<bool>,
+    /// Manual enum parameters: the options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<&'a [EnumOption]>,
+    /// Enum parameters fed by an options API: where their options are read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options_path: Option<String>,
+}
+
+/// How a touchpoint reports results, as operators see it.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptMode {
+    Sync,
+    Async,
+}
+
 /// A touchpoint as an operator of a space sees it when building a strategy: no URL, no
 /// receipt internals, and for each template parameter the widget a campaign editor draws.
-pub fn operator_view(tp: &Touchpoint) -> Value {
-    let attributes: Vec<Value> = tp
-        .spec
-        .user_attributes
-        .iter()
-        .map(|a| json!({"identifier": a.identifier, "displayName": a.display_name}))
-        .collect();
-    let params: Vec<Value> = tp
-        .spec
-        .template_params
-        .iter()
-        .map(|p| {
-            let mut field = json!({
-                "identifier": p.identifier,
-                "displayName": p.display_name,
-                "type": p.param_type,
-                "required": p.required,
-            });
-            if let Some(d) = &p.default {
-                field["default"] = d.clone();
-            }
-            match p.param_type {
-                ParamType::Date => {
-                    field["input"] = json!("date-picker");
-                    field["formats"] = json!(["yyyy-MM-dd", "yyyy-MM-dd HH:mm:ss"]);
-                }
-                ParamType::Number => field["input"] = json!("number-input"),
-                ParamType::Text => {
-                    field["input"] = json!("text-input");
-                    // Attributes the operator may insert as {{identifier}}.
-                    field["insertableAttributes"] = json!(attributes);
-                }
-                ParamType::Enum => {
-                    let multiple = p.enum_spec.as_ref().is_some_and(|e| e.multiple);
-                    field["input"] = json!(if multiple { "multi-select" } else { "select" });
-                    field["multiple"] = json!(multiple);
-                    match p.enum_spec.as_ref().map(|e| &e.source) {
-                        Some(EnumSource::Manual { options }) => {
-                            field["options"] = json!(options);
-                        }
-                        Some(EnumSource::Api { .. }) | None => {
-                            field["optionsPath"] = json!(format!(
-                                "/v1/touchpoints/{}/params/{}/options",
-                                tp.id, p.identifier
-                            ));
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorTouchpoint<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<&'a str>,
+    pub batch_size: u16,
+    pub receipt_mode: ReceiptMode,
+    pub user_attributes: Vec<OperatorAttribute<'a>>,
+    pub template_params: Vec<OperatorParam<'a>>,
+}
+
+impl<'a> From<&'a Touchpoint> for OperatorTouchpoint<'a> {
+    fn from(tp: &'a Touchpoint) -> Self {
+        let attributes = || {
+            tp.spec
+                .user_attributes
+                .iter()
+                .map(|a| OperatorAttribute {
+                    identifier: &a.identifier,
+                    display_name: &a.display_name,
+                })
+                .collect::<Vec<_>>()
+        };
+        let params = tp
+            .spec
+            .template_params
+            .iter()
+            .map(|p| {
+                let mut field = OperatorParam {
+                    identifier: &p.identifier,
+                    display_name: &p.display_name,
+                    param_type: p.param_type,
+                    required: p.required,
+                    default: p.default.as_ref(),
+                    input: InputWidget::TextInput,
+                    formats: None,
+                    insertable_attributes: None,
+                    multiple: None,
+                    options: None,
+                    options_path: None,
+                };
+                match p.param_type {
+                    ParamType::Date => {
+                        field.input = InputWidget::DatePicker;
+                        field.formats = Some(DATE_FORMATS);
+                    }
+                    ParamType::Number => field.input = InputWidget::NumberInput,
+                    ParamType::Text => field.insertable_attributes = Some(attributes()),
+                    ParamType::Enum => {
+                        let multiple = p.enum_spec.as_ref().is_some_and(|e| e.multiple);
+                        field.input = if multiple {
+                            InputWidget::MultiSelect
+                        } else {
+                            InputWidget::Select
+                        };
+                        field.multiple = Some(multiple);
+                        match p.enum_spec.as_ref().map(|e| &e.source) {
+                            Some(EnumSource::Manual { options }) => field.options = Some(options),
+                            Some(EnumSource::Api { .. }) | None => {
+                                field.options_path = Some(format!(
+                                    "/v1/touchpoints/{}/params/{}/options",
+                                    tp.id, p.identifier
+                                ));
+                            }
                         }
                     }
                 }
-            }
-            field
-        })
-        .collect();
-    let mut view = json!({
-        "id": tp.id,
-        "name": tp.spec.name,
-        "kind": tp.spec.kind,
-        "batchSize": tp.spec.batch_size,
-        "receiptMode": match tp.spec.receipt { Receipt::Sync => "sync", Receipt::Async { .. } => "async" },
-        "userAttributes": attributes,
-        "templateParams": params,
-    });
-    if let Some(d) = &tp.spec.description {
-        view["description"] = json!(d);
+                field
+            })
+            .collect();
+        OperatorTouchpoint {
+            id: &tp.id,
+            name: &tp.spec.name,
+            kind: tp.spec.kind,
+            description: tp.spec.description.as_deref(),
+            batch_size: tp.spec.batch_size,
+            receipt_mode: match tp.spec.receipt {
+                Receipt::Sync => ReceiptMode::Sync,
+                Receipt::Async { .. } => ReceiptMode::Async,
+            },
+            user_attributes: attributes(),
+            template_params: params,
+        }
     }
-    view
 }

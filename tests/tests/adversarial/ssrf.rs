@@ -218,7 +218,12 @@ impl Rig {
             .await
             .map_err(|e| format!("{e:?}"))?;
         self.touchpoints
-            .set_spaces(1, &tp.id, &json!({"spaceIds": ["s"]}))
+            .set_spaces(
+                1,
+                &tp.id,
+                vec!["s"].into_iter().map(String::from).collect(),
+                None,
+            )
             .await
             .unwrap();
         Ok(self.touchpoints.get(1, &tp.id).await.unwrap())
@@ -302,11 +307,12 @@ async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_sen
             tem_data: Default::default(),
         }];
         let report = rig.guarded.test_send(&tp, users, format!("{i:032x}")).await;
-        assert_eq!(report["ok"], false, "{url}");
+        assert!(!report.ok, "{url}");
         assert!(
-            report["error"].as_str().unwrap_or("").contains("refused"),
-            "{url}: {report}"
+            report.error.as_deref().unwrap_or("").contains("refused"),
+            "{url}: {report:?}"
         );
+        assert_eq!(report.http_status, None, "{url}: nothing was sent");
 
         // 4. Options URL.
         let param = &tp.spec.template_params[1];

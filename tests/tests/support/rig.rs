@@ -75,7 +75,12 @@ impl Rig {
             .await
             .unwrap();
         self.touchpoints
-            .set_spaces(1, &tp.id, &json!({"spaceIds": ["space-a"]}))
+            .set_spaces(
+                1,
+                &tp.id,
+                vec!["space-a"].into_iter().map(String::from).collect(),
+                None,
+            )
             .await
             .unwrap();
         tp.id

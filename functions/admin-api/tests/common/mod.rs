@@ -80,7 +80,11 @@ impl Api {
             app: router(AppState {
                 touchpoints,
                 auth: Arc::new(keys),
-                delivery: store.clone(),
+                reporting: touchpoint::reporting::Reporting::new(
+                    store.clone(),
+                    store.clone(),
+                    clock.clone(),
+                ),
                 intake: store,
                 dispatcher: Arc::clone(&dispatcher),
                 clock,
