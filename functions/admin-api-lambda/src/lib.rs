@@ -38,7 +38,8 @@ impl Default for JwtClaims {
 impl JwtClaims {
     pub fn from_env() -> JwtClaims {
         let d = JwtClaims::default();
-        let var = |n: &str, d: String| std::env::var(n).ok().filter(|v| !v.is_empty()).unwrap_or(d);
+        let env = touchpoint_aws::process_env();
+        let var = |n: &str, d: String| env.optional(n).unwrap_or(d);
         JwtClaims {
             project: var("CLAIM_PROJECT", d.project),
             role: var("CLAIM_ROLE", d.role),

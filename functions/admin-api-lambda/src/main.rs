@@ -1,7 +1,7 @@
 #![forbid(unsafe_code)]
 
 use touchpoint_admin_api_lambda::{JwtClaims, app};
-use touchpoint_aws::{AwsNames, Clients};
+use touchpoint_aws::{Clients, FunctionSettings};
 use touchpoint_outbound::Outbound;
 
 #[tokio::main]
@@ -11,16 +11,15 @@ async fn main() -> Result<(), lambda_http::Error> {
         .with_ansi(false)
         .without_time()
         .init();
-    let names = AwsNames::from_env()?;
+    let settings = FunctionSettings::from_env()?;
     let clients = Clients::from_env().await;
-    let allow_private = std::env::var("ALLOW_PRIVATE_NETWORKS").is_ok_and(|v| v == "true");
     let urls = touchpoint::UrlPolicy {
-        allow_plain_http: std::env::var("ALLOW_PLAIN_HTTP").is_ok_and(|v| v == "true"),
+        allow_plain_http: settings.allow_plain_http,
     };
     let router = app(
         &clients,
-        &names,
-        Outbound::new(allow_private)?,
+        &settings.names,
+        Outbound::new(settings.allow_private_networks)?,
         JwtClaims::from_env(),
         urls,
     )?;

@@ -31,7 +31,7 @@ use serde_json::Value;
 use touchpoint::clock::{Clock, Millis, SystemClock};
 use touchpoint::ledger::stalled;
 use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints, SchedulerReceipts};
-use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled, RetryPolicy};
+use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_outbound::Outbound;
 
 /// The message attribute of a fresh copy: when it is due (epoch ms).
@@ -53,40 +53,29 @@ pub struct DispatcherLambda {
 impl DispatcherLambda {
     /// Built once per cold start from the environment.
     pub async fn from_env() -> Result<DispatcherLambda, String> {
-        let names = AwsNames::from_env()?;
+        let settings = touchpoint_aws::FunctionSettings::from_env()?;
         let clients = Clients::from_env().await;
+        let names = &settings.names;
         let queue_url = names
             .dispatch_queue_url
             .clone()
             .ok_or("DISPATCH_QUEUE_URL is not set")?;
         let mut cfg = DispatcherConfig::default();
-        if let Ok(s) = std::env::var("RETRY_SCHEDULE") {
-            cfg.retry = RetryPolicy::parse(&s).map_err(|e| format!("RETRY_SCHEDULE: {e}"))?;
+        if let Some(retry) = settings.retry.clone() {
+            cfg.retry = retry;
         }
-        let allow_private = std::env::var("ALLOW_PRIVATE_NETWORKS").is_ok_and(|v| v == "true");
-        let max_receives = match std::env::var("MAX_RECEIVES") {
-            Err(_) => 10,
-            Ok(v) => v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| *n >= 2)
-                .ok_or("MAX_RECEIVES must be an integer of at least 2")?,
-        };
         // The dispatcher's poison guard and this backstop on the queue's receive count (kept
         // below the queue's own maxReceiveCount) count the same deliveries without progress.
-        cfg.max_stalls = max_receives;
+        cfg.max_stalls = settings.max_receives;
         let mut lambda = Self::new(
             &clients,
-            &names,
+            names,
             queue_url,
-            Outbound::new(allow_private)?,
+            Outbound::new(settings.allow_private_networks)?,
             cfg,
-            max_receives,
+            settings.max_receives,
         );
-        lambda.dead_letter_url = std::env::var("DEAD_LETTER_QUEUE_URL")
-            .ok()
-            .filter(|u| !u.is_empty());
+        lambda.dead_letter_url = settings.dead_letter_queue_url.clone();
         Ok(lambda)
     }
 

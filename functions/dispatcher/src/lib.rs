@@ -29,8 +29,7 @@ use touchpoint::ledger::{exhausted_reason, may_claim, next_round, stalled};
 use touchpoint::model::{EnumSource, Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::{
-    ReceiptReading, TouchRequest, USER_AGENT, UserData, UserStatus, read_receipt, settle_sync,
-    sign, signature_headers, truncate,
+    ReceiptReading, UserData, UserStatus, read_receipt, settle_sync, touch_request, truncate,
 };
 use touchpoint_outbound::Outbound;
 
@@ -538,11 +537,7 @@ impl Dispatcher {
 
     fn timeout(&self, tp: &Touchpoint) -> Duration {
         tp.spec
-            .request_timeout_seconds
-            .map_or(self.cfg.request_timeout, |s| {
-                Duration::from_secs(u64::from(s))
-                    .div_f64(self.cfg.time_scale.max(f64::MIN_POSITIVE))
-            })
+            .request_timeout(self.cfg.request_timeout, self.cfg.time_scale)
     }
 
     fn gate(&self, tp: &Touchpoint) -> Arc<Semaphore> {
@@ -1018,24 +1013,8 @@ fn build_request(
     now: Millis,
     users: &[UserData],
 ) -> (Vec<u8>, Vec<(&'static str, String)>) {
-    let token = tp.token.as_ref().map(|t| t.expose());
-    let body = serde_json::to_vec(&TouchRequest {
-        time_stamp: now,
-        order_no,
-        sign: token.map(|t| sign(t, now, order_no)),
-        data_list: users,
-    })
-    .unwrap_or_default();
-    let mut headers = vec![("user-agent", USER_AGENT.to_owned())];
-    if let Some(token) = token {
-        headers.extend(signature_headers(
-            token,
-            order_no,
-            now.div_euclid(1000),
-            &body,
-        ));
-    }
-    (body, headers)
+    let r = touch_request(tp.token.as_ref().map(|t| t.expose()), order_no, now, users);
+    (r.body, r.headers)
 }
 
 /// Sends one request and decides what it means for the batch (protocol §2.1, §3).

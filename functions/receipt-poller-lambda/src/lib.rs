@@ -16,10 +16,13 @@ pub struct PollerLambda {
 
 impl PollerLambda {
     pub async fn from_env() -> Result<PollerLambda, String> {
-        let names = AwsNames::from_env()?;
+        let settings = touchpoint_aws::FunctionSettings::from_env()?;
         let clients = Clients::from_env().await;
-        let allow_private = std::env::var("ALLOW_PRIVATE_NETWORKS").is_ok_and(|v| v == "true");
-        Self::new(&clients, &names, Outbound::new(allow_private)?)
+        Self::new(
+            &clients,
+            &settings.names,
+            Outbound::new(settings.allow_private_networks)?,
+        )
     }
 
     pub fn new(

@@ -19,9 +19,7 @@ use touchpoint::delivery::{DeliveryStore, PendingBatch, PollRecord, ReceiptSched
 use touchpoint::ledger::{PollDecision, decide_poll, may_claim, next_poll_at};
 use touchpoint::model::{Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
-use touchpoint::protocol::{
-    ReceiptReading, ReceiptRequest, USER_AGENT, UserStatus, read_receipt, sign, signature_headers,
-};
+use touchpoint::protocol::{ReceiptReading, UserStatus, read_receipt, receipt_poll};
 use touchpoint_outbound::Outbound;
 
 /// The reason given to users whose receipt never came.
@@ -230,11 +228,10 @@ impl ReceiptPoller {
     }
 
     fn timeout(&self, tp: Option<&Touchpoint>) -> Duration {
-        tp.and_then(|t| t.spec.request_timeout_seconds)
-            .map_or(self.cfg.request_timeout, |s| {
-                Duration::from_secs(u64::from(s))
-                    .div_f64(self.cfg.time_scale.max(f64::MIN_POSITIVE))
-            })
+        tp.map_or(self.cfg.request_timeout, |t| {
+            t.spec
+                .request_timeout(self.cfg.request_timeout, self.cfg.time_scale)
+        })
     }
 
     async fn poll_one(
@@ -256,29 +253,12 @@ impl ReceiptPoller {
         // At (or after) the deadline the batch is polled once more, then what is still
         // pending times out.
         let last = decide_poll(now, b.deadline) == PollDecision::FinalPoll;
-        let token = tp
-            .and_then(|t| t.token.as_ref())
-            .map(|t| t.expose().to_owned());
-        let time_stamp = self.clock.now_ms();
-        let body = serde_json::to_vec(&ReceiptRequest {
-            time_stamp,
-            order_no: &b.order_no,
-            sign: token.as_deref().map(|t| sign(t, time_stamp, &b.order_no)),
-        })
-        .unwrap_or_default();
-        let mut headers = vec![("user-agent", USER_AGENT.to_owned())];
-        if let Some(token) = &token {
-            headers.extend(signature_headers(
-                token,
-                &b.order_no,
-                time_stamp.div_euclid(1000),
-                &body,
-            ));
-        }
+        let token = tp.and_then(|t| t.token.as_ref()).map(|t| t.expose());
+        let request = receipt_poll(token, &b.order_no, self.clock.now_ms());
         let timeout = self.timeout(tp);
         let reply = self
             .outbound
-            .post_json(&b.receipt_url, body, &headers, timeout)
+            .post_json(&b.receipt_url, request.body, &request.headers, timeout)
             .await;
         // Users settled by this answer were resolved when it arrived, not when the round began.
         let answered = self.clock.now_ms().max(now);

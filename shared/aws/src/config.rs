@@ -17,15 +17,60 @@ pub struct AwsNames {
     pub retention: Duration,
 }
 
-fn required(name: &str) -> Result<String, String> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| format!("{name} is not set"))
+/// The one reader of the functions' environment: every Lambda refuses the same garbage the
+/// same way, naming the variable (a cold start that fails loudly beats a setting silently
+/// replaced by its default). Unset and blank read alike.
+pub struct Env<F: Fn(&str) -> Option<String>> {
+    lookup: F,
 }
 
-fn optional(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+/// The process environment.
+pub fn process_env() -> Env<fn(&str) -> Option<String>> {
+    Env::new(|name| std::env::var(name).ok())
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// An environment answered by `lookup` (tests pass a map).
+    pub fn new(lookup: F) -> Env<F> {
+        Env { lookup }
+    }
+
+    pub fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn required(&self, name: &str) -> Result<String, String> {
+        self.optional(name)
+            .ok_or_else(|| format!("{name} is not set"))
+    }
+
+    /// `true` or `false` (any case); anything else is refused.
+    pub fn flag(&self, name: &str, default: bool) -> Result<bool, String> {
+        match self
+            .optional(name)
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(_) => Err(format!("{name} must be true or false")),
+        }
+    }
+
+    /// A whole number of at least `min`.
+    pub fn count(&self, name: &str, default: u64, min: u64) -> Result<u64, String> {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= min)
+                .ok_or_else(|| format!("{name} must be a whole number of at least {min}")),
+        }
+    }
 }
 
 impl AwsNames {
@@ -33,25 +78,125 @@ impl AwsNames {
     /// `RESULTS_QUEUE_URL`, `SCHEDULE_GROUP`, `RECEIPT_POLLER_ARN`, `SCHEDULER_ROLE_ARN`,
     /// `RETENTION_DAYS` (default 30).
     pub fn from_env() -> Result<AwsNames, String> {
-        let days = match optional("RETENTION_DAYS") {
-            None => 30,
-            Some(d) => d
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|d| *d >= 1)
-                .ok_or("RETENTION_DAYS must be a positive integer")?,
-        };
+        Self::read(&process_env())
+    }
+
+    pub fn read<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<AwsNames, String> {
+        let days = env.count("RETENTION_DAYS", 30, 1)?;
         Ok(AwsNames {
-            touchpoints_table: required("TOUCHPOINTS_TABLE")?,
-            delivery_table: required("DELIVERY_TABLE")?,
-            dispatch_queue_url: optional("DISPATCH_QUEUE_URL"),
-            results_queue_url: optional("RESULTS_QUEUE_URL"),
-            schedule_group: optional("SCHEDULE_GROUP"),
-            poller_arn: optional("RECEIPT_POLLER_ARN"),
-            scheduler_role_arn: optional("SCHEDULER_ROLE_ARN"),
+            touchpoints_table: env.required("TOUCHPOINTS_TABLE")?,
+            delivery_table: env.required("DELIVERY_TABLE")?,
+            dispatch_queue_url: env.optional("DISPATCH_QUEUE_URL"),
+            results_queue_url: env.optional("RESULTS_QUEUE_URL"),
+            schedule_group: env.optional("SCHEDULE_GROUP"),
+            poller_arn: env.optional("RECEIPT_POLLER_ARN"),
+            scheduler_role_arn: env.optional("SCHEDULER_ROLE_ARN"),
             retention: Duration::from_secs(days * 86_400),
         })
+    }
+}
+
+/// What the functions read from their environment besides resource names.
+#[derive(Clone, Debug)]
+pub struct FunctionSettings {
+    pub names: AwsNames,
+    /// `ALLOW_PRIVATE_NETWORKS` (default false: the SSRF guard is on).
+    pub allow_private_networks: bool,
+    /// `ALLOW_PLAIN_HTTP` (default false: touchpoint URLs must be https).
+    pub allow_plain_http: bool,
+    /// `RETRY_SCHEDULE` (default: the dispatcher's).
+    pub retry: Option<touchpoint::ledger::RetryPolicy>,
+    /// `MAX_RECEIVES` (default 10, at least 2): deliveries without progress before the
+    /// dispatcher fails what remains.
+    pub max_receives: u32,
+    /// `DEAD_LETTER_QUEUE_URL`: where unreadable dispatches go with their reason.
+    pub dead_letter_queue_url: Option<String>,
+}
+
+impl FunctionSettings {
+    pub fn from_env() -> Result<FunctionSettings, String> {
+        Self::read(&process_env())
+    }
+
+    pub fn read<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<FunctionSettings, String> {
+        let retry = env
+            .optional("RETRY_SCHEDULE")
+            .map(|s| {
+                touchpoint::ledger::RetryPolicy::parse(&s)
+                    .map_err(|e| format!("RETRY_SCHEDULE: {e}"))
+            })
+            .transpose()?;
+        let max_receives = env.count("MAX_RECEIVES", 10, 2)?;
+        Ok(FunctionSettings {
+            names: AwsNames::read(env)?,
+            allow_private_networks: env.flag("ALLOW_PRIVATE_NETWORKS", false)?,
+            allow_plain_http: env.flag("ALLOW_PLAIN_HTTP", false)?,
+            retry,
+            max_receives: u32::try_from(max_receives)
+                .map_err(|_| "MAX_RECEIVES is too large".to_owned())?,
+            dead_letter_queue_url: env.optional("DEAD_LETTER_QUEUE_URL"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Env::new(move |name| map.get(name).cloned())
+    }
+
+    const TABLES: [(&str, &str); 2] = [("TOUCHPOINTS_TABLE", "t"), ("DELIVERY_TABLE", "d")];
+
+    #[test]
+    fn defaults_when_only_the_tables_are_named() {
+        let s = FunctionSettings::read(&env(&TABLES)).unwrap();
+        assert!(!s.allow_private_networks && !s.allow_plain_http);
+        assert_eq!(s.max_receives, 10);
+        assert!(s.retry.is_none() && s.dead_letter_queue_url.is_none());
+        assert_eq!(s.names.retention, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn garbage_is_refused_naming_the_variable() {
+        for (name, value) in [
+            ("MAX_RECEIVES", "lots"),
+            ("MAX_RECEIVES", "1"),
+            ("MAX_RECEIVES", "-3"),
+            ("ALLOW_PRIVATE_NETWORKS", "yes"),
+            ("ALLOW_PLAIN_HTTP", "1"),
+            ("RETRY_SCHEDULE", "soon"),
+            ("RETENTION_DAYS", "0"),
+        ] {
+            let mut pairs = TABLES.to_vec();
+            pairs.push((name, value));
+            let err = FunctionSettings::read(&env(&pairs)).unwrap_err();
+            assert!(err.contains(name), "{name}={value}: {err}");
+        }
+        let err = FunctionSettings::read(&env(&TABLES[..1])).unwrap_err();
+        assert_eq!(err, "DELIVERY_TABLE is not set");
+    }
+
+    #[test]
+    fn values_are_read_trimmed_and_flags_in_any_case() {
+        let mut pairs = TABLES.to_vec();
+        pairs.extend([
+            ("MAX_RECEIVES", " 4 "),
+            ("ALLOW_PRIVATE_NETWORKS", "TRUE"),
+            ("ALLOW_PLAIN_HTTP", "false"),
+            ("DEAD_LETTER_QUEUE_URL", "  "),
+        ]);
+        let s = FunctionSettings::read(&env(&pairs)).unwrap();
+        assert_eq!(s.max_receives, 4);
+        assert!(s.allow_private_networks && !s.allow_plain_http);
+        assert!(s.dead_letter_queue_url.is_none(), "blank reads as unset");
     }
 }
 

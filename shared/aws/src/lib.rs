@@ -10,7 +10,7 @@ pub mod provision;
 pub mod schedule;
 pub mod touchpoints;
 
-pub use config::{AwsNames, Clients};
+pub use config::{AwsNames, Clients, Env, FunctionSettings, process_env};
 pub use delivery::DynamoDelivery;
 pub use schedule::SchedulerReceipts;
 pub use touchpoints::DynamoTouchpoints;

@@ -264,10 +264,7 @@ pub fn order_no(project: ProjectId, dispatch_id: &str, index: usize) -> String {
     h.update((dispatch_id.len() as u64).to_be_bytes());
     h.update(dispatch_id.as_bytes());
     h.update((index as u64).to_be_bytes());
-    h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&h.finalize()[..16])
 }
 
 /// One batch to send.

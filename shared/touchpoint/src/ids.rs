@@ -64,7 +64,7 @@ pub fn random_order_no() -> String {
         let digest = sha2::Sha256::digest(ulid(0).as_bytes());
         bytes.copy_from_slice(&digest[..16]);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 #[cfg(test)]

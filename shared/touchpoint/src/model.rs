@@ -182,6 +182,21 @@ pub struct TouchpointSpec {
     pub max_concurrency: Option<u16>,
 }
 
+impl TouchpointSpec {
+    /// How long a request to this receiver may take: its own setting, or the deployment's
+    /// `default`; `time_scale` divides the touchpoint's setting (1 in production; compressed
+    /// time in the delivery scenarios).
+    pub fn request_timeout(
+        &self,
+        default: std::time::Duration,
+        time_scale: f64,
+    ) -> std::time::Duration {
+        self.request_timeout_seconds.map_or(default, |s| {
+            std::time::Duration::from_secs(u64::from(s)).div_f64(time_scale.max(f64::MIN_POSITIVE))
+        })
+    }
+}
+
 /// Bounds of the per-touchpoint delivery settings.
 pub const REQUEST_TIMEOUT_SECONDS_RANGE: std::ops::RangeInclusive<u8> = 1..=60;
 pub const MAX_CONCURRENCY_RANGE: std::ops::RangeInclusive<u16> = 1..=64;

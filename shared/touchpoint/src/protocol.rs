@@ -47,10 +47,69 @@ pub struct ReceiptRequest<'a> {
     pub sign: Option<String>,
 }
 
+/// A request to a receiver, ready to send: its JSON body and its headers (the user agent, and
+/// the Standard Webhooks signature when the touchpoint has a token).
+#[derive(Debug)]
+pub struct SignedRequest {
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Builds the body with `sign` (when there is a token) and signs it for the headers.
+fn signed(
+    token: Option<&str>,
+    order_no: &str,
+    now: i64,
+    body: impl FnOnce(Option<String>) -> Vec<u8>,
+) -> SignedRequest {
+    let body = body(token.map(|t| sign(t, now, order_no)));
+    let mut headers = vec![("user-agent", USER_AGENT.to_owned())];
+    if let Some(token) = token {
+        headers.extend(signature_headers(
+            token,
+            order_no,
+            now.div_euclid(1000),
+            &body,
+        ));
+    }
+    SignedRequest { body, headers }
+}
+
+/// The touch request of a batch (§1), signed with the touchpoint's token if it has one.
+pub fn touch_request(
+    token: Option<&str>,
+    order_no: &str,
+    now: i64,
+    users: &[UserData],
+) -> SignedRequest {
+    signed(token, order_no, now, |sign| {
+        serde_json::to_vec(&TouchRequest {
+            time_stamp: now,
+            order_no,
+            sign,
+            data_list: users,
+        })
+        .unwrap_or_default()
+    })
+}
+
+/// The receipt poll of an accepted batch (§3), signed like a touch request.
+pub fn receipt_poll(token: Option<&str>, order_no: &str, now: i64) -> SignedRequest {
+    signed(token, order_no, now, |sign| {
+        serde_json::to_vec(&ReceiptRequest {
+            time_stamp: now,
+            order_no,
+            sign,
+        })
+        .unwrap_or_default()
+    })
+}
+
 /// `UPPER(HEX(MD5(token + "&" + timeStamp + "&" + orderNo)))`.
 pub fn sign(token: &str, time_stamp: i64, order_no: &str) -> String {
-    let digest = Md5::digest(format!("{token}&{time_stamp}&{order_no}").as_bytes());
-    digest.iter().map(|b| format!("{b:02X}")).collect()
+    hex::encode_upper(Md5::digest(
+        format!("{token}&{time_stamp}&{order_no}").as_bytes(),
+    ))
 }
 
 /// The HMAC key of the Standard Webhooks headers: a `whsec_<base64>` token's decoded bytes,
@@ -92,7 +151,8 @@ pub fn signature_headers(
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// For receiver authors: checks a request's `sign` in constant time.
