@@ -19,6 +19,9 @@ chromium_pid=$!
 echo "== tools"
 venv=$(bash infra/tools.sh)
 
+echo "== shellcheck"
+"$venv/bin/shellcheck" infra/*.sh .ci/run
+
 echo "== rustfmt"
 cargo fmt --all -- --check
 
