@@ -28,8 +28,9 @@ use serde_json::{Value, json};
 use touchpoint::clock::{Clock, SystemClock};
 use touchpoint::dispatch::{plan, read_dispatch, resolve_template};
 use touchpoint::protocol::{TouchRequest, sign, signature_headers};
-use touchpoint::{Touchpoints, UrlPolicy};
-use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
+use touchpoint::UrlPolicy;
+use touchpoint_dispatcher::{Dispatcher, Handled};
+use touchpoint_services::{Services, Settings};
 use touchpoint_embedded::{ResultsFile, SqliteStore};
 use touchpoint_outbound::Outbound;
 
@@ -460,15 +461,18 @@ struct Library {
 async fn library_for(receiver_base: &str, batch: u16, concurrency: usize) -> Library {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(dir.path()).expect("store");
-    let shared = Arc::new(store.clone());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let touchpoints = Touchpoints::new(
-        shared.clone(),
-        clock.clone(),
-        UrlPolicy {
-            allow_plain_http: true,
+    let services = Services::embedded(
+        &store,
+        Outbound::new(true).expect("client"),
+        Arc::new(SystemClock),
+        Settings {
+            urls: UrlPolicy {
+                allow_plain_http: true,
+            },
+            ..Settings::default()
         },
     );
+    let touchpoints = services.touchpoints;
     let tp = touchpoints
         .create(
             1,
@@ -485,13 +489,7 @@ async fn library_for(receiver_base: &str, batch: u16, concurrency: usize) -> Lib
         )
         .await
         .expect("spaces");
-    let dispatcher = Arc::new(Dispatcher::new(
-        shared.clone(),
-        shared,
-        Outbound::new(true).expect("client"),
-        clock,
-        DispatcherConfig::default(),
-    ));
+    let dispatcher = services.dispatcher;
     Library {
         dir,
         store,

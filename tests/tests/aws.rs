@@ -83,14 +83,17 @@ impl Aws {
             receipt_poll_interval: Duration::ZERO,
             ..DispatcherConfig::default()
         };
-        let dispatcher = Arc::new(DispatcherLambda::new(
-            &clients,
-            &names,
-            names.dispatch_queue_url.clone().unwrap(),
-            Outbound::new(true).unwrap(),
-            cfg,
-            5,
-        ));
+        let dispatcher = Arc::new(
+            DispatcherLambda::new(
+                &clients,
+                &names,
+                names.dispatch_queue_url.clone().unwrap(),
+                Outbound::new(true).unwrap(),
+                cfg,
+                5,
+            )
+            .unwrap(),
+        );
         let poller = PollerLambda::new(&clients, &names, Outbound::new(true).unwrap()).unwrap();
         Aws {
             clients,
@@ -735,7 +738,8 @@ async fn hostile_sqs_messages_are_dead_lettered_or_failed_with_their_reason_neve
         Outbound::new(true).unwrap(),
         DispatcherConfig::default(),
         5,
-    );
+    )
+    .unwrap();
     lambda.dead_letter_url = Some(dlq.clone());
     let lambda = Arc::new(lambda);
 

@@ -130,14 +130,17 @@ impl World {
     }
 
     fn lambda(&self, cfg: DispatcherConfig) -> Arc<DispatcherLambda> {
-        Arc::new(DispatcherLambda::new(
-            &self.clients,
-            &self.names,
-            self.queue(),
-            Outbound::new(true).unwrap(),
-            cfg,
-            self.template.max_receives_env,
-        ))
+        Arc::new(
+            DispatcherLambda::new(
+                &self.clients,
+                &self.names,
+                self.queue(),
+                Outbound::new(true).unwrap(),
+                cfg,
+                self.template.max_receives_env,
+            )
+            .unwrap(),
+        )
     }
 
     /// The event source mapping with `instances` Lambda instances side by side.

@@ -12,9 +12,10 @@ use touchpoint::delivery::DeliveryStore;
 use touchpoint::model::Touchpoint;
 use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::options::{EnumOptions, OptionsError};
-use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
+use touchpoint_dispatcher::{Dispatcher, Handled};
 use touchpoint_embedded::SqliteStore;
 use touchpoint_outbound::Outbound;
+use touchpoint_services::{Services, Settings};
 
 const MINUTE: i64 = 60_000;
 
@@ -29,7 +30,7 @@ struct Rig {
     clock: Arc<ManualClock>,
     touchpoints: Touchpoints,
     store: SqliteStore,
-    dispatcher: Dispatcher,
+    dispatcher: Arc<Dispatcher>,
     _dir: tempfile::TempDir,
 }
 
@@ -37,22 +38,19 @@ impl Rig {
     fn new(allow_private: bool) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let shared = Arc::new(store.clone());
         let clock = Arc::new(ManualClock::at(1_795_946_400_000));
-        let touchpoints = Touchpoints::new(
-            shared.clone(),
-            clock.clone(),
-            UrlPolicy {
-                allow_plain_http: true,
-            },
-        );
-        let dispatcher = Dispatcher::new(
-            shared.clone(),
-            shared,
+        let services = Services::embedded(
+            &store,
             Outbound::new(allow_private).unwrap(),
             clock.clone(),
-            DispatcherConfig::default(),
+            Settings {
+                urls: UrlPolicy {
+                    allow_plain_http: true,
+                },
+                ..Settings::default()
+            },
         );
+        let (touchpoints, dispatcher) = (services.touchpoints, services.dispatcher);
         Rig {
             clock,
             touchpoints,

@@ -16,6 +16,7 @@ use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_embedded::{ResultsFile, SqliteStore};
 use touchpoint_outbound::Outbound;
 use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller, RoundReport};
+use touchpoint_services::{Services, Settings};
 
 const MINUTE: i64 = 60_000;
 const T0: i64 = 1_795_946_400_000;
@@ -24,7 +25,7 @@ struct Rig {
     clock: Arc<ManualClock>,
     store: SqliteStore,
     touchpoints: Touchpoints,
-    dispatcher: Dispatcher,
+    dispatcher: Arc<Dispatcher>,
     poller: Arc<ReceiptPoller>,
     dir: tempfile::TempDir,
 }
@@ -33,35 +34,24 @@ impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let shared = Arc::new(store.clone());
         let clock = Arc::new(ManualClock::at(T0));
-        let outbound = Outbound::new(true).unwrap();
-        let touchpoints = Touchpoints::new(
-            shared.clone(),
+        let services = Services::embedded(
+            &store,
+            Outbound::new(true).unwrap(),
             clock.clone(),
-            UrlPolicy {
-                allow_plain_http: true,
+            Settings {
+                urls: UrlPolicy {
+                    allow_plain_http: true,
+                },
+                dispatcher: DispatcherConfig::default(),
+                poller: PollerConfig {
+                    request_timeout: Duration::from_secs(5),
+                    ..PollerConfig::default()
+                },
             },
-        )
-        .with_receipt_schedule(shared.clone(), shared.clone());
-        let dispatcher = Dispatcher::new(
-            shared.clone(),
-            shared.clone(),
-            outbound.clone(),
-            clock.clone(),
-            DispatcherConfig::default(),
         );
-        let poller = Arc::new(ReceiptPoller::new(
-            shared.clone(),
-            shared.clone(),
-            shared,
-            outbound,
-            clock.clone(),
-            PollerConfig {
-                request_timeout: Duration::from_secs(5),
-                ..PollerConfig::default()
-            },
-        ));
+        let (touchpoints, dispatcher, poller) =
+            (services.touchpoints, services.dispatcher, services.poller);
         Rig {
             clock,
             store,

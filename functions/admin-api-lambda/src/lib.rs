@@ -10,12 +10,11 @@ use std::sync::Arc;
 
 use axum::http::request::Parts;
 use lambda_http::request::RequestContext;
-use touchpoint::clock::{Clock, SystemClock};
-use touchpoint::{Touchpoints, UrlPolicy};
-use touchpoint_admin_api::{ApiError, AppState, Authenticator, Principal, Role};
-use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints, SchedulerReceipts};
-use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
+use touchpoint::UrlPolicy;
+use touchpoint_admin_api::{ApiError, Authenticator, Principal, Role};
+use touchpoint_aws::{AwsNames, Clients};
 use touchpoint_outbound::Outbound;
+use touchpoint_services::{Services, Settings};
 
 /// Reads the JWT authorizer's claims that API Gateway put in the request context.
 #[derive(Clone, Debug)]
@@ -103,32 +102,12 @@ pub fn app(
     claims: JwtClaims,
     urls: UrlPolicy,
 ) -> Result<axum::Router, String> {
-    let touchpoints_store = Arc::new(DynamoTouchpoints::new(
-        clients.dynamodb.clone(),
-        &names.touchpoints_table,
-    ));
-    let delivery = Arc::new(DynamoDelivery::new(clients, names));
-    let schedule = Arc::new(SchedulerReceipts::new(clients.scheduler.clone(), names)?);
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let touchpoints = Touchpoints::new(touchpoints_store.clone(), Arc::clone(&clock), urls)
-        .with_receipt_schedule(schedule, delivery.clone());
-    let dispatcher = Dispatcher::new(
-        touchpoints_store,
-        delivery.clone(),
-        outbound,
-        Arc::clone(&clock),
-        DispatcherConfig::default(),
-    );
-    Ok(touchpoint_admin_api::router(AppState {
-        touchpoints,
-        auth: Arc::new(claims),
-        reporting: touchpoint::reporting::Reporting::new(
-            delivery.clone(),
-            delivery.clone(),
-            clock.clone(),
-        ),
-        intake: delivery,
-        dispatcher: Arc::new(dispatcher),
-        clock,
-    }))
+    let settings = Settings {
+        urls,
+        ..Settings::default()
+    };
+    let services = Services::aws(clients, names, outbound, settings)?;
+    Ok(touchpoint_admin_api::router(
+        services.app_state(Arc::new(claims)),
+    ))
 }

@@ -30,9 +30,10 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMe
 use serde_json::Value;
 use touchpoint::clock::{Clock, Millis, SystemClock};
 use touchpoint::ledger::stalled;
-use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints, SchedulerReceipts};
+use touchpoint_aws::{AwsNames, Clients};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_outbound::Outbound;
+use touchpoint_services::{Services, Settings};
 
 /// The message attribute of a fresh copy: when it is due (epoch ms).
 pub const NOT_BEFORE: &str = "notBefore";
@@ -41,7 +42,7 @@ const MAX_DELAY_SECONDS: u64 = 900;
 
 /// Everything a warm Lambda keeps between invocations.
 pub struct DispatcherLambda {
-    pub dispatcher: Dispatcher,
+    pub dispatcher: Arc<Dispatcher>,
     pub sqs: aws_sdk_sqs::Client,
     pub queue_url: String,
     /// Where unreadable messages go, with their reason; unset: they are only logged.
@@ -74,7 +75,7 @@ impl DispatcherLambda {
             Outbound::new(settings.allow_private_networks)?,
             cfg,
             settings.max_receives,
-        );
+        )?;
         lambda.dead_letter_url = settings.dead_letter_queue_url.clone();
         Ok(lambda)
     }
@@ -87,7 +88,7 @@ impl DispatcherLambda {
         max_receives: u32,
     ) -> DispatcherLambda {
         DispatcherLambda {
-            dispatcher,
+            dispatcher: Arc::new(dispatcher),
             sqs,
             queue_url,
             dead_letter_url: None,
@@ -103,27 +104,21 @@ impl DispatcherLambda {
         outbound: Outbound,
         cfg: DispatcherConfig,
         max_receives: u32,
-    ) -> DispatcherLambda {
-        let touchpoints = Arc::new(DynamoTouchpoints::new(
-            clients.dynamodb.clone(),
-            &names.touchpoints_table,
-        ));
-        let ledger = Arc::new(DynamoDelivery::new(clients, names));
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let mut dispatcher =
-            Dispatcher::new(touchpoints, ledger, outbound, Arc::clone(&clock), cfg);
-        // Async touchpoints' receipt schedules are made sure of before their batches go out.
-        if let Ok(schedule) = SchedulerReceipts::new(clients.scheduler.clone(), names) {
-            dispatcher = dispatcher.with_receipt_schedule(Arc::new(schedule));
-        }
-        DispatcherLambda {
-            dispatcher,
+    ) -> Result<DispatcherLambda, String> {
+        let services = Services::aws(
+            clients,
+            names,
+            outbound,
+            Settings::default().with_dispatcher(cfg),
+        )?;
+        Ok(DispatcherLambda {
+            dispatcher: services.dispatcher,
             sqs: clients.sqs.clone(),
             queue_url,
             dead_letter_url: None,
-            clock,
+            clock: services.clock,
             max_receives,
-        }
+        })
     }
 
     /// One SQS event with no time limit (tests, tools).

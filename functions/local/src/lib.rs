@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use touchpoint::{SystemClock, Touchpoints, UrlPolicy};
-use touchpoint_admin_api::{ApiKeys, AppState};
-use touchpoint_dispatcher::Dispatcher;
+use touchpoint::{SystemClock, UrlPolicy};
+use touchpoint_admin_api::ApiKeys;
 use touchpoint_embedded::{ResultsFile, SqliteStore};
 use touchpoint_outbound::Outbound;
-use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
+use touchpoint_services::{Services, Settings};
 
 mod config;
 pub mod receiver;
@@ -228,50 +227,22 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
             "resuming work left by the previous run"
         );
     }
-    let shared = Arc::new(store.clone());
-    let touchpoints = Touchpoints::new(
-        shared.clone(),
-        clock.clone(),
-        UrlPolicy {
+    let settings = Settings {
+        urls: UrlPolicy {
             allow_plain_http: cfg.allow_plain_http,
         },
-    )
-    .with_receipt_schedule(shared.clone(), shared.clone());
-    let outbound = Outbound::new(cfg.allow_private_networks)?;
-    let poller = Arc::new(ReceiptPoller::new(
-        shared.clone(),
-        shared.clone(),
-        shared.clone(),
-        outbound.clone(),
+        ..Settings::default()
+    }
+    .with_dispatcher(cfg.dispatcher.clone());
+    let services = Services::embedded(
+        &store,
+        Outbound::new(cfg.allow_private_networks)?,
         clock.clone(),
-        PollerConfig {
-            interval: cfg.dispatcher.receipt_poll_interval,
-            request_timeout: cfg.dispatcher.request_timeout,
-            ..PollerConfig::default()
-        },
-    ));
-    let dispatcher = Arc::new(
-        Dispatcher::new(
-            shared.clone(),
-            shared.clone(),
-            outbound,
-            clock.clone(),
-            cfg.dispatcher.clone(),
-        )
-        .with_receipt_schedule(shared.clone()),
+        settings,
     );
-    let app = touchpoint_admin_api::router(AppState {
-        touchpoints,
-        auth: Arc::new(keys.keys),
-        reporting: touchpoint::reporting::Reporting::new(
-            shared.clone(),
-            shared.clone(),
-            clock.clone(),
-        ),
-        intake: shared,
-        dispatcher: dispatcher.clone(),
-        clock: clock.clone(),
-    });
+    let app = touchpoint_admin_api::router(services.app_state(Arc::new(keys.keys)));
+    let dispatcher = services.dispatcher.clone();
+    let poller = services.poller.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = Arc::new(worker::Worker {
         store: store.clone(),

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use touchpoint::clock::SystemClock;
-use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints, SchedulerReceipts};
+use touchpoint_aws::{AwsNames, Clients};
 use touchpoint_outbound::Outbound;
-use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
+use touchpoint_receipt_poller::ReceiptPoller;
+use touchpoint_services::{Services, Settings};
 
 pub struct PollerLambda {
     pub poller: Arc<ReceiptPoller>,
@@ -30,21 +30,9 @@ impl PollerLambda {
         names: &AwsNames,
         outbound: Outbound,
     ) -> Result<PollerLambda, String> {
-        let touchpoints = Arc::new(DynamoTouchpoints::new(
-            clients.dynamodb.clone(),
-            &names.touchpoints_table,
-        ));
-        let ledger = Arc::new(DynamoDelivery::new(clients, names));
-        let schedule = Arc::new(SchedulerReceipts::new(clients.scheduler.clone(), names)?);
+        let services = Services::aws(clients, names, outbound, Settings::default())?;
         Ok(PollerLambda {
-            poller: Arc::new(ReceiptPoller::new(
-                touchpoints,
-                ledger,
-                schedule,
-                outbound,
-                Arc::new(SystemClock),
-                PollerConfig::default(),
-            )),
+            poller: services.poller,
         })
     }
 

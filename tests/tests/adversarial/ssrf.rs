@@ -18,7 +18,8 @@ use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_embedded::SqliteStore;
 use touchpoint_outbound::{Lookup, Outbound, SendError};
-use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
+use touchpoint_receipt_poller::ReceiptPoller;
+use touchpoint_services::{Services, Settings};
 
 const T0: i64 = 1_795_946_400_000;
 
@@ -132,8 +133,8 @@ struct Rig {
     store: SqliteStore,
     touchpoints: Touchpoints,
     /// Reaches 127.0.0.1 (the receiver), to get batches to the receipt stage.
-    open: Dispatcher,
-    guarded: Dispatcher,
+    open: Arc<Dispatcher>,
+    guarded: Arc<Dispatcher>,
     poller: Arc<ReceiptPoller>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
@@ -143,43 +144,28 @@ impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let shared = Arc::new(store.clone());
         let clock = Arc::new(ManualClock::at(T0));
-        let touchpoints = Touchpoints::new(
-            shared.clone(),
-            clock.clone(),
-            UrlPolicy {
-                allow_plain_http: true,
-            },
-        )
-        .with_receipt_schedule(shared.clone(), shared.clone());
-        let guarded = Outbound::new(false).unwrap();
-        let cfg = DispatcherConfig {
-            request_timeout: Duration::from_secs(2),
-            ..DispatcherConfig::default()
-        };
-        let dispatcher = |outbound: Outbound| {
-            Dispatcher::new(
-                shared.clone(),
-                shared.clone(),
+        let services = |outbound: Outbound| {
+            Services::embedded(
+                &store,
                 outbound,
                 clock.clone(),
-                cfg.clone(),
+                Settings {
+                    urls: UrlPolicy {
+                        allow_plain_http: true,
+                    },
+                    ..Settings::default()
+                }
+                .with_dispatcher(DispatcherConfig {
+                    request_timeout: Duration::from_secs(2),
+                    ..DispatcherConfig::default()
+                }),
             )
         };
-        let open = dispatcher(Outbound::new(true).unwrap());
-        let guarded_dispatcher = dispatcher(guarded.clone());
-        let poller = Arc::new(ReceiptPoller::new(
-            shared.clone(),
-            shared.clone(),
-            shared,
-            guarded,
-            clock.clone(),
-            PollerConfig {
-                request_timeout: Duration::from_secs(2),
-                ..PollerConfig::default()
-            },
-        ));
+        let open = services(Outbound::new(true).unwrap()).dispatcher;
+        let guarded = services(Outbound::new(false).unwrap());
+        let (touchpoints, guarded_dispatcher, poller) =
+            (guarded.touchpoints, guarded.dispatcher, guarded.poller);
         Rig {
             store,
             touchpoints,

@@ -11,13 +11,14 @@ use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled, RetryPolicy};
 use touchpoint_embedded::{ResultsFile, SqliteStore};
 use touchpoint_outbound::Outbound;
+use touchpoint_services::{Services, Settings};
 
 pub const TOKEN: &str = "abc123";
 
 pub struct Rig {
     pub store: SqliteStore,
     pub touchpoints: Touchpoints,
-    pub dispatcher: Dispatcher,
+    pub dispatcher: Arc<Dispatcher>,
     pub dir: tempfile::TempDir,
 }
 
@@ -40,20 +41,22 @@ impl Rig {
     pub fn with_outbound(cfg: DispatcherConfig, outbound: Outbound) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let shared = Arc::new(store.clone());
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let touchpoints = Touchpoints::new(
-            shared.clone(),
-            clock.clone(),
-            UrlPolicy {
-                allow_plain_http: true,
-            },
+        let services = Services::embedded(
+            &store,
+            outbound,
+            Arc::new(SystemClock),
+            Settings {
+                urls: UrlPolicy {
+                    allow_plain_http: true,
+                },
+                ..Settings::default()
+            }
+            .with_dispatcher(cfg),
         );
-        let dispatcher = Dispatcher::new(shared.clone(), shared, outbound, clock, cfg);
         Rig {
             store,
-            touchpoints,
-            dispatcher,
+            touchpoints: services.touchpoints,
+            dispatcher: services.dispatcher,
             dir,
         }
     }

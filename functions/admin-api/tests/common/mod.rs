@@ -10,11 +10,12 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use touchpoint::{SystemClock, Touchpoints, UrlPolicy};
-use touchpoint_admin_api::{ApiKeys, AppState, router};
-use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
+use touchpoint::SystemClock;
+use touchpoint_admin_api::{ApiKeys, router};
+use touchpoint_dispatcher::Dispatcher;
 use touchpoint_embedded::SqliteStore;
 use touchpoint_outbound::Outbound;
+use touchpoint_services::{Services, Settings};
 use tower::ServiceExt;
 
 pub const ADMIN: &str = "admin-key-project-1";
@@ -60,36 +61,15 @@ impl Api {
             "{ADMIN}=1:admin,{ADMIN_2}=2:admin,{OPERATOR_A}=1:operator:space-a,{CAMPAIGN}=1:campaign,{OPERATOR_2}=2:operator:space-a,{CAMPAIGN_2}=2:campaign"
         ))
         .unwrap();
-        let store = Arc::new(store);
-        let clock = Arc::new(SystemClock);
-        let touchpoints = Touchpoints::new(
-            store.clone(),
-            clock.clone(),
-            UrlPolicy {
-                allow_plain_http: false,
-            },
-        );
-        let dispatcher = Arc::new(Dispatcher::new(
-            store.clone(),
-            store.clone(),
+        let services = Services::embedded(
+            &store,
             Outbound::new(false).unwrap(),
-            clock.clone(),
-            DispatcherConfig::default(),
-        ));
+            Arc::new(SystemClock),
+            Settings::default(),
+        );
         Api {
-            app: router(AppState {
-                touchpoints,
-                auth: Arc::new(keys),
-                reporting: touchpoint::reporting::Reporting::new(
-                    store.clone(),
-                    store.clone(),
-                    clock.clone(),
-                ),
-                intake: store,
-                dispatcher: Arc::clone(&dispatcher),
-                clock,
-            }),
-            dispatcher,
+            app: router(services.app_state(Arc::new(keys))),
+            dispatcher: services.dispatcher,
         }
     }
 

@@ -1,0 +1,177 @@
+//! The composition root: the local binary, the three Lambdas, the bench and every test rig
+//! build the use cases here, from ports, so the wiring (which store serves which use case, the
+//! receipt schedule behind every async touchpoint) is written once.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use touchpoint::clock::Clock;
+use touchpoint::delivery::{DeliveryStore, DispatchIntake, ReceiptSchedule};
+use touchpoint::ports::TouchpointStore;
+use touchpoint::reporting::Reporting;
+use touchpoint::{Touchpoints, UrlPolicy};
+use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
+use touchpoint_outbound::Outbound;
+use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
+
+/// What the use cases run on.
+#[derive(Clone)]
+pub struct Ports {
+    pub touchpoints: Arc<dyn TouchpointStore>,
+    pub delivery: Arc<dyn DeliveryStore>,
+    pub intake: Arc<dyn DispatchIntake>,
+    pub schedule: Arc<dyn ReceiptSchedule>,
+    pub clock: Arc<dyn Clock>,
+    pub outbound: Outbound,
+}
+
+/// How the use cases behave.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub urls: UrlPolicy,
+    pub dispatcher: DispatcherConfig,
+    pub poller: PollerConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            urls: UrlPolicy {
+                allow_plain_http: false,
+            },
+            dispatcher: DispatcherConfig::default(),
+            poller: PollerConfig::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// The poller follows the dispatcher's receipt interval and request timeout (one setting
+    /// each for the deployment).
+    pub fn with_dispatcher(mut self, dispatcher: DispatcherConfig) -> Settings {
+        self.poller.interval = dispatcher.receipt_poll_interval;
+        self.poller.request_timeout = dispatcher.request_timeout;
+        self.poller.time_scale = dispatcher.time_scale;
+        self.dispatcher = dispatcher;
+        self
+    }
+}
+
+/// Every use case, wired once.
+#[derive(Clone)]
+pub struct Services {
+    pub touchpoints: Touchpoints,
+    pub reporting: Reporting,
+    pub dispatcher: Arc<Dispatcher>,
+    pub poller: Arc<ReceiptPoller>,
+    pub intake: Arc<dyn DispatchIntake>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Services {
+    /// The use cases on `ports`. The receipt schedule is always wired: an async touchpoint's
+    /// schedule is made when it is created, enabled or switched to async, and made sure of
+    /// before its batches go out.
+    pub fn new(ports: Ports, settings: Settings) -> Services {
+        let Ports {
+            touchpoints: store,
+            delivery,
+            intake,
+            schedule,
+            clock,
+            outbound,
+        } = ports;
+        let touchpoints = Touchpoints::new(store.clone(), clock.clone(), settings.urls)
+            .with_receipt_schedule(schedule.clone(), delivery.clone());
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            delivery.clone(),
+            outbound.clone(),
+            clock.clone(),
+            settings.dispatcher,
+        )
+        .with_receipt_schedule(schedule.clone());
+        let poller = ReceiptPoller::new(
+            store,
+            delivery.clone(),
+            schedule,
+            outbound,
+            clock.clone(),
+            settings.poller,
+        );
+        Services {
+            touchpoints,
+            reporting: Reporting::new(delivery, intake.clone(), clock.clone()),
+            dispatcher: Arc::new(dispatcher),
+            poller: Arc::new(poller),
+            intake,
+            clock,
+        }
+    }
+
+    /// Everything on one embedded store (the local binary and its tests).
+    #[cfg(feature = "embedded")]
+    pub fn embedded(
+        store: &touchpoint_embedded::SqliteStore,
+        outbound: Outbound,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Services {
+        let store = Arc::new(store.clone());
+        Services::new(
+            Ports {
+                touchpoints: store.clone(),
+                delivery: store.clone(),
+                intake: store.clone(),
+                schedule: store,
+                clock,
+                outbound,
+            },
+            settings,
+        )
+    }
+
+    /// Everything on DynamoDB, SQS and EventBridge Scheduler under `names`.
+    #[cfg(feature = "aws")]
+    pub fn aws(
+        clients: &touchpoint_aws::Clients,
+        names: &touchpoint_aws::AwsNames,
+        outbound: Outbound,
+        settings: Settings,
+    ) -> Result<Services, String> {
+        let delivery = Arc::new(touchpoint_aws::DynamoDelivery::new(clients, names));
+        Ok(Services::new(
+            Ports {
+                touchpoints: Arc::new(touchpoint_aws::DynamoTouchpoints::new(
+                    clients.dynamodb.clone(),
+                    &names.touchpoints_table,
+                )),
+                delivery: delivery.clone(),
+                intake: delivery,
+                schedule: Arc::new(touchpoint_aws::SchedulerReceipts::new(
+                    clients.scheduler.clone(),
+                    names,
+                )?),
+                clock: Arc::new(touchpoint::SystemClock),
+                outbound,
+            },
+            settings,
+        ))
+    }
+
+    /// The admin API's state, with callers identified by `auth`.
+    #[cfg(feature = "api")]
+    pub fn app_state(
+        &self,
+        auth: Arc<dyn touchpoint_admin_api::Authenticator>,
+    ) -> touchpoint_admin_api::AppState {
+        touchpoint_admin_api::AppState {
+            touchpoints: self.touchpoints.clone(),
+            reporting: self.reporting.clone(),
+            auth,
+            intake: self.intake.clone(),
+            dispatcher: self.dispatcher.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
