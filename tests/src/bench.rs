@@ -25,14 +25,14 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use touchpoint::UrlPolicy;
 use touchpoint::clock::{Clock, SystemClock};
 use touchpoint::dispatch::{plan, read_dispatch, resolve_template};
 use touchpoint::protocol::{TouchRequest, sign, signature_headers};
-use touchpoint::UrlPolicy;
 use touchpoint_dispatcher::{Dispatcher, Handled};
-use touchpoint_services::{Services, Settings};
 use touchpoint_embedded::{ResultsFile, SqliteStore};
 use touchpoint_outbound::Outbound;
+use touchpoint_services::{Services, Settings};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -5,11 +5,13 @@
 
 mod support;
 
+use support::sqs::event_of;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::sqs::SqsMessage;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use support::{Receiver, Reply};
@@ -299,9 +301,7 @@ async fn the_whole_flow_from_admin_to_results_on_aws() {
     let queue = aws.names.dispatch_queue_url.clone().unwrap();
     let records = aws.drain(&queue).await;
     assert_eq!(records.len(), 1);
-    let event = SqsEvent {
-        records: records.clone(),
-    };
+    let event = event_of(records.clone());
     let response = aws.dispatcher.handle(event.clone()).await;
     assert!(response.batch_item_failures.is_empty());
     aws.delete(&queue, &records).await;
@@ -422,12 +422,7 @@ async fn statistics_by_hour_and_failure_reasons_on_aws() {
     assert_eq!(status, 202);
     let queue = aws.names.dispatch_queue_url.clone().unwrap();
     let records = aws.drain(&queue).await;
-    let response = aws
-        .dispatcher
-        .handle(SqsEvent {
-            records: records.clone(),
-        })
-        .await;
+    let response = aws.dispatcher.handle(event_of(records.clone())).await;
     assert!(response.batch_item_failures.is_empty());
     aws.delete(&queue, &records).await;
 
@@ -530,9 +525,7 @@ async fn an_async_touchpoint_is_scheduled_and_finished_by_the_poller() {
 
     let mut record = fixture("sqs-dispatch.json")["Records"][0].clone();
     record["body"] = json!(dispatch_body("async-1", &id, 25).to_string());
-    let event = SqsEvent {
-        records: vec![serde_json::from_value(record).unwrap()],
-    };
+    let event = event_of(vec![serde_json::from_value(record).unwrap()]);
     assert!(
         aws.dispatcher
             .handle(event)
@@ -646,9 +639,7 @@ async fn transient_failures_are_redelivered_through_the_queue_and_requests_witho
     let id = aws.create(tp).await;
     let mut record = fixture("sqs-dispatch.json")["Records"][0].clone();
     record["body"] = json!(dispatch_body("retry-1", &id, 3).to_string());
-    let event = SqsEvent {
-        records: vec![serde_json::from_value(record).unwrap()],
-    };
+    let event = event_of(vec![serde_json::from_value(record).unwrap()]);
     let response = aws.dispatcher.handle(event).await;
     assert!(
         response.batch_item_failures.is_empty(),
@@ -684,12 +675,7 @@ async fn transient_failures_are_redelivered_through_the_queue_and_requests_witho
         (due - rx.seen()[0].wall_ms).clamp(0, 2_000) as u64,
     ))
     .await;
-    let response = aws
-        .dispatcher
-        .handle(SqsEvent {
-            records: next.clone(),
-        })
-        .await;
+    let response = aws.dispatcher.handle(event_of(next.clone())).await;
     assert!(response.batch_item_failures.is_empty());
     aws.delete(&queue, &next).await;
     assert_eq!(rx.requests(), 2);
@@ -843,7 +829,7 @@ async fn hostile_sqs_messages_are_dead_lettered_or_failed_with_their_reason_neve
         "{queued}"
     );
 
-    let response = lambda.handle(SqsEvent { records }).await;
+    let response = lambda.handle(event_of(records)).await;
     assert!(
         response.batch_item_failures.is_empty(),
         "nothing is redelivered: {:?}",
@@ -1173,7 +1159,7 @@ async fn metered_dispatch(users: i64, batch: u32) -> Bill {
     meter.take();
     meter.take_touched();
     let started = std::time::Instant::now();
-    let response = aws.dispatcher.handle(SqsEvent { records }).await;
+    let response = aws.dispatcher.handle(event_of(records)).await;
     let handler_seconds = started.elapsed().as_secs_f64();
     assert!(response.batch_item_failures.is_empty());
     let mut calls = meter.take();

@@ -18,7 +18,7 @@ use crate::AppState;
 use crate::auth::{Admin, CampaignSystem, Principal, Role};
 use crate::contract::*;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, JsonInput, PathParams, QueryParams};
+use crate::extract::{JsonDocument, JsonInput, PathParams, QueryParams};
 
 /// Hand in a dispatch: stored durably and queued; the same `dispatchId` again queues nothing.
 #[utoipa::path(post, path = "/v1/dispatches", tag = "dispatches",
@@ -34,9 +34,9 @@ use crate::extract::{JsonBody, JsonInput, PathParams, QueryParams};
 pub async fn submit_dispatch(
     State(state): State<AppState>,
     CampaignSystem(who): CampaignSystem,
-    JsonBody(body): JsonBody,
+    JsonDocument { text, value }: JsonDocument,
 ) -> Result<Response, ApiError> {
-    let (dispatch, problems) = read_dispatch(&body)
+    let (dispatch, problems) = read_dispatch(&value)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "malformed_dispatch", m.0))?;
     // What the queue would have to fail every user for is refused here, where someone can be
     // told: the campaign system fixes the dispatch instead of finding failed users later.
@@ -58,7 +58,7 @@ pub async fn submit_dispatch(
         .submit(
             who.project_id,
             &dispatch.dispatch_id,
-            body.to_string(),
+            text,
             state.clock.now_ms(),
         )
         .await

@@ -1161,6 +1161,7 @@ async fn the_authorization_matrix() {
     ];
     let mut checked = 0;
     for (method, template, body, expected) in &table {
+        assert_eq!(CALLERS.len(), expected.len(), "{method} {template}");
         for (caller, want) in CALLERS.iter().zip(expected) {
             // A fresh service per cell: what one caller changes cannot decide another's answer.
             let api = Api::new();

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use serde_json::Value;
 use touchpoint::clock::{Clock, Millis, SystemClock};
 use touchpoint::ledger::stalled;
 use touchpoint_aws::{AwsNames, Clients};
@@ -152,9 +151,9 @@ impl DispatcherLambda {
                 }
             };
             if !deletable {
-                response.batch_item_failures.push(BatchItemFailure {
-                    item_identifier: ids.remove(&task).unwrap_or_default(),
-                });
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = ids.remove(&task).unwrap_or_default();
+                response.batch_item_failures.push(failure);
             }
         }
         response
@@ -257,16 +256,9 @@ impl DispatcherLambda {
     /// True when the message may be deleted.
     async fn handle_record(&self, record: SqsMessage, deadline: Millis) -> bool {
         let id = record.message_id.as_deref().unwrap_or_default();
-        let body: Value = match record
-            .body
-            .as_deref()
-            .map(touchpoint::json::parse_strict_str)
-        {
-            Some(Ok(v)) => v,
-            Some(Err(e)) => {
-                return self.dead_letter(&record, &format!("not JSON: {e}")).await;
-            }
-            None => return self.dead_letter(&record, "the message has no body").await,
+        // Read once, by the dispatcher, straight into the typed dispatch.
+        let Some(body) = record.body.as_deref() else {
+            return self.dead_letter(&record, "the message has no body").await;
         };
         // A fresh copy that arrived before its time waits out the rest (SQS delays at most
         // 15 minutes); nothing is read or sent for it.
@@ -287,15 +279,9 @@ impl DispatcherLambda {
         let handled = match stalled(receives, self.max_receives) {
             Some(reason) => {
                 tracing::error!(message_id = id, %reason, "giving up on a dispatch");
-                self.dispatcher
-                    .give_up_until(&body, &reason, deadline)
-                    .await
+                self.dispatcher.give_up_text(body, &reason, deadline).await
             }
-            None => {
-                self.dispatcher
-                    .handle_delivery(body, receives, deadline)
-                    .await
-            }
+            None => self.dispatcher.handle_text(body, receives, deadline).await,
         };
         match handled {
             Ok(Handled::Done) => true,

@@ -22,8 +22,8 @@ use touchpoint::delivery::{
     UserResult,
 };
 use touchpoint::dispatch::{
-    Dispatch, PlannedBatch, batch_users, batches_of, order_no, plan_batch_sized, read_dispatch,
-    resolve_template_with,
+    Dispatch, Malformed, PlannedBatch, batch_users, batches_of, order_no, plan_batch_sized,
+    read_dispatch, read_dispatch_text, resolve_template_with,
 };
 use touchpoint::ledger::{exhausted_reason, may_claim, next_round, stalled};
 use touchpoint::model::{EnumSource, Receipt, Touchpoint};
@@ -263,6 +263,27 @@ impl Dispatcher {
     ) -> Result<Handled, StoreError> {
         let read = read_dispatch(&message);
         drop(message);
+        self.deliver(read, receives, deadline).await
+    }
+
+    /// [`Dispatcher::handle_delivery`] for a message as the queue holds it: its text is read
+    /// once, straight into the typed dispatch (what is not JSON is [`Handled::Malformed`]).
+    pub async fn handle_text(
+        &self,
+        text: &str,
+        receives: u32,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
+        self.deliver(read_dispatch_text(text), receives, deadline)
+            .await
+    }
+
+    async fn deliver(
+        &self,
+        read: Result<(Dispatch, Vec<String>), Malformed>,
+        receives: u32,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
         let (dispatch, problems) = match read {
             Ok(d) => d,
             Err(m) => return Ok(Handled::Malformed(m.0)),
@@ -411,7 +432,28 @@ impl Dispatcher {
         reason: &str,
         deadline: Millis,
     ) -> Result<Handled, StoreError> {
-        let Ok((dispatch, _)) = read_dispatch(message) else {
+        self.give_up_read(read_dispatch(message), reason, deadline)
+            .await
+    }
+
+    /// [`Dispatcher::give_up_until`] for a message's text.
+    pub async fn give_up_text(
+        &self,
+        text: &str,
+        reason: &str,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
+        self.give_up_read(read_dispatch_text(text), reason, deadline)
+            .await
+    }
+
+    async fn give_up_read(
+        &self,
+        read: Result<(Dispatch, Vec<String>), Malformed>,
+        reason: &str,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
+        let Ok((dispatch, _)) = read else {
             return Ok(Handled::Done);
         };
         let tp = self

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use touchpoint::clock::Clock;
 use touchpoint_dispatcher::{Dispatcher, Handled};
@@ -69,16 +68,6 @@ impl Worker {
     }
 
     async fn handle(&self, message: QueuedDispatch) {
-        let body: Value = match touchpoint::json::parse_strict_str(&message.body) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = self
-                    .store
-                    .dead_letter(message.id, &format!("not JSON: {e}"))
-                    .await;
-                return;
-            }
-        };
         // The same time limit per delivery as the dispatcher Lambda's: a large dispatch hands
         // the rest on instead of holding a worker slot for ever.
         let deadline = self.clock.now_ms() + self.turn.as_millis() as i64;
@@ -86,7 +75,7 @@ impl Worker {
         // the dispatch record); the local queue has no redrive limit of its own.
         let outcome = self
             .dispatcher
-            .handle_delivery(body, message.receives, deadline)
+            .handle_text(&message.body, message.receives, deadline)
             .await;
         let result = match outcome {
             Ok(Handled::Done) => self.store.ack(message.id).await,

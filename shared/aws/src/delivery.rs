@@ -514,13 +514,13 @@ impl DynamoDelivery {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(batch_pk(meta.project_id, order), "B")))
-            .update_expression(format!(
-                "REMOVE {}",
-                (0..published)
-                    .map(|i| format!("outbox[{i}]"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+            .update_expression({
+                let mut expr = UpdateExpr::default();
+                for i in 0..published {
+                    expr.remove(format!("outbox[{i}]"));
+                }
+                expr.expression()
+            })
             .condition_expression("size(outbox) >= :n")
             .expression_attribute_values(":n", n(published))
             .send()
@@ -890,32 +890,33 @@ impl DeliveryStore for DynamoDelivery {
             expression.push_str(" AND attempts = :attempt");
         }
         update = update.condition_expression(expression);
-        let mut sets = vec![
-            "attempts = :attempt".to_owned(),
-            "#state = :state".to_owned(),
-        ];
-        let mut removes = vec!["lease_until".to_owned()];
+        let mut expr = UpdateExpr::setting(["attempts = :attempt", "#state = :state"]);
+        expr.remove("lease_until");
         match &record.http_status {
             Some(code) => {
-                sets.push("last_http_status = :http".into());
+                expr.set("last_http_status = :http");
                 update = update.expression_attribute_values(":http", n(code));
             }
-            None => removes.push("last_http_status".into()),
+            None => {
+                expr.remove("last_http_status");
+            }
         }
         match &record.error {
             Some(e) => {
-                sets.push("last_error = :error".into());
+                expr.set("last_error = :error");
                 update = update.expression_attribute_values(":error", s(e));
             }
-            None => removes.push("last_error".into()),
+            None => {
+                expr.remove("last_error");
+            }
         }
         if let Some(x) = &record.response_excerpt {
-            sets.push("response_excerpt = :excerpt".into());
+            expr.set("response_excerpt = :excerpt");
             update = update.expression_attribute_values(":excerpt", s(x));
         }
         let (settled, stats): (&[UserResult], _) = match &record.outcome {
             AttemptOutcome::Retry { next_attempt_at } => {
-                sets.push("next_attempt_at = :next".into());
+                expr.set("next_attempt_at = :next");
                 update = update
                     .expression_attribute_values(":state", s("retry_wait"))
                     .expression_attribute_values(":next", n(next_attempt_at));
@@ -923,17 +924,16 @@ impl DeliveryStore for DynamoDelivery {
             }
             AttemptOutcome::Final(results) => {
                 let (ok, failed) = counts(results);
-                sets.extend(
-                    [
-                        "results = :results",
-                        "succeeded = :ok",
-                        "failed = :failed",
-                        "resolved_at = :at",
-                        "outbox = :outbox",
-                    ]
-                    .map(String::from),
-                );
-                removes.push("next_attempt_at".into());
+                for clause in [
+                    "results = :results",
+                    "succeeded = :ok",
+                    "failed = :failed",
+                    "resolved_at = :at",
+                    "outbox = :outbox",
+                ] {
+                    expr.set(clause);
+                }
+                expr.remove("next_attempt_at");
                 update = update
                     .expression_attribute_values(":state", s("final"))
                     .expression_attribute_values(":results", encode_results(results)?)
@@ -954,29 +954,28 @@ impl DeliveryStore for DynamoDelivery {
                 next_poll_at,
             } => {
                 let (ok, failed) = counts(results);
-                sets.extend(
-                    [
-                        "results = :results",
-                        "succeeded = :ok",
-                        "failed = :failed",
-                        "pending = :pending",
-                        "receipt_url = :url",
-                        "accepted_at = :at",
-                        "deadline = :deadline",
-                        "next_poll_at = :next_poll",
-                        "due_tp = :due",
-                        "polls = :zero",
-                        // Kept until its receipt deadline plus the retention, whatever the
-                        // retention: TTL never removes a batch whose receipts are awaited.
-                        "expires_at = :accepted_expiry",
-                    ]
-                    .map(String::from),
-                );
+                for clause in [
+                    "results = :results",
+                    "succeeded = :ok",
+                    "failed = :failed",
+                    "pending = :pending",
+                    "receipt_url = :url",
+                    "accepted_at = :at",
+                    "deadline = :deadline",
+                    "next_poll_at = :next_poll",
+                    "due_tp = :due",
+                    "polls = :zero",
+                    // Kept until its receipt deadline plus the retention, whatever the
+                    // retention: TTL never removes a batch whose receipts are awaited.
+                    "expires_at = :accepted_expiry",
+                ] {
+                    expr.set(clause);
+                }
                 update = update
                     .expression_attribute_values(":accepted_expiry", self.expires_at(*deadline));
-                removes.push("next_attempt_at".into());
+                expr.remove("next_attempt_at");
                 if !results.is_empty() {
-                    sets.push("outbox = :outbox".into());
+                    expr.set("outbox = :outbox");
                     update = update.expression_attribute_values(
                         ":outbox",
                         settlement_attr(format!("{order}-t"), record.at, None)?,
@@ -1000,9 +999,8 @@ impl DeliveryStore for DynamoDelivery {
                 (results.as_slice(), Some((ok, failed)))
             }
         };
-        let expression = format!("SET {} REMOVE {}", sets.join(", "), removes.join(", "));
         let update = update
-            .update_expression(expression)
+            .update_expression(expr.expression())
             .build()
             .map_err(build_err)?;
         let mut tx = self
@@ -1321,14 +1319,14 @@ impl DeliveryStore for DynamoDelivery {
         let polls: u32 = get_n(&item, "polls").unwrap_or_default();
         let made_request = record.http_status.is_some() || record.error.is_some();
         let done = pending.is_empty();
-        let mut sets = vec![
+        let mut expr = UpdateExpr::setting([
             "pending = :pending",
             "results = :results",
             "succeeded = :ok",
             "failed = :failed",
             "polls = :polls",
-        ];
-        let mut removes = vec!["poll_lease_until"];
+        ]);
+        expr.remove("poll_lease_until");
         let mut update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(batch_pk(record.project_id, order), "B")))
@@ -1342,25 +1340,27 @@ impl DeliveryStore for DynamoDelivery {
             .expression_attribute_values(":failed", n(failed))
             .expression_attribute_values(":polls", n(polls + u32::from(made_request)));
         if done {
-            sets.extend(["#state = :final", "resolved_at = :at"]);
-            removes.extend(["due_tp", "next_poll_at"]);
+            expr.set("#state = :final").set("resolved_at = :at");
+            expr.remove("due_tp").remove("next_poll_at");
             update = update
                 .expression_attribute_values(":final", s("final"))
                 .expression_attribute_values(":at", n(record.at));
         } else {
-            sets.push("next_poll_at = :next");
+            expr.set("next_poll_at = :next");
             update = update.expression_attribute_values(":next", n(record.next_poll_at));
         }
         if let Some(code) = record.http_status {
-            sets.push("last_http_status = :http");
+            expr.set("last_http_status = :http");
             update = update.expression_attribute_values(":http", n(code));
         }
         match &record.error {
             Some(e) => {
-                sets.push("last_error = :error");
+                expr.set("last_error = :error");
                 update = update.expression_attribute_values(":error", s(e));
             }
-            None => removes.push("last_error"),
+            None => {
+                expr.remove("last_error");
+            }
         }
         let settlement = Settlement {
             id: format!("{order}-p{polls}"),
@@ -1368,7 +1368,7 @@ impl DeliveryStore for DynamoDelivery {
             gids: Some(settled.iter().map(|r| r.gid).collect()),
         };
         if !settled.is_empty() {
-            sets.push("outbox = list_append(if_not_exists(outbox, :empty), :outbox)");
+            expr.set("outbox = list_append(if_not_exists(outbox, :empty), :outbox)");
             update = update
                 .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
                 .expression_attribute_values(
@@ -1377,11 +1377,7 @@ impl DeliveryStore for DynamoDelivery {
                 );
         }
         let update = update
-            .update_expression(format!(
-                "SET {} REMOVE {}",
-                sets.join(", "),
-                removes.join(", ")
-            ))
+            .update_expression(expr.expression())
             .build()
             .map_err(build_err)?;
         let mut tx = self

@@ -8,6 +8,47 @@ use touchpoint::ports::StoreError;
 
 pub type Item = HashMap<String, AttributeValue>;
 
+/// An UpdateItem expression assembled from its clauses: each action keyword once, an empty
+/// action left out (DynamoDB refuses `REMOVE` with nothing after it).
+#[derive(Debug, Default)]
+pub struct UpdateExpr {
+    sets: Vec<String>,
+    removes: Vec<String>,
+}
+
+impl UpdateExpr {
+    /// `SET` clauses to start with.
+    pub fn setting<I: IntoIterator<Item = S>, S: Into<String>>(clauses: I) -> UpdateExpr {
+        let mut e = UpdateExpr::default();
+        e.sets.extend(clauses.into_iter().map(Into::into));
+        e
+    }
+
+    /// One `SET` clause, such as `name = :value`.
+    pub fn set(&mut self, clause: impl Into<String>) -> &mut UpdateExpr {
+        self.sets.push(clause.into());
+        self
+    }
+
+    /// One attribute (or list element) to `REMOVE`.
+    pub fn remove(&mut self, attribute: impl Into<String>) -> &mut UpdateExpr {
+        self.removes.push(attribute.into());
+        self
+    }
+
+    /// The expression.
+    pub fn expression(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.sets.is_empty() {
+            parts.push(format!("SET {}", self.sets.join(", ")));
+        }
+        if !self.removes.is_empty() {
+            parts.push(format!("REMOVE {}", self.removes.join(", ")));
+        }
+        parts.join(" ")
+    }
+}
+
 pub fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -80,5 +121,22 @@ pub async fn query_all(
             Some(k) if !k.is_empty() => start = Some(k),
             _ => return Ok(out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UpdateExpr;
+
+    #[test]
+    fn an_update_expression_names_each_action_once_and_leaves_empty_ones_out() {
+        let mut e = UpdateExpr::setting(["a = :a", "b = :b"]);
+        e.remove("c").remove("outbox[0]");
+        assert_eq!(e.expression(), "SET a = :a, b = :b REMOVE c, outbox[0]");
+        assert_eq!(UpdateExpr::setting(["a = :a"]).expression(), "SET a = :a");
+        let mut only_removes = UpdateExpr::default();
+        only_removes.remove("x");
+        assert_eq!(only_removes.expression(), "REMOVE x");
+        assert_eq!(UpdateExpr::default().expression(), "");
     }
 }

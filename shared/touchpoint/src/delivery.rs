@@ -27,8 +27,21 @@ pub struct DispatchMeta {
 }
 
 /// Where a batch stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum BatchState {
     /// Claimed by a sender; `lease_until` says until when.
     InFlight,
@@ -40,27 +53,7 @@ pub enum BatchState {
     Final,
 }
 
-impl BatchState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BatchState::InFlight => "in_flight",
-            BatchState::RetryWait => "retry_wait",
-            BatchState::Accepted => "accepted",
-            BatchState::Final => "final",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<BatchState> {
-        [
-            BatchState::InFlight,
-            BatchState::RetryWait,
-            BatchState::Accepted,
-            BatchState::Final,
-        ]
-        .into_iter()
-        .find(|b| b.as_str() == s)
-    }
-}
+crate::model::wire_names!(BatchState);
 
 /// A dispatch as [`DeliveryStore::open_dispatch`] found or made it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -497,6 +490,21 @@ pub struct Submission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_states_read_and_write_their_wire_names() {
+        for (state, name) in [
+            (BatchState::InFlight, "in_flight"),
+            (BatchState::RetryWait, "retry_wait"),
+            (BatchState::Accepted, "accepted"),
+            (BatchState::Final, "final"),
+        ] {
+            assert_eq!(state.as_str(), name);
+            assert_eq!(serde_json::to_value(state).unwrap(), name);
+            assert_eq!(BatchState::parse(name), Some(state));
+        }
+        assert_eq!(BatchState::parse("InFlight"), None);
+    }
 
     fn failed(gid: i64, reason: &str) -> UserResult {
         UserResult {

@@ -45,6 +45,96 @@ pub struct Dispatch {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed(pub String);
 
+/// A dispatch message as it should be: every field of the known shape, nothing else (anything
+/// else, including a key twice, goes to [`read_dispatch`] on the whole value, which says
+/// exactly what is wrong).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Wire {
+    dispatch_id: String,
+    project_id: ProjectId,
+    space_id: String,
+    campaign_id: String,
+    #[serde(default)]
+    strategy_id: Option<String>,
+    touchpoint_id: String,
+    #[serde(default)]
+    template_values: Option<crate::json::Strict>,
+    users: Vec<WireUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireUser {
+    gid: i64,
+    #[serde(default)]
+    attributes: Option<crate::json::Strict>,
+}
+
+/// An object, or nothing for null and absent; `Err` for anything else.
+fn object_or_empty(v: Option<crate::json::Strict>) -> Result<Map<String, Value>, ()> {
+    match v.map(|s| s.0) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m),
+        Some(_) => Err(()),
+    }
+}
+
+/// An id as [`read_dispatch`] accepts it (trimmed, 1 to 256 characters, no control
+/// characters).
+fn clean_id(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty() && s.chars().count() <= MAX_ID_CHARS && !s.chars().any(char::is_control))
+        .then(|| s.to_owned())
+}
+
+/// The well-formed dispatch in `w`, or `None` when anything is off (then [`read_dispatch`]
+/// names it).
+fn checked_wire(w: Wire) -> Option<Dispatch> {
+    let users_ok = !w.users.is_empty() && w.users.len() <= MAX_USERS;
+    let mut seen = HashSet::with_capacity(w.users.len());
+    let mut users = Vec::with_capacity(w.users.len());
+    for u in w.users {
+        if u.gid < 0 || !seen.insert(u.gid) {
+            return None;
+        }
+        users.push(DispatchUser {
+            gid: u.gid,
+            attributes: object_or_empty(u.attributes).ok()?,
+        });
+    }
+    let strategy_id = match w.strategy_id {
+        None => None,
+        Some(s) => Some(clean_id(&s)?),
+    };
+    users_ok.then_some(())?;
+    Some(Dispatch {
+        dispatch_id: clean_id(&w.dispatch_id)?,
+        project_id: w.project_id,
+        space_id: clean_id(&w.space_id)?,
+        campaign_id: clean_id(&w.campaign_id)?,
+        strategy_id,
+        touchpoint_id: clean_id(&w.touchpoint_id)?,
+        template_values: object_or_empty(w.template_values).ok()?,
+        users,
+    })
+}
+
+/// Reads a dispatch message from its text: a well-formed one in one pass into the typed
+/// dispatch, without building the document first; anything else through [`read_dispatch`],
+/// which gives the same answer the whole-value reading always gave (and "not JSON" for text
+/// that is not one strict JSON document).
+pub fn read_dispatch_text(text: &str) -> Result<(Dispatch, Vec<String>), Malformed> {
+    if let Ok(wire) = serde_json::from_str::<Wire>(text)
+        && let Some(dispatch) = checked_wire(wire)
+    {
+        return Ok((dispatch, Vec::new()));
+    }
+    let value =
+        crate::json::parse_strict_str(text).map_err(|e| Malformed(format!("not JSON: {e}")))?;
+    read_dispatch(&value)
+}
+
 /// Reads a dispatch. `Err(Malformed)` when the envelope (dispatchId, projectId, users with
 /// integer gids) is unreadable; otherwise the dispatch plus the reasons it is invalid, if any
 /// (an invalid dispatch still ends every user it names in a recorded failure).
@@ -399,6 +489,51 @@ pub fn plan_batch_sized(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass reading of a message's text answers exactly what reading the whole value
+    /// answers, for well-formed messages and for every way of being malformed or invalid.
+    #[test]
+    fn reading_the_text_once_answers_what_the_value_reading_answers() {
+        let ok = r#"{"dispatchId":" d-1 ","projectId":1,"spaceId":"s","campaignId":"c",
+            "strategyId":"st","touchpointId":"tp_1","templateValues":{"title":"Hi"},
+            "users":[{"gid":1,"attributes":{"name":"A"}},{"gid":2}]}"#;
+        let cases = [
+            ok.to_owned(),
+            ok.replace(r#""strategyId":"st","#, ""),
+            ok.replace(r#""strategyId":"st""#, r#""strategyId":null"#),
+            ok.replace(r#""templateValues":{"title":"Hi"},"#, ""),
+            ok.replace(r#""tp_1","#, r#""tp_1","extra":true,"#),
+            ok.replace(r#""tp_1","#, r#""tp_1","extra":1,"extra":2,"#),
+            ok.replace(r#""projectId":1"#, r#""projectId":1.0"#),
+            ok.replace(r#""gid":2"#, r#""gid":2.0"#),
+            ok.replace(r#""gid":2"#, r#""gid":1"#),
+            ok.replace(r#""gid":2"#, r#""gid":-2"#),
+            ok.replace(r#""gid":2"#, r#""gid":"2""#),
+            ok.replace(r#"{"gid":2}"#, r#"{"gid":2,"attributes":[1]}"#),
+            ok.replace(r#"{"name":"A"}"#, r#"{"name":"A","name":"B"}"#),
+            ok.replace(r#""spaceId":"s","#, ""),
+            ok.replace(r#""spaceId":"s""#, r#""spaceId":"  ""#),
+            ok.replace(r#""strategyId":"st""#, r#""strategyId":7"#),
+            ok.replace(r#"{"title":"Hi"}"#, r#""x""#),
+            ok.replace(r#""dispatchId":" d-1 ","#, ""),
+            ok.replace(r#"[{"gid":1,"attributes":{"name":"A"}},{"gid":2}]"#, "[]"),
+            ok.replace(r#""users":"#, r#""users":{"a":"#)
+                .replace("}]}", "}]}}"),
+            "[]".to_owned(),
+            "not json".to_owned(),
+            format!("{ok} trailing"),
+        ];
+        for text in &cases {
+            let by_value = crate::json::parse_strict_str(text)
+                .map_err(|e| Malformed(format!("not JSON: {e}")))
+                .and_then(|v| read_dispatch(&v));
+            assert_eq!(read_dispatch_text(text), by_value, "{text}");
+        }
+        let (d, problems) = read_dispatch_text(ok).unwrap();
+        assert!(problems.is_empty());
+        assert_eq!(d.dispatch_id, "d-1", "trimmed like the value reading");
+        assert_eq!(d.users[0].attributes["name"], "A");
+    }
     use crate::input::{UrlPolicy, parse_touchpoint};
     use serde_json::json;
 

@@ -21,6 +21,17 @@ pub fn parse_strict_str(s: &str) -> Result<Value, serde_json::Error> {
     parse_strict(s.as_bytes())
 }
 
+/// A JSON value inside a derived type, read as strictly as [`parse_strict`] reads a document
+/// (a key twice in one object is an error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Strict(pub Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        StrictValue.deserialize(d).map(Strict)
+    }
+}
+
 #[derive(Clone, Copy)]
 struct StrictValue;
 

@@ -28,9 +28,41 @@ pub const MAX_TEMPLATE_PARAMS: usize = 50;
 pub const MAX_ENUM_OPTIONS: usize = 100;
 pub const MAX_SPACES: usize = 1_000;
 
+/// `ALL`, `as_str` and `parse` for an enum whose strum derives give its wire names (the same
+/// as its serde names: a test checks every variant).
+macro_rules! wire_names {
+    ($t:ident) => {
+        impl $t {
+            pub const ALL: &[$t] = <$t as strum::VariantArray>::VARIANTS;
+
+            pub fn as_str(self) -> &'static str {
+                self.into()
+            }
+
+            pub fn parse(s: &str) -> Option<$t> {
+                s.parse().ok()
+            }
+        }
+    };
+}
+pub(crate) use wire_names;
+
 /// What a touchpoint does for the user; fixed at creation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Kind {
     /// SMS, official-account message, …
     Notification,
@@ -39,21 +71,7 @@ pub enum Kind {
     Other,
 }
 
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Notification, Kind::Benefit, Kind::Other];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Notification => "notification",
-            Kind::Benefit => "benefit",
-            Kind::Other => "other",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+wire_names!(Kind);
 
 /// How the receiver reports each user's result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -86,8 +104,21 @@ pub struct UserAttribute {
 }
 
 /// The type of a template parameter, which decides the operator's input widget and validation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum ParamType {
     Date,
     Number,
@@ -95,27 +126,7 @@ pub enum ParamType {
     Text,
 }
 
-impl ParamType {
-    pub const ALL: [ParamType; 4] = [
-        ParamType::Date,
-        ParamType::Number,
-        ParamType::Enum,
-        ParamType::Text,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ParamType::Date => "date",
-            ParamType::Number => "number",
-            ParamType::Enum => "enum",
-            ParamType::Text => "text",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ParamType> {
-        ParamType::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
+wire_names!(ParamType);
 
 /// A template parameter sent in `temData`, filled in by operators per campaign strategy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -239,8 +250,21 @@ pub struct Touchpoint {
 }
 
 /// The state of a campaign that references a touchpoint, as the campaign system reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum CampaignState {
     Running,
     Paused,
@@ -251,37 +275,13 @@ pub enum CampaignState {
     Draft,
 }
 
-impl CampaignState {
-    pub const ALL: [CampaignState; 7] = [
-        CampaignState::Running,
-        CampaignState::Paused,
-        CampaignState::NotStarted,
-        CampaignState::PendingPublish,
-        CampaignState::InApproval,
-        CampaignState::Ended,
-        CampaignState::Draft,
-    ];
+wire_names!(CampaignState);
 
+impl CampaignState {
     /// Whether a campaign in this state keeps its touchpoints from being disabled (and so from
     /// being selected once disabled).
     pub fn blocks_disable(self) -> bool {
         !matches!(self, CampaignState::Ended | CampaignState::Draft)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CampaignState::Running => "running",
-            CampaignState::Paused => "paused",
-            CampaignState::NotStarted => "not_started",
-            CampaignState::PendingPublish => "pending_publish",
-            CampaignState::InApproval => "in_approval",
-            CampaignState::Ended => "ended",
-            CampaignState::Draft => "draft",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<CampaignState> {
-        CampaignState::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 
@@ -303,7 +303,8 @@ mod tests {
     #[test]
     fn exactly_the_live_campaign_states_block_disabling() {
         let blocking: Vec<_> = CampaignState::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|s| s.blocks_disable())
             .map(CampaignState::as_str)
             .collect();
@@ -317,6 +318,32 @@ mod tests {
                 "in_approval"
             ]
         );
+    }
+
+    #[test]
+    fn the_string_tables_are_the_wire_names() {
+        fn check<T: Serialize + Copy + PartialEq + std::fmt::Debug>(
+            all: &[T],
+            as_str: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+        ) {
+            assert!(!all.is_empty());
+            for v in all.iter().copied() {
+                assert_eq!(serde_json::to_value(v).unwrap(), as_str(v), "{v:?}");
+                assert_eq!(parse(as_str(v)), Some(v));
+            }
+            assert_eq!(parse("nope"), None);
+        }
+        check(Kind::ALL, Kind::as_str, Kind::parse);
+        check(ParamType::ALL, ParamType::as_str, ParamType::parse);
+        check(
+            CampaignState::ALL,
+            CampaignState::as_str,
+            CampaignState::parse,
+        );
+        assert_eq!(Kind::ALL.len(), 3);
+        assert_eq!(ParamType::ALL.len(), 4);
+        assert_eq!(CampaignState::ALL.len(), 7);
     }
 
     #[test]

@@ -112,6 +112,7 @@ proptest! {
         batch.dedup();
         let (statuses, unknown) = settle_sync(&batch, ReceiptReading::Statuses(read));
         prop_assert!(unknown.is_empty());
+        prop_assert_eq!(statuses.len(), batch.len());
         for (gid, status) in batch.iter().zip(&statuses) {
             match entries.get(gid) {
                 Some(s) => prop_assert_eq!(s, status),

@@ -423,6 +423,13 @@ async fn every_receiver_fault_ends_in_a_defined_outcome() {
             "{}",
             c.what
         );
+        assert_eq!(
+            b.results.len(),
+            c.expect.len(),
+            "{}: {:?}",
+            c.what,
+            b.results
+        );
         for (r, (status, reason)) in b.results.iter().zip(c.expect) {
             assert_eq!(r.status.code(), status, "{}: {:?}", c.what, b.results);
             assert!(

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::sqs::SqsEvent;
+use crate::support::sqs::event_of;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 use serde_json::{Value, json};
 use touchpoint::clock::{Clock, SystemClock};
@@ -250,9 +250,7 @@ impl Esm {
                             .and_then(|a| a(&stats))
                             .filter(|d| *d < timeout);
                         let limit = cut.unwrap_or(timeout);
-                        let event = SqsEvent {
-                            records: records.clone(),
-                        };
+                        let event = event_of(records.clone());
                         match tokio::time::timeout(limit, lambda.handle_until(event, deadline))
                             .await
                         {
