@@ -15,6 +15,15 @@ cd "$(dirname "$0")/.."
 mkdir -p target
 bash infra/chromium.sh > target/chromium-install.log 2>&1 &
 chromium_pid=$!
+moto_pid=
+log=$(mktemp)
+# Whatever fails, nothing is left running: the Chromium install, moto.
+cleanup() {
+  kill "$chromium_pid" 2>/dev/null || true
+  [ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null || true
+  rm -f "$log"
+}
+trap cleanup EXIT
 
 echo "== tools"
 venv=$(bash infra/tools.sh)
@@ -30,24 +39,22 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== moto server"
 read -r moto_pid moto_port < <(bash infra/moto.sh "$venv" target/moto.log)
-log=$(mktemp)
-cleanup() { kill "$moto_pid" 2>/dev/null || true; rm -f "$log"; }
-trap cleanup EXIT
 echo "moto on 127.0.0.1:$moto_port"
+# The AWS environment of every test that talks to moto: dummy credentials, no metadata service.
+aws_env=(
+  AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port"
+  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test
+  AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+)
 
 echo "== tests"
-AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
-AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \
-AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
+env "${aws_env[@]}" \
   cargo test --workspace --locked -- --include-ignored --skip scenario_ 2>&1 | tee "$log"
 echo "== delivery scenarios (RELIABILITY.md), side by side"
 # A thread per scenario: they mostly wait (compressed time). MOTO_PYTHON: each starts a moto
 # server of its own (infra/moto_server.py), stopped when it ends, so that scenarios running side
 # by side do not queue behind each other in one Python process.
-MOTO_PYTHON="$venv/bin/python" \
-AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
-AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \
-AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
+env MOTO_PYTHON="$venv/bin/python" "${aws_env[@]}" \
   cargo test --locked -p touchpoint-tests --test delivery_sim -- --include-ignored --nocapture \
   --test-threads 16 scenario_ 2>&1 | tee -a "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last being doc-tests).
@@ -72,8 +79,8 @@ echo "== API fuzzing (schemathesis from the served OpenAPI document, --checks al
 bash infra/fuzz.sh "$venv" target/debug/touchpoint-under-test 2>&1 | tail -n 25
 
 echo "== SAM template"
+# `--lint` runs cfn-lint (the pinned one in the venv) over the transformed template.
 PATH="$venv/bin:$PATH" AWS_DEFAULT_REGION=us-east-1 sam validate --lint --template-file template.yaml
-"$venv/bin/cfn-lint" template.yaml
 
 echo "== Lambda build check (cargo lambda, x86_64, lambda-check profile)"
 PATH="$venv/bin:$PATH" cargo lambda build --profile lambda-check --x86-64 --locked \

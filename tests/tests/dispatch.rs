@@ -231,6 +231,65 @@ async fn transient_failures_are_retried_with_the_same_order_number() {
     assert_eq!(rig.events().await.len(), 10, "one final outcome per user");
 }
 
+/// A line logged while a batch goes out names its dispatch and its order number (the spans the
+/// dispatcher opens), so an operator can follow one batch through the logs.
+#[tokio::test]
+async fn log_lines_of_a_batch_name_its_dispatch_and_order_number() {
+    use std::sync::Mutex;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    #[derive(Clone)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Capture(Arc::new(Mutex::new(Vec::new())));
+    let writer = captured.clone();
+    let _guard = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .finish()
+        .set_default();
+
+    let rx = Receiver::start(|seen, n| match n {
+        1 => Reply::Json(500, json!({})),
+        _ => Reply::all_ok(seen),
+    })
+    .await;
+    let rig = Rig::new(config("50ms", 2_000));
+    let tp = rig.touchpoint("sms", &rx.url(), 10).await;
+    rig.deliver(&dispatch("d-logged", &tp, 10)).await;
+    let order_no = rx.seen()[0].order_no.clone();
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let retried: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "batch will be retried")
+        .collect();
+    assert_eq!(retried.len(), 1, "{text}");
+    let spans = retried[0]["spans"]
+        .as_array()
+        .expect("the spans of the line");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "dispatch" && s["dispatch_id"] == "d-logged"),
+        "{spans:?}"
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "batch" && s["order_no"] == order_no.as_str()),
+        "{spans:?}"
+    );
+}
+
 /// A dispatch's batches that failed together are retried together, jitter on: the round after a
 /// failed one is one delivery that finds every batch due (each batch's own jittered time would
 /// need a delivery per batch), and none is retried earlier than its own time.

@@ -33,6 +33,7 @@ use touchpoint_aws::{AwsNames, Clients};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_outbound::Outbound;
 use touchpoint_services::{Services, Settings};
+use tracing::Instrument;
 
 /// The message attribute of a fresh copy: when it is due (epoch ms).
 pub const NOT_BEFORE: &str = "notBefore";
@@ -137,7 +138,10 @@ impl DispatcherLambda {
         for record in event.records {
             let me = Arc::clone(self);
             let id = record.message_id.clone().unwrap_or_default();
-            let task = set.spawn(async move { me.handle_record(record, deadline).await });
+            // Every line logged while the record is handled names its message.
+            let span = tracing::info_span!("sqs_record", message_id = %id);
+            let task =
+                set.spawn(async move { me.handle_record(record, deadline).await }.instrument(span));
             ids.insert(task.id(), id);
         }
         let mut response = SqsBatchResponse::default();

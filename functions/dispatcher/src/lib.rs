@@ -32,6 +32,7 @@ use touchpoint::protocol::{
     ReceiptReading, UserData, UserStatus, read_receipt, settle_sync, touch_request, truncate,
 };
 use touchpoint_outbound::Outbound;
+use tracing::Instrument;
 
 pub use touchpoint::ledger::{RetryPolicy, parse_duration};
 
@@ -288,6 +289,24 @@ impl Dispatcher {
             Ok(d) => d,
             Err(m) => return Ok(Handled::Malformed(m.0)),
         };
+        // Every line logged for this dispatch (and its batches) names it.
+        let span = tracing::info_span!(
+            "dispatch",
+            project = dispatch.project_id,
+            dispatch_id = %dispatch.dispatch_id,
+        );
+        self.deliver_read(dispatch, problems, receives, deadline)
+            .instrument(span)
+            .await
+    }
+
+    async fn deliver_read(
+        &self,
+        dispatch: Dispatch,
+        problems: Vec<String>,
+        receives: u32,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
         let touchpoint = if problems.is_empty() {
             self.touchpoints
                 .get(dispatch.project_id, &dispatch.touchpoint_id)
@@ -663,11 +682,15 @@ impl Dispatcher {
                         ..self.cfg.clone()
                     },
                 };
-                set.spawn(async move {
-                    let out = job.run().await;
-                    drop(permit);
-                    out.map(|(status, recorded)| (index, status, recorded))
-                });
+                let span = tracing::info_span!("batch", order_no = %job.batch.order_no);
+                set.spawn(
+                    async move {
+                        let out = job.run().await;
+                        drop(permit);
+                        out.map(|(status, recorded)| (index, status, recorded))
+                    }
+                    .instrument(span),
+                );
             }
             let joined = set.join_next().await;
             if let Some(Ok(Ok((_, _, true)))) = &joined

@@ -8,6 +8,7 @@ use tokio::sync::{Semaphore, watch};
 use touchpoint::clock::Clock;
 use touchpoint_dispatcher::{Dispatcher, Handled};
 use touchpoint_embedded::{QueuedDispatch, ResultsFile, SqliteStore};
+use tracing::Instrument;
 
 /// Messages handled at once; each runs its batches under the per-touchpoint gates.
 const CONCURRENT_MESSAGES: usize = 8;
@@ -39,10 +40,14 @@ impl Worker {
             match self.store.receive(now, VISIBILITY_MS).await {
                 Ok(Some(message)) => {
                     let worker = Arc::clone(&self);
-                    tokio::spawn(async move {
-                        worker.handle(message).await;
-                        drop(permit);
-                    });
+                    let span = tracing::info_span!("queued_dispatch", queue_id = message.id);
+                    tokio::spawn(
+                        async move {
+                            worker.handle(message).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Ok(None) => {
                     drop(permit);

@@ -21,6 +21,7 @@ use touchpoint::model::{Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::{ReceiptReading, UserStatus, read_receipt, receipt_poll};
 use touchpoint_outbound::Outbound;
+use tracing::Instrument;
 
 /// The reason given to users whose receipt never came.
 pub const RECEIPT_TIMEOUT: &str = "receipt timeout";
@@ -170,11 +171,15 @@ impl ReceiptPoller {
                 continue;
             }
             let me = Arc::clone(self);
-            set.spawn(async move {
-                let out = me.poll_one(batch, tp.as_deref(), now).await;
-                drop(permit);
-                out
-            });
+            let span = tracing::info_span!("receipt_poll", order_no = %batch.order_no);
+            set.spawn(
+                async move {
+                    let out = me.poll_one(batch, tp.as_deref(), now).await;
+                    drop(permit);
+                    out
+                }
+                .instrument(span),
+            );
         }
         let mut first_error = None;
         while let Some(joined) = set.join_next().await {
