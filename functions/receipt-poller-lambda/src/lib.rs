@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
+use touchpoint::delivery::ReceiptRoundInput;
 use touchpoint_aws::{AwsNames, Clients};
 use touchpoint_outbound::Outbound;
 use touchpoint_receipt_poller::ReceiptPoller;
@@ -45,23 +46,16 @@ impl PollerLambda {
     /// first in the next round. A round invoked twice (Scheduler delivers at least once) polls
     /// nothing twice: every batch is leased before it is polled.
     pub async fn handle_until(&self, input: Value, deadline: i64) -> Result<Value, String> {
-        let project = input
-            .get("projectId")
-            .and_then(Value::as_i64)
-            .ok_or("input needs an integer projectId")?;
-        let touchpoint = input
-            .get("touchpointId")
-            .and_then(Value::as_str)
-            .ok_or("input needs a touchpointId")?;
+        let input: ReceiptRoundInput = serde_json::from_value(input).map_err(|e| {
+            format!("the input is not {{\"projectId\": …, \"touchpointId\": …}}: {e}")
+        })?;
+        let (project, touchpoint) = (input.project_id, input.touchpoint_id.as_str());
         let report = self
             .poller
             .round_until(Some((project, touchpoint)), deadline)
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(project, touchpoint, ?report, "receipt round");
-        Ok(json!({
-            "polled": report.polled, "settled": report.settled, "timedOut": report.timed_out,
-            "failedPolls": report.failed_polls, "skipped": report.skipped, "left": report.left,
-        }))
+        serde_json::to_value(report).map_err(|e| e.to_string())
     }
 }

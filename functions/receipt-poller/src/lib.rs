@@ -59,8 +59,9 @@ impl Default for PollerConfig {
     }
 }
 
-/// What a round did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a round did (the receipt-poller Lambda's answer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RoundReport {
     /// Receipt requests sent.
     pub polled: usize,

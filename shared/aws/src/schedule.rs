@@ -4,8 +4,9 @@
 
 use async_trait::async_trait;
 use aws_sdk_scheduler::types::{FlexibleTimeWindow, FlexibleTimeWindowMode, Target};
-use serde_json::json;
+
 use touchpoint::ProjectId;
+use touchpoint::delivery::ReceiptRoundInput;
 use touchpoint::delivery::ReceiptSchedule;
 use touchpoint::ports::StoreError;
 
@@ -33,7 +34,11 @@ pub fn schedule_name(project: ProjectId, touchpoint_id: &str) -> String {
 
 /// The `Input` a schedule hands the poller.
 pub fn schedule_input(project: ProjectId, touchpoint_id: &str) -> String {
-    json!({"projectId": project, "touchpointId": touchpoint_id}).to_string()
+    serde_json::to_string(&ReceiptRoundInput {
+        project_id: project,
+        touchpoint_id: touchpoint_id.to_owned(),
+    })
+    .unwrap_or_default()
 }
 
 impl SchedulerReceipts {

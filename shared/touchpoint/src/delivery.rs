@@ -459,6 +459,15 @@ pub trait ReceiptSchedule: Send + Sync {
     async fn remove(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError>;
 }
 
+/// What a touchpoint's receipt schedule hands the receipt poller each time it fires (the
+/// schedule's input, written by the schedule adapter and read by the poller).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptRoundInput {
+    pub project_id: ProjectId,
+    pub touchpoint_id: String,
+}
+
 /// Where dispatches are handed in over HTTP: stored durably and queued for the dispatcher.
 #[async_trait]
 pub trait DispatchIntake: Send + Sync {
