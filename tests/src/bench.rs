@@ -41,60 +41,33 @@ const TOKEN: &str = "bench-token";
 /// Users per dispatch (the protocol's maximum).
 const PER_DISPATCH: usize = 10_000;
 
-#[derive(Clone, Debug)]
+/// The delivery runs (`touchpoint-bench receiver LATENCY_MS` and `touchpoint-bench rss-probe
+/// DATA_DIR BATCH` are the processes it starts itself).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "touchpoint-bench",
+    about = "Reproduces the figures in BENCHMARKS.md"
+)]
 struct Options {
+    /// Users per run.
+    #[arg(long, default_value_t = 200_000)]
     users: usize,
+    /// Batch sizes, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,50,500")]
     batches: Vec<u16>,
+    /// The receiver answers after this many milliseconds.
+    #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Skip the local-service rows.
+    #[arg(long = "no-service", action = clap::ArgAction::SetFalse)]
     service: bool,
+    /// Requests in flight per touchpoint.
+    #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Where `cargo lambda build` left the Lambdas (`<dir>/<name>/bootstrap`), to measure
-    /// their size and cold start.
+    /// Where `cargo lambda build` left the Lambdas (`<dir>/<name>/bootstrap`): measure their
+    /// size and cold start instead.
+    #[arg(long)]
     lambdas: Option<PathBuf>,
-}
-
-fn parse_args() -> Result<Options, String> {
-    let mut o = Options {
-        users: 200_000,
-        batches: vec![1, 50, 500],
-        latency_ms: 0,
-        service: true,
-        concurrency: 4,
-        lambdas: None,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--users" => o.users = value()?.parse().map_err(|_| "--users takes a number")?,
-            "--batches" => {
-                o.batches = value()?
-                    .split(',')
-                    .map(|b| {
-                        b.trim()
-                            .parse()
-                            .map_err(|_| "--batches takes numbers like 1,50,500")
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "--latency-ms" => {
-                o.latency_ms = value()?
-                    .parse()
-                    .map_err(|_| "--latency-ms takes a number")?
-            }
-            "--concurrency" => {
-                o.concurrency = value()?
-                    .parse()
-                    .map_err(|_| "--concurrency takes a number")?
-            }
-            "--no-service" => o.service = false,
-            "--lambdas" => o.lambdas = Some(PathBuf::from(value()?)),
-            "receiver" => return Err("receiver".into()),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(o)
 }
 
 // ---------------------------------------------------------------- the receiver process
@@ -912,15 +885,7 @@ fn main() {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         return runtime.block_on(rss_probe(args.get(2).map_or("", String::as_str), batch));
     }
-    let o = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!(
-                "touchpoint-bench: {e}\nusage: touchpoint-bench [--users N] [--batches 1,50,500] [--latency-ms MS] [--concurrency N] [--no-service] [--lambdas target/lambda]"
-            );
-            std::process::exit(2);
-        }
-    };
+    let o = <Options as clap::Parser>::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

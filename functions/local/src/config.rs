@@ -1,274 +1,337 @@
-//! Command line and environment, read once at start-up into a typed [`Config`].
+//! Command line and environment, read once at start-up into a typed [`Config`] (clap: every
+//! flag also reads its environment variable; a flag given wins).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use touchpoint_dispatcher::{DispatcherConfig, RetryPolicy, parse_duration};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use touchpoint_dispatcher::{DispatcherConfig, RetryPolicy};
+use touchpoint_embedded::Durability;
 
-pub const USAGE: &str = "\
-usage: touchpoint [serve] [--listen ADDR] [--data-dir DIR]
-       touchpoint receiver [--listen ADDR] [--token TOKEN] [--mode sync|async]
-       touchpoint --help | --version
+/// What `--help` adds after the flags.
+const ENVIRONMENT: &str = "\
+Environment (besides each flag's own variable, shown with it):
+  TOUCHPOINT_API_KEYS  KEY=PROJECT_ID:ROLE or KEY=PROJECT_ID:operator:SPACE|SPACE, comma-separated;
+                       roles admin, operator, campaign. Unset: one admin key for project 1 is
+                       generated into the data directory and shown at start-up. Read from the
+                       environment only (a key on the command line would show in `ps`).";
 
-  --listen ADDR     address to serve the API on (default 127.0.0.1:8080; port 0 picks a free one)
-                    env TOUCHPOINT_LISTEN
-  --data-dir DIR    where the SQLite store and the generated admin key live
-                    (default ./touchpoint-data) env TOUCHPOINT_DATA_DIR
+#[derive(Parser, Debug)]
+#[command(
+    name = "touchpoint",
+    version,
+    about = "Custom touchpoints for marketing platforms, as one local process: the admin API, \
+             the console, the dispatcher and the receipt poller on an embedded store.",
+    after_help = ENVIRONMENT,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
 
-environment:
-  TOUCHPOINT_API_KEYS           KEY=PROJECT_ID:ROLE or KEY=PROJECT_ID:operator:SPACE|SPACE, comma-separated;
-                                roles admin, operator, campaign. Unset: one admin key for project 1 is
-                                generated into the data directory and shown at start-up.
-  TOUCHPOINT_ALLOW_PLAIN_HTTP   accept http:// touchpoint URLs (default true locally)
-  TOUCHPOINT_ALLOW_PRIVATE_NETWORKS  let outbound requests reach loopback and private addresses
-                                (default false: the SSRF guard is on)
-  TOUCHPOINT_RETRY_SCHEDULE     waits between delivery attempts (default 30s,2m,10m,30m,1h)
-  TOUCHPOINT_REQUEST_TIMEOUT    per request to a receiver (default 15s, at most 60s)
-  TOUCHPOINT_CONCURRENCY        requests in flight per touchpoint (default 4)
-  TOUCHPOINT_MAX_RECEIVES       deliveries in a row without progress (crashes, storage errors) before a
-                                dispatch's remaining users fail (default 10; waits and retries never count)
-  TOUCHPOINT_RECEIPT_POLL_INTERVAL  how often async receipts are polled (default 5m; e.g. 2s for a demo)
-  TOUCHPOINT_DURABILITY         process (default: a commit survives kill -9; the last commits before a
-                                power loss may be lost) or power-loss (every commit synced to disk)
-  TOUCHPOINT_LOG_FORMAT         human (default) or json
-  TOUCHPOINT_LOG                log filter, e.g. info or touchpoint=debug (default info)";
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Serve the API, the console and the workers (the default).
+    Serve(ServeArgs),
+    /// Run the reference receiver: verifies signatures and answers every user.
+    Receiver(ReceiverArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to serve the API on (port 0 picks a free one).
+    #[arg(
+        long,
+        env = "TOUCHPOINT_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    listen: SocketAddr,
+    /// Where the SQLite store and the generated admin key live.
+    #[arg(
+        long,
+        env = "TOUCHPOINT_DATA_DIR",
+        default_value = "touchpoint-data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    /// Accept http:// touchpoint URLs.
+    #[arg(long, env = "TOUCHPOINT_ALLOW_PLAIN_HTTP", default_value_t = true,
+          action = ArgAction::Set, value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    allow_plain_http: bool,
+    /// Let outbound requests reach loopback and private addresses (the SSRF guard off; never in
+    /// production).
+    #[arg(long, env = "TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", default_value_t = false,
+          action = ArgAction::Set, value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    allow_private_networks: bool,
+    /// Waits between delivery attempts [default: 30s,2m,10m,30m,1h].
+    #[arg(long, env = "TOUCHPOINT_RETRY_SCHEDULE", value_parser = retry_schedule, value_name = "WAITS")]
+    retry_schedule: Option<RetryPolicy>,
+    /// Per request to a receiver, at most 60s [default: 15s].
+    #[arg(long, env = "TOUCHPOINT_REQUEST_TIMEOUT", value_parser = request_timeout, value_name = "DURATION")]
+    request_timeout: Option<Duration>,
+    /// Requests in flight per touchpoint, 1 to 256 [default: 4].
+    #[arg(long, env = "TOUCHPOINT_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    concurrency: Option<u16>,
+    /// Deliveries in a row without progress (crashes, storage errors) before a dispatch's
+    /// remaining users fail; waits and retries never count [default: 10].
+    #[arg(long, env = "TOUCHPOINT_MAX_RECEIVES", value_parser = clap::value_parser!(u32).range(2..), value_name = "N")]
+    max_receives: Option<u32>,
+    /// How often async receipts are polled, at least 100ms [default: 5m; e.g. 2s for a demo].
+    #[arg(long, env = "TOUCHPOINT_RECEIPT_POLL_INTERVAL", value_parser = poll_interval, value_name = "DURATION")]
+    receipt_poll_interval: Option<Duration>,
+    /// process: a commit survives kill -9 (the last commits before a power loss may be lost);
+    /// power-loss: every commit synced to disk.
+    #[arg(long, env = "TOUCHPOINT_DURABILITY", value_parser = durability, default_value = "process", value_name = "LEVEL")]
+    durability: Durability,
+    /// Log lines for people or one JSON object per line.
+    #[arg(long, env = "TOUCHPOINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Log filter, e.g. info or touchpoint=debug.
+    #[arg(
+        long,
+        env = "TOUCHPOINT_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    log: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Debug)]
+struct ReceiverArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// The touchpoint's token: signatures are verified with it.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Answer results in the touch response (sync) or later through the receipt URL (async).
+    #[arg(long, value_enum, default_value_t = crate::receiver::Mode::Sync)]
+    mode: crate::receiver::Mode,
+}
+
+fn retry_schedule(s: &str) -> Result<RetryPolicy, String> {
+    RetryPolicy::parse(s)
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    touchpoint::ledger::parse_duration(s)
+}
+
+fn request_timeout(s: &str) -> Result<Duration, String> {
+    let t = duration(s)?;
+    if t.is_zero() || t > Duration::from_secs(60) {
+        return Err("must be between 1ms and 60s".into());
+    }
+    Ok(t)
+}
+
+fn poll_interval(s: &str) -> Result<Duration, String> {
+    let t = duration(s)?;
+    if t < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(t)
+}
+
+fn durability(s: &str) -> Result<Durability, String> {
+    Durability::parse(s.trim()).ok_or_else(|| "must be process or power-loss".to_owned())
+}
 
 #[derive(Debug)]
 pub enum Command {
     Serve(Config),
     Receiver(crate::receiver::ReceiverConfig),
-    Help,
-    Version,
 }
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// Never printed: holds secrets.
-    pub api_keys: Option<String>,
     pub allow_plain_http: bool,
     pub json_logs: bool,
     pub log_filter: String,
     /// Turn the SSRF guard off (receivers on localhost in the quick start).
     pub allow_private_networks: bool,
     pub dispatcher: DispatcherConfig,
-    pub durability: touchpoint_embedded::Durability,
+    pub durability: Durability,
 }
 
-fn flag(name: &str, value: Option<String>) -> Result<bool, String> {
-    match value.as_deref().map(str::trim) {
-        None | Some("") => Ok(true),
-        Some("1" | "true" | "yes" | "on") => Ok(true),
-        Some("0" | "false" | "no" | "off") => Ok(false),
-        Some(other) => Err(format!("{name} must be true or false, not {other:?}")),
-    }
-}
-
-/// `--name=value` → (`--name`, Some(value)); anything else as it is.
-fn split_flag(arg: &str) -> (&str, Option<String>) {
-    match arg.split_once('=') {
-        Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
-        _ => (arg, None),
-    }
-}
-
-/// A flag's value: the inline one, or the next argument.
-fn flag_value<'a>(
-    name: &str,
-    inline: &Option<String>,
-    rest: &mut impl Iterator<Item = &'a String>,
-) -> Result<String, String> {
-    inline
-        .clone()
-        .or_else(|| rest.next().cloned())
-        .ok_or_else(|| format!("{name} needs a value"))
-}
-
-fn parse_receiver(args: &[String]) -> Result<Command, String> {
-    let mut listen = "127.0.0.1:9000".to_owned();
-    let mut token = None;
-    let mut mode = crate::receiver::Mode::Sync;
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        let (name, inline) = split_flag(arg);
-        let mut value = || flag_value(name, &inline, &mut rest);
-        match name {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--listen" => listen = value()?,
-            "--token" => token = Some(value()?).filter(|t| !t.is_empty()),
-            "--mode" => {
-                mode = match value()?.as_str() {
-                    "sync" => crate::receiver::Mode::Sync,
-                    "async" => crate::receiver::Mode::Async,
-                    other => return Err(format!("--mode must be sync or async, not {other:?}")),
-                }
-            }
-            other => return Err(format!("unknown argument {other:?}")),
+impl From<ServeArgs> for Config {
+    fn from(a: ServeArgs) -> Config {
+        let mut dispatcher = DispatcherConfig::default();
+        if let Some(retry) = a.retry_schedule {
+            dispatcher.retry = retry;
+        }
+        if let Some(t) = a.request_timeout {
+            dispatcher.request_timeout = t;
+        }
+        if let Some(n) = a.concurrency {
+            dispatcher.per_touchpoint_concurrency = usize::from(n);
+        }
+        if let Some(t) = a.receipt_poll_interval {
+            dispatcher.receipt_poll_interval = t;
+        }
+        if let Some(n) = a.max_receives {
+            dispatcher.max_stalls = n;
+        }
+        Config {
+            listen: a.listen,
+            data_dir: a.data_dir,
+            allow_plain_http: a.allow_plain_http,
+            json_logs: a.log_format == LogFormat::Json,
+            log_filter: a.log,
+            allow_private_networks: a.allow_private_networks,
+            dispatcher,
+            durability: a.durability,
         }
     }
-    let listen = listen
-        .parse()
-        .map_err(|_| format!("--listen: {listen:?} is not an address"))?;
-    Ok(Command::Receiver(crate::receiver::ReceiverConfig {
-        listen,
-        token,
-        mode,
-    }))
 }
 
-/// Reads `args` (without the program name) and the environment through `env`.
-pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, String> {
-    if args.first().map(String::as_str) == Some("receiver") {
-        return parse_receiver(&args[1..]);
-    }
-    let mut listen = env("TOUCHPOINT_LISTEN").filter(|s| !s.is_empty());
-    let mut data_dir = env("TOUCHPOINT_DATA_DIR").filter(|s| !s.is_empty());
-    let mut rest = args.iter();
-    let mut first = true;
-    while let Some(arg) = rest.next() {
-        let (name, inline) = split_flag(arg);
-        let mut value = || flag_value(name, &inline, &mut rest);
-        match name {
-            "-h" | "--help" | "help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "serve" if first => {}
-            "--listen" => listen = Some(value()?),
-            "--data-dir" => data_dir = Some(value()?),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-        first = false;
-    }
-    let listen = listen.as_deref().unwrap_or("127.0.0.1:8080");
-    let listen: SocketAddr = listen.parse().map_err(|_| {
-        format!("--listen / TOUCHPOINT_LISTEN: {listen:?} is not an address like 127.0.0.1:8080")
-    })?;
-    let json_logs = match env("TOUCHPOINT_LOG_FORMAT").as_deref() {
-        None | Some("") | Some("human") => false,
-        Some("json") => true,
-        Some(other) => {
-            return Err(format!(
-                "TOUCHPOINT_LOG_FORMAT must be human or json, not {other:?}"
-            ));
-        }
+/// Reads the command line (`args` with the program name first) and each flag's environment
+/// variable. `Err` is clap's: `--help` and `--version` too, which print and exit 0
+/// ([`clap::Error::exit`]); anything else it refuses exits 2 with the reason and the usage.
+pub fn parse<I, T>(args: I) -> Result<Command, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    Ok(match cli.command {
+        None => Command::Serve(cli.serve.into()),
+        Some(Sub::Serve(a)) => Command::Serve(a.into()),
+        Some(Sub::Receiver(r)) => Command::Receiver(crate::receiver::ReceiverConfig {
+            listen: r.listen,
+            token: r.token.filter(|t| !t.is_empty()),
+            mode: r.mode,
+        }),
+    })
+}
+
+/// The environment variable of the flag a refusal names, if it has one: the bad value may have
+/// come from there, so the message names both.
+pub fn variable_named_in(e: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
     };
-    let mut dispatcher = DispatcherConfig::default();
-    if let Some(s) = env("TOUCHPOINT_RETRY_SCHEDULE").filter(|s| !s.trim().is_empty()) {
-        dispatcher.retry =
-            RetryPolicy::parse(&s).map_err(|e| format!("TOUCHPOINT_RETRY_SCHEDULE: {e}"))?;
-    }
-    if let Some(s) = env("TOUCHPOINT_REQUEST_TIMEOUT").filter(|s| !s.trim().is_empty()) {
-        let t = parse_duration(&s).map_err(|e| format!("TOUCHPOINT_REQUEST_TIMEOUT: {e}"))?;
-        if t.is_zero() || t > std::time::Duration::from_secs(60) {
-            return Err("TOUCHPOINT_REQUEST_TIMEOUT must be between 1ms and 60s".into());
-        }
-        dispatcher.request_timeout = t;
-    }
-    if let Some(s) = env("TOUCHPOINT_CONCURRENCY").filter(|s| !s.trim().is_empty()) {
-        dispatcher.per_touchpoint_concurrency = s
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| (1..=256).contains(n))
-            .ok_or("TOUCHPOINT_CONCURRENCY must be an integer from 1 to 256")?;
-    }
-    if let Some(s) = env("TOUCHPOINT_RECEIPT_POLL_INTERVAL").filter(|s| !s.trim().is_empty()) {
-        let t = parse_duration(&s).map_err(|e| format!("TOUCHPOINT_RECEIPT_POLL_INTERVAL: {e}"))?;
-        if t < std::time::Duration::from_millis(100) {
-            return Err("TOUCHPOINT_RECEIPT_POLL_INTERVAL must be at least 100ms".into());
-        }
-        dispatcher.receipt_poll_interval = t;
-    }
-    if let Some(s) = env("TOUCHPOINT_MAX_RECEIVES").filter(|s| !s.trim().is_empty()) {
-        dispatcher.max_stalls = s
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| *n >= 2)
-            .ok_or("TOUCHPOINT_MAX_RECEIVES must be an integer of at least 2")?;
-    }
-    let durability = match env("TOUCHPOINT_DURABILITY").filter(|s| !s.trim().is_empty()) {
-        None => touchpoint_embedded::Durability::default(),
-        Some(s) => touchpoint_embedded::Durability::parse(&s).ok_or_else(|| {
-            format!("TOUCHPOINT_DURABILITY must be process or power-loss, not {s:?}")
-        })?,
-    };
-    Ok(Command::Serve(Config {
-        listen,
-        data_dir: PathBuf::from(data_dir.unwrap_or_else(|| "touchpoint-data".into())),
-        api_keys: env("TOUCHPOINT_API_KEYS").filter(|s| !s.trim().is_empty()),
-        allow_plain_http: match env("TOUCHPOINT_ALLOW_PLAIN_HTTP") {
-            None => true,
-            v => flag("TOUCHPOINT_ALLOW_PLAIN_HTTP", v)?,
-        },
-        json_logs,
-        log_filter: env("TOUCHPOINT_LOG").unwrap_or_else(|| "info".into()),
-        allow_private_networks: match env("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS") {
-            None => false,
-            v => flag("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", v)?,
-        },
-        dispatcher,
-        durability,
-    }))
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let cli = Cli::command();
+    let found = cli
+        .get_arguments()
+        .chain(cli.get_subcommands().flat_map(|c| c.get_arguments()))
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    Some(found)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
+    fn parse_args(a: &[&str]) -> Result<Command, clap::Error> {
+        parse(std::iter::once("touchpoint").chain(a.iter().copied()))
+    }
+
+    fn serve(a: &[&str]) -> Config {
+        match parse_args(a).unwrap() {
+            Command::Serve(c) => c,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn defaults_flags_and_environment() {
-        let Command::Serve(c) = parse(&[], |_| None).unwrap() else {
-            panic!()
-        };
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.data_dir, PathBuf::from("touchpoint-data"));
-        let env = |n: &str| (n == "TOUCHPOINT_LISTEN").then(|| "0.0.0.0:9".to_owned());
-        let Command::Serve(c) = parse(&args(&["serve", "--data-dir=/tmp/x"]), env).unwrap() else {
-            panic!()
-        };
-        assert_eq!(c.listen.to_string(), "0.0.0.0:9");
+    fn flags_with_and_without_the_serve_subcommand() {
+        let c = serve(&["--listen", "127.0.0.1:0", "--data-dir=/tmp/x"]);
+        assert_eq!(c.listen.port(), 0);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
-        let Command::Serve(c) = parse(&args(&["--listen", "127.0.0.1:0"]), env).unwrap() else {
-            panic!()
-        };
-        assert_eq!(c.listen.port(), 0, "the flag wins over the environment");
+        let c = serve(&[
+            "serve",
+            "--retry-schedule",
+            "1s,2s",
+            "--request-timeout",
+            "2s",
+        ]);
+        assert_eq!(c.dispatcher.retry.waits.len(), 2);
+        assert_eq!(c.dispatcher.request_timeout, Duration::from_secs(2));
+        let c = serve(&[
+            "--durability",
+            "power-loss",
+            "--log-format",
+            "json",
+            "--concurrency",
+            "16",
+        ]);
+        assert_eq!(c.durability, Durability::PowerLoss);
+        assert!(c.json_logs);
+        assert_eq!(c.dispatcher.per_touchpoint_concurrency, 16);
+        let c = serve(&[
+            "--allow-private-networks",
+            "true",
+            "--allow-plain-http",
+            "false",
+        ]);
+        assert!(c.allow_private_networks && !c.allow_plain_http);
+        match parse_args(&["receiver", "--mode", "async", "--token", "t0k"]).unwrap() {
+            Command::Receiver(r) => {
+                assert_eq!(r.mode, crate::receiver::Mode::Async);
+                assert_eq!(r.token.as_deref(), Some("t0k"));
+                assert_eq!(r.listen.port(), 9000);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn refuses_what_it_does_not_understand() {
-        assert!(parse(&args(&["--listen", "nowhere"]), |_| None).is_err());
-        assert!(parse(&args(&["--listen"]), |_| None).is_err());
-        assert!(parse(&args(&["--frobnicate"]), |_| None).is_err());
-        assert!(
-            parse(&[], |n| (n == "TOUCHPOINT_LOG_FORMAT")
-                .then(|| "xml".into()))
-            .is_err()
+    fn refuses_what_it_does_not_understand_naming_it() {
+        for bad in [
+            &["--listen", "nowhere"][..],
+            &["--listen"],
+            &["--frobnicate"],
+            &["--log-format", "xml"],
+            &["--retry-schedule", "soon"],
+            &["--durability", "forever"],
+            &["--request-timeout", "61s"],
+            &["--request-timeout", "0s"],
+            &["--receipt-poll-interval", "10ms"],
+            &["--concurrency", "0"],
+            &["--max-receives", "1"],
+            &["--allow-private-networks", "perhaps"],
+            &["receiver", "--mode", "sometimes"],
+        ] {
+            let err = parse_args(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            let name = bad.iter().find(|a| a.starts_with("--")).unwrap();
+            assert!(
+                err.to_string().contains(name.trim_start_matches('-')),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = parse_args(&["--allow-plain-http", "perhaps"]).unwrap_err();
+        assert_eq!(
+            variable_named_in(&err).as_deref(),
+            Some("TOUCHPOINT_ALLOW_PLAIN_HTTP")
         );
-        assert!(matches!(
-            parse(&args(&["--help"]), |_| None).unwrap(),
-            Command::Help
-        ));
-        assert!(
-            parse(&[], |n| (n == "TOUCHPOINT_RETRY_SCHEDULE")
-                .then(|| "soon".into()))
-            .is_err()
+        assert_eq!(
+            variable_named_in(&parse_args(&["--bogus"]).unwrap_err()),
+            None
         );
-        assert!(
-            parse(&[], |n| (n == "TOUCHPOINT_DURABILITY")
-                .then(|| "forever".into()))
-            .is_err()
-        );
-        let Command::Serve(c) = parse(&[], |n| {
-            (n == "TOUCHPOINT_DURABILITY").then(|| "power-loss".into())
-        })
-        .unwrap() else {
-            panic!()
-        };
-        assert_eq!(c.durability, touchpoint_embedded::Durability::PowerLoss);
+        for asks in [&["--help"][..], &["-h"], &["help"], &["--version"], &["-V"]] {
+            assert_eq!(parse_args(asks).unwrap_err().exit_code(), 0, "{asks:?}");
+        }
     }
 }

@@ -28,23 +28,18 @@ pub const ADMIN_KEY_FILE: &str = "admin.key";
 
 /// Parses the command line and environment, runs, and returns the process exit code.
 pub fn main_entry() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match config::parse(&args, |name| std::env::var(name).ok()) {
+    let command = match config::parse(std::env::args_os()) {
         Ok(c) => c,
-        Err(message) => {
-            eprintln!("touchpoint: {message}\n\n{}", config::USAGE);
-            return ExitCode::from(2);
+        // --help and --version print and exit 0; anything refused prints why and exits 2.
+        Err(e) => {
+            let _ = e.print();
+            if let Some(variable) = config::variable_named_in(&e) {
+                eprintln!("(the flag's value may come from the environment variable {variable})");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
     match command {
-        Command::Help => {
-            println!("{}", config::USAGE);
-            ExitCode::SUCCESS
-        }
-        Command::Version => {
-            println!("touchpoint {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
         Command::Receiver(cfg) => {
             init_logging(false, "info");
             match tokio::runtime::Runtime::new()
@@ -116,7 +111,11 @@ struct Keys {
 }
 
 fn load_keys(cfg: &Config) -> Result<Keys, String> {
-    if let Some(spec) = &cfg.api_keys {
+    // Read here and parsed at once into digests: the keys are never kept, printed or logged.
+    let spec = std::env::var("TOUCHPOINT_API_KEYS")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    if let Some(spec) = &spec {
         let keys = ApiKeys::parse(spec).map_err(|e| format!("TOUCHPOINT_API_KEYS: {e}"))?;
         let banner = format!(
             "authenticate with: Authorization: Bearer <one of the {} key(s) in TOUCHPOINT_API_KEYS>",

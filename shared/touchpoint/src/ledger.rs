@@ -104,20 +104,16 @@ pub fn exhausted_reason(attempts: u32, last_error: Option<&str>) -> String {
     )
 }
 
-/// `500ms`, `30s`, `2m`, `1h`.
+/// `500ms`, `30s`, `2m`, `1h`, `1h 30m` (humantime); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?} is not a duration like 30s")),
-    })
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s:?} is too large"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s ({e})"))
 }
 
 /// What the ledger holds of a batch, as far as a claim is concerned.
