@@ -12,8 +12,9 @@ use support::rig::{Rig, TOKEN, config, dispatch, results_of};
 use support::{Receiver, Reply, Seen};
 use touchpoint::clock::{Clock, Millis};
 use touchpoint::delivery::{
-    AttemptRecord, BatchState, BatchView, Claim, Counters, DeliveryStore, DispatchMeta,
-    DispatchView, HourStats, Opened, PendingBatch, PollRecord, ReasonCount, StatsScope,
+    AttemptRecord, BatchState, BatchView, Claim, Counters, DeliveryLedger, DeliveryReports,
+    DispatchMeta, DispatchView, HourStats, Opened, PendingBatch, PollRecord, ReasonCount,
+    ReceiptLedger, StatsScope,
 };
 use touchpoint::ledger::Progress;
 use touchpoint::model::ProjectId;
@@ -926,7 +927,7 @@ struct CountingClaims {
 }
 
 #[async_trait::async_trait]
-impl DeliveryStore for CountingClaims {
+impl DeliveryLedger for CountingClaims {
     async fn open_dispatch(
         &self,
         meta: &DispatchMeta,
@@ -973,6 +974,10 @@ impl DeliveryStore for CountingClaims {
     async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError> {
         self.inner.record_attempt(record).await
     }
+}
+
+#[async_trait::async_trait]
+impl DeliveryReports for CountingClaims {
     async fn dispatch(
         &self,
         project: ProjectId,
@@ -1025,6 +1030,10 @@ impl DeliveryStore for CountingClaims {
             .failure_reasons(project, scope, key, from, to, limit)
             .await
     }
+}
+
+#[async_trait::async_trait]
+impl ReceiptLedger for CountingClaims {
     async fn due_polls(
         &self,
         touchpoint: Option<(ProjectId, &str)>,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 use support::{ManualClock, Receiver, Reply};
-use touchpoint::delivery::DeliveryStore;
+use touchpoint::delivery::DeliveryReports;
 use touchpoint::model::Touchpoint;
 use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::options::{EnumOptions, OptionsError};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::{ManualClock, Receiver, Reply};
 use touchpoint::clock::Clock;
-use touchpoint::delivery::{BatchState, BatchView, DeliveryStore, StatsScope};
+use touchpoint::delivery::{BatchState, BatchView, DeliveryReports, ReceiptLedger, StatsScope};
 use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_embedded::{ResultsFile, SqliteStore};

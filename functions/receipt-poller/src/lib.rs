@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use touchpoint::ProjectId;
 use touchpoint::clock::{Clock, Millis};
-use touchpoint::delivery::{DeliveryStore, PendingBatch, PollRecord, ReceiptSchedule, UserResult};
+use touchpoint::delivery::{PendingBatch, PollRecord, ReceiptLedger, ReceiptSchedule, UserResult};
 use touchpoint::ledger::{PollDecision, decide_poll, may_claim, next_poll_at};
 use touchpoint::model::{Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
@@ -79,7 +79,7 @@ pub struct RoundReport {
 
 pub struct ReceiptPoller {
     touchpoints: Arc<dyn TouchpointStore>,
-    ledger: Arc<dyn DeliveryStore>,
+    ledger: Arc<dyn ReceiptLedger>,
     schedule: Arc<dyn ReceiptSchedule>,
     outbound: Outbound,
     clock: Arc<dyn Clock>,
@@ -100,7 +100,7 @@ enum Polled {
 impl ReceiptPoller {
     pub fn new(
         touchpoints: Arc<dyn TouchpointStore>,
-        ledger: Arc<dyn DeliveryStore>,
+        ledger: Arc<dyn ReceiptLedger>,
         schedule: Arc<dyn ReceiptSchedule>,
         outbound: Outbound,
         clock: Arc<dyn Clock>,

@@ -563,7 +563,7 @@ fn outbox_of(item: &Item) -> Vec<Settlement> {
 }
 
 #[async_trait]
-impl DeliveryStore for DynamoDelivery {
+impl DeliveryLedger for DynamoDelivery {
     async fn open_dispatch(
         &self,
         meta: &DispatchMeta,
@@ -1052,7 +1052,10 @@ impl DeliveryStore for DynamoDelivery {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl DeliveryReports for DynamoDelivery {
     async fn dispatch(
         &self,
         project: ProjectId,
@@ -1215,7 +1218,10 @@ impl DeliveryStore for DynamoDelivery {
             limit,
         ))
     }
+}
 
+#[async_trait]
+impl ReceiptLedger for DynamoDelivery {
     async fn due_polls(
         &self,
         touchpoint: Option<(ProjectId, &str)>,

@@ -236,7 +236,7 @@ fn with_results((mut view, (results, pending)): RawBatch) -> Result<BatchView, S
 }
 
 #[async_trait]
-impl DeliveryStore for SqliteStore {
+impl DeliveryLedger for SqliteStore {
     async fn open_dispatch(
         &self,
         meta: &DispatchMeta,
@@ -523,7 +523,10 @@ impl DeliveryStore for SqliteStore {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl ReceiptLedger for SqliteStore {
     async fn due_polls(
         &self,
         touchpoint: Option<(ProjectId, &str)>,
@@ -684,7 +687,10 @@ impl DeliveryStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl DeliveryReports for SqliteStore {
     async fn dispatch(
         &self,
         project: ProjectId,

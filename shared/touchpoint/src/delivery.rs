@@ -321,8 +321,9 @@ pub fn merge_reasons(
     list
 }
 
+/// What the dispatcher writes: dispatches opened, batches claimed and their outcomes.
 #[async_trait]
-pub trait DeliveryStore: Send + Sync {
+pub trait DeliveryLedger: Send + Sync {
     /// Records a dispatch about to be delivered (idempotent: the first call wins) and counts
     /// its users as sent, and counts this delivery as one more that has not made progress yet
     /// (in the same write). Answers what the dispatch record holds: the batch size it was
@@ -371,7 +372,11 @@ pub trait DeliveryStore: Send + Sync {
     /// Records an attempt's outcome. A final one also counts the results and queues their
     /// events for publication, in the same atomic write.
     async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError>;
+}
 
+/// What the API reports: dispatches, batches and statistics.
+#[async_trait]
+pub trait DeliveryReports: Send + Sync {
     async fn dispatch(
         &self,
         project: ProjectId,
@@ -419,7 +424,11 @@ pub trait DeliveryStore: Send + Sync {
         to: Millis,
         limit: usize,
     ) -> Result<Vec<ReasonCount>, StoreError>;
+}
 
+/// What the receipt poller reads and writes: accepted batches awaiting their receipts.
+#[async_trait]
+pub trait ReceiptLedger: Send + Sync {
     /// Accepted batches due for a receipt poll at `now`, for one touchpoint or all, found
     /// through an index of accepted batches by touchpoint and next poll time.
     async fn due_polls(
@@ -450,6 +459,11 @@ pub trait DeliveryStore: Send + Sync {
         touchpoint_id: &str,
     ) -> Result<u64, StoreError>;
 }
+
+/// All of a delivery store (what the adapters implement, and what a single process wires).
+pub trait DeliveryStore: DeliveryLedger + ReceiptLedger + DeliveryReports {}
+
+impl<T: DeliveryLedger + ReceiptLedger + DeliveryReports + ?Sized> DeliveryStore for T {}
 
 /// "Make sure touchpoint X is polled every 5 minutes" / "stop polling X": an in-process ticker
 /// locally, EventBridge Scheduler on AWS.

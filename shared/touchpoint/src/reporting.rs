@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::clock::{Clock, Millis, rfc3339};
 use crate::delivery::{
-    BatchState, BatchView, Counters, DeliveryStore, DispatchIntake, DispatchView, HOUR_MS,
+    BatchState, BatchView, Counters, DeliveryReports, DispatchIntake, DispatchView, HOUR_MS,
     HourStats, ReasonCount, StatsScope, hour_of,
 };
 use crate::error::{DomainError, FieldError};
@@ -351,14 +351,14 @@ pub fn stats_hours(raw: Option<&str>) -> Result<u32, DomainError> {
 /// The reporting use case.
 #[derive(Clone)]
 pub struct Reporting {
-    store: Arc<dyn DeliveryStore>,
+    store: Arc<dyn DeliveryReports>,
     intake: Arc<dyn DispatchIntake>,
     clock: Arc<dyn Clock>,
 }
 
 impl Reporting {
     pub fn new(
-        store: Arc<dyn DeliveryStore>,
+        store: Arc<dyn DeliveryReports>,
         intake: Arc<dyn DispatchIntake>,
         clock: Arc<dyn Clock>,
     ) -> Reporting {

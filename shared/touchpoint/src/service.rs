@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use crate::clock::Clock;
-use crate::delivery::{DeliveryStore, ReceiptSchedule};
+use crate::delivery::{ReceiptLedger, ReceiptSchedule};
 use crate::error::{DomainError, FieldError};
 use crate::ids::{is_touchpoint_id, new_touchpoint_id};
 pub use crate::input::UrlPolicy;
@@ -46,7 +46,7 @@ pub struct Touchpoints {
     store: Arc<dyn TouchpointStore>,
     clock: Arc<dyn Clock>,
     urls: UrlPolicy,
-    receipts: Option<(Arc<dyn ReceiptSchedule>, Arc<dyn DeliveryStore>)>,
+    receipts: Option<(Arc<dyn ReceiptSchedule>, Arc<dyn ReceiptLedger>)>,
 }
 
 impl Touchpoints {
@@ -66,7 +66,7 @@ impl Touchpoints {
     pub fn with_receipt_schedule(
         mut self,
         schedule: Arc<dyn ReceiptSchedule>,
-        ledger: Arc<dyn DeliveryStore>,
+        ledger: Arc<dyn ReceiptLedger>,
     ) -> Self {
         self.receipts = Some((schedule, ledger));
         self

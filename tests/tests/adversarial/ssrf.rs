@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::support::{ManualClock, Receiver, Reply};
 use serde_json::{Value, json};
-use touchpoint::delivery::DeliveryStore;
+use touchpoint::delivery::DeliveryReports;
 use touchpoint::protocol::UserData;
 use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use touchpoint::clock::{Clock, SystemClock};
-use touchpoint::delivery::{BatchView, DeliveryStore};
+use touchpoint::delivery::{BatchView, DeliveryReports};
 use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled, RetryPolicy};
 use touchpoint_embedded::{ResultsFile, SqliteStore};
