@@ -232,6 +232,33 @@ async fn transient_failures_are_retried_with_the_same_order_number() {
     assert_eq!(rig.events().await.len(), 10, "one final outcome per user");
 }
 
+/// A message that is not a dispatch is dead-lettered with its reason, also when the queue's
+/// receive count says to give up on it (it must not disappear without a record).
+#[tokio::test]
+async fn an_unreadable_message_given_up_on_is_still_dead_lettered() {
+    let rig = Rig::new(config("50ms", 2_000));
+    for text in ["not json", "[]", r#"{"dispatchId": 7}"#] {
+        let given_up = rig
+            .dispatcher
+            .give_up_text(text, "too many receives", Millis::MAX)
+            .await
+            .unwrap();
+        assert!(
+            matches!(given_up, Handled::Malformed(_)),
+            "{text}: {given_up:?}"
+        );
+        let handled = rig
+            .dispatcher
+            .handle_text(text, 1, Millis::MAX)
+            .await
+            .unwrap();
+        assert!(
+            matches!(handled, Handled::Malformed(_)),
+            "{text}: {handled:?}"
+        );
+    }
+}
+
 /// A line logged while a batch goes out names its dispatch and its order number (the spans the
 /// dispatcher opens), so an operator can follow one batch through the logs.
 #[tokio::test]

@@ -446,6 +446,23 @@ pub struct CampaignRefInput {
     pub campaign_id: Option<Value>,
 }
 
+/// `T` read only from a JSON object: a derived reader would also take an array, field by field
+/// (`[1]` for `{"gid": 1}`).
+#[derive(Debug)]
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ObjectOnly<T>, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            v @ Value::Object(_) => serde_json::from_value(v)
+                .map(ObjectOnly)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom("must be an object")),
+        }
+    }
+}
+
 /// A user of a test send.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -464,7 +481,7 @@ pub struct TestUser {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TestSendInput {
     #[schema(schema_with = test_users)]
-    pub users: Vec<TestUser>,
+    pub users: Vec<ObjectOnly<TestUser>>,
     /// The strategy's template values, by parameter identifier.
     #[serde(default)]
     #[schema(nullable)]

@@ -58,7 +58,9 @@ pub async fn submit_dispatch(
         .submit(
             who.project_id,
             &dispatch.dispatch_id,
-            text,
+            // As the producer wrote it, without the white space between tokens (which would
+            // count against the queue's message size).
+            touchpoint::json::minify(&text),
             state.clock.now_ms(),
         )
         .await
@@ -191,7 +193,7 @@ pub async fn test_send(
             format!("1 to {MAX_TEST_USERS} test users required"),
         )]));
     }
-    if let Some(i) = body.users.iter().position(|u| u.gid < 0) {
+    if let Some(i) = body.users.iter().position(|u| u.0.gid < 0) {
         return Err(ApiError::validation(vec![touchpoint::FieldError::new(
             format!("users[{i}].gid"),
             "must not be negative",
@@ -202,7 +204,7 @@ pub async fn test_send(
     let users: Vec<DispatchUser> = body
         .users
         .into_iter()
-        .map(|u| DispatchUser {
+        .map(|ObjectOnly(u)| DispatchUser {
             gid: u.gid,
             attributes: u.attributes.unwrap_or_default(),
         })

@@ -698,6 +698,13 @@ async fn hostile_bodies_on_the_other_write_routes_are_refused() {
             br#"{"users": "all"}"#.to_vec(),
             422,
         ),
+        // A user written as an array is not a user object (a derived reader would take it).
+        (
+            format!("/v1/touchpoints/{id}/test"),
+            br#"{"users": [[1]]}"#.to_vec(),
+            422,
+        ),
+        (spaces.clone(), br#"[["a"], 1]"#.to_vec(), 422),
         (
             format!("/v1/touchpoints/{id}/test"),
             json!({"users": (0..10_000).map(|g| json!({"gid": g})).collect::<Vec<_>>()})

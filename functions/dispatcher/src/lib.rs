@@ -472,8 +472,11 @@ impl Dispatcher {
         reason: &str,
         deadline: Millis,
     ) -> Result<Handled, StoreError> {
-        let Ok((dispatch, _)) = read else {
-            return Ok(Handled::Done);
+        // What cannot be read goes where unreadable messages go, with its reason, also when
+        // it is being given up on (it would otherwise disappear without a record).
+        let (dispatch, _) = match read {
+            Ok(d) => d,
+            Err(m) => return Ok(Handled::Malformed(m.0)),
         };
         let tp = self
             .touchpoints

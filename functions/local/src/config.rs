@@ -6,40 +6,46 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, ValueEnum};
 use touchpoint_dispatcher::{DispatcherConfig, RetryPolicy};
 use touchpoint_embedded::Durability;
 
 /// What `--help` adds after the flags.
 const ENVIRONMENT: &str = "\
+`touchpoint receiver --help` describes the reference receiver.
+
 Environment (besides each flag's own variable, shown with it):
   TOUCHPOINT_API_KEYS  KEY=PROJECT_ID:ROLE or KEY=PROJECT_ID:operator:SPACE|SPACE, comma-separated;
                        roles admin, operator, campaign. Unset: one admin key for project 1 is
                        generated into the data directory and shown at start-up. Read from the
                        environment only (a key on the command line would show in `ps`).";
 
+/// `touchpoint [serve] [OPTIONS]`: the service.
 #[derive(Parser, Debug)]
 #[command(
     name = "touchpoint",
     version,
     about = "Custom touchpoints for marketing platforms, as one local process: the admin API, \
              the console, the dispatcher and the receipt poller on an embedded store.",
-    after_help = ENVIRONMENT,
-    args_conflicts_with_subcommands = true
+    override_usage = "touchpoint [serve] [OPTIONS]\n       touchpoint receiver [OPTIONS]",
+    after_help = ENVIRONMENT
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Sub>,
+struct ServeCli {
     #[command(flatten)]
     serve: ServeArgs,
 }
 
-#[derive(Subcommand, Debug)]
-enum Sub {
-    /// Serve the API, the console and the workers (the default).
-    Serve(ServeArgs),
-    /// Run the reference receiver: verifies signatures and answers every user.
-    Receiver(ReceiverArgs),
+/// `touchpoint receiver [OPTIONS]`: the reference receiver (it reads none of the service's
+/// settings).
+#[derive(Parser, Debug)]
+#[command(
+    name = "touchpoint receiver",
+    version,
+    about = "The reference receiver: verifies signatures and answers every user."
+)]
+struct ReceiverCli {
+    #[command(flatten)]
+    receiver: ReceiverArgs,
 }
 
 #[derive(Args, Debug)]
@@ -90,14 +96,15 @@ struct ServeArgs {
     #[arg(long, env = "TOUCHPOINT_DURABILITY", value_parser = durability, default_value = "process", value_name = "LEVEL")]
     durability: Durability,
     /// Log lines for people or one JSON object per line.
-    #[arg(long, env = "TOUCHPOINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, env = "TOUCHPOINT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, value_name = "FORMAT")]
     log_format: LogFormat,
     /// Log filter, e.g. info or touchpoint=debug.
     #[arg(
         long,
         env = "TOUCHPOINT_LOG",
         default_value = "info",
-        value_name = "FILTER"
+        value_name = "FILTER",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
     log: String,
 }
@@ -207,16 +214,29 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::try_parse_from(args)?;
-    Ok(match cli.command {
-        None => Command::Serve(cli.serve.into()),
-        Some(Sub::Serve(a)) => Command::Serve(a.into()),
-        Some(Sub::Receiver(r)) => Command::Receiver(crate::receiver::ReceiverConfig {
-            listen: r.listen,
-            token: r.token.filter(|t| !t.is_empty()),
-            mode: r.mode,
-        }),
-    })
+    use std::ffi::OsString;
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let program = args.first().cloned().unwrap_or_else(|| "touchpoint".into());
+    let rest = || args.iter().skip(2).cloned();
+    let serve = |a: Vec<OsString>| -> Result<Command, clap::Error> {
+        Ok(Command::Serve(ServeCli::try_parse_from(a)?.serve.into()))
+    };
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("receiver") => {
+            let r = ReceiverCli::try_parse_from(
+                std::iter::once(OsString::from("touchpoint receiver")).chain(rest()),
+            )?
+            .receiver;
+            Ok(Command::Receiver(crate::receiver::ReceiverConfig {
+                listen: r.listen,
+                token: r.token.filter(|t| !t.is_empty()),
+                mode: r.mode,
+            }))
+        }
+        Some("serve") => serve(std::iter::once(program).chain(rest()).collect()),
+        Some("help") => serve(vec![program, "--help".into()]),
+        _ => serve(args),
+    }
 }
 
 /// The environment variable of the flag a refusal names, if it has one: the bad value may have
@@ -228,10 +248,9 @@ pub fn variable_named_in(e: &clap::Error) -> Option<String> {
         return None;
     };
     let long = arg.split_whitespace().next()?.strip_prefix("--")?;
-    let cli = Cli::command();
+    let cli = ServeCli::command();
     let found = cli
         .get_arguments()
-        .chain(cli.get_subcommands().flat_map(|c| c.get_arguments()))
         .find(|a| a.get_long() == Some(long))?
         .get_env()?
         .to_string_lossy()
@@ -312,6 +331,8 @@ mod tests {
             &["--max-receives", "1"],
             &["--allow-private-networks", "perhaps"],
             &["receiver", "--mode", "sometimes"],
+            &["receiver", "--request-timeout", "5s"],
+            &["--log", ""],
         ] {
             let err = parse_args(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");

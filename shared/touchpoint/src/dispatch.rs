@@ -63,12 +63,48 @@ struct Wire {
     users: Vec<WireUser>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A user of a well-formed dispatch: an object with `gid` and optional `attributes`, nothing
+/// else. Read by hand because a derived reader would also take `[1]` for `{"gid": 1}`.
 struct WireUser {
     gid: i64,
-    #[serde(default)]
     attributes: Option<crate::json::Strict>,
+}
+
+impl<'de> Deserialize<'de> for WireUser {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<WireUser, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = WireUser;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a user object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<WireUser, A::Error> {
+                use serde::de::Error;
+                let (mut gid, mut attributes) = (None, None);
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "gid" if gid.is_none() => gid = Some(map.next_value::<i64>()?),
+                        "attributes" if attributes.is_none() => {
+                            attributes = Some(map.next_value::<Option<crate::json::Strict>>()?);
+                        }
+                        other => {
+                            return Err(A::Error::custom(format_args!("unexpected key {other:?}")));
+                        }
+                    }
+                }
+                Ok(WireUser {
+                    gid: gid.ok_or_else(|| A::Error::missing_field("gid"))?,
+                    attributes: attributes.flatten(),
+                })
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 /// An object, or nothing for null and absent; `Err` for anything else.
@@ -125,7 +161,10 @@ fn checked_wire(w: Wire) -> Option<Dispatch> {
 /// which gives the same answer the whole-value reading always gave (and "not JSON" for text
 /// that is not one strict JSON document).
 pub fn read_dispatch_text(text: &str) -> Result<(Dispatch, Vec<String>), Malformed> {
-    if let Ok(wire) = serde_json::from_str::<Wire>(text)
+    // Only an object is a dispatch (a derived reader would also take an array, field by field).
+    let object = text.trim_start().starts_with('{');
+    if object
+        && let Ok(wire) = serde_json::from_str::<Wire>(text)
         && let Some(dispatch) = checked_wire(wire)
     {
         return Ok((dispatch, Vec::new()));
@@ -520,6 +559,11 @@ mod tests {
             ok.replace(r#""users":"#, r#""users":{"a":"#)
                 .replace("}]}", "}]}}"),
             "[]".to_owned(),
+            r#"["d-1",1,"s","c",null,"tp_1",null,[{"gid":1}]]"#.to_owned(),
+            ok.replace(r#"{"gid":2}"#, "[2]"),
+            ok.replace(r#"{"gid":2}"#, r#"{"gid":2,"gid":3}"#),
+            ok.replace(r#"{"gid":2}"#, r#"{"gid":2,"extra":1}"#),
+            ok.replace(r#"{"gid":2}"#, r#"{"attributes":null}"#),
             "not json".to_owned(),
             format!("{ok} trailing"),
         ];
