@@ -167,6 +167,11 @@ test('the console does everything on the product page, in English and Chinese', 
     assert.equal(await receiptUrl.isVisible(), false);
     await dialog.getByLabel(/Async: results polled/).check();
     assert.equal(await receiptUrl.isVisible(), true);
+    // The form's bounds and defaults are the API's, read from its OpenAPI document.
+    const timeout = dialog.getByLabel(/^Receipt timeout/);
+    assert.deepEqual([await timeout.getAttribute('min'), await timeout.getAttribute('max'), await timeout.inputValue()], ['5', '10080', '60']);
+    const batchSize = dialog.getByLabel(/^Batch size/);
+    assert.deepEqual([await batchSize.getAttribute('min'), await batchSize.getAttribute('max'), await batchSize.inputValue()], ['1', '500', '500']);
     await dialog.getByLabel(/Sync: results in/).check();
     assert.equal(await receiptUrl.isVisible(), false);
     await dialog.getByLabel(/^Batch size/).fill('100');

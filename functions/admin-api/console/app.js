@@ -11,6 +11,31 @@
   const KINDS = ['notification', 'benefit', 'other'];
   const TYPES = ['text', 'date', 'number', 'enum'];
 
+  // The limits the API enforces, read from its own OpenAPI document at start (the values here
+  // are only what the form uses if that read fails), so the form and the server agree.
+  const limits = { nameMax: 15, batchMin: 1, batchMax: 500, batchDefault: 500, timeoutMin: 5, timeoutMax: 10080, timeoutDefault: 60 };
+
+  async function loadLimits() {
+    try {
+      const r = await fetch('/v1/openapi.json', { headers: { Accept: 'application/json' } });
+      if (!r.ok) return;
+      const schemas = (await r.json()).components.schemas;
+      const p = schemas.TouchpointInput.properties;
+      const receipt = schemas.ReceiptInput.oneOf.find((v) => v.properties?.mode?.enum?.includes('async'));
+      const timeout = receipt?.properties?.timeoutMinutes ?? {};
+      const pick = (v, fallback) => (Number.isFinite(v) ? v : fallback);
+      limits.nameMax = pick(p.name?.maxLength, limits.nameMax);
+      limits.batchMin = pick(p.batchSize?.minimum, limits.batchMin);
+      limits.batchMax = pick(p.batchSize?.maximum, limits.batchMax);
+      limits.batchDefault = pick(p.batchSize?.default, limits.batchDefault);
+      limits.timeoutMin = pick(timeout.minimum, limits.timeoutMin);
+      limits.timeoutMax = pick(timeout.maximum, limits.timeoutMax);
+      limits.timeoutDefault = pick(timeout.default, limits.timeoutDefault);
+    } catch (e) {
+      console.warn('could not read the API limits; using built-in ones', e);
+    }
+  }
+
   // ---------------------------------------------------------------- language
 
   let lang = pickLanguage();
@@ -421,7 +446,7 @@
   /** The add / edit dialog; `readOnly` shows a touchpoint's settings without changing them. */
   function openEditor(tp, readOnly = false) {
     const editing = !!tp;
-    const v = tp || { name: '', kind: 'notification', url: '', batchSize: 100, receipt: { mode: 'sync' }, userAttributes: [], templateParams: [], description: '' };
+    const v = tp || { name: '', kind: 'notification', url: '', batchSize: limits.batchDefault, receipt: { mode: 'sync' }, userAttributes: [], templateParams: [], description: '' };
     const root = h('div.editor');
 
     // Basic information
@@ -429,15 +454,15 @@
     const counter = h('span.counter', { 'aria-live': 'polite' });
     const count = () => {
       const n = [...name.value].length;
-      counter.textContent = `${n}/15`;
-      counter.classList.toggle('over', n > 15);
+      counter.textContent = `${n}/${limits.nameMax}`;
+      counter.classList.toggle('over', n > limits.nameMax);
     };
     name.addEventListener('input', count);
     count();
     const kind = h('select', { disabled: editing }, KINDS.map((k) => h('option', { value: k, text: t('kind_' + k), selected: v.kind === k })));
     const description = h('textarea', { rows: '2', value: v.description || '' });
     const url = h('input', { type: 'url', value: v.url, placeholder: 'https://', autocomplete: 'off', spellcheck: 'false' });
-    const batch = h('input', { type: 'number', min: '1', max: '500', step: '1', value: String(v.batchSize) });
+    const batch = h('input', { type: 'number', min: String(limits.batchMin), max: String(limits.batchMax), step: '1', value: String(v.batchSize) });
 
     // Token: write-only
     const tokenInput = h('input', { type: 'password', autocomplete: 'new-password', spellcheck: 'false' });
@@ -461,7 +486,7 @@
     // Receipt
     const modeName = nextId('mode');
     const receiptUrl = h('input', { type: 'url', value: v.receipt.receiptUrl || '', placeholder: 'https://', spellcheck: 'false' });
-    const timeout = h('input', { type: 'number', min: '1', step: '1', value: String(v.receipt.timeoutMinutes || 60) });
+    const timeout = h('input', { type: 'number', min: String(limits.timeoutMin), max: String(limits.timeoutMax), step: '1', value: String(v.receipt.timeoutMinutes || limits.timeoutDefault) });
     const asyncPart = h('div.grid', {},
       field(t('receiptUrl'), receiptUrl, { path: 'receipt.receiptUrl', required: true }),
       field(t('receiptTimeout'), timeout, { path: 'receipt.timeoutMinutes', hint: t('receiptTimeoutHint') }));
@@ -1009,6 +1034,6 @@
     document.getElementById('dialog-close').addEventListener('click', closeDialog);
     dialog().addEventListener('close', afterClose);
     window.addEventListener('hashchange', route);
-    route();
+    loadLimits().finally(route);
   });
 })();
