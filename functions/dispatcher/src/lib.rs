@@ -685,7 +685,7 @@ impl Dispatcher {
                         ..self.cfg.clone()
                     },
                 };
-                let span = tracing::info_span!("batch", order_no = %job.batch.order_no);
+                let span = tracing::debug_span!("batch", order_no = %job.batch.order_no);
                 set.spawn(
                     async move {
                         let out = job.run().await;
