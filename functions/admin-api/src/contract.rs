@@ -393,11 +393,7 @@ fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error
         None => Ok(None),
         Some(n) => n
             .as_u64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= i64::MAX as f64)
-                    .map(|f| f as u64)
-            })
+            .or_else(|| touchpoint::json::whole_i64(&n).and_then(|v| u64::try_from(v).ok()))
             .filter(|v| *v >= 1)
             .map(Some)
             .ok_or_else(|| D::Error::custom("must be a positive integer")),

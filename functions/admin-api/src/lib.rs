@@ -71,11 +71,6 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, openapi::finish(doc))
 }
 
-/// The OpenAPI document the API serves.
-pub fn document() -> utoipa::openapi::OpenApi {
-    documented().1
-}
-
 /// The whole admin API.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = documented();
