@@ -11,10 +11,10 @@ use support::{ManualClock, Receiver, Reply};
 use touchpoint::delivery::DeliveryReports;
 use touchpoint::model::Touchpoint;
 use touchpoint::{Touchpoints, UrlPolicy};
-use touchpoint_dispatcher::options::{EnumOptions, OptionsError};
 use touchpoint_dispatcher::{Dispatcher, Handled};
 use touchpoint_embedded::SqliteStore;
 use touchpoint_outbound::Outbound;
+use touchpoint_receiver::options::{EnumOptions, OptionsError};
 use touchpoint_services::{Services, Settings};
 
 const MINUTE: i64 = 60_000;

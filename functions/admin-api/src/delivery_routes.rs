@@ -11,8 +11,8 @@ use touchpoint::dispatch::{
 use touchpoint::ids::random_order_no;
 use touchpoint::protocol::UserData;
 use touchpoint::reporting::{BatchReport, DispatchReport, StatsReport, stats_hours};
-use touchpoint_dispatcher::TestSendReport;
-use touchpoint_dispatcher::options::{OptionsError, OptionsView};
+use touchpoint_receiver::TestSendReport;
+use touchpoint_receiver::options::{OptionsError, OptionsView};
 
 use crate::AppState;
 use crate::auth::{Admin, CampaignSystem, Principal, Role};
@@ -238,10 +238,7 @@ pub async fn test_send(
             }
         })
         .collect();
-    let report = state
-        .dispatcher
-        .test_send(&tp, data, random_order_no())
-        .await;
+    let report = state.test_send.send(&tp, data, random_order_no()).await;
     tracing::info!(project = who.project_id, touchpoint = %tp.id, status = ?report.http_status, "test send");
     Ok(Json(report))
 }
@@ -283,7 +280,7 @@ pub async fn param_options(
         .ok_or_else(|| {
             ApiError::not_found(format!("the touchpoint has no parameter {identifier:?}"))
         })?;
-    match state.dispatcher.options().options(&tp, param).await {
+    match state.options.options(&tp, param).await {
         Ok(view) => Ok(Json(view)),
         Err(e @ OptionsError::NotEnum(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -14,7 +14,7 @@ use touchpoint::Touchpoints;
 use touchpoint::clock::Clock;
 use touchpoint::delivery::DispatchIntake;
 use touchpoint::reporting::Reporting;
-use touchpoint_dispatcher::Dispatcher;
+use touchpoint_receiver::{EnumOptions, TestSend};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -38,7 +38,9 @@ pub struct AppState {
     pub reporting: Reporting,
     pub auth: Arc<dyn Authenticator>,
     pub intake: Arc<dyn DispatchIntake>,
-    pub dispatcher: Arc<Dispatcher>,
+    pub test_send: TestSend,
+    /// The enum-options cache (the dispatcher validates with the same one).
+    pub options: Arc<EnumOptions>,
     pub clock: Arc<dyn Clock>,
 }
 

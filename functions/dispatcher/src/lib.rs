@@ -7,13 +7,10 @@
 //! its next attempt time and [`Handled::RetryAt`] tells the queue when to redeliver.
 #![forbid(unsafe_code)]
 
-pub mod options;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use options::EnumOptions;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use touchpoint::clock::{Clock, Millis};
@@ -28,10 +25,9 @@ use touchpoint::dispatch::{
 use touchpoint::ledger::{exhausted_reason, may_claim, next_round, stalled};
 use touchpoint::model::{EnumSource, Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
-use touchpoint::protocol::{
-    ReceiptReading, UserData, UserStatus, read_receipt, settle_sync, touch_request, truncate,
-};
+use touchpoint::protocol::UserStatus;
 use touchpoint_outbound::Outbound;
+use touchpoint_receiver::{EnumOptions, Verdict, exchange, touch};
 use tracing::Instrument;
 
 pub use touchpoint::ledger::{RetryPolicy, parse_duration};
@@ -116,22 +112,6 @@ pub struct Dispatcher {
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
     options: Arc<EnumOptions>,
     schedules: Option<ScheduleCheck>,
-}
-
-/// The outcome of one HTTP exchange with a receiver.
-struct Exchange {
-    http_status: Option<u16>,
-    latency_ms: Option<u64>,
-    error: Option<String>,
-    excerpt: Option<String>,
-    verdict: Verdict,
-}
-
-enum Verdict {
-    /// Async: the receiver accepted; `None` users await their receipt.
-    Accepted(Vec<Option<UserStatus>>),
-    Final(Vec<UserStatus>),
-    Retry(Option<Duration>),
 }
 
 /// Where a batch stands after a delivery looked at it.
@@ -745,106 +725,6 @@ impl Dispatcher {
             None => Handled::Done,
         })
     }
-
-    /// One real, signed request with a fresh `orderNo`, for the admin's "test send". Not
-    /// recorded in the ledger or statistics.
-    pub async fn test_send(
-        &self,
-        tp: &Touchpoint,
-        users: Vec<UserData>,
-        order_no: String,
-    ) -> TestSendReport {
-        let now = self.clock.now_ms();
-        let (body, headers) = build_request(tp, &order_no, now, &users);
-        let request = SentRequest {
-            method: "POST",
-            url: tp.spec.url.clone(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
-            body: serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
-        };
-        let gids: Vec<i64> = users.iter().map(|u| u.gid).collect();
-        let exchange = exchange(&self.outbound, tp, body, &headers, &gids, self.timeout(tp)).await;
-        let result = |gid: &i64, s: &UserStatus| TestResult {
-            gid: *gid,
-            status: s.code(),
-            error_msg: s.reason().to_owned(),
-        };
-        let results: Vec<TestResult> = match &exchange.verdict {
-            Verdict::Final(statuses) => gids
-                .iter()
-                .zip(statuses)
-                .map(|(g, s)| result(g, s))
-                .collect(),
-            Verdict::Accepted(statuses) => gids
-                .iter()
-                .zip(statuses)
-                .map(|(gid, s)| match s {
-                    Some(s) => result(gid, s),
-                    None => TestResult {
-                        gid: *gid,
-                        status: "PENDING",
-                        error_msg: "awaiting the async receipt".into(),
-                    },
-                })
-                .collect(),
-            Verdict::Retry(_) => Vec::new(),
-        };
-        TestSendReport {
-            order_no,
-            request,
-            http_status: exchange.http_status,
-            latency_ms: exchange.latency_ms,
-            ok: match &exchange.verdict {
-                Verdict::Final(s) => s.iter().all(|s| *s == UserStatus::Succeeded),
-                Verdict::Accepted(s) => s
-                    .iter()
-                    .all(|s| s.as_ref().is_none_or(|s| *s == UserStatus::Succeeded)),
-                Verdict::Retry(_) => false,
-            },
-            error: exchange.error,
-            response_excerpt: exchange.excerpt,
-            results,
-        }
-    }
-}
-
-/// What a test send did: the request exactly as sent (the token only as the signature it
-/// produced), the receiver's answer and each user's reading of it.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TestSendReport {
-    pub order_no: String,
-    pub request: SentRequest,
-    /// Null when no HTTP answer came (refused, timed out, blocked).
-    pub http_status: Option<u16>,
-    pub latency_ms: Option<u64>,
-    /// Every user succeeded (or, async, was accepted and not failed).
-    pub ok: bool,
-    pub error: Option<String>,
-    pub response_excerpt: Option<String>,
-    pub results: Vec<TestResult>,
-}
-
-/// The touch request a test send made.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct SentRequest {
-    pub method: &'static str,
-    pub url: String,
-    pub headers: std::collections::BTreeMap<String, String>,
-    pub body: Value,
-}
-
-/// One user's result of a test send.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TestResult {
-    pub gid: i64,
-    /// `TOU_SUCC`, `TOU_FAIL`, or `PENDING` while an async receipt is awaited.
-    pub status: &'static str,
-    pub error_msg: String,
 }
 
 fn meta_of(d: &Dispatch, tp: Option<&Touchpoint>) -> DispatchMeta {
@@ -897,7 +777,8 @@ impl BatchJob {
             } => (attempt, sent_at, counted),
         };
         let sent_at = self.clock.now_ms();
-        let (body, headers) = build_request(tp, &batch.order_no, sent_at, &batch.users);
+        let signed = touch(tp, &batch.order_no, sent_at, &batch.users);
+        let (body, headers) = (signed.body, signed.headers);
         let gids: Vec<i64> = batch.users.iter().map(|u| u.gid).collect();
         let ex = exchange(
             &self.outbound,
@@ -1072,94 +953,4 @@ fn final_results(gids: &[i64], statuses: Vec<UserStatus>) -> AttemptOutcome {
             .map(|(gid, status)| UserResult { gid: *gid, status })
             .collect(),
     )
-}
-
-/// The body and headers of a touch request (protocol §1).
-fn build_request(
-    tp: &Touchpoint,
-    order_no: &str,
-    now: Millis,
-    users: &[UserData],
-) -> (Vec<u8>, Vec<(&'static str, String)>) {
-    let r = touch_request(tp.token.as_ref().map(|t| t.expose()), order_no, now, users);
-    (r.body, r.headers)
-}
-
-/// Sends one request and decides what it means for the batch (protocol §2.1, §3).
-async fn exchange(
-    outbound: &Outbound,
-    tp: &Touchpoint,
-    body: Vec<u8>,
-    headers: &[(&'static str, String)],
-    gids: &[i64],
-    timeout: Duration,
-) -> Exchange {
-    let fail_all = |reason: String| Verdict::Final(vec![UserStatus::failed(reason); gids.len()]);
-    match outbound
-        .post_json(&tp.spec.url, body, headers, timeout)
-        .await
-    {
-        Err(e) => {
-            let verdict = if e.retryable() {
-                Verdict::Retry(None)
-            } else {
-                fail_all(e.to_string())
-            };
-            Exchange {
-                http_status: None,
-                latency_ms: None,
-                error: Some(e.to_string()),
-                excerpt: None,
-                verdict,
-            }
-        }
-        Ok(reply) => {
-            let excerpt = Some(truncate(&String::from_utf8_lossy(&reply.body), 1_000))
-                .filter(|s| !s.is_empty());
-            let status = reply.status;
-            let oversized = format!(
-                "invalid receipt: the response is larger than {} bytes",
-                touchpoint_outbound::MAX_RESPONSE_BYTES
-            );
-            let (verdict, error) = match status {
-                200..=299 if reply.truncated => (fail_all(oversized.clone()), Some(oversized)),
-                200..=299 if matches!(tp.spec.receipt, Receipt::Async { .. }) => {
-                    match read_receipt(&reply.body, false) {
-                        ReceiptReading::Statuses(mut known) => {
-                            let statuses = gids.iter().map(|g| known.remove(g)).collect();
-                            (Verdict::Accepted(statuses), None)
-                        }
-                        other => (Verdict::Final(settle_sync(gids, other).0), None),
-                    }
-                }
-                200..=299 => {
-                    let reading = read_receipt(&reply.body, true);
-                    let (statuses, unknown) = settle_sync(gids, reading);
-                    if !unknown.is_empty() {
-                        tracing::warn!(touchpoint = %tp.id, unknown = ?unknown, "receipt named gids not in the batch; ignored");
-                    }
-                    (Verdict::Final(statuses), None)
-                }
-                300..=399 => {
-                    let why = format!("HTTP {status}: redirects are not followed");
-                    (fail_all(why.clone()), Some(why))
-                }
-                408 | 429 | 500..=599 => (
-                    Verdict::Retry(reply.retry_after),
-                    Some(format!("HTTP {status}")),
-                ),
-                _ => {
-                    let why = format!("HTTP {status}");
-                    (fail_all(why.clone()), Some(why))
-                }
-            };
-            Exchange {
-                http_status: Some(status),
-                latency_ms: Some(reply.latency.as_millis() as u64),
-                error,
-                excerpt,
-                verdict,
-            }
-        }
-    }
 }

@@ -13,6 +13,7 @@ use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
 use touchpoint_outbound::Outbound;
 use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
+use touchpoint_receiver::{EnumOptions, TestSend};
 
 /// What the use cases run on.
 #[derive(Clone)]
@@ -63,6 +64,9 @@ pub struct Services {
     pub touchpoints: Touchpoints,
     pub reporting: Reporting,
     pub dispatcher: Arc<Dispatcher>,
+    pub test_send: TestSend,
+    /// The enum-options cache: the dispatcher's, shared with the options API.
+    pub options: Arc<EnumOptions>,
     pub poller: Arc<ReceiptPoller>,
     pub intake: Arc<dyn DispatchIntake>,
     pub clock: Arc<dyn Clock>,
@@ -83,6 +87,12 @@ impl Services {
         } = ports;
         let touchpoints = Touchpoints::new(store.clone(), clock.clone(), settings.urls)
             .with_receipt_schedule(schedule.clone(), delivery.clone());
+        let test_send = TestSend::new(
+            outbound.clone(),
+            clock.clone(),
+            settings.dispatcher.request_timeout,
+            settings.dispatcher.time_scale,
+        );
         let dispatcher = Dispatcher::new(
             store.clone(),
             delivery.clone(),
@@ -102,7 +112,9 @@ impl Services {
         Services {
             touchpoints,
             reporting: Reporting::new(delivery, intake.clone(), clock.clone()),
+            options: dispatcher.options(),
             dispatcher: Arc::new(dispatcher),
+            test_send,
             poller: Arc::new(poller),
             intake,
             clock,
@@ -170,7 +182,8 @@ impl Services {
             reporting: self.reporting.clone(),
             auth,
             intake: self.intake.clone(),
-            dispatcher: self.dispatcher.clone(),
+            test_send: self.test_send.clone(),
+            options: self.options.clone(),
             clock: self.clock.clone(),
         }
     }

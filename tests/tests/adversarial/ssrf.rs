@@ -19,6 +19,7 @@ use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_embedded::SqliteStore;
 use touchpoint_outbound::{Lookup, Outbound, SendError};
 use touchpoint_receipt_poller::ReceiptPoller;
+use touchpoint_receiver::{EnumOptions, TestSend};
 use touchpoint_services::{Services, Settings};
 
 const T0: i64 = 1_795_946_400_000;
@@ -135,6 +136,8 @@ struct Rig {
     /// Reaches 127.0.0.1 (the receiver), to get batches to the receipt stage.
     open: Arc<Dispatcher>,
     guarded: Arc<Dispatcher>,
+    guarded_test: TestSend,
+    guarded_options: Arc<EnumOptions>,
     poller: Arc<ReceiptPoller>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
@@ -164,14 +167,14 @@ impl Rig {
         };
         let open = services(Outbound::new(true).unwrap()).dispatcher;
         let guarded = services(Outbound::new(false).unwrap());
-        let (touchpoints, guarded_dispatcher, poller) =
-            (guarded.touchpoints, guarded.dispatcher, guarded.poller);
         Rig {
             store,
-            touchpoints,
+            touchpoints: guarded.touchpoints,
             open,
-            guarded: guarded_dispatcher,
-            poller,
+            guarded: guarded.dispatcher,
+            guarded_test: guarded.test_send,
+            guarded_options: guarded.options,
+            poller: guarded.poller,
             clock,
             _dir: dir,
         }
@@ -292,7 +295,7 @@ async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_sen
             dynamic_data: Default::default(),
             tem_data: Default::default(),
         }];
-        let report = rig.guarded.test_send(&tp, users, format!("{i:032x}")).await;
+        let report = rig.guarded_test.send(&tp, users, format!("{i:032x}")).await;
         assert!(!report.ok, "{url}");
         assert!(
             report.error.as_deref().unwrap_or("").contains("refused"),
@@ -302,7 +305,7 @@ async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_sen
 
         // 4. Options URL.
         let param = &tp.spec.template_params[1];
-        let err = rig.guarded.options().options(&tp, param).await.unwrap_err();
+        let err = rig.guarded_options.options(&tp, param).await.unwrap_err();
         assert!(err.to_string().contains("refused"), "{url}: {err}");
         tried += 3;
     }
