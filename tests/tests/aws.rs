@@ -514,14 +514,17 @@ async fn an_async_touchpoint_is_scheduled_and_finished_by_the_poller() {
         .clients
         .scheduler
         .get_schedule()
-        .name(schedule_name(1, &id))
+        .name(schedule_name(1, &id.as_str().into()))
         .group_name(aws.names.schedule_group.clone().unwrap())
         .send()
         .await
         .expect("a schedule exists");
     assert_eq!(schedule.schedule_expression(), Some("rate(5 minutes)"));
     let target = schedule.target().unwrap();
-    assert_eq!(target.input(), Some(schedule_input(1, &id).as_str()));
+    assert_eq!(
+        target.input(),
+        Some(schedule_input(1, &id.as_str().into()).as_str())
+    );
 
     let mut record = fixture("sqs-dispatch.json")["Records"][0].clone();
     record["body"] = json!(dispatch_body("async-1", &id, 25).to_string());
@@ -614,7 +617,7 @@ async fn an_async_touchpoint_is_scheduled_and_finished_by_the_poller() {
         .clients
         .scheduler
         .get_schedule()
-        .name(schedule_name(1, &id))
+        .name(schedule_name(1, &id.into()))
         .group_name(aws.names.schedule_group.clone().unwrap())
         .send()
         .await;

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use sim::{Esm, Figures, Scheduler, Template};
 use support::{Receiver, Reply, Seen};
 use touchpoint::clock::{Clock, SystemClock};
+use touchpoint::ids::TouchpointId;
 use touchpoint::ledger::RetryPolicy;
 use touchpoint::model::{CampaignRef, ProjectId, Touchpoint};
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
@@ -212,7 +213,7 @@ async fn create_touchpoint(admin: &Touchpoints, name: &str, extra: Value) -> Str
         )
         .await
         .unwrap();
-    tp.id
+    tp.id.into_string()
 }
 
 /// Sends a dispatch of `users` users to the dispatch queue, as the campaign system does.
@@ -594,8 +595,12 @@ impl TouchpointStore for PanicOnce {
     async fn insert(&self, tp: &Touchpoint) -> Result<(), StoreError> {
         self.inner.insert(tp).await
     }
-    async fn get(&self, project: ProjectId, id: &str) -> Result<Option<Touchpoint>, StoreError> {
-        if id == self.id && !self.fired.swap(true, Ordering::SeqCst) {
+    async fn get(
+        &self,
+        project: ProjectId,
+        id: &TouchpointId,
+    ) -> Result<Option<Touchpoint>, StoreError> {
+        if **id == *self.id && !self.fired.swap(true, Ordering::SeqCst) {
             panic!("a bug met by one record");
         }
         self.inner.get(project, id).await
@@ -613,21 +618,30 @@ impl TouchpointStore for PanicOnce {
     async fn update(&self, n: &Touchpoint, v: u64, g: UpdateGuard) -> Result<(), StoreError> {
         self.inner.update(n, v, g).await
     }
-    async fn delete(&self, p: ProjectId, id: &str, v: u64) -> Result<(), StoreError> {
+    async fn delete(&self, p: ProjectId, id: &TouchpointId, v: u64) -> Result<(), StoreError> {
         self.inner.delete(p, id, v).await
     }
-    async fn campaigns(&self, p: ProjectId, id: &str) -> Result<Vec<CampaignRef>, StoreError> {
+    async fn campaigns(
+        &self,
+        p: ProjectId,
+        id: &TouchpointId,
+    ) -> Result<Vec<CampaignRef>, StoreError> {
         self.inner.campaigns(p, id).await
     }
     async fn put_campaign(
         &self,
         p: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         c: &CampaignRef,
     ) -> Result<(), StoreError> {
         self.inner.put_campaign(p, id, c).await
     }
-    async fn delete_campaign(&self, p: ProjectId, id: &str, c: &str) -> Result<bool, StoreError> {
+    async fn delete_campaign(
+        &self,
+        p: ProjectId,
+        id: &TouchpointId,
+        c: &str,
+    ) -> Result<bool, StoreError> {
         self.inner.delete_campaign(p, id, c).await
     }
 }
@@ -744,7 +758,10 @@ async fn scenario_a_five_minute_receipt_timeout_is_polled_and_a_failed_schedule_
         .scheduler
         .delete_schedule()
         .group_name(&group)
-        .name(touchpoint_aws::schedule::schedule_name(1, &tp))
+        .name(touchpoint_aws::schedule::schedule_name(
+            1,
+            &tp.as_str().into(),
+        ))
         .send()
         .await
         .unwrap();

@@ -16,6 +16,7 @@ use touchpoint::delivery::{
     DispatchMeta, DispatchView, HourStats, Opened, PendingBatch, PollRecord, ReasonCount,
     ReceiptLedger, StatsScope,
 };
+use touchpoint::ids::{DispatchId, OrderNo, TouchpointId};
 use touchpoint::ledger::Progress;
 use touchpoint::model::ProjectId;
 use touchpoint::ports::StoreError;
@@ -482,7 +483,10 @@ async fn invalid_dispatches_send_nothing_and_fail_every_user_with_the_reason() {
     let rig = Rig::new(config("20ms", 2_000));
     let tp = rig.touchpoint("sms", &rx.url(), 10).await;
     let off = rig.touchpoint("off", &rx.url(), 10).await;
-    rig.touchpoints.disable(1, &off, None).await.unwrap();
+    rig.touchpoints
+        .disable(1, &off.as_str().into(), None)
+        .await
+        .unwrap();
     type Edit = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         (
@@ -535,7 +539,12 @@ async fn invalid_dispatches_send_nothing_and_fail_every_user_with_the_reason() {
         let mut d = dispatch(&id, &tp, 5);
         edit(&mut d);
         assert_eq!(rig.deliver(&d).await, Handled::Done, "{name}");
-        let view = rig.store.dispatch(1, &id).await.unwrap().unwrap();
+        let view = rig
+            .store
+            .dispatch(1, &id.as_str().into())
+            .await
+            .unwrap()
+            .unwrap();
         let reason = view.rejected.unwrap_or_default();
         assert!(reason.contains(needle), "{name}: {reason}");
         let results = results_of(&rig.batches(&id).await);
@@ -934,10 +943,13 @@ async fn a_dispatch_refused_whole_sends_nothing_when_it_comes_back_after_the_tou
     let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
     let rig = Rig::new(config("50ms", 2_000));
     let tp = rig.touchpoint("fixed", &rx.url(), 10).await;
-    rig.touchpoints.disable(1, &tp, None).await.unwrap();
+    rig.touchpoints
+        .disable(1, &tp.as_str().into(), None)
+        .await
+        .unwrap();
     let d = dispatch("refused-1", &tp, 15);
     assert_eq!(rig.deliver(&d).await, Handled::Done);
-    rig.touchpoints.enable(1, &tp, None).await.unwrap();
+    rig.touchpoints.enable(1, &tp.into(), None).await.unwrap();
     assert_eq!(rig.deliver(&d).await, Handled::Done);
     assert_eq!(rx.requests(), 0, "nothing sent");
     let events = rig.events().await;
@@ -970,7 +982,7 @@ impl DeliveryLedger for CountingClaims {
     async fn save_progress(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
         progress: &Progress,
         now: Millis,
     ) -> Result<(), StoreError> {
@@ -991,7 +1003,7 @@ impl DeliveryLedger for CountingClaims {
         &self,
         meta: &DispatchMeta,
         index: usize,
-        order_no: &str,
+        order_no: &OrderNo,
         users: u32,
         now: Millis,
         lease_until: Millis,
@@ -1011,21 +1023,21 @@ impl DeliveryReports for CountingClaims {
     async fn dispatch(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Option<DispatchView>, StoreError> {
         self.inner.dispatch(project, dispatch_id).await
     }
     async fn dispatch_batches(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Vec<BatchView>, StoreError> {
         self.inner.dispatch_batches(project, dispatch_id).await
     }
     async fn batch(
         &self,
         project: ProjectId,
-        order_no: &str,
+        order_no: &OrderNo,
     ) -> Result<Option<BatchView>, StoreError> {
         self.inner.batch(project, order_no).await
     }
@@ -1066,7 +1078,7 @@ impl DeliveryReports for CountingClaims {
 impl ReceiptLedger for CountingClaims {
     async fn due_polls(
         &self,
-        touchpoint: Option<(ProjectId, &str)>,
+        touchpoint: Option<(ProjectId, &TouchpointId)>,
         now: Millis,
         limit: usize,
     ) -> Result<Vec<PendingBatch>, StoreError> {
@@ -1075,7 +1087,7 @@ impl ReceiptLedger for CountingClaims {
     async fn lease_poll(
         &self,
         project: ProjectId,
-        order_no: &str,
+        order_no: &OrderNo,
         now: Millis,
         until: Millis,
     ) -> Result<bool, StoreError> {
@@ -1087,7 +1099,7 @@ impl ReceiptLedger for CountingClaims {
     async fn pending_receipts(
         &self,
         project: ProjectId,
-        touchpoint_id: &str,
+        touchpoint_id: &TouchpointId,
     ) -> Result<u64, StoreError> {
         self.inner.pending_receipts(project, touchpoint_id).await
     }

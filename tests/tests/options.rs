@@ -259,7 +259,7 @@ async fn dispatches_are_checked_against_the_fetched_codes_and_accepted_when_none
     );
     assert!(
         rig.store
-            .dispatch(1, "ok")
+            .dispatch(1, &("ok").into())
             .await
             .unwrap()
             .unwrap()
@@ -272,7 +272,7 @@ async fn dispatches_are_checked_against_the_fetched_codes_and_accepted_when_none
         .unwrap();
     let rejected = rig
         .store
-        .dispatch(1, "bad")
+        .dispatch(1, &("bad").into())
         .await
         .unwrap()
         .unwrap()
@@ -300,7 +300,7 @@ async fn dispatches_are_checked_against_the_fetched_codes_and_accepted_when_none
         .unwrap();
     assert!(
         rig.store
-            .dispatch(1, "trusting")
+            .dispatch(1, &("trusting").into())
             .await
             .unwrap()
             .unwrap()

@@ -86,7 +86,7 @@ impl Rig {
             )
             .await
             .unwrap();
-        tp.id
+        tp.id.into_string()
     }
 
     async fn dispatch(&self, id: &str, tp: &str, users: i64) {
@@ -99,12 +99,17 @@ impl Rig {
     }
 
     async fn round(&self, tp: &str) -> RoundReport {
-        self.poller.round(Some((1, tp))).await.unwrap()
+        self.poller.round(Some((1, &tp.into()))).await.unwrap()
     }
 
     async fn batches(&self, dispatch_id: &str) -> Vec<BatchView> {
         let mut out = Vec::new();
-        for b in self.store.dispatch_batches(1, dispatch_id).await.unwrap() {
+        for b in self
+            .store
+            .dispatch_batches(1, &dispatch_id.into())
+            .await
+            .unwrap()
+        {
             out.push(self.store.batch(1, &b.order_no).await.unwrap().unwrap());
         }
         out
@@ -142,7 +147,7 @@ impl Rig {
             .await
             .unwrap()
             .into_iter()
-            .map(|(_, t)| t)
+            .map(|(_, t)| t.into_string())
             .collect()
     }
 }
@@ -454,14 +459,21 @@ async fn batches_pending_when_a_touchpoint_switches_to_sync_still_finish() {
     let tp = rig.touchpoint(&rx, 60).await;
     rig.dispatch("d1", &tp, 3).await;
     assert_eq!(rig.schedules().await, vec![tp.clone()]);
-    let off = rig.touchpoints.disable(1, &tp, None).await.unwrap();
+    let off = rig
+        .touchpoints
+        .disable(1, &tp.as_str().into(), None)
+        .await
+        .unwrap();
     let mut edit = json!({
         "version": off.version, "name": off.spec.name, "kind": "benefit", "url": rx.url(), "batchSize": 10,
         "receipt": {"mode": "sync"},
         "userAttributes": [{"attribute": "a", "displayName": "a"}],
         "templateParams": [{"identifier": "t", "displayName": "t", "type": "text"}]
     });
-    rig.touchpoints.update(1, &tp, &edit).await.unwrap();
+    rig.touchpoints
+        .update(1, &tp.as_str().into(), &edit)
+        .await
+        .unwrap();
     assert_eq!(
         rig.schedules().await,
         vec![tp.clone()],
@@ -480,7 +492,10 @@ async fn batches_pending_when_a_touchpoint_switches_to_sync_still_finish() {
     // Back to async: ensured again.
     edit["version"] = json!(off.version + 1);
     edit["receipt"] = json!({"mode": "async", "receiptUrl": rx.receipt_url()});
-    rig.touchpoints.update(1, &tp, &edit).await.unwrap();
+    rig.touchpoints
+        .update(1, &tp.as_str().into(), &edit)
+        .await
+        .unwrap();
     assert_eq!(rig.schedules().await, vec![tp.clone()]);
 }
 
@@ -508,23 +523,39 @@ async fn schedules_follow_the_touchpoint_lifecycle() {
         vec![tp.clone()],
         "ensured at creation"
     );
-    rig.touchpoints.disable(1, &tp, None).await.unwrap();
-    rig.store.remove_schedule_for_test(1, &tp).await;
-    rig.touchpoints.enable(1, &tp, None).await.unwrap();
+    rig.touchpoints
+        .disable(1, &tp.as_str().into(), None)
+        .await
+        .unwrap();
+    rig.store
+        .remove_schedule_for_test(1, &tp.as_str().into())
+        .await;
+    rig.touchpoints
+        .enable(1, &tp.as_str().into(), None)
+        .await
+        .unwrap();
     assert_eq!(
         rig.schedules().await,
         vec![tp.clone()],
         "ensured when enabled"
     );
-    rig.store.remove_schedule_for_test(1, &tp).await;
-    rig.touchpoints.enable(1, &tp, None).await.unwrap();
+    rig.store
+        .remove_schedule_for_test(1, &tp.as_str().into())
+        .await;
+    rig.touchpoints
+        .enable(1, &tp.as_str().into(), None)
+        .await
+        .unwrap();
     assert_eq!(
         rig.schedules().await,
         vec![tp.clone()],
         "enabling an enabled touchpoint re-syncs its schedule"
     );
-    rig.touchpoints.disable(1, &tp, None).await.unwrap();
-    rig.touchpoints.delete(1, &tp, None).await.unwrap();
+    rig.touchpoints
+        .disable(1, &tp.as_str().into(), None)
+        .await
+        .unwrap();
+    rig.touchpoints.delete(1, &tp.into(), None).await.unwrap();
     assert!(
         rig.schedules().await.is_empty(),
         "removed when deleted with nothing pending"
@@ -578,7 +609,7 @@ async fn a_round_near_its_deadline_leaves_its_batches_to_the_next_round() {
     // Less time left than a poll's request timeout and margin.
     let report = rig
         .poller
-        .round_until(Some((1, &tp)), now + 1_000)
+        .round_until(Some((1, &tp.as_str().into())), now + 1_000)
         .await
         .unwrap();
     assert_eq!((report.polled, report.left), (0, 3), "{report:?}");

@@ -656,7 +656,7 @@ pub enum Intake {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DispatchAccepted {
-    pub dispatch_id: String,
+    pub dispatch_id: touchpoint::ids::DispatchId,
     pub status: Intake,
 }
 

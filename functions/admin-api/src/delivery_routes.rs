@@ -9,6 +9,7 @@ use touchpoint::dispatch::{
     Dispatch, DispatchUser, dynamic_data, read_dispatch, render_for_user, resolve_template,
 };
 use touchpoint::ids::random_order_no;
+use touchpoint::ids::{DispatchId, OrderNo, TouchpointId};
 use touchpoint::protocol::UserData;
 use touchpoint::reporting::{BatchReport, DispatchReport, StatsReport, stats_hours};
 use touchpoint_receiver::TestSendReport;
@@ -94,7 +95,7 @@ pub async fn submit_dispatch(
 pub async fn get_dispatch(
     State(state): State<AppState>,
     CampaignSystem(who): CampaignSystem,
-    PathParams(dispatch_id): PathParams<String>,
+    PathParams(dispatch_id): PathParams<DispatchId>,
 ) -> Result<Json<DispatchReport>, ApiError> {
     Ok(Json(
         state
@@ -116,7 +117,7 @@ pub async fn get_dispatch(
 pub async fn get_batch(
     State(state): State<AppState>,
     CampaignSystem(who): CampaignSystem,
-    PathParams(order_no): PathParams<String>,
+    PathParams(order_no): PathParams<OrderNo>,
 ) -> Result<Json<BatchReport>, ApiError> {
     Ok(Json(
         state.reporting.batch(who.project_id, &order_no).await?,
@@ -159,7 +160,7 @@ pub async fn campaign_stats(
 pub async fn touchpoint_stats(
     State(state): State<AppState>,
     Admin(who): Admin,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<TouchpointId>,
     QueryParams(query): QueryParams<StatsQuery>,
 ) -> Result<Json<StatsReport>, ApiError> {
     let hours = stats_hours(query.hours.as_deref())?;
@@ -184,7 +185,7 @@ pub async fn touchpoint_stats(
 pub async fn test_send(
     State(state): State<AppState>,
     Admin(who): Admin,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<TouchpointId>,
     JsonInput(body): JsonInput<TestSendInput>,
 ) -> Result<Json<TestSendReport>, ApiError> {
     if body.users.is_empty() || body.users.len() > MAX_TEST_USERS {
@@ -259,7 +260,7 @@ pub async fn test_send(
 pub async fn param_options(
     State(state): State<AppState>,
     who: Principal,
-    PathParams((id, identifier)): PathParams<(String, String)>,
+    PathParams((id, identifier)): PathParams<(TouchpointId, String)>,
 ) -> Result<Json<OptionsView>, ApiError> {
     let tp = state.touchpoints.get(who.project_id, &id).await?;
     let allowed = match &who.role {

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use touchpoint::ListParams;
+use touchpoint::ids::TouchpointId;
 use touchpoint::view::{CampaignRefView, TouchpointView};
 
 use crate::AppState;
@@ -105,7 +106,7 @@ pub async fn list_touchpoints(
 pub async fn get_touchpoint(
     State(state): State<AppState>,
     Admin(who): Admin,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<TouchpointId>,
 ) -> Result<Response, ApiError> {
     let tp = state.touchpoints.get(who.project_id, &id).await?;
     Ok(touchpoint_json(&tp).into_response())
@@ -125,7 +126,7 @@ pub async fn get_touchpoint(
 pub async fn replace_touchpoint(
     State(state): State<AppState>,
     Admin(who): Admin,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<TouchpointId>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let tp = state.touchpoints.update(who.project_id, &id, &body).await?;
@@ -146,7 +147,7 @@ pub async fn replace_touchpoint(
 pub async fn delete_touchpoint(
     State(state): State<AppState>,
     Admin(who): Admin,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<TouchpointId>,
     QueryParams(query): QueryParams<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let version = match query.version.as_deref() {
@@ -180,7 +181,7 @@ pub async fn delete_touchpoint(
 pub async fn enable_touchpoint(
     State(state): State<AppState>,
     Admin(who): Admin,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<TouchpointId>,
     JsonInput(body): JsonInput<Option<VersionInput>>,
 ) -> Result<Response, ApiError> {
     let version = body.unwrap_or_default().version;
@@ -206,7 +207,7 @@ pub async fn enable_touchpoint(
 pub async fn disable_touchpoint(
     State(state): State<AppState>,
     Admin(who): Admin,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<TouchpointId>,
     JsonInput(body): JsonInput<Option<VersionInput>>,
 ) -> Result<Response, ApiError> {
     let version = body.unwrap_or_default().version;
@@ -232,7 +233,7 @@ pub async fn disable_touchpoint(
 pub async fn set_spaces(
     State(state): State<AppState>,
     Admin(who): Admin,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<TouchpointId>,
     JsonInput(body): JsonInput<SpacesInput>,
 ) -> Result<Response, ApiError> {
     let tp = state
@@ -281,7 +282,7 @@ pub async fn space_touchpoints(
 pub async fn list_campaigns(
     State(state): State<AppState>,
     CampaignSystem(who): CampaignSystem,
-    PathParams(id): PathParams<String>,
+    PathParams(id): PathParams<TouchpointId>,
 ) -> Result<Response, ApiError> {
     let refs = state.touchpoints.campaigns(who.project_id, &id).await?;
     Ok(Json(CampaignRefList {
@@ -304,7 +305,7 @@ pub async fn list_campaigns(
 pub async fn put_campaign(
     State(state): State<AppState>,
     CampaignSystem(who): CampaignSystem,
-    PathParams((id, campaign_id)): PathParams<(String, String)>,
+    PathParams((id, campaign_id)): PathParams<(TouchpointId, String)>,
     JsonInput(body): JsonInput<CampaignRefInput>,
 ) -> Result<Response, ApiError> {
     let campaign = state
@@ -331,7 +332,7 @@ pub async fn put_campaign(
 pub async fn delete_campaign(
     State(state): State<AppState>,
     CampaignSystem(who): CampaignSystem,
-    PathParams((id, campaign_id)): PathParams<(String, String)>,
+    PathParams((id, campaign_id)): PathParams<(TouchpointId, String)>,
 ) -> Result<StatusCode, ApiError> {
     state
         .touchpoints

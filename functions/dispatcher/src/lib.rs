@@ -96,7 +96,7 @@ pub enum Handled {
 struct ScheduleCheck {
     schedule: Arc<dyn ReceiptSchedule>,
     /// Touchpoints whose schedule this process ensured, and when.
-    ensured: Mutex<HashMap<(i64, String), Millis>>,
+    ensured: Mutex<HashMap<(i64, touchpoint::ids::TouchpointId), Millis>>,
 }
 
 /// A schedule ensured by this process is ensured again after this long (it may have been

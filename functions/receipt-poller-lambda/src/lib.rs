@@ -49,13 +49,13 @@ impl PollerLambda {
         let input: ReceiptRoundInput = serde_json::from_value(input).map_err(|e| {
             format!("the input is not {{\"projectId\": …, \"touchpointId\": …}}: {e}")
         })?;
-        let (project, touchpoint) = (input.project_id, input.touchpoint_id.as_str());
+        let (project, touchpoint) = (input.project_id, &input.touchpoint_id);
         let report = self
             .poller
             .round_until(Some((project, touchpoint)), deadline)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(project, touchpoint, ?report, "receipt round");
+        tracing::info!(project, touchpoint = %touchpoint, ?report, "receipt round");
         serde_json::to_value(report).map_err(|e| e.to_string())
     }
 }

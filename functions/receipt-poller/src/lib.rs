@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use touchpoint::ProjectId;
 use touchpoint::clock::{Clock, Millis};
 use touchpoint::delivery::{PendingBatch, PollRecord, ReceiptLedger, ReceiptSchedule, UserResult};
+use touchpoint::ids::TouchpointId;
 use touchpoint::ledger::{PollDecision, decide_poll, may_claim, next_poll_at};
 use touchpoint::model::{Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
@@ -119,7 +120,7 @@ impl ReceiptPoller {
     /// One round for a touchpoint (`Some`) or every touchpoint (`None`), with no time limit.
     pub async fn round(
         self: &Arc<Self>,
-        scope: Option<(ProjectId, &str)>,
+        scope: Option<(ProjectId, &TouchpointId)>,
     ) -> Result<RoundReport, StoreError> {
         self.round_until(scope, Millis::MAX).await
     }
@@ -129,7 +130,7 @@ impl ReceiptPoller {
     /// and come first in the next round (the oldest are polled first).
     pub async fn round_until(
         self: &Arc<Self>,
-        scope: Option<(ProjectId, &str)>,
+        scope: Option<(ProjectId, &TouchpointId)>,
         deadline: Millis,
     ) -> Result<RoundReport, StoreError> {
         let now = self.clock.now_ms();
@@ -138,7 +139,8 @@ impl ReceiptPoller {
             .due_polls(scope, now, self.cfg.max_batches)
             .await?;
         let mut report = RoundReport::default();
-        let mut touchpoints: HashMap<(ProjectId, String), Option<Arc<Touchpoint>>> = HashMap::new();
+        let mut touchpoints: HashMap<(ProjectId, TouchpointId), Option<Arc<Touchpoint>>> =
+            HashMap::new();
         for b in &due {
             if let std::collections::hash_map::Entry::Vacant(slot) =
                 touchpoints.entry((b.project_id, b.touchpoint_id.clone()))
@@ -218,14 +220,14 @@ impl ReceiptPoller {
     async fn retire_schedule_if_done(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
     ) -> Result<(), StoreError> {
         let tp = self.touchpoints.get(project, id).await?;
         let still_async = tp.is_some_and(|t| matches!(t.spec.receipt, Receipt::Async { .. }));
         if !still_async && self.ledger.pending_receipts(project, id).await? == 0 {
             tracing::info!(
                 project,
-                touchpoint = id,
+                touchpoint = %id,
                 "no receipts pending; schedule removed"
             );
             self.schedule.remove(project, id).await?;

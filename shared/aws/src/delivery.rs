@@ -30,6 +30,7 @@ use touchpoint::ProjectId;
 use touchpoint::clock::Millis;
 use touchpoint::delivery::*;
 use touchpoint::dispatch::order_no;
+use touchpoint::ids::{DispatchId, OrderNo, TouchpointId};
 use touchpoint::ledger::{BatchRecord, ClaimDecision, decide_claim, record_condition};
 use touchpoint::ports::StoreError;
 use touchpoint::protocol::UserStatus;
@@ -205,10 +206,12 @@ fn batch_view(item: &Item) -> Result<BatchView, StoreError> {
         .and_then(|s| BatchState::parse(&s))
         .ok_or_else(|| missing("state"))?;
     Ok(BatchView {
-        order_no: get_s(item, "order_no").ok_or_else(|| missing("order_no"))?,
-        dispatch_id: get_s(item, "dispatch_id").unwrap_or_default(),
+        order_no: get_s(item, "order_no")
+            .ok_or_else(|| missing("order_no"))?
+            .into(),
+        dispatch_id: get_s(item, "dispatch_id").unwrap_or_default().into(),
         batch_index: get_n(item, "batch_index").unwrap_or_default(),
-        touchpoint_id: get_s(item, "touchpoint_id").unwrap_or_default(),
+        touchpoint_id: get_s(item, "touchpoint_id").unwrap_or_default().into(),
         campaign_id: get_s(item, "campaign_id").unwrap_or_default(),
         state,
         users: get_n(item, "users").unwrap_or_default(),
@@ -652,7 +655,7 @@ impl DeliveryLedger for DynamoDelivery {
     async fn save_progress(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
         progress: &Progress,
         now: Millis,
     ) -> Result<(), StoreError> {
@@ -771,7 +774,7 @@ impl DeliveryLedger for DynamoDelivery {
         &self,
         meta: &DispatchMeta,
         index: usize,
-        order: &str,
+        order: &OrderNo,
         users: u32,
         now: Millis,
         lease_until: Millis,
@@ -1059,7 +1062,7 @@ impl DeliveryReports for DynamoDelivery {
     async fn dispatch(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Option<DispatchView>, StoreError> {
         let Some(item) = self.get(dispatch_pk(project, dispatch_id), "META").await? else {
             return Ok(None);
@@ -1085,12 +1088,12 @@ impl DeliveryReports for DynamoDelivery {
     async fn dispatch_batches(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Vec<BatchView>, StoreError> {
         let Some(view) = self.dispatch(project, dispatch_id).await? else {
             return Ok(Vec::new());
         };
-        let orders: Vec<String> = if view.rejected.is_some() {
+        let orders: Vec<OrderNo> = if view.rejected.is_some() {
             vec![order_no(project, dispatch_id, usize::MAX)]
         } else {
             (0..view.batches as usize)
@@ -1135,7 +1138,7 @@ impl DeliveryReports for DynamoDelivery {
     async fn batch(
         &self,
         project: ProjectId,
-        order: &str,
+        order: &OrderNo,
     ) -> Result<Option<BatchView>, StoreError> {
         match self.get_batch(project, order).await? {
             Some(item) if get_n::<ProjectId>(&item, "project") == Some(project) => {
@@ -1190,7 +1193,7 @@ impl DeliveryReports for DynamoDelivery {
                 sent: get_n(item, "sent").unwrap_or_default(),
                 succeeded: get_n(item, "succeeded").unwrap_or_default(),
                 failed: get_n(item, "failed").unwrap_or_default(),
-                last_order_no: get_s(item, "last_order"),
+                last_order_no: get_s(item, "last_order").map(OrderNo::from),
             })
         })))
     }
@@ -1212,7 +1215,7 @@ impl DeliveryReports for DynamoDelivery {
                 Some(ReasonCount {
                     reason: get_s(item, "reason")?,
                     count: get_n(item, "count").unwrap_or_default(),
-                    sample_order_no: get_s(item, "sample_order"),
+                    sample_order_no: get_s(item, "sample_order").map(OrderNo::from),
                 })
             }),
             limit,
@@ -1224,7 +1227,7 @@ impl DeliveryReports for DynamoDelivery {
 impl ReceiptLedger for DynamoDelivery {
     async fn due_polls(
         &self,
-        touchpoint: Option<(ProjectId, &str)>,
+        touchpoint: Option<(ProjectId, &TouchpointId)>,
         now: Millis,
         limit: usize,
     ) -> Result<Vec<PendingBatch>, StoreError> {
@@ -1250,9 +1253,11 @@ impl ReceiptLedger for DynamoDelivery {
                 .map_err(aws_err)?;
             for item in page.items() {
                 out.push(PendingBatch {
-                    order_no: get_s(item, "order_no").ok_or_else(|| missing("order_no"))?,
+                    order_no: get_s(item, "order_no")
+                        .ok_or_else(|| missing("order_no"))?
+                        .into(),
                     project_id: project,
-                    touchpoint_id: id.to_owned(),
+                    touchpoint_id: id.clone(),
                     receipt_url: get_s(item, "receipt_url").unwrap_or_default(),
                     pending: json_of(item, "pending")?,
                     accepted_at: get_n(item, "accepted_at").unwrap_or_default(),
@@ -1274,7 +1279,7 @@ impl ReceiptLedger for DynamoDelivery {
     async fn lease_poll(
         &self,
         project: ProjectId,
-        order: &str,
+        order: &OrderNo,
         now: Millis,
         until: Millis,
     ) -> Result<bool, StoreError> {
@@ -1432,7 +1437,7 @@ impl ReceiptLedger for DynamoDelivery {
     async fn pending_receipts(
         &self,
         project: ProjectId,
-        touchpoint_id: &str,
+        touchpoint_id: &TouchpointId,
     ) -> Result<u64, StoreError> {
         let accepted = query_all(
             self.ddb
@@ -1458,7 +1463,7 @@ impl DispatchIntake for DynamoDelivery {
     async fn submit(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
         body: String,
         now: Millis,
     ) -> Result<bool, StoreError> {
@@ -1509,7 +1514,7 @@ impl DispatchIntake for DynamoDelivery {
     async fn submitted(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Option<Submission>, StoreError> {
         let item = self
             .get(dispatch_pk(project, dispatch_id), "INTAKE")

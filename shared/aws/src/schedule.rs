@@ -8,6 +8,7 @@ use aws_sdk_scheduler::types::{FlexibleTimeWindow, FlexibleTimeWindowMode, Targe
 use touchpoint::ProjectId;
 use touchpoint::delivery::ReceiptRoundInput;
 use touchpoint::delivery::ReceiptSchedule;
+use touchpoint::ids::TouchpointId;
 use touchpoint::ports::StoreError;
 
 /// How often each async touchpoint's receipts are polled (protocol §2.2).
@@ -25,7 +26,7 @@ pub struct SchedulerReceipts {
 }
 
 /// The schedule's name: at most 64 characters of `[0-9a-zA-Z-_.]`.
-pub fn schedule_name(project: ProjectId, touchpoint_id: &str) -> String {
+pub fn schedule_name(project: ProjectId, touchpoint_id: &TouchpointId) -> String {
     format!("receipts-{project}-{touchpoint_id}").replace(
         |c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
         "-",
@@ -33,7 +34,7 @@ pub fn schedule_name(project: ProjectId, touchpoint_id: &str) -> String {
 }
 
 /// The `Input` a schedule hands the poller.
-pub fn schedule_input(project: ProjectId, touchpoint_id: &str) -> String {
+pub fn schedule_input(project: ProjectId, touchpoint_id: &TouchpointId) -> String {
     serde_json::to_string(&ReceiptRoundInput {
         project_id: project,
         touchpoint_id: touchpoint_id.to_owned(),
@@ -71,7 +72,11 @@ fn err<E: std::fmt::Debug>(e: E) -> StoreError {
 
 #[async_trait]
 impl ReceiptSchedule for SchedulerReceipts {
-    async fn ensure(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError> {
+    async fn ensure(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &TouchpointId,
+    ) -> Result<(), StoreError> {
         let target = Target::builder()
             .arn(&self.poller_arn)
             .role_arn(&self.role_arn)
@@ -104,7 +109,11 @@ impl ReceiptSchedule for SchedulerReceipts {
         }
     }
 
-    async fn remove(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError> {
+    async fn remove(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &TouchpointId,
+    ) -> Result<(), StoreError> {
         let result = self
             .client
             .delete_schedule()

@@ -22,6 +22,7 @@ use aws_sdk_dynamodb::types::{
     WriteRequest,
 };
 use touchpoint::ProjectId;
+use touchpoint::ids::TouchpointId;
 use touchpoint::model::{CampaignRef, CampaignState, Token, Touchpoint};
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 
@@ -82,7 +83,7 @@ fn to_item(tp: &Touchpoint, blocking: i64) -> Result<Item, StoreError> {
 fn from_item(item: &Item) -> Result<Touchpoint, StoreError> {
     let spec = get_s(item, "spec").ok_or_else(|| missing("spec"))?;
     Ok(Touchpoint {
-        id: get_s(item, "id").ok_or_else(|| missing("id"))?,
+        id: get_s(item, "id").ok_or_else(|| missing("id"))?.into(),
         project_id: get_n(item, "project").ok_or_else(|| missing("project"))?,
         spec: serde_json::from_str(&spec).map_err(StoreError::backend)?,
         token: get_s(item, "token").map(Token::new),
@@ -153,7 +154,7 @@ impl DynamoTouchpoints {
             .build())
     }
 
-    async fn raw(&self, project: ProjectId, id: &str) -> Result<Option<Item>, StoreError> {
+    async fn raw(&self, project: ProjectId, id: &TouchpointId) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -170,7 +171,7 @@ impl DynamoTouchpoints {
     async fn explain(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         expected: u64,
         guard: UpdateGuard,
     ) -> StoreError {
@@ -227,7 +228,12 @@ impl DynamoTouchpoints {
         Ok(())
     }
 
-    fn grant(&self, project: ProjectId, space: &str, id: &str) -> Result<WriteRequest, StoreError> {
+    fn grant(
+        &self,
+        project: ProjectId,
+        space: &str,
+        id: &TouchpointId,
+    ) -> Result<WriteRequest, StoreError> {
         let mut item = key(space_pk(project, space), tp_sk(id));
         item.insert("id".into(), s(id));
         Ok(WriteRequest::builder()
@@ -244,7 +250,7 @@ impl DynamoTouchpoints {
         &self,
         project: ProjectId,
         space: &str,
-        id: &str,
+        id: &TouchpointId,
     ) -> Result<WriteRequest, StoreError> {
         Ok(WriteRequest::builder()
             .delete_request(
@@ -259,7 +265,7 @@ impl DynamoTouchpoints {
     async fn get_ref(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign: &str,
     ) -> Result<Option<CampaignRef>, StoreError> {
         let out = self
@@ -282,7 +288,7 @@ impl DynamoTouchpoints {
     async fn change_ref(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign: &str,
         next: Option<&CampaignRef>,
     ) -> Result<bool, StoreError> {
@@ -411,7 +417,11 @@ impl TouchpointStore for DynamoTouchpoints {
         self.batch_write(grants).await
     }
 
-    async fn get(&self, project: ProjectId, id: &str) -> Result<Option<Touchpoint>, StoreError> {
+    async fn get(
+        &self,
+        project: ProjectId,
+        id: &TouchpointId,
+    ) -> Result<Option<Touchpoint>, StoreError> {
         self.raw(project, id)
             .await?
             .as_ref()
@@ -599,7 +609,7 @@ impl TouchpointStore for DynamoTouchpoints {
     async fn delete(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         expected_version: u64,
     ) -> Result<(), StoreError> {
         let Some(item) = self.raw(project, id).await? else {
@@ -660,7 +670,7 @@ impl TouchpointStore for DynamoTouchpoints {
     async fn campaigns(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
     ) -> Result<Vec<CampaignRef>, StoreError> {
         query_all(
             self.client
@@ -680,7 +690,7 @@ impl TouchpointStore for DynamoTouchpoints {
     async fn put_campaign(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign: &CampaignRef,
     ) -> Result<(), StoreError> {
         self.change_ref(project, id, &campaign.campaign_id, Some(campaign))
@@ -691,7 +701,7 @@ impl TouchpointStore for DynamoTouchpoints {
     async fn delete_campaign(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign_id: &str,
     ) -> Result<bool, StoreError> {
         self.change_ref(project, id, campaign_id, None).await

@@ -61,7 +61,7 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
     );
     assert_eq!(
         ledger
-            .claim_batch(&m, 0, "o1", 2, 1_000, 5_000)
+            .claim_batch(&m, 0, &("o1").into(), 2, 1_000, 5_000)
             .await
             .unwrap(),
         Claim::Send {
@@ -72,7 +72,7 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
     );
     assert_eq!(
         ledger
-            .claim_batch(&m, 0, "o1", 2, 2_000, 6_000)
+            .claim_batch(&m, 0, &("o1").into(), 2, 2_000, 6_000)
             .await
             .unwrap(),
         Claim::NotBefore(5_000),
@@ -95,14 +95,14 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
     ledger.record_attempt(&retry).await.unwrap();
     assert_eq!(
         ledger
-            .claim_batch(&m, 0, "o1", 2, 2_500, 9_000)
+            .claim_batch(&m, 0, &("o1").into(), 2, 2_500, 9_000)
             .await
             .unwrap(),
         Claim::NotBefore(3_000)
     );
     assert_eq!(
         ledger
-            .claim_batch(&m, 0, "o1", 2, 3_000, 9_000)
+            .claim_batch(&m, 0, &("o1").into(), 2, 3_000, 9_000)
             .await
             .unwrap(),
         Claim::Send {
@@ -114,7 +114,7 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
     );
     assert_eq!(
         ledger
-            .claim_batch(&m, 0, "o1", 2, 9_000, 12_000)
+            .claim_batch(&m, 0, &("o1").into(), 2, 9_000, 12_000)
             .await
             .unwrap(),
         Claim::Send {
@@ -126,7 +126,7 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
     );
     assert_eq!(
         ledger
-            .claim_batch(&m, 0, "o1", 2, 12_000, 15_000)
+            .claim_batch(&m, 0, &("o1").into(), 2, 12_000, 15_000)
             .await
             .unwrap(),
         Claim::Send {
@@ -154,7 +154,7 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
     ledger.record_attempt(&done).await.unwrap();
     assert_eq!(
         ledger
-            .claim_batch(&m, 0, "o1", 2, 4_000, 9_000)
+            .claim_batch(&m, 0, &("o1").into(), 2, 4_000, 9_000)
             .await
             .unwrap(),
         Claim::Done
@@ -165,7 +165,7 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
         (2, 1, 1, 0),
         "counted once"
     );
-    let b = ledger.batch(1, "o1").await.unwrap().unwrap();
+    let b = ledger.batch(1, &("o1").into()).await.unwrap().unwrap();
     assert_eq!((b.state, b.attempts), (BatchState::Final, 2));
     let AttemptOutcome::Final(written) = &done.outcome else {
         unreachable!()
@@ -175,7 +175,7 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
         "results read back in order, reasons kept"
     );
     assert!(
-        ledger.batch(2, "o1").await.unwrap().is_none(),
+        ledger.batch(2, &("o1").into()).await.unwrap().is_none(),
         "another project sees nothing"
     );
 }
@@ -189,7 +189,7 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
     let m = meta();
     ledger.open_dispatch(&m, 3, 10, 1_000).await.unwrap();
     ledger
-        .claim_batch(&m, 0, "o2", 3, 1_000, 5_000)
+        .claim_batch(&m, 0, &("o2").into(), 3, 1_000, 5_000)
         .await
         .unwrap();
     let accepted = AttemptRecord {
@@ -237,22 +237,33 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
     );
     assert!(
         ledger
-            .due_polls(Some((1, "tp_1")), 1_500, 10)
+            .due_polls(Some((1, &("tp_1").into())), 1_500, 10)
             .await
             .unwrap()
             .is_empty(),
         "not due yet"
     );
     let due = ledger
-        .due_polls(Some((1, "tp_1")), 2_000, 10)
+        .due_polls(Some((1, &("tp_1").into())), 2_000, 10)
         .await
         .unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].pending, vec![2, 3]);
-    assert_eq!(ledger.pending_receipts(1, "tp_1").await.unwrap(), 2);
-    assert!(ledger.lease_poll(1, "o2", 2_000, 60_000).await.unwrap());
+    assert_eq!(
+        ledger.pending_receipts(1, &("tp_1").into()).await.unwrap(),
+        2
+    );
     assert!(
-        !ledger.lease_poll(1, "o2", 2_001, 60_000).await.unwrap(),
+        ledger
+            .lease_poll(1, &("o2").into(), 2_000, 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ledger
+            .lease_poll(1, &("o2").into(), 2_001, 60_000)
+            .await
+            .unwrap(),
         "one round at a time"
     );
     let poll = PollRecord {
@@ -268,7 +279,7 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
     ledger.record_poll(&poll).await.unwrap();
     assert!(
         ledger
-            .due_polls(Some((1, "tp_1")), 999_999, 10)
+            .due_polls(Some((1, &("tp_1").into())), 999_999, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -280,7 +291,12 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
         .unwrap();
     assert_eq!((stats.succeeded, stats.pending), (3, 0));
     assert_eq!(
-        ledger.batch(1, "o2").await.unwrap().unwrap().state,
+        ledger
+            .batch(1, &("o2").into())
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         BatchState::Final
     );
 }
@@ -291,10 +307,23 @@ async fn intake_queues_a_dispatch_id_once_and_schedules_are_idempotent() {
     let clients = support::clients().await;
     let names = support::provision(&clients).await;
     let ledger = DynamoDelivery::new(&clients, &names);
-    assert!(ledger.submit(1, "d-1", "{}".into(), 1_000).await.unwrap());
-    assert!(!ledger.submit(1, "d-1", "{}".into(), 1_000).await.unwrap());
     assert!(
-        ledger.submit(2, "d-1", "{}".into(), 1_000).await.unwrap(),
+        ledger
+            .submit(1, &("d-1").into(), "{}".into(), 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ledger
+            .submit(1, &("d-1").into(), "{}".into(), 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        ledger
+            .submit(2, &("d-1").into(), "{}".into(), 1_000)
+            .await
+            .unwrap(),
         "ids are per project"
     );
     let queued = clients
@@ -311,8 +340,8 @@ async fn intake_queues_a_dispatch_id_once_and_schedules_are_idempotent() {
     assert_eq!(count, "2");
 
     let schedules = SchedulerReceipts::new(clients.scheduler.clone(), &names).unwrap();
-    schedules.ensure(1, "tp_1").await.unwrap();
-    schedules.ensure(1, "tp_1").await.unwrap();
+    schedules.ensure(1, &("tp_1").into()).await.unwrap();
+    schedules.ensure(1, &("tp_1").into()).await.unwrap();
     let listed = clients
         .scheduler
         .list_schedules()
@@ -321,8 +350,8 @@ async fn intake_queues_a_dispatch_id_once_and_schedules_are_idempotent() {
         .await
         .unwrap();
     assert_eq!(listed.schedules().len(), 1);
-    schedules.remove(1, "tp_1").await.unwrap();
-    schedules.remove(1, "tp_1").await.unwrap();
+    schedules.remove(1, &("tp_1").into()).await.unwrap();
+    schedules.remove(1, &("tp_1").into()).await.unwrap();
     let listed = clients
         .scheduler
         .list_schedules()

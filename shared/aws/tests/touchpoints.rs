@@ -78,7 +78,7 @@ async fn touchpoints_are_stored_listed_and_unique_by_name() {
             1,
             &ListFilter {
                 limit: 10,
-                after_id: Some(ids[2].clone()),
+                after_id: Some(ids[2].to_string()),
                 ..Default::default()
             },
         )

@@ -11,6 +11,7 @@ use touchpoint::ProjectId;
 use touchpoint::clock::Millis;
 use touchpoint::delivery::*;
 use touchpoint::dispatch::order_no;
+use touchpoint::ids::{DispatchId, OrderNo, TouchpointId};
 use touchpoint::ledger::{BatchRecord, ClaimDecision, decide_claim, record_condition};
 use touchpoint::ports::StoreError;
 use touchpoint::protocol::UserStatus;
@@ -147,7 +148,7 @@ fn counts(results: &[UserResult]) -> (i64, i64) {
 /// Queues newly final results of a batch for publication (the results outbox).
 fn enqueue_results(
     tx: &Transaction<'_>,
-    order_no: &str,
+    order_no: &OrderNo,
     results: &[UserResult],
     at: Millis,
 ) -> Result<(), StoreError> {
@@ -275,7 +276,7 @@ impl DeliveryLedger for SqliteStore {
     async fn save_progress(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
         progress: &Progress,
         _now: Millis,
     ) -> Result<(), StoreError> {
@@ -344,7 +345,7 @@ impl DeliveryLedger for SqliteStore {
         &self,
         meta: &DispatchMeta,
         index: usize,
-        order_no: &str,
+        order_no: &OrderNo,
         users: u32,
         now: Millis,
         lease_until: Millis,
@@ -529,7 +530,7 @@ impl DeliveryLedger for SqliteStore {
 impl ReceiptLedger for SqliteStore {
     async fn due_polls(
         &self,
-        touchpoint: Option<(ProjectId, &str)>,
+        touchpoint: Option<(ProjectId, &TouchpointId)>,
         now: Millis,
         limit: usize,
     ) -> Result<Vec<PendingBatch>, StoreError> {
@@ -589,7 +590,7 @@ impl ReceiptLedger for SqliteStore {
     async fn lease_poll(
         &self,
         _project: ProjectId,
-        order_no: &str,
+        order_no: &OrderNo,
         now: Millis,
         until: Millis,
     ) -> Result<bool, StoreError> {
@@ -672,7 +673,7 @@ impl ReceiptLedger for SqliteStore {
     async fn pending_receipts(
         &self,
         project: ProjectId,
-        touchpoint_id: &str,
+        touchpoint_id: &TouchpointId,
     ) -> Result<u64, StoreError> {
         let touchpoint_id = touchpoint_id.to_owned();
         self.tx(move |tx| {
@@ -694,7 +695,7 @@ impl DeliveryReports for SqliteStore {
     async fn dispatch(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Option<DispatchView>, StoreError> {
         let dispatch_id = dispatch_id.to_owned();
         self.tx(move |tx| {
@@ -730,7 +731,7 @@ impl DeliveryReports for SqliteStore {
     async fn dispatch_batches(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Vec<BatchView>, StoreError> {
         let dispatch_id = dispatch_id.to_owned();
         self.tx(move |tx| {
@@ -753,7 +754,7 @@ impl DeliveryReports for SqliteStore {
     async fn batch(
         &self,
         project: ProjectId,
-        order_no: &str,
+        order_no: &OrderNo,
     ) -> Result<Option<BatchView>, StoreError> {
         let order_no = order_no.to_owned();
         self.tx(move |tx| {
@@ -878,7 +879,7 @@ impl SqliteStore {
     pub async fn submit_dispatch(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
         body: String,
         now: Millis,
     ) -> Result<bool, StoreError> {
@@ -1152,7 +1153,7 @@ impl DispatchIntake for SqliteStore {
     async fn submit(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
         body: String,
         now: Millis,
     ) -> Result<bool, StoreError> {
@@ -1162,7 +1163,7 @@ impl DispatchIntake for SqliteStore {
     async fn submitted(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Option<Submission>, StoreError> {
         let dispatch_id = dispatch_id.to_owned();
         self.tx(move |tx| {
@@ -1187,7 +1188,11 @@ impl DispatchIntake for SqliteStore {
 
 #[async_trait]
 impl ReceiptSchedule for SqliteStore {
-    async fn ensure(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError> {
+    async fn ensure(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &TouchpointId,
+    ) -> Result<(), StoreError> {
         let id = touchpoint_id.to_owned();
         self.tx(move |tx| {
             tx.execute_cached(
@@ -1200,7 +1205,11 @@ impl ReceiptSchedule for SqliteStore {
         .await
     }
 
-    async fn remove(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError> {
+    async fn remove(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &TouchpointId,
+    ) -> Result<(), StoreError> {
         let id = touchpoint_id.to_owned();
         self.tx(move |tx| {
             tx.execute_cached(
@@ -1216,7 +1225,7 @@ impl ReceiptSchedule for SqliteStore {
 
 impl SqliteStore {
     /// Touchpoints whose receipts the local ticker polls.
-    pub async fn receipt_schedules(&self) -> Result<Vec<(ProjectId, String)>, StoreError> {
+    pub async fn receipt_schedules(&self) -> Result<Vec<(ProjectId, TouchpointId)>, StoreError> {
         self.tx(|tx| {
             tx.prepare_cached("SELECT project_id, touchpoint_id FROM receipt_schedules ORDER BY project_id, touchpoint_id")
                 .map_err(backend)?
@@ -1232,7 +1241,7 @@ impl SqliteStore {
 impl SqliteStore {
     /// Drops a schedule behind the use cases' back, so tests can watch it being ensured.
     #[doc(hidden)]
-    pub async fn remove_schedule_for_test(&self, project: ProjectId, touchpoint_id: &str) {
+    pub async fn remove_schedule_for_test(&self, project: ProjectId, touchpoint_id: &TouchpointId) {
         let _ = ReceiptSchedule::remove(self, project, touchpoint_id).await;
     }
 }

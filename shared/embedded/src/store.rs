@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicU64;
 use async_trait::async_trait;
 use rusqlite::{Connection, Transaction, params};
 use touchpoint::ProjectId;
+use touchpoint::ids::TouchpointId;
 use touchpoint::model::{CampaignRef, CampaignState, Token, Touchpoint, TouchpointSpec};
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 
@@ -318,7 +319,7 @@ fn query_touchpoints(
 fn get_row(
     tx: &Transaction<'_>,
     project: ProjectId,
-    id: &str,
+    id: &TouchpointId,
 ) -> Result<Option<Touchpoint>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM touchpoints WHERE project_id = ?1 AND id = ?2");
     Ok(query_touchpoints(tx, &sql, &[&project, &id])?.pop())
@@ -353,7 +354,7 @@ fn write_spaces(tx: &Transaction<'_>, tp: &Touchpoint) -> Result<(), StoreError>
 fn campaigns_of(
     tx: &Transaction<'_>,
     project: ProjectId,
-    id: &str,
+    id: &TouchpointId,
 ) -> Result<Vec<CampaignRef>, StoreError> {
     let mut stmt = tx
         .prepare_cached(
@@ -424,7 +425,11 @@ impl TouchpointStore for SqliteStore {
         .await
     }
 
-    async fn get(&self, project: ProjectId, id: &str) -> Result<Option<Touchpoint>, StoreError> {
+    async fn get(
+        &self,
+        project: ProjectId,
+        id: &TouchpointId,
+    ) -> Result<Option<Touchpoint>, StoreError> {
         let id = id.to_owned();
         self.tx(move |tx| get_row(tx, project, &id)).await
     }
@@ -549,7 +554,7 @@ impl TouchpointStore for SqliteStore {
     async fn delete(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         expected_version: u64,
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
@@ -576,7 +581,7 @@ impl TouchpointStore for SqliteStore {
     async fn campaigns(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
     ) -> Result<Vec<CampaignRef>, StoreError> {
         let id = id.to_owned();
         self.tx(move |tx| campaigns_of(tx, project, &id)).await
@@ -585,7 +590,7 @@ impl TouchpointStore for SqliteStore {
     async fn put_campaign(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign: &CampaignRef,
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
@@ -611,7 +616,7 @@ impl TouchpointStore for SqliteStore {
     async fn delete_campaign(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign_id: &str,
     ) -> Result<bool, StoreError> {
         let (id, campaign_id) = (id.to_owned(), campaign_id.to_owned());

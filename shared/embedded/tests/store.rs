@@ -60,7 +60,7 @@ async fn guards_hold_at_the_moment_of_the_write() {
 
     // A live campaign arrives after the use case looked: the disabling write still refuses.
     store
-        .put_campaign(1, "tp_1", &running("cmp-42"))
+        .put_campaign(1, &("tp_1").into(), &running("cmp-42"))
         .await
         .unwrap();
     let mut off = tp.clone();
@@ -83,24 +83,35 @@ async fn guards_hold_at_the_moment_of_the_write() {
         store.update(&off, 7, UpdateGuard::None).await,
         Err(StoreError::VersionConflict { current: 1 })
     ));
-    store.delete_campaign(1, "tp_1", "cmp-42").await.unwrap();
+    store
+        .delete_campaign(1, &("tp_1").into(), "cmp-42")
+        .await
+        .unwrap();
     store
         .update(&off, 1, UpdateGuard::NoBlockingCampaigns)
         .await
         .unwrap();
     // Once disabled, a live campaign cannot attach.
     assert!(matches!(
-        store.put_campaign(1, "tp_1", &running("cmp-43")).await,
+        store
+            .put_campaign(1, &("tp_1").into(), &running("cmp-43"))
+            .await,
         Err(StoreError::Disabled)
     ));
     // Deleting checks the version, and removes the references too.
     assert!(matches!(
-        store.delete(1, "tp_1", 1).await,
+        store.delete(1, &("tp_1").into(), 1).await,
         Err(StoreError::VersionConflict { current: 2 })
     ));
-    store.delete(1, "tp_1", 2).await.unwrap();
-    assert!(store.get(1, "tp_1").await.unwrap().is_none());
-    assert!(store.campaigns(1, "tp_1").await.unwrap().is_empty());
+    store.delete(1, &("tp_1").into(), 2).await.unwrap();
+    assert!(store.get(1, &("tp_1").into()).await.unwrap().is_none());
+    assert!(
+        store
+            .campaigns(1, &("tp_1").into())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -115,7 +126,7 @@ async fn names_are_unique_per_project() {
     other.project_id = 2;
     store.insert(&other).await.unwrap();
     assert!(
-        store.get(1, "tp_3").await.unwrap().is_none(),
+        store.get(1, &("tp_3").into()).await.unwrap().is_none(),
         "projects do not see each other"
     );
 }
@@ -128,14 +139,14 @@ async fn everything_survives_reopening_the_data_directory() {
         let store = SqliteStore::open(dir.path()).unwrap();
         store.insert(&tp).await.unwrap();
         store
-            .put_campaign(1, "tp_1", &running("cmp-42"))
+            .put_campaign(1, &("tp_1").into(), &running("cmp-42"))
             .await
             .unwrap();
     }
     let store = SqliteStore::open(dir.path()).unwrap();
-    assert_eq!(store.get(1, "tp_1").await.unwrap(), Some(tp));
+    assert_eq!(store.get(1, &("tp_1").into()).await.unwrap(), Some(tp));
     assert_eq!(
-        store.campaigns(1, "tp_1").await.unwrap(),
+        store.campaigns(1, &("tp_1").into()).await.unwrap(),
         vec![running("cmp-42")]
     );
     let listed = store.list_for_space(1, "space-a").await.unwrap();
@@ -158,25 +169,37 @@ async fn everything_survives_reopening_the_data_directory() {
 async fn the_intake_knows_a_dispatch_from_submission_to_dead_letter() {
     use touchpoint::delivery::{DispatchIntake, Submission};
     let store = SqliteStore::in_memory().unwrap();
-    assert_eq!(store.submitted(1, "d1").await.unwrap(), None);
-    assert!(store.submit(1, "d1", "{}".into(), 1_000).await.unwrap());
+    assert_eq!(store.submitted(1, &("d1").into()).await.unwrap(), None);
     assert!(
-        !store.submit(1, "d1", "{}".into(), 2_000).await.unwrap(),
+        store
+            .submit(1, &("d1").into(), "{}".into(), 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .submit(1, &("d1").into(), "{}".into(), 2_000)
+            .await
+            .unwrap(),
         "once"
     );
     assert_eq!(
-        store.submitted(1, "d1").await.unwrap(),
+        store.submitted(1, &("d1").into()).await.unwrap(),
         Some(Submission {
             received_at: 1_000,
             dead_letter_reason: None
         })
     );
-    assert_eq!(store.submitted(2, "d1").await.unwrap(), None, "per project");
+    assert_eq!(
+        store.submitted(2, &("d1").into()).await.unwrap(),
+        None,
+        "per project"
+    );
     let message = store.receive(1_000, 60_000).await.unwrap().unwrap();
     store.dead_letter(message.id, "not JSON").await.unwrap();
     assert_eq!(
         store
-            .submitted(1, "d1")
+            .submitted(1, &("d1").into())
             .await
             .unwrap()
             .unwrap()

@@ -65,7 +65,7 @@ struct Entry {
     fetched_at: Millis,
 }
 
-type Key = (i64, String, String, String);
+type Key = (i64, touchpoint::ids::TouchpointId, String, String);
 
 /// The per-process cache.
 pub struct EnumOptions {

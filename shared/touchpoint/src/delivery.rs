@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
+use crate::ids::{DispatchId, OrderNo, TouchpointId};
 pub use crate::ledger::Progress;
 use crate::model::{Kind, ProjectId};
 use crate::ports::StoreError;
@@ -18,11 +19,11 @@ use crate::protocol::UserStatus;
 #[serde(rename_all = "camelCase")]
 pub struct DispatchMeta {
     pub project_id: ProjectId,
-    pub dispatch_id: String,
+    pub dispatch_id: DispatchId,
     pub space_id: String,
     pub campaign_id: String,
     pub strategy_id: Option<String>,
-    pub touchpoint_id: String,
+    pub touchpoint_id: TouchpointId,
     pub touchpoint_kind: Option<Kind>,
 }
 
@@ -100,7 +101,7 @@ pub struct AttemptRecord {
     /// The dispatch the batch belongs to: adapters publish results and move counters from it
     /// without reading the batch back.
     pub meta: DispatchMeta,
-    pub order_no: String,
+    pub order_no: OrderNo,
     pub batch_index: usize,
     /// When the batch was first sent, as its claim reported.
     pub sent_at: Millis,
@@ -132,9 +133,9 @@ pub enum AttemptOutcome {
 /// An accepted batch whose receipt is due.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingBatch {
-    pub order_no: String,
+    pub order_no: OrderNo,
     pub project_id: ProjectId,
-    pub touchpoint_id: String,
+    pub touchpoint_id: TouchpointId,
     pub receipt_url: String,
     pub pending: Vec<i64>,
     pub accepted_at: Millis,
@@ -147,7 +148,7 @@ pub struct PendingBatch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PollRecord {
     pub project_id: ProjectId,
-    pub order_no: String,
+    pub order_no: OrderNo,
     pub at: Millis,
     /// Users that became final now.
     pub settled: Vec<UserResult>,
@@ -162,10 +163,10 @@ pub struct PollRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchView {
-    pub order_no: String,
-    pub dispatch_id: String,
+    pub order_no: OrderNo,
+    pub dispatch_id: DispatchId,
     pub batch_index: i64,
-    pub touchpoint_id: String,
+    pub touchpoint_id: TouchpointId,
     pub campaign_id: String,
     pub state: BatchState,
     pub users: u32,
@@ -237,7 +238,7 @@ pub struct HourStats {
     pub succeeded: u64,
     pub failed: u64,
     /// A batch that moved these counters last, for drill-down.
-    pub last_order_no: Option<String>,
+    pub last_order_no: Option<OrderNo>,
 }
 
 /// How often one failure reason was recorded.
@@ -247,7 +248,7 @@ pub struct ReasonCount {
     pub reason: String,
     pub count: u64,
     /// A batch with users that failed for this reason, for drill-down.
-    pub sample_order_no: Option<String>,
+    pub sample_order_no: Option<OrderNo>,
 }
 
 /// One hour in milliseconds.
@@ -344,7 +345,7 @@ pub trait DeliveryLedger: Send + Sync {
     async fn save_progress(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
         progress: &Progress,
         now: Millis,
     ) -> Result<(), StoreError>;
@@ -363,7 +364,7 @@ pub trait DeliveryLedger: Send + Sync {
         &self,
         meta: &DispatchMeta,
         index: usize,
-        order_no: &str,
+        order_no: &OrderNo,
         users: u32,
         now: Millis,
         lease_until: Millis,
@@ -380,19 +381,19 @@ pub trait DeliveryReports: Send + Sync {
     async fn dispatch(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Option<DispatchView>, StoreError>;
 
     async fn dispatch_batches(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Vec<BatchView>, StoreError>;
 
     async fn batch(
         &self,
         project: ProjectId,
-        order_no: &str,
+        order_no: &OrderNo,
     ) -> Result<Option<BatchView>, StoreError>;
 
     async fn stats(
@@ -433,7 +434,7 @@ pub trait ReceiptLedger: Send + Sync {
     /// through an index of accepted batches by touchpoint and next poll time.
     async fn due_polls(
         &self,
-        touchpoint: Option<(ProjectId, &str)>,
+        touchpoint: Option<(ProjectId, &TouchpointId)>,
         now: Millis,
         limit: usize,
     ) -> Result<Vec<PendingBatch>, StoreError>;
@@ -443,7 +444,7 @@ pub trait ReceiptLedger: Send + Sync {
     async fn lease_poll(
         &self,
         project: ProjectId,
-        order_no: &str,
+        order_no: &OrderNo,
         now: Millis,
         until: Millis,
     ) -> Result<bool, StoreError>;
@@ -456,7 +457,7 @@ pub trait ReceiptLedger: Send + Sync {
     async fn pending_receipts(
         &self,
         project: ProjectId,
-        touchpoint_id: &str,
+        touchpoint_id: &TouchpointId,
     ) -> Result<u64, StoreError>;
 }
 
@@ -469,8 +470,16 @@ impl<T: DeliveryLedger + ReceiptLedger + DeliveryReports + ?Sized> DeliveryStore
 /// locally, EventBridge Scheduler on AWS.
 #[async_trait]
 pub trait ReceiptSchedule: Send + Sync {
-    async fn ensure(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError>;
-    async fn remove(&self, project: ProjectId, touchpoint_id: &str) -> Result<(), StoreError>;
+    async fn ensure(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &TouchpointId,
+    ) -> Result<(), StoreError>;
+    async fn remove(
+        &self,
+        project: ProjectId,
+        touchpoint_id: &TouchpointId,
+    ) -> Result<(), StoreError>;
 }
 
 /// What a touchpoint's receipt schedule hands the receipt poller each time it fires (the
@@ -479,7 +488,7 @@ pub trait ReceiptSchedule: Send + Sync {
 #[serde(rename_all = "camelCase")]
 pub struct ReceiptRoundInput {
     pub project_id: ProjectId,
-    pub touchpoint_id: String,
+    pub touchpoint_id: TouchpointId,
 }
 
 /// Where dispatches are handed in over HTTP: stored durably and queued for the dispatcher.
@@ -489,7 +498,7 @@ pub trait DispatchIntake: Send + Sync {
     async fn submit(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
         body: String,
         now: Millis,
     ) -> Result<bool, StoreError>;
@@ -498,7 +507,7 @@ pub trait DispatchIntake: Send + Sync {
     async fn submitted(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<Option<Submission>, StoreError>;
 }
 
@@ -567,7 +576,7 @@ mod tests {
             sent,
             succeeded: 0,
             failed: 0,
-            last_order_no: order.map(str::to_owned),
+            last_order_no: order.map(OrderNo::from),
         };
         let merged = merge_hours([h(HOUR_MS, 2, Some("a")), h(0, 1, None), h(HOUR_MS, 3, None)]);
         assert_eq!(merged, [h(0, 1, None), h(HOUR_MS, 5, Some("a"))]);

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::ids::{DispatchId, OrderNo, TouchpointId};
 use crate::input::{ValueContext, check_template_value};
 use crate::model::{ParamType, ProjectId, Touchpoint};
 use crate::protocol::UserData;
@@ -28,13 +29,13 @@ pub struct DispatchUser {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Dispatch {
-    pub dispatch_id: String,
+    pub dispatch_id: DispatchId,
     pub project_id: ProjectId,
     pub space_id: String,
     pub campaign_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy_id: Option<String>,
-    pub touchpoint_id: String,
+    pub touchpoint_id: TouchpointId,
     #[serde(default)]
     pub template_values: Map<String, Value>,
     pub users: Vec<DispatchUser>,
@@ -145,12 +146,12 @@ fn checked_wire(w: Wire) -> Option<Dispatch> {
     };
     users_ok.then_some(())?;
     Some(Dispatch {
-        dispatch_id: clean_id(&w.dispatch_id)?,
+        dispatch_id: DispatchId::new(clean_id(&w.dispatch_id)?),
         project_id: w.project_id,
         space_id: clean_id(&w.space_id)?,
         campaign_id: clean_id(&w.campaign_id)?,
         strategy_id,
-        touchpoint_id: clean_id(&w.touchpoint_id)?,
+        touchpoint_id: TouchpointId::new(clean_id(&w.touchpoint_id)?),
         template_values: object_or_empty(w.template_values).ok()?,
         users,
     })
@@ -292,12 +293,12 @@ pub fn read_dispatch(v: &Value) -> Result<(Dispatch, Vec<String>), Malformed> {
     };
     Ok((
         Dispatch {
-            dispatch_id,
+            dispatch_id: DispatchId::new(dispatch_id),
             project_id,
             space_id,
             campaign_id,
             strategy_id,
-            touchpoint_id,
+            touchpoint_id: TouchpointId::new(touchpoint_id),
             template_values,
             users,
         },
@@ -387,20 +388,20 @@ pub fn resolve_template_with(
 
 /// The `orderNo` of batch `index` of a dispatch: the same on every attempt and every
 /// re-processing, unique across projects and dispatches.
-pub fn order_no(project: ProjectId, dispatch_id: &str, index: usize) -> String {
+pub fn order_no(project: ProjectId, dispatch_id: &str, index: usize) -> OrderNo {
     let mut h = Sha256::new();
     h.update(project.to_be_bytes());
     h.update((dispatch_id.len() as u64).to_be_bytes());
     h.update(dispatch_id.as_bytes());
     h.update((index as u64).to_be_bytes());
-    hex::encode(&h.finalize()[..16])
+    OrderNo::new(hex::encode(&h.finalize()[..16]))
 }
 
 /// One batch to send.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedBatch {
     pub index: usize,
-    pub order_no: String,
+    pub order_no: OrderNo,
     pub users: Vec<UserData>,
 }
 

@@ -1,6 +1,126 @@
-//! Identifiers: `tp_` followed by a ULID, so ids sort by creation time and page stably.
+//! Identifiers: `tp_` followed by a ULID, so ids sort by creation time and page stably; and
+//! the string ids that are easy to swap (a touchpoint's, a dispatch's, a batch's `orderNo`) as
+//! types of their own, so that a function taking two of them cannot be handed them the wrong
+//! way round.
 
 use crate::clock::Millis;
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[serde(transparent)]
+        #[schema(value_type = String)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(id: impl Into<String>) -> $name {
+                $name(id.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        /// Made from text explicitly (`.into()` at an edge); never from another kind of id.
+        impl From<String> for $name {
+            fn from(id: String) -> $name {
+                $name(id)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> $name {
+                $name(id.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl From<&$name> for String {
+            fn from(id: &$name) -> String {
+                id.0.clone()
+            }
+        }
+
+        /// Reads as the text it is.
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        #[cfg(feature = "rusqlite")]
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                self.0.to_sql()
+            }
+        }
+
+        #[cfg(feature = "rusqlite")]
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<$name> {
+                String::column_result(value).map($name)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A touchpoint's id (`tp_` and a ULID; any text when read from outside, until checked).
+    TouchpointId
+);
+string_id!(
+    /// A dispatch's id, chosen by the campaign system.
+    DispatchId
+);
+string_id!(
+    /// A batch's `orderNo` (protocol §1): derived from the project, dispatch and batch index.
+    OrderNo
+);
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -8,8 +128,8 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 pub const TOUCHPOINT_PREFIX: &str = "tp_";
 
 /// A new touchpoint id for a touchpoint created at `now`.
-pub fn new_touchpoint_id(now: Millis) -> String {
-    format!("{TOUCHPOINT_PREFIX}{}", ulid(now))
+pub fn new_touchpoint_id(now: Millis) -> TouchpointId {
+    TouchpointId(format!("{TOUCHPOINT_PREFIX}{}", ulid(now)))
 }
 
 /// A 26-character ULID: 48 bits of milliseconds, then 80 random bits, in Crockford base 32.

@@ -9,6 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::clock::Millis;
+use crate::ids::TouchpointId;
 
 /// A project of the data center; every resource belongs to exactly one.
 pub type ProjectId = i64;
@@ -236,7 +237,7 @@ impl std::fmt::Debug for Token {
 /// A registered touchpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Touchpoint {
-    pub id: String,
+    pub id: TouchpointId,
     pub project_id: ProjectId,
     pub spec: TouchpointSpec,
     pub token: Option<Token>,

@@ -7,6 +7,7 @@
 
 use async_trait::async_trait;
 
+use crate::ids::TouchpointId;
 use crate::model::{CampaignRef, Kind, ProjectId, Touchpoint};
 
 /// Which touchpoints a listing returns, after which id, and how many.
@@ -61,7 +62,11 @@ pub trait TouchpointStore: Send + Sync {
     /// Stores a new touchpoint; its name must be free in its project.
     async fn insert(&self, tp: &Touchpoint) -> Result<(), StoreError>;
 
-    async fn get(&self, project: ProjectId, id: &str) -> Result<Option<Touchpoint>, StoreError>;
+    async fn get(
+        &self,
+        project: ProjectId,
+        id: &TouchpointId,
+    ) -> Result<Option<Touchpoint>, StoreError>;
 
     /// Touchpoints of a project in id order, filtered; at most `filter.limit`.
     async fn list(
@@ -90,20 +95,23 @@ pub trait TouchpointStore: Send + Sync {
     async fn delete(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         expected_version: u64,
     ) -> Result<(), StoreError>;
 
     /// Campaign references of a touchpoint, by campaign id.
-    async fn campaigns(&self, project: ProjectId, id: &str)
-    -> Result<Vec<CampaignRef>, StoreError>;
+    async fn campaigns(
+        &self,
+        project: ProjectId,
+        id: &TouchpointId,
+    ) -> Result<Vec<CampaignRef>, StoreError>;
 
     /// Creates or replaces a campaign reference. A reference in a blocking state is refused
     /// ([`StoreError::Disabled`]) when the touchpoint is disabled at that moment.
     async fn put_campaign(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign: &CampaignRef,
     ) -> Result<(), StoreError>;
 
@@ -111,7 +119,7 @@ pub trait TouchpointStore: Send + Sync {
     async fn delete_campaign(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign_id: &str,
     ) -> Result<bool, StoreError>;
 }

@@ -14,6 +14,7 @@ use crate::delivery::{
     HourStats, ReasonCount, StatsScope, hour_of,
 };
 use crate::error::{DomainError, FieldError};
+use crate::ids::{DispatchId, OrderNo, TouchpointId};
 use crate::model::ProjectId;
 
 /// Longest statistics window: one week of hours.
@@ -66,7 +67,7 @@ pub struct DispatchCounts {
 #[serde(rename_all = "camelCase")]
 pub struct BatchSummary {
     /// The batch's `orderNo`: read it at `/v1/batches/{orderNo}`.
-    pub order_no: String,
+    pub order_no: OrderNo,
     pub index: i64,
     pub state: BatchState,
     pub users: u32,
@@ -81,7 +82,7 @@ pub struct BatchSummary {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DispatchReport {
-    pub dispatch_id: String,
+    pub dispatch_id: DispatchId,
     pub project_id: ProjectId,
     /// Known once the dispatcher opened the dispatch.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,7 +92,7 @@ pub struct DispatchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub space_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub touchpoint_id: Option<String>,
+    pub touchpoint_id: Option<TouchpointId>,
     pub state: DispatchState,
     /// Why the dispatch was refused or dead-lettered, when it was.
     pub rejected: Option<String>,
@@ -162,10 +163,10 @@ pub struct UserResultReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchReport {
-    pub order_no: String,
-    pub dispatch_id: String,
+    pub order_no: OrderNo,
+    pub dispatch_id: DispatchId,
     pub index: i64,
-    pub touchpoint_id: String,
+    pub touchpoint_id: TouchpointId,
     pub campaign_id: String,
     pub state: BatchState,
     pub users: u32,
@@ -244,7 +245,7 @@ pub struct HourReport {
     /// Users still pending at the end of the hour.
     pub pending: u64,
     /// A batch settled in the hour, for drill-down.
-    pub last_order_no: Option<String>,
+    pub last_order_no: Option<OrderNo>,
 }
 
 /// The window a statistics report covers.
@@ -271,7 +272,7 @@ pub struct StatsReport {
     pub campaign_id: Option<String>,
     /// On a touchpoint's statistics.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub touchpoint_id: Option<String>,
+    pub touchpoint_id: Option<TouchpointId>,
     pub sent: u64,
     pub succeeded: u64,
     pub failed: u64,
@@ -373,7 +374,7 @@ impl Reporting {
     pub async fn dispatch(
         &self,
         project: ProjectId,
-        dispatch_id: &str,
+        dispatch_id: &DispatchId,
     ) -> Result<DispatchReport, DomainError> {
         if let Some(view) = self.store.dispatch(project, dispatch_id).await? {
             let batches = self.store.dispatch_batches(project, dispatch_id).await?;
@@ -406,7 +407,7 @@ impl Reporting {
     pub async fn batch(
         &self,
         project: ProjectId,
-        order_no: &str,
+        order_no: &OrderNo,
     ) -> Result<BatchReport, DomainError> {
         self.store
             .batch(project, order_no)
@@ -439,7 +440,7 @@ impl Reporting {
         let failed: u64 = series.iter().map(|h| h.failed).sum();
         Ok(StatsReport {
             campaign_id: (scope == StatsScope::Campaign).then(|| key.to_owned()),
-            touchpoint_id: (scope == StatsScope::Touchpoint).then(|| key.to_owned()),
+            touchpoint_id: (scope == StatsScope::Touchpoint).then(|| key.into()),
             sent: c.sent,
             succeeded: c.succeeded,
             failed: c.failed,

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::delivery::{ReceiptLedger, ReceiptSchedule};
 use crate::error::{DomainError, FieldError};
+use crate::ids::TouchpointId;
 use crate::ids::{is_touchpoint_id, new_touchpoint_id};
 pub use crate::input::UrlPolicy;
 use crate::input::{TokenPatch, parse_touchpoint};
@@ -125,7 +126,11 @@ impl Touchpoints {
         Ok(tp)
     }
 
-    pub async fn get(&self, project: ProjectId, id: &str) -> Result<Touchpoint, DomainError> {
+    pub async fn get(
+        &self,
+        project: ProjectId,
+        id: &TouchpointId,
+    ) -> Result<Touchpoint, DomainError> {
         if !is_touchpoint_id(id) {
             return Err(DomainError::NotFound("touchpoint"));
         }
@@ -208,7 +213,9 @@ impl Touchpoints {
         let mut items = self.store.list(project, &filter).await?;
         let next_cursor = if items.len() > limit {
             items.truncate(limit);
-            items.last().map(|tp| URL_SAFE_NO_PAD.encode(&tp.id))
+            items
+                .last()
+                .map(|tp| URL_SAFE_NO_PAD.encode(tp.id.as_str()))
         } else {
             None
         };
@@ -219,7 +226,7 @@ impl Touchpoints {
     pub async fn update(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         body: &Value,
     ) -> Result<Touchpoint, DomainError> {
         let current = self.get(project, id).await?;
@@ -255,7 +262,7 @@ impl Touchpoints {
     pub async fn enable(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         expected: Option<u64>,
     ) -> Result<Touchpoint, DomainError> {
         let current = self.get(project, id).await?;
@@ -278,7 +285,7 @@ impl Touchpoints {
     pub async fn disable(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         expected: Option<u64>,
     ) -> Result<Touchpoint, DomainError> {
         let current = self.get(project, id).await?;
@@ -308,7 +315,7 @@ impl Touchpoints {
     pub async fn set_spaces(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         spaces: Vec<String>,
         expected: Option<u64>,
     ) -> Result<Touchpoint, DomainError> {
@@ -328,7 +335,7 @@ impl Touchpoints {
     pub async fn delete(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         expected: Option<u64>,
     ) -> Result<(), DomainError> {
         let current = self.get(project, id).await?;
@@ -354,7 +361,7 @@ impl Touchpoints {
     pub async fn campaigns(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
     ) -> Result<Vec<CampaignRef>, DomainError> {
         self.get(project, id).await?;
         Ok(self.store.campaigns(project, id).await?)
@@ -365,7 +372,7 @@ impl Touchpoints {
     pub async fn put_campaign(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign_id: &str,
         state: CampaignState,
         name: Option<&str>,
@@ -382,7 +389,7 @@ impl Touchpoints {
     pub async fn delete_campaign(
         &self,
         project: ProjectId,
-        id: &str,
+        id: &TouchpointId,
         campaign_id: &str,
     ) -> Result<(), DomainError> {
         self.get(project, id).await?;

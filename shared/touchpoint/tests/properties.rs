@@ -153,7 +153,7 @@ proptest! {
         let mut template_values = Map::new();
         template_values.insert("title".into(), Value::String(title));
         let d = Dispatch {
-            dispatch_id: id,
+            dispatch_id: id.into(),
             project_id: project,
             space_id: "space-a".into(),
             campaign_id: "cmp".into(),

@@ -274,7 +274,7 @@ async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_sen
             Handled::Done,
             "{url}"
         );
-        let batches = rig.store.dispatch_batches(1, &id).await.unwrap();
+        let batches = rig.store.dispatch_batches(1, &id.into()).await.unwrap();
         let b = rig
             .store
             .batch(1, &batches[0].order_no)
@@ -335,7 +335,13 @@ async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_sen
     rig.poller.round(None).await.unwrap();
     for (i, url) in urls.iter().enumerate() {
         let id = format!("receipt-{i}");
-        let Some(b) = rig.store.dispatch_batches(1, &id).await.unwrap().pop() else {
+        let Some(b) = rig
+            .store
+            .dispatch_batches(1, &id.into())
+            .await
+            .unwrap()
+            .pop()
+        else {
             continue;
         };
         let b = rig.store.batch(1, &b.order_no).await.unwrap().unwrap();

@@ -411,7 +411,11 @@ impl Scheduler {
 /// Every batch of a dispatch with its per-user results.
 pub async fn batches(ledger: &dyn DeliveryStore, project: i64, dispatch: &str) -> Vec<BatchView> {
     let mut out = Vec::new();
-    for b in ledger.dispatch_batches(project, dispatch).await.unwrap() {
+    for b in ledger
+        .dispatch_batches(project, &dispatch.into())
+        .await
+        .unwrap()
+    {
         out.push(ledger.batch(project, &b.order_no).await.unwrap().unwrap());
     }
     out
@@ -447,7 +451,11 @@ pub async fn until_final(
         if started.elapsed() > limit {
             let mut states: HashMap<&'static str, usize> = HashMap::new();
             for (id, _) in dispatches {
-                for b in ledger.dispatch_batches(1, id).await.unwrap() {
+                for b in ledger
+                    .dispatch_batches(1, &id.as_str().into())
+                    .await
+                    .unwrap()
+                {
                     *states.entry(b.state.as_str()).or_default() += 1;
                 }
             }

@@ -86,7 +86,7 @@ impl Rig {
             )
             .await
             .unwrap();
-        tp.id
+        tp.id.into_string()
     }
 
     /// Handles the message until it is done, sleeping through retries like the queue would.
@@ -110,7 +110,12 @@ impl Rig {
 
     pub async fn batches(&self, dispatch_id: &str) -> Vec<BatchView> {
         let mut out = Vec::new();
-        for b in self.store.dispatch_batches(1, dispatch_id).await.unwrap() {
+        for b in self
+            .store
+            .dispatch_batches(1, &dispatch_id.into())
+            .await
+            .unwrap()
+        {
             out.push(self.store.batch(1, &b.order_no).await.unwrap().unwrap());
         }
         out
