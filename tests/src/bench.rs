@@ -338,7 +338,8 @@ async fn limit(
             bodies.push((body, headers, b.users.len()));
         }
     }
-    let client = reqwest::Client::builder()
+    let client = touchpoint_outbound::client_builder()
+        .expect("client")
         .no_proxy()
         .build()
         .expect("client");
@@ -541,7 +542,8 @@ async fn service(receiver: &Process, batch: u16, o: &Options, binary: &Path) -> 
         .env("TOUCHPOINT_ALLOW_PRIVATE_NETWORKS", "true")
         .env("TOUCHPOINT_CONCURRENCY", o.concurrency.to_string());
     let svc = Process::start(cmd);
-    let client = reqwest::Client::builder()
+    let client = touchpoint_outbound::client_builder()
+        .expect("client")
         .no_proxy()
         .build()
         .expect("client");

@@ -179,6 +179,34 @@ pub struct Reply {
     pub latency: Duration,
 }
 
+/// TLS for receivers: rustls on ring (the provider the AWS SDK's client uses too, so each binary
+/// links one crypto library), TLS 1.2 and 1.3, the Mozilla roots from `webpki-roots` (a
+/// Lambda's image has no system store to trust), HTTP/1.1 only.
+#[cfg(feature = "ring")]
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("cannot configure TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A reqwest client builder with this crate's TLS (reqwest has no crypto provider of its own
+/// here): for the outbound client, and for the bench and tests that make HTTP calls.
+pub fn client_builder() -> Result<reqwest::ClientBuilder, String> {
+    let builder = reqwest::Client::builder();
+    #[cfg(feature = "ring")]
+    let builder = builder.tls_backend_preconfigured(tls_config()?);
+    Ok(builder)
+}
+
 /// The process's outbound client.
 #[derive(Clone)]
 pub struct Outbound {
@@ -192,7 +220,7 @@ impl Outbound {
     }
 
     pub fn with_lookup(allow_private: bool, lookup: Arc<dyn Lookup>) -> Result<Outbound, String> {
-        let client = reqwest::Client::builder()
+        let client = client_builder()?
             .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()

@@ -17,7 +17,7 @@ const CAMPAIGN: &str = "secrets-campaign-key1";
 /// Every place a response can show up, read raw (the helper in `Service::call` checks too,
 /// but only for bodies it can parse as JSON).
 async fn raw(service: &Service, method: Method, path: &str, key: &str, body: &[u8]) -> String {
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .request(method, service.url(path))
         .bearer_auth(key)
         .header("content-type", "application/json")

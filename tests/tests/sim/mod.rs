@@ -70,7 +70,10 @@ impl Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
         };
         let started = Instant::now();
-        while reqwest::get(format!("{}/moto-api/", moto.endpoint))
+        let client = crate::support::http_client();
+        while client
+            .get(format!("{}/moto-api/", moto.endpoint))
+            .send()
             .await
             .is_err()
         {

@@ -248,3 +248,12 @@ impl ManualClock {
         self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// An HTTP client for tests (the service's TLS configuration; reqwest has no crypto provider of
+/// its own in this workspace).
+pub fn http_client() -> reqwest::Client {
+    touchpoint_outbound::client_builder()
+        .expect("client")
+        .build()
+        .expect("client")
+}

@@ -111,7 +111,7 @@ impl Service {
         key: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let client = reqwest::Client::new();
+        let client = super::http_client();
         let mut req = client.request(method, self.url(path)).bearer_auth(key);
         if let Some(b) = body {
             req = req.json(&b);
