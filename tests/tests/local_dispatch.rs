@@ -175,6 +175,50 @@ async fn a_dispatch_posted_over_http_reaches_every_user_and_is_reported() {
         )
         .await;
     assert_eq!(by_tp["succeeded"], 1_000);
+    // The listing's success rates: several touchpoints in one request, in the order asked,
+    // once each; one without activity has zeros and no rate.
+    let idle = service
+        .register(
+            ADMIN,
+            json!({"name": "idle", "kind": "other", "url": rx.url(),
+                "userAttributes": [{"attribute": "usr_name", "displayName": "姓名"}],
+                "templateParams": [{"identifier": "title", "displayName": "标题", "type": "text"}]}),
+            &[],
+        )
+        .await;
+    let (status, rates) = service
+        .call(
+            Method::GET,
+            &format!("/v1/stats/touchpoints?ids={idle},{tp},{idle}&hours=2"),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{rates}");
+    assert_eq!(rates["hours"], 2);
+    assert_eq!(
+        rates["items"],
+        json!([
+            {"touchpointId": idle, "succeeded": 0, "failed": 0, "successRate": null},
+            {"touchpointId": tp, "succeeded": 1000, "failed": 0, "successRate": 1.0},
+        ])
+    );
+    for (query, key, want) in [
+        (format!("ids={tp},nope"), ADMIN, 422),
+        (format!("ids={tp}&hours=169"), ADMIN, 422),
+        ("hours=2".to_owned(), ADMIN, 400),
+        (format!("ids={tp}"), OPERATOR, 403),
+    ] {
+        let (status, body) = service
+            .call(
+                Method::GET,
+                &format!("/v1/stats/touchpoints?{query}"),
+                key,
+                None,
+            )
+            .await;
+        assert_eq!(status, want, "{query}: {body}");
+    }
 
     let events = wait_for_events(&data, 1_000).await;
     assert_eq!(events.len(), 1_000);

@@ -605,6 +605,19 @@ pub struct StatsQuery {
     pub hours: Option<String>,
 }
 
+/// `?ids=&hours=` of the success rates of several touchpoints.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WindowsQuery {
+    /// Touchpoint ids separated by commas, at most 100 (utoipa takes a pattern only as a
+    /// literal: a test holds its bound to `MAX_WINDOW_TOUCHPOINTS`).
+    #[param(pattern = r"^tp_[0-9A-HJKMNP-TV-Z]{26}(,tp_[0-9A-HJKMNP-TV-Z]{26}){0,99}$")]
+    pub ids: String,
+    /// The window, in hours.
+    #[param(schema_with = stats_hours)]
+    pub hours: Option<String>,
+}
+
 /// `?version=` of a delete.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -11,7 +11,9 @@ use touchpoint::dispatch::{
 use touchpoint::ids::random_order_no;
 use touchpoint::ids::{DispatchId, OrderNo, TouchpointId};
 use touchpoint::protocol::UserData;
-use touchpoint::reporting::{BatchReport, DispatchReport, StatsReport, stats_hours};
+use touchpoint::reporting::{
+    BatchReport, DispatchReport, StatsReport, WindowsReport, stats_hours, window_touchpoints,
+};
 use touchpoint_receiver::TestSendReport;
 use touchpoint_receiver::options::{OptionsError, OptionsView};
 
@@ -170,6 +172,27 @@ pub async fn touchpoint_stats(
         .stats(who.project_id, StatsScope::Touchpoint, &id, hours)
         .await?;
     Ok(Json(report))
+}
+
+/// Several touchpoints' success rates over the same window, in one request (the console's
+/// listing asks for a page at a time).
+#[utoipa::path(get, path = "/v1/stats/touchpoints", tag = "touchpoints",
+    params(WindowsQuery),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Each touchpoint's users that became final in the window", body = WindowsReport),
+        (status = 422, description = "ids or hours is out of range", body = ErrorBody),
+    ))]
+pub async fn touchpoint_windows(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+    QueryParams(query): QueryParams<WindowsQuery>,
+) -> Result<Json<WindowsReport>, ApiError> {
+    let hours = stats_hours(query.hours.as_deref())?;
+    let ids = window_touchpoints(&query.ids)?;
+    Ok(Json(
+        state.reporting.windows(who.project_id, &ids, hours).await?,
+    ))
 }
 
 /// Test send: one real signed request, enabled or not, not counted.

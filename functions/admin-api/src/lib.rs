@@ -64,6 +64,7 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(space_touchpoints))
         .routes(routes!(test_send))
         .routes(routes!(touchpoint_stats))
+        .routes(routes!(touchpoint_windows))
         .routes(routes!(param_options))
         .routes(routes!(submit_dispatch))
         .routes(routes!(get_dispatch))

@@ -789,7 +789,7 @@ async fn every_documented_operation_is_served() {
             );
         }
     }
-    assert_eq!(operations, 20, "the API's surface");
+    assert_eq!(operations, 21, "the API's surface");
     let schemas = &doc.body["components"]["schemas"];
     let input = &schemas["TouchpointInput"];
     assert_eq!(input["additionalProperties"], false);
@@ -825,6 +825,20 @@ async fn every_documented_operation_is_served() {
             .keys()
             .collect::<Vec<_>>(),
         ["200"]
+    );
+    // The listing's success rates take the page's ids, as many as the domain allows.
+    let ids = &doc.body["paths"]["/v1/stats/touchpoints"]["get"]["parameters"][0];
+    assert_eq!(
+        (&ids["name"], &ids["required"]),
+        (&json!("ids"), &json!(true))
+    );
+    let bound = format!(
+        "{{0,{}}}$",
+        touchpoint::reporting::MAX_WINDOW_TOUCHPOINTS - 1
+    );
+    assert!(
+        ids["schema"]["pattern"].as_str().unwrap().ends_with(&bound),
+        "{ids}"
     );
     // Responses are typed, not stubs.
     let dispatch = &schemas["DispatchReport"]["properties"];

@@ -23,6 +23,10 @@ pub const MAX_STATS_HOURS: u32 = 168;
 pub const DEFAULT_STATS_HOURS: u32 = 24;
 /// Failure reasons listed at most.
 pub const TOP_REASONS: usize = 10;
+/// Most touchpoints in one request for success rates (a page of the listing).
+pub const MAX_WINDOW_TOUCHPOINTS: usize = 100;
+/// Series read at once for a request for success rates.
+const WINDOW_READS_AT_ONCE: usize = 16;
 
 /// Where a dispatch stands, as the API names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -285,6 +289,41 @@ pub struct StatsReport {
     pub failure_reasons: Vec<ReasonCount>,
 }
 
+/// A touchpoint's users that became final in a window.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TouchpointWindow {
+    pub touchpoint_id: TouchpointId,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// succeeded / (succeeded + failed); null when nothing became final.
+    pub success_rate: Option<f64>,
+}
+
+/// Several touchpoints' success rates over the same window (the listing's column).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowsReport {
+    pub hours: u32,
+    #[schema(format = DateTime)]
+    pub from: String,
+    #[schema(format = DateTime)]
+    pub to: String,
+    /// One per distinct touchpoint asked for, in the order asked; a touchpoint with no
+    /// activity (or unknown to the project) has zeros.
+    pub items: Vec<TouchpointWindow>,
+}
+
+fn success_rate(succeeded: u64, failed: u64) -> Option<f64> {
+    (succeeded + failed > 0).then(|| succeeded as f64 / (succeeded + failed) as f64)
+}
+
+/// The window of `hours` whole hours that ends with the current hour.
+fn window_at(now: Millis, hours: u32) -> (Millis, Millis) {
+    let to = hour_of(now) + HOUR_MS;
+    (to - i64::from(hours) * HOUR_MS, to)
+}
+
 /// The hours `[from, from + hours)`, each filled from `recorded` (sorted by hour; hours outside
 /// are skipped) or zero, with the users pending at each hour's end walked back from
 /// `pending_now`: the totals move with the hour counters, so today's pending minus each later
@@ -347,6 +386,31 @@ pub fn stats_hours(raw: Option<&str>) -> Result<u32, DomainError> {
                 )])
             }),
     }
+}
+
+/// Reads `?ids=`: touchpoint ids separated by commas, 1 to [`MAX_WINDOW_TOUCHPOINTS`] of them
+/// once repeats are dropped (the order is kept).
+pub fn window_touchpoints(raw: &str) -> Result<Vec<TouchpointId>, DomainError> {
+    let refuse = |why: String| DomainError::Validation(vec![FieldError::new("ids", why)]);
+    let mut ids: Vec<TouchpointId> = Vec::new();
+    for id in raw.split(',') {
+        if !crate::ids::is_touchpoint_id(id) {
+            return Err(refuse(format!(
+                "{:?} is not a touchpoint id",
+                crate::protocol::truncate(id, 40)
+            )));
+        }
+        if !ids.iter().any(|known| known == id) {
+            ids.push(id.into());
+        }
+    }
+    if ids.len() > MAX_WINDOW_TOUCHPOINTS {
+        return Err(refuse(format!(
+            "at most {MAX_WINDOW_TOUCHPOINTS} touchpoints at once, {} given",
+            ids.len()
+        )));
+    }
+    Ok(ids)
 }
 
 /// The reporting use case.
@@ -425,8 +489,7 @@ impl Reporting {
         hours: u32,
     ) -> Result<StatsReport, DomainError> {
         let c: Counters = self.store.stats(project, scope, key).await?;
-        let to = hour_of(self.clock.now_ms()) + HOUR_MS;
-        let from = to - i64::from(hours) * HOUR_MS;
+        let (from, to) = window_at(self.clock.now_ms(), hours);
         let recorded = self
             .store
             .stats_series(project, scope, key, from, to)
@@ -451,11 +514,45 @@ impl Reporting {
                 to: rfc3339(to),
                 succeeded,
                 failed,
-                success_rate: (succeeded + failed > 0)
-                    .then(|| succeeded as f64 / (succeeded + failed) as f64),
+                success_rate: success_rate(succeeded, failed),
             },
             series,
             failure_reasons,
+        })
+    }
+
+    /// Each touchpoint's users that became final in the last `hours`, read a few at a time.
+    pub async fn windows(
+        &self,
+        project: ProjectId,
+        ids: &[TouchpointId],
+        hours: u32,
+    ) -> Result<WindowsReport, DomainError> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let (from, to) = window_at(self.clock.now_ms(), hours);
+        let store = &self.store;
+        let items: Vec<TouchpointWindow> = futures_util::stream::iter(ids.iter().cloned())
+            .map(|id: TouchpointId| async move {
+                let hours = store
+                    .stats_series(project, StatsScope::Touchpoint, &id, from, to)
+                    .await?;
+                let succeeded = hours.iter().map(|h| h.succeeded).sum();
+                let failed = hours.iter().map(|h| h.failed).sum();
+                Ok::<_, crate::ports::StoreError>(TouchpointWindow {
+                    touchpoint_id: id,
+                    succeeded,
+                    failed,
+                    success_rate: success_rate(succeeded, failed),
+                })
+            })
+            .buffered(WINDOW_READS_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(WindowsReport {
+            hours,
+            from: rfc3339(from),
+            to: rfc3339(to),
+            items,
         })
     }
 }
@@ -520,5 +617,35 @@ mod tests {
         for bad in ["0", "169", "-1", "1.5", "", "x"] {
             assert!(stats_hours(Some(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn window_ids_are_touchpoint_ids_kept_in_order_without_repeats_and_at_most_100() {
+        let a = "tp_01JDX3ZZZZZZZZZZZZZZZZZZZA";
+        let b = "tp_01JDX3ZZZZZZZZZZZZZZZZZZZB";
+        let ids = window_touchpoints(&format!("{b},{a},{b}")).unwrap();
+        assert_eq!(ids, [TouchpointId::from(b), TouchpointId::from(a)]);
+        for bad in [
+            "",
+            "tp_short",
+            &format!("{a},"),
+            &format!("{a}, {b}"),
+            "../x",
+        ] {
+            let Err(DomainError::Validation(errors)) = window_touchpoints(bad) else {
+                panic!("{bad:?} accepted");
+            };
+            assert_eq!(errors[0].path, "ids", "{bad:?}");
+        }
+        let many: Vec<String> = (0..101).map(|i| format!("tp_{i:0>26}")).collect();
+        assert!(window_touchpoints(&many[..100].join(",")).is_ok());
+        let Err(DomainError::Validation(errors)) = window_touchpoints(&many.join(",")) else {
+            panic!("101 touchpoints accepted");
+        };
+        assert!(
+            errors[0].message.contains("at most 100"),
+            "{}",
+            errors[0].message
+        );
     }
 }
