@@ -27,5 +27,5 @@ trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
 AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \
 AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
-  cargo test --locked -p touchpoint-tests --test aws aws_requests -- --include-ignored --nocapture 2>&1 \
+  cargo test --locked -p touchpoint-tests --test suite aws_requests -- --include-ignored --nocapture 2>&1 \
   | sed -n '/users at batch/,/estimated cost/p'

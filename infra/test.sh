@@ -49,14 +49,19 @@ aws_env=(
 
 echo "== tests"
 env "${aws_env[@]}" \
-  cargo test --workspace --locked -- --include-ignored --skip scenario_ 2>&1 | tee "$log"
+  cargo test --workspace --locked -- --include-ignored --skip scenario_ --skip adversarial:: 2>&1 \
+  | tee "$log"
 echo "== delivery scenarios (RELIABILITY.md), side by side"
 # A thread per scenario: they mostly wait (compressed time). MOTO_PYTHON: each starts a moto
 # server of its own (infra/moto_server.py), stopped when it ends, so that scenarios running side
 # by side do not queue behind each other in one Python process.
 env MOTO_PYTHON="$venv/bin/python" "${aws_env[@]}" \
-  cargo test --locked -p touchpoint-tests --test delivery_sim -- --include-ignored --nocapture \
+  cargo test --locked -p touchpoint-tests --test suite -- --include-ignored --nocapture \
   --test-threads 16 scenario_ 2>&1 | tee -a "$log"
+echo "== adversarial suite (RELIABILITY.md), on its own: it loads the machine and measures time"
+env "${aws_env[@]}" \
+  cargo test --locked -p touchpoint-tests --test suite -- --include-ignored adversarial:: 2>&1 \
+  | tee -a "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last being doc-tests).
 cargo_summary=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log")
 echo "cargo tests: $cargo_summary"

@@ -3,7 +3,7 @@
 //! a touchpoint to results on the results queue, async receipts through the scheduled poller,
 //! and SQS redelivery.
 
-mod support;
+use crate::support;
 
 use support::sqs::event_of;
 

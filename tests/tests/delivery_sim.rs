@@ -6,11 +6,11 @@
 //! invocations at random points, a 45-second outage with the default schedule, and a batch size
 //! edited during a retry wait. Each scenario prints one line of figures (RELIABILITY.md quotes
 //! them). The scenarios run side by side: most of their time is spent waiting, compressed. The
-//! test command runs this binary on its own with a thread per scenario (`--test-threads`), and
-//! skips `scenario_` in the workspace run.
+//! test command runs them in a pass of their own with a thread per scenario (`--test-threads`),
+//! and skips `scenario_` in the workspace run.
 
-mod sim;
-mod support;
+use crate::sim;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,11 +28,12 @@ use touchpoint::model::{CampaignRef, ProjectId, Touchpoint};
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_aws::{AwsNames, Clients, DynamoDelivery, DynamoTouchpoints, SchedulerReceipts};
-use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
+use touchpoint_dispatcher::DispatcherConfig;
 use touchpoint_dispatcher_lambda::DispatcherLambda;
 use touchpoint_outbound::Outbound;
-use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
+use touchpoint_receipt_poller::PollerConfig;
 use touchpoint_receipt_poller_lambda::PollerLambda;
+use touchpoint_services::{Ports, Services, Settings};
 
 /// Time that storage calls take does not compress (and moto serves them one at a time): kept
 /// free before a deadline to record the batches in flight.
@@ -70,7 +71,31 @@ struct World {
     _moto: sim::Moto,
 }
 
+/// The production wiring with http:// receivers allowed (they are on 127.0.0.1).
+fn plain_http() -> Settings {
+    Settings {
+        urls: UrlPolicy {
+            allow_plain_http: true,
+        },
+        ..Settings::default()
+    }
+}
+
 impl World {
+    /// The world's AWS ports, for wiring a function around a faulty one.
+    fn ports(&self) -> Ports {
+        Ports {
+            touchpoints: self.touchpoints.clone(),
+            delivery: self.ledger.clone(),
+            intake: self.ledger.clone(),
+            schedule: Arc::new(
+                SchedulerReceipts::new(self.clients.scheduler.clone(), &self.names).unwrap(),
+            ),
+            clock: Arc::new(SystemClock),
+            outbound: Outbound::new(true).unwrap(),
+        }
+    }
+
     async fn new(factor: f64) -> World {
         // SIM_LOG=touchpoint_dispatcher=debug,info shows what the functions log.
         if let Ok(filter) = std::env::var("SIM_LOG") {
@@ -92,17 +117,9 @@ impl World {
             clients.dynamodb.clone(),
             &names.touchpoints_table,
         ));
-        let admin = Touchpoints::new(
-            touchpoints.clone(),
-            Arc::new(SystemClock),
-            UrlPolicy {
-                allow_plain_http: true,
-            },
-        )
-        .with_receipt_schedule(
-            Arc::new(SchedulerReceipts::new(clients.scheduler.clone(), &names).unwrap()),
-            ledger.clone(),
-        );
+        let admin = Services::aws(&clients, &names, Outbound::new(true).unwrap(), plain_http())
+            .unwrap()
+            .touchpoints;
         let results = Mutex::new(Some(sim::ResultsReader::start(&clients, &names)));
         World {
             _moto: moto,
@@ -460,14 +477,15 @@ async fn scenario_ten_thousand_users_at_batch_size_1_behind_a_slow_receiver_embe
     let queue = names.dispatch_queue_url.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = touchpoint_embedded::SqliteStore::open(dir.path()).unwrap();
-    let shared = Arc::new(store.clone());
-    let admin = Touchpoints::new(
-        shared.clone(),
-        Arc::new(SystemClock),
-        UrlPolicy {
-            allow_plain_http: true,
-        },
-    );
+    let embedded = |settings: Settings| {
+        Services::embedded(
+            &store,
+            Outbound::new(true).unwrap(),
+            Arc::new(SystemClock),
+            settings,
+        )
+    };
+    let admin = embedded(plain_http()).touchpoints;
     let users = 10_000;
     let slow = template.scaled(template.dispatcher_timeout) / 3;
     let (rx, tracked) = slow_receiver(slow).await;
@@ -483,13 +501,8 @@ async fn scenario_ten_thousand_users_at_batch_size_1_behind_a_slow_receiver_embe
     }
     let lambdas = (0..2)
         .map(|_| {
-            let dispatcher = Dispatcher::new(
-                shared.clone(),
-                shared.clone(),
-                Outbound::new(true).unwrap(),
-                Arc::new(SystemClock),
-                config(&template, MARGIN),
-            );
+            let dispatcher =
+                embedded(plain_http().with_dispatcher(config(&template, MARGIN))).dispatcher;
             Arc::new(DispatcherLambda::from_parts(
                 dispatcher,
                 clients.sqs.clone(),
@@ -499,9 +512,9 @@ async fn scenario_ten_thousand_users_at_batch_size_1_behind_a_slow_receiver_embe
         })
         .collect();
     let esm = Esm::start(&clients, &queue, &template, lambdas, None);
-    let elapsed = sim::until_final(&*shared, &dispatches, Duration::from_secs(900)).await;
+    let elapsed = sim::until_final(&store, &dispatches, Duration::from_secs(900)).await;
     let stats = esm.stop().await;
-    let mut f = Figures::gather(&clients, None, &*shared, &dispatches, &stats, &dlq).await;
+    let mut f = Figures::gather(&clients, None, &store, &dispatches, &stats, &dlq).await;
     f.sent_twice = tracked.sent_twice();
     // The embedded store's results channel: results.jsonl, one line per settlement.
     let path = dir.path().join("results.jsonl");
@@ -662,13 +675,14 @@ async fn scenario_a_record_whose_handling_panics_is_redelivered_and_its_users_ge
         id: bad.clone(),
         fired: AtomicBool::new(false),
     });
-    let dispatcher = Dispatcher::new(
-        store,
-        w.ledger.clone(),
-        Outbound::new(true).unwrap(),
-        Arc::new(SystemClock),
-        config(&w.template, MARGIN),
-    );
+    let dispatcher = Services::new(
+        Ports {
+            touchpoints: store,
+            ..w.ports()
+        },
+        plain_http().with_dispatcher(config(&w.template, MARGIN)),
+    )
+    .dispatcher;
     let lambda = Arc::new(DispatcherLambda::from_parts(
         dispatcher,
         w.clients.sqs.clone(),
@@ -766,23 +780,23 @@ async fn scenario_a_five_minute_receipt_timeout_is_polled_and_a_failed_schedule_
         .await
         .unwrap();
     let poller = Arc::new(PollerLambda {
-        poller: Arc::new(ReceiptPoller::new(
-            w.touchpoints.clone(),
-            w.ledger.clone(),
-            Arc::new(SchedulerReceipts::new(w.clients.scheduler.clone(), &w.names).unwrap()),
-            Outbound::new(true).unwrap(),
-            Arc::new(SystemClock),
-            PollerConfig {
-                interval: w
-                    .template
-                    .scaled(touchpoint_aws::schedule::SCHEDULE_INTERVAL),
-                lease: w.template.scaled(Duration::from_secs(60)),
-                request_timeout: w.template.scaled(Duration::from_secs(15)),
-                deadline_margin: MARGIN,
-                time_scale: w.template.factor,
-                ..PollerConfig::default()
+        poller: Services::new(
+            w.ports(),
+            Settings {
+                poller: PollerConfig {
+                    interval: w
+                        .template
+                        .scaled(touchpoint_aws::schedule::SCHEDULE_INTERVAL),
+                    lease: w.template.scaled(Duration::from_secs(60)),
+                    request_timeout: w.template.scaled(Duration::from_secs(15)),
+                    deadline_margin: MARGIN,
+                    time_scale: w.template.factor,
+                    ..PollerConfig::default()
+                },
+                ..plain_http()
             },
-        )),
+        )
+        .poller,
     });
     // Every firing is delivered twice at once (Scheduler invokes at least once).
     let scheduler = Scheduler::start(&w.clients, group, poller, &w.template, 1);

@@ -2,7 +2,7 @@
 //! on 127.0.0.1: batching, signing, receipts, retries, idempotency, the SSRF guard and invalid
 //! dispatches.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -666,36 +666,46 @@ async fn the_ssrf_guard_refuses_internal_destinations_at_connection_time() {
 
 #[tokio::test]
 async fn independent_touchpoints_do_not_wait_for_each_other() {
-    let slow = Receiver::start(|seen, _| {
-        Reply::After(Duration::from_millis(1_500), Box::new(Reply::all_ok(seen)))
+    // The slow receiver holds every request until the test lets it answer.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::clone(&gate);
+    let slow = Receiver::start(move |seen, _| {
+        Reply::When(Arc::clone(&held), Box::new(Reply::all_ok(seen)))
     })
     .await;
     let fast = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
-    let rig = Arc::new(Rig::new(config("20ms", 5_000)));
+    let rig = Arc::new(Rig::new(config("20ms", 30_000)));
     let slow_tp = rig.touchpoint("slow", &slow.url(), 1).await;
     let fast_tp = rig.touchpoint("fast", &fast.url(), 1).await;
     let r = Arc::clone(&rig);
     let slow_run = tokio::spawn(async move { r.deliver(&dispatch("slow", &slow_tp, 8)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    rig.deliver(&dispatch("fast", &fast_tp, 8)).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(1_000),
-        "the fast touchpoint waited {:?}",
-        started.elapsed()
-    );
-    assert!(!slow_run.is_finished());
-    // The slow one runs 4 requests at a time: 8 users at batch 1 take two rounds.
-    slow_run.await.unwrap();
-    let seen = slow.seen();
-    let first_round = seen
-        .iter()
-        .filter(|s| s.at < seen[0].at + Duration::from_millis(500))
-        .count();
+    while slow.requests() < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the slow touchpoint never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The fast touchpoint's whole dispatch goes out and ends while the slow one's requests are
+    // all held (were it waiting for them, this would never end: the guard is only liveness).
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        rig.deliver(&dispatch("fast", &fast_tp, 8)),
+    )
+    .await
+    .expect("the fast touchpoint waited for the slow one");
+    assert_eq!(fast.requests(), 8);
+    // 8 users at batch 1, 4 requests in flight per touchpoint: 4 held, none more sent.
     assert_eq!(
-        first_round, 4,
+        slow.requests(),
+        4,
         "at most 4 requests in flight per touchpoint"
     );
+    assert!(!slow_run.is_finished());
+    gate.add_permits(8);
+    slow_run.await.unwrap();
+    assert_eq!(slow.requests(), 8);
 }
 
 #[tokio::test]
@@ -1125,13 +1135,19 @@ async fn a_redelivery_resumes_where_the_last_one_stopped() {
         inner: rig.store.clone(),
         claims: Default::default(),
     });
-    let dispatcher = touchpoint_dispatcher::Dispatcher::new(
-        Arc::new(rig.store.clone()),
-        ledger.clone(),
-        Outbound::new(true).unwrap(),
-        Arc::new(touchpoint::clock::SystemClock),
-        cfg,
-    );
+    let store = Arc::new(rig.store.clone());
+    let dispatcher = touchpoint_services::Services::new(
+        touchpoint_services::Ports {
+            touchpoints: store.clone(),
+            delivery: ledger.clone(),
+            intake: store.clone(),
+            schedule: store,
+            clock: Arc::new(touchpoint::clock::SystemClock),
+            outbound: Outbound::new(true).unwrap(),
+        },
+        touchpoint_services::Settings::default().with_dispatcher(cfg),
+    )
+    .dispatcher;
     let d = dispatch("resume-1", &tp, 40);
     // A second for 50 ms requests one at a time (about 18 of the 40) past the 600 ms a claim
     // needs.

@@ -1,7 +1,7 @@
 //! Dispatch through the real local binary: intake over HTTP, the durable local queue and
 //! worker, results.jsonl, the query endpoints, test send — and `kill -9` in the middle.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::Path;

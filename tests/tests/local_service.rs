@@ -1,7 +1,7 @@
 //! The local binary as users run it: a separate process on a free port, driven over HTTP,
 //! stopped with SIGTERM or killed with SIGKILL, and started again on the same data directory.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 

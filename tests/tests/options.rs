@@ -1,7 +1,7 @@
 //! Enum options from the content system's API (protocol §4), against real upstreams on
 //! 127.0.0.1 and a controllable clock; and dispatch validation with the same cache.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -82,13 +82,13 @@ impl DispatcherLambda {
 
     /// A Lambda around a dispatcher built elsewhere (simulations wrap its stores).
     pub fn from_parts(
-        dispatcher: Dispatcher,
+        dispatcher: Arc<Dispatcher>,
         sqs: aws_sdk_sqs::Client,
         queue_url: String,
         max_receives: u32,
     ) -> DispatcherLambda {
         DispatcherLambda {
-            dispatcher: Arc::new(dispatcher),
+            dispatcher,
             sqs,
             queue_url,
             dead_letter_url: None,

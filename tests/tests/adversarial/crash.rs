@@ -66,7 +66,7 @@ fn events(data: &Path) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_kill_9s_during_50000_users_lose_no_one_and_send_nothing_after_its_outcome() {
-    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let seed = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -89,7 +89,7 @@ fn memory(pid: u32) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_million_users_through_the_local_service_lose_no_one_in_flat_memory() {
-    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let total: u64 = std::env::var("LOAD_USERS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -388,7 +388,7 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_receiver_fault_ends_in_a_defined_outcome() {
-    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let cases = cases();
     // A 1 s request timeout: the faults that must time out take 3 s or more; the others answer
     // well within it even with all of them at once on a busy 2-core machine.
@@ -452,7 +452,7 @@ async fn every_receiver_fault_ends_in_a_defined_outcome() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_or_endless_response_is_read_only_up_to_the_cap() {
-    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     for fault in [
         Fault::Endless(b"HTTP/1.1 200 OK\r\n\r\n".to_vec()),
         Fault::Bytes(http("200 OK", &vec![b'x'; 10 * 1024 * 1024])),

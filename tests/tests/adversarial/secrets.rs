@@ -43,7 +43,7 @@ fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_never_leaves_through_responses_errors_previews_records_events_or_logs() {
-    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let whsec_secret = format!("{SECRET}-whsec-material");
     let whsec = format!(
         "whsec_{}",

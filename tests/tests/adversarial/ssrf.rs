@@ -232,7 +232,7 @@ fn refused(e: &SendError) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_send() {
-    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     // Accepts touches (async: statuses come later); counts every request.
     let rx = Receiver::start(|seen, _| {
         Reply::Json(
@@ -371,7 +371,7 @@ async fn hostile_destinations_are_refused_for_touch_receipt_options_and_test_sen
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_name_resolution_is_checked_on_the_answer_that_is_used() {
-    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
     let port = rx.addr.port();
     let url = format!("http://hooks.example.com:{port}/touch");
@@ -438,7 +438,7 @@ async fn hostile_name_resolution_is_checked_on_the_answer_that_is_used() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redirect_to_the_metadata_service_is_not_followed() {
-    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let rx = Receiver::start(|_, _| {
         Reply::Raw(
             302,

@@ -44,6 +44,8 @@ pub enum Reply {
     Raw(u16, Vec<(&'static str, String)>, Vec<u8>),
     /// Sleep, then answer.
     After(Duration, Box<Reply>),
+    /// Hold the request until the gate has a permit for it, then answer.
+    When(Arc<tokio::sync::Semaphore>, Box<Reply>),
 }
 
 impl Reply {
@@ -132,6 +134,12 @@ async fn touch(
         match reply {
             Reply::After(wait, next) => {
                 tokio::time::sleep(wait).await;
+                reply = *next;
+            }
+            Reply::When(gate, next) => {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
                 reply = *next;
             }
             Reply::Json(status, v) => {

@@ -2,11 +2,9 @@
 //!
 //! Every response passes through [`Api::send`], which fails on a 500 or a token in the body.
 
-mod common;
-
+use crate::common::*;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use common::*;
 use serde_json::{Value, json};
 use touchpoint_dispatcher::Handled;
 

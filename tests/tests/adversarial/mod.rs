@@ -2,12 +2,9 @@
 //! faults, the SSRF guard, secret hygiene and the million-user load. RELIABILITY.md reports
 //! what these runs measure.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 /// These tests load the machine or measure time (timeouts of a few hundred milliseconds):
 /// they run one at a time, each with the two cores to itself.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 mod crash;
 mod load;

@@ -3,11 +3,9 @@
 //! Every response of every test passes through [`Api::send`], which fails the test if a
 //! response body ever contains a touchpoint token.
 
-mod common;
-
+use crate::common::*;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use common::*;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;

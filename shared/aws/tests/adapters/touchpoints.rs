@@ -1,6 +1,6 @@
 //! The DynamoDB touchpoint store against moto: the same rules the SQLite store keeps.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

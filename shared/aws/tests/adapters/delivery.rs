@@ -1,6 +1,6 @@
 //! The DynamoDB ledger against moto: claims, settlement counted once, poll leases, intake.
 
-mod support;
+use crate::support;
 
 use touchpoint::delivery::*;
 use touchpoint::protocol::UserStatus;
