@@ -378,7 +378,7 @@ async fn the_whole_flow_from_admin_to_results_on_aws() {
 #[ignore = "needs the moto server: run infra/test.sh"]
 async fn the_console_is_served_through_api_gateway_without_a_token() {
     let aws = Aws::new().await;
-    for (path, content_type) in [("/", "text/html"), ("/console/app.js", "text/javascript")] {
+    for (path, content_type) in [("/", "text/html"), ("/console/main.js", "text/javascript")] {
         // The route has no authorizer: no token, no claims reach the Lambda.
         let mut event = fixture("apigw-console.json");
         assert!(event["requestContext"].get("authorizer").is_none());

@@ -1,8 +1,9 @@
-// Every string of the console, in English and Chinese. Both languages hold the same keys (the
-// browser tests check it); `{name}` marks a value filled in at run time.
-'use strict';
+// Every string of the console, in English and Chinese, and `t`, which picks one in the current
+// language. Both languages hold the same keys (the browser tests check it); `{name}` marks a
+// value filled in at run time.
+import { lang } from './state.js';
 
-window.I18N = {
+export const I18N = {
   en: {
     skip: 'Skip to content',
     title: 'Custom touchpoints',
@@ -430,3 +431,13 @@ window.I18N = {
     perUser: '每个用户的结果',
   },
 };
+
+/** The string `key` in the current language, with `{name}` filled from `vars`. */
+export function t(key, vars) {
+  let s = I18N[lang][key];
+  if (s === undefined) {
+    console.error('missing translation', lang, key);
+    s = I18N.en[key] ?? key;
+  }
+  return s.replace(/\{(\w+)\}/g, (_, k) => (vars && vars[k] !== undefined ? String(vars[k]) : ''));
+}

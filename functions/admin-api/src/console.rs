@@ -10,22 +10,32 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ApiError;
 
 const INDEX: &str = include_str!("../console/index.html");
-const ASSETS: &[(&str, &str, &str)] = &[
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../console/app.js"),
-    ),
-    (
-        "i18n.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../console/i18n.js"),
-    ),
-    (
-        "app.css",
-        "text/css; charset=utf-8",
-        include_str!("../console/app.css"),
-    ),
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// The page's files by name: (name, content type, text), read from `console/` at build time.
+macro_rules! assets {
+    ($($file:literal: $content_type:expr),* $(,)?) => {
+        &[$(($file, $content_type, include_str!(concat!("../console/", $file)))),*]
+    };
+}
+
+/// The ES modules (`main.js` is the entry `index.html` loads) and the style sheet.
+const ASSETS: &[(&str, &str, &str)] = assets![
+    "main.js": JS,
+    "router.js": JS,
+    "state.js": JS,
+    "api.js": JS,
+    "i18n.js": JS,
+    "dom.js": JS,
+    "dialog.js": JS,
+    "list.js": JS,
+    "editor.js": JS,
+    "editor-model.js": JS,
+    "spaces.js": JS,
+    "test-send.js": JS,
+    "delivery.js": JS,
+    "app.css": CSS,
 ];
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \

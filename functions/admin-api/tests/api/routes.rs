@@ -911,7 +911,8 @@ async fn the_console_is_served_at_the_root_without_a_key_under_a_strict_policy()
     let api = Api::new();
     for (path, content_type, marker) in [
         ("/", "text/html", "<dialog id=\"dialog\""),
-        ("/console/app.js", "text/javascript", "sessionStorage"),
+        ("/console/main.js", "text/javascript", "import "),
+        ("/console/state.js", "text/javascript", "sessionStorage"),
         ("/console/i18n.js", "text/javascript", "自定义触点管理"),
         ("/console/app.css", "text/css", ":focus-visible"),
     ] {
@@ -944,4 +945,27 @@ async fn the_console_is_served_at_the_root_without_a_key_under_a_strict_policy()
     let missing = api.call(Method::GET, "/console/nope.js", None, None).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.error_code(), "not_found");
+    // Every file of the console's source directory is served (a module left out of the
+    // binary would break the page's imports).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
+    let mut served = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name == "index.html" {
+            continue;
+        }
+        let r = api
+            .app
+            .clone()
+            .oneshot(
+                Request::get(format!("/console/{name}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{name} is not served");
+        served += 1;
+    }
+    assert!(served >= 3, "{served}");
 }
