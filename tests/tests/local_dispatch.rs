@@ -15,9 +15,13 @@ use support::{Receiver, Reply};
 const ADMIN: &str = "e2e-admin-key-0001";
 const CAMPAIGN: &str = "e2e-campaign-key-01";
 const OPERATOR: &str = "e2e-operator-key-01";
+/// An admin of another project.
+const OTHER_ADMIN: &str = "e2e-admin-key-proj2";
 
 fn keys() -> String {
-    format!("{ADMIN}=1:admin,{CAMPAIGN}=1:campaign,{OPERATOR}=1:operator:space-a")
+    format!(
+        "{ADMIN}=1:admin,{CAMPAIGN}=1:campaign,{OPERATOR}=1:operator:space-a,{OTHER_ADMIN}=2:admin"
+    )
 }
 
 async fn touchpoint(service: &Service, url: &str, batch: u16) -> String {
@@ -202,6 +206,20 @@ async fn a_dispatch_posted_over_http_reaches_every_user_and_is_reported() {
             {"touchpointId": idle, "succeeded": 0, "failed": 0, "successRate": null},
             {"touchpointId": tp, "succeeded": 1000, "failed": 0, "successRate": 1.0},
         ])
+    );
+    // Another project's admin learns nothing of this project's touchpoint.
+    let (status, theirs) = service
+        .call(
+            Method::GET,
+            &format!("/v1/stats/touchpoints?ids={tp}"),
+            OTHER_ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(
+        theirs["items"],
+        json!([{"touchpointId": tp, "succeeded": 0, "failed": 0, "successRate": null}])
     );
     for (query, key, want) in [
         (format!("ids={tp},nope"), ADMIN, 422),

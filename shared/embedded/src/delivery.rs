@@ -158,7 +158,7 @@ fn enqueue_results(
     let json = serde_json::to_string(results).map_err(json_err)?;
     tx.prepare_cached("INSERT INTO outbox (order_no, results, resolved_at) VALUES (?1, ?2, ?3)")
         .map_err(backend)?
-        .execute(params![order_no, json, at])
+        .execute(params![order_no.as_str(), json, at])
         .map_err(backend)?;
     Ok(())
 }
@@ -185,7 +185,7 @@ fn insert_dispatch(
         .execute_cached(
             "INSERT OR IGNORE INTO dispatches (project_id, dispatch_id, meta, users, batch_size, rejected, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![meta.project_id, meta.dispatch_id, meta_json, users, batch_size, rejected, now],
+            params![meta.project_id, meta.dispatch_id.as_str(), meta_json, users, batch_size, rejected, now],
         )
         .map_err(backend)?;
     Ok(n == 1)
@@ -199,10 +199,10 @@ fn row_to_batch(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawBatch> {
     let state: String = r.get(5)?;
     Ok((
         BatchView {
-            order_no: r.get(0)?,
-            dispatch_id: r.get(1)?,
+            order_no: r.get::<_, String>(0)?.into(),
+            dispatch_id: r.get::<_, String>(1)?.into(),
             batch_index: r.get(2)?,
-            touchpoint_id: r.get(3)?,
+            touchpoint_id: r.get::<_, String>(3)?.into(),
             campaign_id: r.get(4)?,
             state: BatchState::parse(&state).unwrap_or(BatchState::InFlight),
             users: r.get(6)?,
@@ -264,7 +264,7 @@ impl DeliveryLedger for SqliteStore {
                 .query_row_cached(
                     "UPDATE dispatches SET stalls = stalls + 1 WHERE project_id = ?1 AND dispatch_id = ?2
                      RETURNING batch_size, progress, stalls - 1",
-                    params![meta.project_id, meta.dispatch_id],
+                    params![meta.project_id, meta.dispatch_id.as_str()],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .map_err(backend)?;
@@ -285,7 +285,7 @@ impl DeliveryLedger for SqliteStore {
         self.tx(move |tx| {
             tx.execute_cached(
                 "UPDATE dispatches SET progress = ?3, stalls = 0 WHERE project_id = ?1 AND dispatch_id = ?2",
-                params![project, dispatch_id, progress],
+                params![project, dispatch_id.as_str(), progress],
             )
             .map_err(backend)?;
             Ok(())
@@ -317,11 +317,11 @@ impl DeliveryLedger for SqliteStore {
                                       state, attempts, last_error, resolved_at, succeeded, failed, results)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'final', 0, ?8, ?9, 0, ?7, ?10)",
                 params![
-                    order_no(meta.project_id, &meta.dispatch_id, usize::MAX),
+                    order_no(meta.project_id, &meta.dispatch_id, usize::MAX).as_str(),
                     meta.project_id,
-                    meta.dispatch_id,
+                    meta.dispatch_id.as_str(),
                     REJECTED_INDEX,
-                    meta.touchpoint_id,
+                    meta.touchpoint_id.as_str(),
                     meta.campaign_id,
                     gids.len() as i64,
                     reason,
@@ -357,7 +357,7 @@ impl DeliveryLedger for SqliteStore {
             let current: Option<BatchRecord> = tx
                 .query_row_cached(
                     "SELECT state, attempts, lease_until, next_attempt_at, sent_at, lost FROM batches WHERE order_no = ?1",
-                    params![order_no],
+                    params![order_no.as_str()],
                     |r| {
                         let state: String = r.get(0)?;
                         Ok(BatchRecord {
@@ -380,11 +380,11 @@ impl DeliveryLedger for SqliteStore {
                                               users, state, attempts, lease_until, sent_at, succeeded, failed)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'in_flight', 1, ?8, ?9, 0, 0)",
                         params![
-                            order_no,
+                            order_no.as_str(),
                             meta.project_id,
-                            meta.dispatch_id,
+                            meta.dispatch_id.as_str(),
                             index as i64,
-                            meta.touchpoint_id,
+                            meta.touchpoint_id.as_str(),
                             meta.campaign_id,
                             users,
                             lease_until,
@@ -397,7 +397,7 @@ impl DeliveryLedger for SqliteStore {
                 ClaimDecision::Take { attempt, lost, .. } => {
                     tx.execute_cached(
                         "UPDATE batches SET state = 'in_flight', attempts = ?2, lease_until = ?3, lost = ?4 WHERE order_no = ?1",
-                        params![order_no, attempt, lease_until, lost],
+                        params![order_no.as_str(), attempt, lease_until, lost],
                     )
                     .map_err(backend)?;
                     writes.fetch_add(1, Ordering::Relaxed);
@@ -417,7 +417,7 @@ impl DeliveryLedger for SqliteStore {
             let current: Option<(String, u32)> = tx
                 .query_row_cached(
                     "SELECT state, attempts FROM batches WHERE order_no = ?1",
-                    params![record.order_no],
+                    params![record.order_no.as_str()],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
@@ -438,7 +438,7 @@ impl DeliveryLedger for SqliteStore {
                                 last_error = ?5, response_excerpt = ?6, lease_until = NULL
                          WHERE order_no = ?1 AND state = 'in_flight'",
                         params![
-                            record.order_no,
+                            record.order_no.as_str(),
                             record.attempt,
                             next_attempt_at,
                             record.http_status,
@@ -460,7 +460,7 @@ impl DeliveryLedger for SqliteStore {
                              WHERE order_no = ?1 AND state NOT IN ('final', 'accepted')
                              RETURNING project_id, campaign_id, touchpoint_id",
                             params![
-                                record.order_no,
+                                record.order_no.as_str(),
                                 record.attempt,
                                 record.http_status,
                                 record.error,
@@ -492,7 +492,7 @@ impl DeliveryLedger for SqliteStore {
                              WHERE order_no = ?1 AND state NOT IN ('final', 'accepted')
                              RETURNING project_id, campaign_id, touchpoint_id",
                             params![
-                                record.order_no,
+                                record.order_no.as_str(),
                                 record.attempt,
                                 record.http_status,
                                 record.error,
@@ -542,9 +542,9 @@ impl ReceiptLedger for SqliteStore {
             let map = |r: &rusqlite::Row<'_>| {
                 Ok((
                     PendingBatch {
-                        order_no: r.get(0)?,
+                        order_no: r.get::<_, String>(0)?.into(),
                         project_id: r.get(1)?,
-                        touchpoint_id: r.get(2)?,
+                        touchpoint_id: r.get::<_, String>(2)?.into(),
                         receipt_url: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
                         pending: Vec::new(),
                         accepted_at: r.get::<_, Option<i64>>(5)?.unwrap_or_default(),
@@ -563,7 +563,7 @@ impl ReceiptLedger for SqliteStore {
                          ORDER BY next_poll_at LIMIT ?4"
                     ))
                     .map_err(backend)?
-                    .query_map(params![id, now, project, limit], map)
+                    .query_map(params![id.as_str(), now, project, limit], map)
                     .map_err(backend)?
                     .collect::<rusqlite::Result<Vec<_>>>(),
                 None => tx
@@ -601,7 +601,7 @@ impl ReceiptLedger for SqliteStore {
                     "UPDATE batches SET poll_lease_until = ?3
                      WHERE order_no = ?1 AND state = 'accepted' AND next_poll_at <= ?2
                        AND (poll_lease_until IS NULL OR poll_lease_until <= ?2)",
-                    params![order_no, now, until],
+                    params![order_no.as_str(), now, until],
                 )
                 .map_err(backend)?;
             Ok(n == 1)
@@ -617,7 +617,7 @@ impl ReceiptLedger for SqliteStore {
                 .query_row_cached(
                     "SELECT project_id, campaign_id, touchpoint_id, pending, results FROM batches
                      WHERE order_no = ?1 AND state = 'accepted'",
-                    params![record.order_no],
+                    params![record.order_no.as_str()],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()
@@ -645,7 +645,7 @@ impl ReceiptLedger for SqliteStore {
                         resolved_at = CASE WHEN ?11 THEN ?12 ELSE resolved_at END
                  WHERE order_no = ?1",
                 params![
-                    record.order_no,
+                    record.order_no.as_str(),
                     if done { "final" } else { "accepted" },
                     serde_json::to_string(&pending).map_err(json_err)?,
                     serde_json::to_string(&results).map_err(json_err)?,
@@ -680,7 +680,7 @@ impl ReceiptLedger for SqliteStore {
             tx.query_row_cached(
                 "SELECT coalesce(sum(users - succeeded - failed), 0) FROM batches INDEXED BY batches_due_by_touchpoint
                  WHERE state = 'accepted' AND touchpoint_id = ?1 AND project_id = ?2",
-                params![touchpoint_id, project],
+                params![touchpoint_id.as_str(), project],
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n.max(0) as u64)
@@ -703,7 +703,7 @@ impl DeliveryReports for SqliteStore {
                 .query_row_cached(
                     "SELECT meta, users, batch_size, rejected, received_at FROM dispatches
                      WHERE project_id = ?1 AND dispatch_id = ?2",
-                    params![project, dispatch_id],
+                    params![project, dispatch_id.as_str()],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()
@@ -741,7 +741,7 @@ impl DeliveryReports for SqliteStore {
                 ))
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![project, dispatch_id], row_to_batch)
+                .query_map(params![project, dispatch_id.as_str()], row_to_batch)
                 .map_err(backend)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(backend)?;
@@ -762,7 +762,7 @@ impl DeliveryReports for SqliteStore {
                 &format!(
                     "SELECT {BATCH_COLUMNS} FROM batches WHERE order_no = ?1 AND project_id = ?2"
                 ),
-                params![order_no, project],
+                params![order_no.as_str(), project],
                 row_to_batch,
             )
             .optional()
@@ -820,7 +820,7 @@ impl DeliveryReports for SqliteStore {
                         sent: r.get(1)?,
                         succeeded: r.get(2)?,
                         failed: r.get(3)?,
-                        last_order_no: r.get(4)?,
+                        last_order_no: r.get::<_, Option<String>>(4)?.map(OrderNo::from),
                     })
                 })
                 .map_err(backend)?;
@@ -854,7 +854,7 @@ impl DeliveryReports for SqliteStore {
                         Ok(ReasonCount {
                             reason: r.get(0)?,
                             count: r.get(1)?,
-                            sample_order_no: r.get(2)?,
+                            sample_order_no: r.get::<_, Option<String>>(2)?.map(OrderNo::from),
                         })
                     },
                 )
@@ -889,13 +889,13 @@ impl SqliteStore {
                 let n = tx
                     .execute_cached(
                         "INSERT OR IGNORE INTO dispatch_intake (project_id, dispatch_id, body, received_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![project, dispatch_id, body, now],
+                        params![project, dispatch_id.as_str(), body, now],
                     )
                     .map_err(backend)?;
                 if n == 1 {
                     tx.execute_cached(
                         "INSERT INTO queue (project_id, dispatch_id, visible_at, receives) VALUES (?1, ?2, ?3, 0)",
-                        params![project, dispatch_id, now],
+                        params![project, dispatch_id.as_str(), now],
                     )
                     .map_err(backend)?;
                 }
@@ -1171,7 +1171,7 @@ impl DispatchIntake for SqliteStore {
                 "SELECT i.received_at, q.dead_reason FROM dispatch_intake i
                  LEFT JOIN queue q ON q.project_id = i.project_id AND q.dispatch_id = i.dispatch_id AND q.dead = 1
                  WHERE i.project_id = ?1 AND i.dispatch_id = ?2",
-                params![project, dispatch_id],
+                params![project, dispatch_id.as_str()],
                 |r| {
                     Ok(Submission {
                         received_at: r.get(0)?,
@@ -1197,7 +1197,7 @@ impl ReceiptSchedule for SqliteStore {
         self.tx(move |tx| {
             tx.execute_cached(
                 "INSERT OR IGNORE INTO receipt_schedules (project_id, touchpoint_id) VALUES (?1, ?2)",
-                params![project, id],
+                params![project, id.as_str()],
             )
             .map_err(backend)?;
             Ok(())
@@ -1214,7 +1214,7 @@ impl ReceiptSchedule for SqliteStore {
         self.tx(move |tx| {
             tx.execute_cached(
                 "DELETE FROM receipt_schedules WHERE project_id = ?1 AND touchpoint_id = ?2",
-                params![project, id],
+                params![project, id.as_str()],
             )
             .map_err(backend)?;
             Ok(())
@@ -1229,7 +1229,7 @@ impl SqliteStore {
         self.tx(|tx| {
             tx.prepare_cached("SELECT project_id, touchpoint_id FROM receipt_schedules ORDER BY project_id, touchpoint_id")
                 .map_err(backend)?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?.into())))
                 .map_err(backend)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(backend)

@@ -271,7 +271,7 @@ fn row_to_touchpoint(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Touchpo
     };
     Ok(Ok(Touchpoint {
         project_id: row.get(0)?,
-        id: row.get(1)?,
+        id: row.get::<_, String>(1)?.into(),
         enabled: row.get(2)?,
         version: row.get::<_, i64>(3)? as u64,
         spec,
@@ -289,7 +289,7 @@ fn load_spaces(tx: &Transaction<'_>, tp: &mut Touchpoint) -> Result<(), StoreErr
         )
         .map_err(backend)?;
     tp.space_ids = stmt
-        .query_map(params![tp.project_id, tp.id], |r| r.get(0))
+        .query_map(params![tp.project_id, tp.id.as_str()], |r| r.get(0))
         .map_err(backend)?
         .collect::<rusqlite::Result<_>>()
         .map_err(backend)?;
@@ -322,7 +322,7 @@ fn get_row(
     id: &TouchpointId,
 ) -> Result<Option<Touchpoint>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM touchpoints WHERE project_id = ?1 AND id = ?2");
-    Ok(query_touchpoints(tx, &sql, &[&project, &id])?.pop())
+    Ok(query_touchpoints(tx, &sql, &[&project, &id.as_str()])?.pop())
 }
 
 fn name_taken(e: &rusqlite::Error) -> bool {
@@ -336,7 +336,7 @@ fn spec_json(tp: &Touchpoint) -> Result<String, StoreError> {
 fn write_spaces(tx: &Transaction<'_>, tp: &Touchpoint) -> Result<(), StoreError> {
     tx.execute_cached(
         "DELETE FROM touchpoint_spaces WHERE project_id = ?1 AND touchpoint_id = ?2",
-        params![tp.project_id, tp.id],
+        params![tp.project_id, tp.id.as_str()],
     )
     .map_err(backend)?;
     let mut stmt = tx
@@ -345,7 +345,7 @@ fn write_spaces(tx: &Transaction<'_>, tp: &Touchpoint) -> Result<(), StoreError>
         )
         .map_err(backend)?;
     for space in &tp.space_ids {
-        stmt.execute(params![tp.project_id, space, tp.id])
+        stmt.execute(params![tp.project_id, space, tp.id.as_str()])
             .map_err(backend)?;
     }
     Ok(())
@@ -363,7 +363,7 @@ fn campaigns_of(
         )
         .map_err(backend)?;
     let rows = stmt
-        .query_map(params![project, id], |r| {
+        .query_map(params![project, id.as_str()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -402,7 +402,7 @@ impl TouchpointStore for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     tp.project_id,
-                    tp.id,
+                    tp.id.as_str(),
                     tp.spec.name,
                     tp.spec.kind.as_str(),
                     tp.enabled,
@@ -526,7 +526,7 @@ impl TouchpointStore for SqliteStore {
                  WHERE project_id = ?1 AND id = ?2",
                 params![
                     next.project_id,
-                    next.id,
+                    next.id.as_str(),
                     next.spec.name,
                     next.spec.kind.as_str(),
                     next.enabled,
@@ -570,7 +570,7 @@ impl TouchpointStore for SqliteStore {
             }
             tx.execute_cached(
                 "DELETE FROM touchpoints WHERE project_id = ?1 AND id = ?2",
-                params![project, id],
+                params![project, id.as_str()],
             )
             .map_err(backend)?;
             Ok(())
@@ -605,7 +605,7 @@ impl TouchpointStore for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (project_id, touchpoint_id, campaign_id)
                  DO UPDATE SET name = excluded.name, state = excluded.state, updated_at = excluded.updated_at",
-                params![project, id, campaign.campaign_id, campaign.name, campaign.state.as_str(), campaign.updated_at],
+                params![project, id.as_str(), campaign.campaign_id, campaign.name, campaign.state.as_str(), campaign.updated_at],
             )
             .map_err(backend)?;
             Ok(())
@@ -624,7 +624,7 @@ impl TouchpointStore for SqliteStore {
             let n = tx
                 .execute_cached(
                     "DELETE FROM campaign_refs WHERE project_id = ?1 AND touchpoint_id = ?2 AND campaign_id = ?3",
-                    params![project, id, campaign_id],
+                    params![project, id.as_str(), campaign_id],
                 )
                 .map_err(backend)?;
             Ok(n > 0)

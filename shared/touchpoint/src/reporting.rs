@@ -388,10 +388,16 @@ pub fn stats_hours(raw: Option<&str>) -> Result<u32, DomainError> {
     }
 }
 
-/// Reads `?ids=`: touchpoint ids separated by commas, 1 to [`MAX_WINDOW_TOUCHPOINTS`] of them
-/// once repeats are dropped (the order is kept).
+/// Reads `?ids=`: 1 to [`MAX_WINDOW_TOUCHPOINTS`] touchpoint ids separated by commas, repeats
+/// counted (as the document's pattern counts them) and then dropped, the order kept.
 pub fn window_touchpoints(raw: &str) -> Result<Vec<TouchpointId>, DomainError> {
     let refuse = |why: String| DomainError::Validation(vec![FieldError::new("ids", why)]);
+    let given = raw.split(',').count();
+    if given > MAX_WINDOW_TOUCHPOINTS {
+        return Err(refuse(format!(
+            "at most {MAX_WINDOW_TOUCHPOINTS} touchpoints at once, {given} given"
+        )));
+    }
     let mut ids: Vec<TouchpointId> = Vec::new();
     for id in raw.split(',') {
         if !crate::ids::is_touchpoint_id(id) {
@@ -403,12 +409,6 @@ pub fn window_touchpoints(raw: &str) -> Result<Vec<TouchpointId>, DomainError> {
         if !ids.iter().any(|known| known == id) {
             ids.push(id.into());
         }
-    }
-    if ids.len() > MAX_WINDOW_TOUCHPOINTS {
-        return Err(refuse(format!(
-            "at most {MAX_WINDOW_TOUCHPOINTS} touchpoints at once, {} given",
-            ids.len()
-        )));
     }
     Ok(ids)
 }
@@ -639,6 +639,11 @@ mod tests {
         }
         let many: Vec<String> = (0..101).map(|i| format!("tp_{i:0>26}")).collect();
         assert!(window_touchpoints(&many[..100].join(",")).is_ok());
+        let repeated = vec![many[0].as_str(); 101].join(",");
+        assert!(
+            window_touchpoints(&repeated).is_err(),
+            "101 entries are refused even when they name one touchpoint"
+        );
         let Err(DomainError::Validation(errors)) = window_touchpoints(&many.join(",")) else {
             panic!("101 touchpoints accepted");
         };

@@ -3,7 +3,8 @@
 //! what these runs measure.
 
 /// These tests load the machine or measure time (timeouts of a few hundred milliseconds):
-/// they run one at a time, each with the two cores to itself.
+/// they run one at a time, and the test command runs this module in a pass of its own
+/// (`-- adversarial::`), so that each has the two cores to itself.
 pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 mod crash;
