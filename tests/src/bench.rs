@@ -637,16 +637,22 @@ fn rss_now_and_peak() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// How much one 10,000-user dispatch adds to the dispatcher's peak resident memory, at batch
-/// 500 and 1, each in a fresh process (`touchpoint-bench rss-probe <receiver> <batch>`).
+/// How much 10,000-user dispatches add to the dispatcher's peak resident memory, at batch 500
+/// and 1, each in a fresh process (`touchpoint-bench rss-probe <receiver> <batch> <dispatches>`):
+/// one dispatch, and ten at once, as the SQS Lambda handles the ten records of one event.
 async fn rss_of_one_dispatch(receiver: &Process) {
     println!(
-        "| one 10,000-user dispatch, fresh process | RSS before MiB | peak RSS during MiB | added MiB |"
+        "| 10,000-user dispatches, fresh process | RSS before MiB | peak RSS during MiB | added MiB |"
     );
     println!("|---|---|---|---|");
-    for batch in [500u16, 1] {
+    for (batch, dispatches) in [(500u16, 1usize), (1, 1), (500, 10), (1, 10)] {
         let out = Command::new(std::env::current_exe().expect("exe"))
-            .args(["rss-probe", &receiver.base, &batch.to_string()])
+            .args([
+                "rss-probe",
+                &receiver.base,
+                &batch.to_string(),
+                &dispatches.to_string(),
+            ])
             .output()
             .expect("probe");
         print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -655,8 +661,9 @@ async fn rss_of_one_dispatch(receiver: &Process) {
 }
 
 /// The probe: the library is set up and warmed with a 1,000-user dispatch, the kernel's peak
-/// counter is reset (`/proc/self/clear_refs`), then one 10,000-user dispatch is handled.
-async fn rss_probe(receiver_url: &str, batch: u16) {
+/// counter is reset (`/proc/self/clear_refs`), then `dispatches` 10,000-user dispatches are
+/// handled at once (their messages read only then, as the Lambda reads its records).
+async fn rss_probe(receiver_url: &str, batch: u16, dispatches: usize) {
     // Bound whole: the store's directory lives until the probe ends.
     let lib = library_for(receiver_url, batch, 4).await;
     let (tp, dispatcher) = (&lib.tp, &lib.dispatcher);
@@ -665,20 +672,44 @@ async fn rss_probe(receiver_url: &str, batch: u16) {
         dispatcher.handle(&warm).await.expect("handle"),
         Handled::Done
     );
-    let message = dispatch_body(&format!("rss{batch}"), 0, &tp.id, 1_000_000, PER_DISPATCH);
+    // The records' text, as the event carries it; each is parsed by its own delivery.
+    let texts: Vec<String> = (0..dispatches)
+        .map(|d| {
+            dispatch_body(
+                &format!("rss{batch}-{d}"),
+                0,
+                &tp.id,
+                1_000_000 + d * PER_DISPATCH,
+                PER_DISPATCH,
+            )
+            .to_string()
+        })
+        .collect();
     let reset = std::fs::write("/proc/self/clear_refs", "5");
     let (before, _) = rss_now_and_peak();
-    assert_eq!(
-        dispatcher.handle(&message).await.expect("handle"),
-        Handled::Done
-    );
+    let mut set = tokio::task::JoinSet::new();
+    for text in texts {
+        let dispatcher = Arc::clone(dispatcher);
+        set.spawn(async move {
+            let message: Value = serde_json::from_str(&text).expect("json");
+            drop(text);
+            dispatcher.handle_owned(message).await.expect("handle")
+        });
+    }
+    while let Some(handled) = set.join_next().await {
+        assert_eq!(handled.expect("join"), Handled::Done);
+    }
     let (_, peak) = rss_now_and_peak();
+    let what = match dispatches {
+        1 => format!("batch {batch}, one"),
+        n => format!("batch {batch}, {n} at once"),
+    };
     match reset {
         Ok(()) => println!(
-            "| batch {batch} | {before:.1} | {peak:.1} | {:.1} |",
+            "| {what} | {before:.1} | {peak:.1} | {:.1} |",
             peak - before
         ),
-        Err(e) => println!("| batch {batch} | (cannot reset the peak counter: {e}) | | |"),
+        Err(e) => println!("| {what} | (cannot reset the peak counter: {e}) | | |"),
     }
 }
 
@@ -884,8 +915,13 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("rss-probe") {
         let args: Vec<String> = std::env::args().collect();
         let batch = args.get(3).and_then(|b| b.parse().ok()).unwrap_or(500);
+        let dispatches = args.get(4).and_then(|n| n.parse().ok()).unwrap_or(1);
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        return runtime.block_on(rss_probe(args.get(2).map_or("", String::as_str), batch));
+        return runtime.block_on(rss_probe(
+            args.get(2).map_or("", String::as_str),
+            batch,
+            dispatches,
+        ));
     }
     let o = <Options as clap::Parser>::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
