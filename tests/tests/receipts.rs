@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use support::{ManualClock, Receiver, Reply};
 use touchpoint::clock::Clock;
 use touchpoint::delivery::{BatchState, BatchView, DeliveryReports, ReceiptLedger, StatsScope};
+use touchpoint::ids::TouchpointId;
 use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_embedded::{ResultsFile, SqliteStore};
@@ -62,7 +63,7 @@ impl Rig {
         }
     }
 
-    async fn touchpoint(&self, rx: &Receiver, timeout_minutes: u32) -> String {
+    async fn touchpoint(&self, rx: &Receiver, timeout_minutes: u32) -> TouchpointId {
         let tp = self
             .touchpoints
             .create(
@@ -86,7 +87,7 @@ impl Rig {
             )
             .await
             .unwrap();
-        tp.id.into_string()
+        tp.id
     }
 
     async fn dispatch(&self, id: &str, tp: &str, users: i64) {
@@ -98,8 +99,8 @@ impl Rig {
         );
     }
 
-    async fn round(&self, tp: &str) -> RoundReport {
-        self.poller.round(Some((1, &tp.into()))).await.unwrap()
+    async fn round(&self, tp: &TouchpointId) -> RoundReport {
+        self.poller.round(Some((1, tp))).await.unwrap()
     }
 
     async fn batches(&self, dispatch_id: &str) -> Vec<BatchView> {
@@ -141,13 +142,13 @@ impl Rig {
         out
     }
 
-    async fn schedules(&self) -> Vec<String> {
+    async fn schedules(&self) -> Vec<TouchpointId> {
         self.store
             .receipt_schedules()
             .await
             .unwrap()
             .into_iter()
-            .map(|(_, t)| t.into_string())
+            .map(|(_, t)| t)
             .collect()
     }
 }
@@ -459,21 +460,14 @@ async fn batches_pending_when_a_touchpoint_switches_to_sync_still_finish() {
     let tp = rig.touchpoint(&rx, 60).await;
     rig.dispatch("d1", &tp, 3).await;
     assert_eq!(rig.schedules().await, vec![tp.clone()]);
-    let off = rig
-        .touchpoints
-        .disable(1, &tp.as_str().into(), None)
-        .await
-        .unwrap();
+    let off = rig.touchpoints.disable(1, &tp, None).await.unwrap();
     let mut edit = json!({
         "version": off.version, "name": off.spec.name, "kind": "benefit", "url": rx.url(), "batchSize": 10,
         "receipt": {"mode": "sync"},
         "userAttributes": [{"attribute": "a", "displayName": "a"}],
         "templateParams": [{"identifier": "t", "displayName": "t", "type": "text"}]
     });
-    rig.touchpoints
-        .update(1, &tp.as_str().into(), &edit)
-        .await
-        .unwrap();
+    rig.touchpoints.update(1, &tp, &edit).await.unwrap();
     assert_eq!(
         rig.schedules().await,
         vec![tp.clone()],
@@ -492,10 +486,7 @@ async fn batches_pending_when_a_touchpoint_switches_to_sync_still_finish() {
     // Back to async: ensured again.
     edit["version"] = json!(off.version + 1);
     edit["receipt"] = json!({"mode": "async", "receiptUrl": rx.receipt_url()});
-    rig.touchpoints
-        .update(1, &tp.as_str().into(), &edit)
-        .await
-        .unwrap();
+    rig.touchpoints.update(1, &tp, &edit).await.unwrap();
     assert_eq!(rig.schedules().await, vec![tp.clone()]);
 }
 
@@ -523,39 +514,23 @@ async fn schedules_follow_the_touchpoint_lifecycle() {
         vec![tp.clone()],
         "ensured at creation"
     );
-    rig.touchpoints
-        .disable(1, &tp.as_str().into(), None)
-        .await
-        .unwrap();
-    rig.store
-        .remove_schedule_for_test(1, &tp.as_str().into())
-        .await;
-    rig.touchpoints
-        .enable(1, &tp.as_str().into(), None)
-        .await
-        .unwrap();
+    rig.touchpoints.disable(1, &tp, None).await.unwrap();
+    rig.store.remove_schedule_for_test(1, &tp).await;
+    rig.touchpoints.enable(1, &tp, None).await.unwrap();
     assert_eq!(
         rig.schedules().await,
         vec![tp.clone()],
         "ensured when enabled"
     );
-    rig.store
-        .remove_schedule_for_test(1, &tp.as_str().into())
-        .await;
-    rig.touchpoints
-        .enable(1, &tp.as_str().into(), None)
-        .await
-        .unwrap();
+    rig.store.remove_schedule_for_test(1, &tp).await;
+    rig.touchpoints.enable(1, &tp, None).await.unwrap();
     assert_eq!(
         rig.schedules().await,
         vec![tp.clone()],
         "enabling an enabled touchpoint re-syncs its schedule"
     );
-    rig.touchpoints
-        .disable(1, &tp.as_str().into(), None)
-        .await
-        .unwrap();
-    rig.touchpoints.delete(1, &tp.into(), None).await.unwrap();
+    rig.touchpoints.disable(1, &tp, None).await.unwrap();
+    rig.touchpoints.delete(1, &tp, None).await.unwrap();
     assert!(
         rig.schedules().await.is_empty(),
         "removed when deleted with nothing pending"
@@ -608,7 +583,7 @@ async fn a_round_near_its_deadline_leaves_its_batches_to_the_next_round() {
     // Less time left than a poll's request timeout and margin.
     let report = rig
         .poller
-        .round_until(Some((1, &tp.as_str().into())), now + 1_000)
+        .round_until(Some((1, &tp)), now + 1_000)
         .await
         .unwrap();
     assert_eq!((report.polled, report.left), (0, 3), "{report:?}");
