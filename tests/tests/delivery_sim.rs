@@ -148,9 +148,14 @@ impl World {
     }
 
     fn lambda(&self, cfg: DispatcherConfig) -> Arc<DispatcherLambda> {
+        self.lambda_on(&self.clients, cfg)
+    }
+
+    /// A dispatcher instance whose SDK clients are `clients` (faults injected in them).
+    fn lambda_on(&self, clients: &Clients, cfg: DispatcherConfig) -> Arc<DispatcherLambda> {
         Arc::new(
             DispatcherLambda::new(
-                &self.clients,
+                clients,
                 &self.names,
                 self.queue(),
                 Outbound::new(true).unwrap(),
@@ -164,6 +169,14 @@ impl World {
     /// The event source mapping with `instances` Lambda instances side by side.
     fn esm(&self, instances: usize, abort: Option<sim::Abort>) -> Esm {
         self.esm_with(instances, abort, MARGIN)
+    }
+
+    /// The event source mapping with `instances` instances whose clients are `clients`.
+    fn esm_on(&self, clients: &Clients, instances: usize) -> Esm {
+        let lambdas = (0..instances)
+            .map(|_| self.lambda_on(clients, config(&self.template, MARGIN)))
+            .collect();
+        Esm::start(&self.clients, &self.queue(), &self.template, lambdas, None)
     }
 
     fn esm_with(&self, instances: usize, abort: Option<sim::Abort>, margin: Duration) -> Esm {
@@ -830,16 +843,7 @@ async fn scenario_a_five_minute_receipt_timeout_is_polled_and_a_failed_schedule_
 #[ignore = "needs the moto server: run infra/test.sh"]
 async fn scenario_ten_aborts_at_random_points_lose_no_one_and_resend_only_what_was_in_flight() {
     let w = World::new(60.0).await;
-    let tracked = Tracked::default();
-    let t = tracked.clone();
-    let rx = Receiver::start(move |seen, _| {
-        t.answer(
-            seen,
-            Reply::After(Duration::from_millis(30), Box::new(Reply::all_ok(seen))),
-            false,
-        )
-    })
-    .await;
+    let (rx, tracked) = slow_receiver(Duration::from_millis(80)).await;
     let tp = w
         .touchpoint("aborts", json!({"url": rx.url(), "batchSize": 10}))
         .await;
@@ -887,6 +891,60 @@ async fn scenario_ten_aborts_at_random_points_lose_no_one_and_resend_only_what_w
         "{} re-sent for {aborted} aborts",
         f.sent_twice
     );
+    assert_eq!(f.dead_lettered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn scenario_transactions_cancelled_by_conflicts_and_lost_answers_resend_nothing_and_count_exactly()
+ {
+    let _heavy = HEAVY.acquire().await.unwrap();
+    let w = World::new(60.0).await;
+    let (rx, tracked) = slow_receiver(Duration::from_millis(20)).await;
+    let tp = w
+        .touchpoint("conflicts", json!({"url": rx.url(), "batchSize": 10}))
+        .await;
+    let dispatches: Vec<(String, usize)> = (0..6).map(|i| (format!("conflict-{i}"), 400)).collect();
+    for (id, n) in &dispatches {
+        w.send(id, &tp, *n).await;
+    }
+    // One transaction in five cancelled; one outcome record in seven applied with its answer
+    // lost. Four instances side by side.
+    let faults = sim::Faults::new(5, 7);
+    let esm = w.esm_on(&faults.clients(&w.clients), 4);
+    let elapsed = sim::until_final(&*w.ledger, &dispatches, Duration::from_secs(240)).await;
+    let stats = esm.stop().await;
+    let f = w.figures(&dispatches, &tracked, &stats).await;
+    let (conflicts, lost) = (
+        faults.conflicts.load(Ordering::SeqCst),
+        faults.lost_answers.load(Ordering::SeqCst),
+    );
+    f.print(
+        &format!("{conflicts} transactions cancelled by a conflict, {lost} records' answers lost"),
+        elapsed,
+        w.template.factor,
+    );
+    assert!(
+        conflicts >= 5 && lost >= 5,
+        "the faults happened: {conflicts} {lost}"
+    );
+    let users = total(&dispatches);
+    assert_eq!(f.succeeded, users, "{f:?}");
+    assert_eq!(f.sent_twice, 0, "no batch sent twice: {f:?}");
+    assert_eq!((f.one_event, f.repeated_events), (users, 0), "{f:?}");
+    for (scope, key) in [
+        (touchpoint::delivery::StatsScope::Touchpoint, tp.as_str()),
+        (touchpoint::delivery::StatsScope::Campaign, "cmp-sim"),
+    ] {
+        let c = touchpoint::delivery::DeliveryReports::stats(&*w.ledger, 1, scope, key)
+            .await
+            .unwrap();
+        assert_eq!(
+            (c.sent, c.succeeded, c.failed, c.pending),
+            (users as u64, users as u64, 0, 0),
+            "{scope:?} counters exact"
+        );
+    }
     assert_eq!(f.dead_lettered, 0);
 }
 

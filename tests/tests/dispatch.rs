@@ -989,16 +989,13 @@ impl DeliveryLedger for CountingClaims {
     ) -> Result<Opened, StoreError> {
         self.inner.open_dispatch(meta, users, batch_size, now).await
     }
-    async fn save_progress(
+    async fn checkpoint(
         &self,
-        project: ProjectId,
-        dispatch_id: &DispatchId,
-        progress: &Progress,
+        meta: &DispatchMeta,
+        advance: &touchpoint::delivery::Advance<'_>,
         now: Millis,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .save_progress(project, dispatch_id, progress, now)
-            .await
+    ) -> Result<Progress, StoreError> {
+        self.inner.checkpoint(meta, advance, now).await
     }
     async fn reject_dispatch(
         &self,
@@ -1023,7 +1020,10 @@ impl DeliveryLedger for CountingClaims {
             .claim_batch(meta, index, order_no, users, now, lease_until)
             .await
     }
-    async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError> {
+    async fn record_attempt(
+        &self,
+        record: &AttemptRecord,
+    ) -> Result<Option<touchpoint::delivery::Settled>, StoreError> {
         self.inner.record_attempt(record).await
     }
 }

@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use touchpoint::clock::{Clock, Millis};
 use touchpoint::delivery::{
-    AttemptOutcome, AttemptRecord, Claim, DeliveryStore, DispatchMeta, Progress, ReceiptSchedule,
-    UserResult,
+    Advance, AttemptOutcome, AttemptRecord, Claim, DeliveryStore, DispatchMeta, Progress,
+    ReceiptSchedule, Settled, UserResult,
 };
 use touchpoint::dispatch::{
     Dispatch, Malformed, PlannedBatch, batch_users, batches_of, order_no, plan_batch_sized,
@@ -59,7 +59,18 @@ pub struct DispatcherConfig {
     /// Divides the durations a touchpoint states (its request timeout, its receipt timeout):
     /// 1 in production; compressed time in simulations.
     pub time_scale: f64,
+    /// A delivery checkpoints (progress saved, outcomes counted and published) at its first
+    /// outcome, at its end, and in between after [`CHECKPOINT_BATCHES`] batches,
+    /// [`CHECKPOINT_USERS`] users or this long, whichever comes first: results reach the data
+    /// center at most this late, and a checkpoint (about 10 write units on DynamoDB) is
+    /// shared by every batch recorded in it.
+    pub checkpoint_interval: Duration,
 }
+
+/// Outcomes a delivery holds before it checkpoints, in batches.
+pub const CHECKPOINT_BATCHES: usize = 200;
+/// Outcomes a delivery holds before it checkpoints, in users.
+pub const CHECKPOINT_USERS: usize = 10_000;
 
 impl Default for DispatcherConfig {
     fn default() -> Self {
@@ -73,6 +84,7 @@ impl Default for DispatcherConfig {
             give_up_concurrency: 16,
             max_stalls: 10,
             time_scale: 1.0,
+            checkpoint_interval: Duration::from_secs(10),
         }
     }
 }
@@ -484,18 +496,14 @@ impl Dispatcher {
         let batches = batches_of(plan.dispatch, plan.batch_size) as u32;
         let mut progress = plan.progress.clone();
         if progress.abandoned.as_deref() != Some(why) {
-            progress.abandoned = Some(why.to_owned());
-            self.ledger
-                .save_progress(
-                    meta.project_id,
-                    &meta.dispatch_id,
-                    &progress,
-                    self.clock.now_ms(),
-                )
+            progress = self
+                .checkpoint(meta, batches, (&[], &[]), Some(why), &[])
                 .await?;
         }
         let work: Vec<u32> = progress.work(batches).collect();
         let mut looked = Vec::new();
+        let mut finished = Vec::new();
+        let mut settled = Vec::new();
         let mut stopped = false;
         let mut set = tokio::task::JoinSet::new();
         let mut first_error = None;
@@ -530,7 +538,7 @@ impl Dispatcher {
                         max_attempts,
                     )
                     .await
-                    .map(|()| index)
+                    .map(|settled| (index, settled))
                 });
             }
             if stopped && set.is_empty() {
@@ -538,7 +546,10 @@ impl Dispatcher {
             }
             match set.join_next().await {
                 None => break,
-                Some(Ok(Ok(_))) => {}
+                Some(Ok(Ok((index, one)))) => {
+                    finished.push(index);
+                    settled.extend(one);
+                }
                 Some(Ok(Err(e))) => {
                     first_error.get_or_insert(e);
                 }
@@ -547,19 +558,8 @@ impl Dispatcher {
                 }
             }
         }
-        let finished = if first_error.is_none() {
-            looked.clone()
-        } else {
-            Vec::new()
-        };
-        let next = progress.after(batches, &looked, &finished);
-        self.ledger
-            .save_progress(
-                meta.project_id,
-                &meta.dispatch_id,
-                &next,
-                self.clock.now_ms(),
-            )
+        let next = self
+            .checkpoint(meta, batches, (&looked, &finished), None, &settled)
             .await?;
         if let Some(e) = first_error {
             return Err(e);
@@ -569,6 +569,28 @@ impl Dispatcher {
         } else {
             Handled::Continue
         })
+    }
+
+    /// Saves how far a delivery came and counts and publishes the outcomes it holds (see
+    /// `DeliveryLedger::checkpoint`).
+    async fn checkpoint(
+        &self,
+        meta: &DispatchMeta,
+        batches: u32,
+        (looked, finished): (&[u32], &[u32]),
+        abandoned: Option<&str>,
+        settled: &[Settled],
+    ) -> Result<Progress, StoreError> {
+        let advance = Advance {
+            batches,
+            looked,
+            finished,
+            abandoned,
+            settled,
+        };
+        self.ledger
+            .checkpoint(meta, &advance, self.clock.now_ms())
+            .await
     }
 
     /// Requests in flight at once towards this touchpoint.
@@ -611,6 +633,10 @@ impl Dispatcher {
         let mut first_error = None;
         let mut stopped = false;
         let mut marked = false;
+        // Outcomes recorded but not yet counted and published (see `DeliveryLedger::checkpoint`).
+        let mut held: Vec<Settled> = Vec::new();
+        let mut held_users = 0usize;
+        let mut last_checkpoint = started;
         // Batches run concurrently up to the touchpoint's gate; the JoinSet holds at most
         // `per_touchpoint_concurrency` + 1 tasks so a 10,000-user dispatch does not spawn
         // thousands of waiting tasks.
@@ -670,32 +696,25 @@ impl Dispatcher {
                     async move {
                         let out = job.run().await;
                         drop(permit);
-                        out.map(|(status, recorded)| (index, status, recorded))
+                        out.map(|(status, recorded, settled)| (index, status, recorded, settled))
                     }
                     .instrument(span),
                 );
             }
             let joined = set.join_next().await;
-            if let Some(Ok(Ok((_, _, true)))) = &joined
-                && !marked
-            {
-                // This delivery made progress: say so at once, so that a crash later in it
-                // does not count as a delivery without progress.
-                marked = true;
-                let so_far = plan.progress.after(batches, &looked, &finished);
-                self.ledger
-                    .save_progress(
-                        plan.meta.project_id,
-                        &plan.meta.dispatch_id,
-                        &so_far,
-                        self.clock.now_ms(),
-                    )
-                    .await?;
-            }
+            let recorded = matches!(&joined, Some(Ok(Ok((_, _, true, _)))));
             match joined {
                 None => break,
-                Some(Ok(Ok((index, BatchStatus::Finished, _)))) => finished.push(index),
-                Some(Ok(Ok((_, BatchStatus::Waiting(t), _)))) => waits.push(t),
+                Some(Ok(Ok((index, status, _, one)))) => {
+                    match status {
+                        BatchStatus::Finished => finished.push(index),
+                        BatchStatus::Waiting(t) => waits.push(t),
+                    }
+                    if let Some(one) = one {
+                        held_users += one.results.len();
+                        held.push(one);
+                    }
+                }
                 Some(Ok(Err(e))) => {
                     first_error.get_or_insert(e);
                 }
@@ -703,16 +722,33 @@ impl Dispatcher {
                     first_error.get_or_insert(StoreError::backend(join));
                 }
             }
+            // The first outcome recorded is checkpointed at once (this delivery made progress:
+            // a crash later in it does not count as a delivery without progress); then the
+            // outcomes held are counted and published every so often.
+            let due = (recorded && !marked)
+                || (!held.is_empty()
+                    && (held.len() >= CHECKPOINT_BATCHES
+                        || held_users >= CHECKPOINT_USERS
+                        || self.clock.now_ms() - last_checkpoint
+                            >= self.cfg.checkpoint_interval.as_millis() as i64));
+            if due && first_error.is_none() {
+                marked = true;
+                self.checkpoint(plan.meta, batches, (&looked, &finished), None, &held)
+                    .await?;
+                held.clear();
+                held_users = 0;
+                last_checkpoint = self.clock.now_ms();
+            }
         }
         let now = self.clock.now_ms();
-        let next = plan.progress.after(batches, &looked, &finished);
         // A delivery that ends without an error made progress (or had none to make); one that
         // failed on storage counts as progress only if it recorded an outcome.
-        if first_error.is_none() || marked {
-            self.ledger
-                .save_progress(plan.meta.project_id, &plan.meta.dispatch_id, &next, now)
-                .await?;
-        }
+        let next = if first_error.is_none() || marked {
+            self.checkpoint(plan.meta, batches, (&looked, &finished), None, &held)
+                .await?
+        } else {
+            plan.progress.after(batches, &looked, &finished)
+        };
         if let Some(e) = first_error {
             return Err(e);
         }
@@ -749,9 +785,9 @@ struct BatchJob {
 }
 
 impl BatchJob {
-    /// Sends the batch if the ledger lets us; says where it stands afterwards, and whether an
-    /// outcome was recorded.
-    async fn run(self) -> Result<(BatchStatus, bool), StoreError> {
+    /// Sends the batch if the ledger lets us; says where it stands afterwards, whether an
+    /// outcome was recorded, and the outcome the checkpoint must count, if any.
+    async fn run(self) -> Result<(BatchStatus, bool, Option<Settled>), StoreError> {
         let (tp, meta) = &*self.shared;
         let batch = &self.batch;
         let now = self.clock.now_ms();
@@ -768,8 +804,9 @@ impl BatchJob {
             )
             .await?
         {
-            Claim::Done => return Ok((BatchStatus::Finished, false)),
-            Claim::NotBefore(t) => return Ok((BatchStatus::Waiting(t), false)),
+            Claim::Done => return Ok((BatchStatus::Finished, false, None)),
+            Claim::Settled(s) => return Ok((BatchStatus::Finished, false, Some(s))),
+            Claim::NotBefore(t) => return Ok((BatchStatus::Waiting(t), false, None)),
             Claim::Send {
                 attempt,
                 sent_at,
@@ -824,7 +861,8 @@ impl BatchJob {
         if let (AttemptOutcome::Retry { .. }, Some(err)) = (&outcome, &ex.error) {
             tracing::info!(order_no = %batch.order_no, attempt, error = %err, "batch will be retried");
         }
-        self.ledger
+        let settled = self
+            .ledger
             .record_attempt(&AttemptRecord {
                 meta: meta.clone(),
                 order_no: batch.order_no.clone(),
@@ -838,7 +876,7 @@ impl BatchJob {
                 outcome,
             })
             .await?;
-        Ok((status, true))
+        Ok((status, true, settled))
     }
 }
 
@@ -903,7 +941,7 @@ async fn fail_batch(
     why: &str,
     lease: Duration,
     max_attempts: u32,
-) -> Result<(), StoreError> {
+) -> Result<Option<Settled>, StoreError> {
     let now = clock.now_ms();
     let order = order_no(meta.project_id, &meta.dispatch_id, index);
     let claim = ledger
@@ -917,7 +955,8 @@ async fn fail_batch(
         )
         .await?;
     let (attempt, sent_at) = match claim {
-        Claim::Done => return Ok(()),
+        Claim::Done => return Ok(None),
+        Claim::Settled(s) => return Ok(Some(s)),
         Claim::Send {
             attempt, sent_at, ..
         } => (attempt, sent_at),

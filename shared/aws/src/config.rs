@@ -200,6 +200,14 @@ mod tests {
     }
 }
 
+/// Attempts of one SDK call (throttles, 5xx, timeouts), adaptive.
+pub const SDK_MAX_ATTEMPTS: u32 = 5;
+pub const SDK_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// One attempt of an SDK call at most.
+pub const SDK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One SDK call, its retries included, at most.
+pub const SDK_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The SDK clients of one process.
 #[derive(Clone, Debug)]
 pub struct Clients {
@@ -228,8 +236,20 @@ impl Clients {
         let https = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let mut loader =
-            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https);
+        // Adaptive retries (the client slows down when DynamoDB throttles it) and explicit
+        // timeouts: no call waits forever on a connection that hangs.
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https)
+            .retry_config(
+                aws_config::retry::RetryConfig::adaptive().with_max_attempts(SDK_MAX_ATTEMPTS),
+            )
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(SDK_CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(SDK_ATTEMPT_TIMEOUT)
+                    .operation_timeout(SDK_OPERATION_TIMEOUT)
+                    .build(),
+            );
         if let Some(endpoint) = endpoint {
             loader = loader.endpoint_url(endpoint);
         }

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
-use serde_json::{Value, json};
+use serde_json::json;
 use touchpoint::ProjectId;
 use touchpoint::clock::Millis;
 use touchpoint::delivery::*;
@@ -39,8 +39,11 @@ use crate::item::*;
 
 const STAT_SHARDS: u64 = 16;
 const REJECTED_INDEX: i64 = -1;
-/// Events per results message at most (keeps each message well under the queue's limit).
-const EVENTS_PER_MESSAGE: usize = 500;
+/// Bytes of a results message body at most: under the queue's `MaximumMessageSize` (1 MiB),
+/// with room for its attributes.
+pub const RESULTS_MESSAGE_BYTES: usize = 1_000_000;
+/// Rounds of a checkpoint against other deliveries of the same dispatch writing at once.
+const CHECKPOINT_ROUNDS: u32 = 20;
 
 #[derive(Clone, Debug)]
 pub struct DynamoDelivery {
@@ -103,24 +106,65 @@ fn json_of<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-fn is_cancelled_by_condition<R>(
-    e: &aws_sdk_dynamodb::error::SdkError<TransactWriteItemsError, R>,
-    index: usize,
-) -> bool {
-    matches!(
-        e.as_service_error(),
-        Some(TransactWriteItemsError::TransactionCanceledException(t))
-            if t.cancellation_reasons().get(index).and_then(|r| r.code()) == Some("ConditionalCheckFailed")
-    )
-}
-
-/// Whose counters a settlement moves.
-struct Owner<'a> {
+/// What one write moves on the counters of a campaign and a touchpoint.
+struct Moves<'a> {
     project: ProjectId,
     campaign: &'a str,
     touchpoint: &'a str,
-    /// Picks the shard.
-    order: &'a str,
+    shard: u64,
+    total: Delta,
+    hours: Vec<HourMove>,
+}
+
+/// One hour's share of [`Moves`].
+struct HourMove {
+    hour: Millis,
+    delta: Delta,
+    /// A batch of the hour, for drill-down.
+    drill: Option<String>,
+    /// Failure reasons with their counts and a batch that has them.
+    reasons: Vec<(String, u64, String)>,
+}
+
+impl HourMove {
+    /// The move of one batch's settlement at `at`.
+    fn of(at: Millis, delta: Delta, order: &str, results: &[UserResult]) -> HourMove {
+        HourMove {
+            hour: touchpoint::delivery::hour_of(at),
+            delta,
+            drill: Some(order.to_owned()),
+            reasons: tally_reasons(results)
+                .into_iter()
+                .map(|(r, c)| (r, c, order.to_owned()))
+                .collect(),
+        }
+    }
+}
+
+/// The outcome of a transaction that was not an error.
+enum Tx {
+    Written,
+    /// A condition failed; nothing was written.
+    Refused,
+}
+
+/// Cancellation reasons after which a transaction is tried again (nothing was applied).
+const RETRIED_CANCELLATIONS: [&str; 4] = [
+    "TransactionConflict",
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "RequestLimitExceeded",
+];
+const TX_TRIES: u32 = 10;
+const TX_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(20);
+const TX_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Full jitter: a random wait between half of `d` and `d`.
+fn jittered(d: std::time::Duration) -> std::time::Duration {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    let unit = f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX);
+    d.mul_f64(0.5 + unit / 2.0)
 }
 
 /// How much the counters move.
@@ -248,21 +292,21 @@ impl DynamoDelivery {
         n(now / 1000 + self.retention_secs)
     }
 
-    fn stats_update(
+    fn total_update(
         &self,
+        moves: &Moves<'_>,
         scope: &str,
-        key: &str,
-        owner: &Owner<'_>,
-        delta: Delta,
+        key_: &str,
         now: Millis,
     ) -> Result<TransactWriteItem, StoreError> {
+        let delta = moves.total;
         Ok(TransactWriteItem::builder()
             .update(
                 Update::builder()
                     .table_name(&self.table)
                     .set_key(Some(crate::item::key(
-                        stats_pk(owner.project, scope, key),
-                        shard_of(owner.order).to_string(),
+                        stats_pk(moves.project, scope, key_),
+                        moves.shard.to_string(),
                     )))
                     .update_expression(
                         "ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp",
@@ -277,85 +321,115 @@ impl DynamoDelivery {
             .build())
     }
 
-    /// The counter updates of one settlement for the campaign and the touchpoint, on the
-    /// shard its `orderNo` picks: totals, the hour's counters (naming `drill`, the batch, for
-    /// drill-down) and the failure-reason tallies.
+    /// The counter updates of `moves` for the campaign and the touchpoint, on its shard:
+    /// totals, each hour's counters (naming a batch for drill-down) and failure-reason tallies.
     fn stats_updates(
         &self,
-        owner: &Owner<'_>,
-        delta: Delta,
-        drill: Option<&str>,
-        reasons: &[(String, u64)],
+        moves: &Moves<'_>,
         now: Millis,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let hour = touchpoint::delivery::hour_of(now);
-        let day = hour.div_euclid(DAY_MS);
-        let shard = shard_of(owner.order);
-        let mut items = Vec::with_capacity(4 + 2 * reasons.len());
+        let shard = moves.shard;
+        let mut items = Vec::new();
         for (scope, key_) in [
-            ("campaign", owner.campaign),
-            ("touchpoint", owner.touchpoint),
+            ("campaign", moves.campaign),
+            ("touchpoint", moves.touchpoint),
         ] {
-            items.push(self.stats_update(scope, key_, owner, delta, now)?);
-            let pk = trend_pk(owner.project, scope, key_, day);
-            let mut hourly = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(crate::item::key(
-                    pk.clone(),
-                    format!("H#{hour:013}#{shard:02}"),
-                )))
-                .expression_attribute_values(":sent", n(delta.sent))
-                .expression_attribute_values(":ok", n(delta.ok))
-                .expression_attribute_values(":failed", n(delta.failed))
-                .expression_attribute_values(":exp", self.expires_at(now));
-            hourly = match drill {
-                Some(order) => hourly
-                    .update_expression(
-                        "ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp, last_order = :order",
-                    )
-                    .expression_attribute_values(":order", s(order)),
-                None => hourly.update_expression(
-                    "ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp",
-                ),
-            };
-            items.push(
-                TransactWriteItem::builder()
-                    .update(hourly.build().map_err(build_err)?)
-                    .build(),
-            );
-            for (reason, count) in reasons {
-                let mut tally = Update::builder()
+            items.push(self.total_update(moves, scope, key_, now)?);
+            for hour_move in &moves.hours {
+                let (hour, delta) = (hour_move.hour, hour_move.delta);
+                let pk = trend_pk(moves.project, scope, key_, hour.div_euclid(DAY_MS));
+                let mut hourly = Update::builder()
                     .table_name(&self.table)
                     .set_key(Some(crate::item::key(
                         pk.clone(),
-                        format!("R#{hour:013}#{shard:02}#{reason}"),
+                        format!("H#{hour:013}#{shard:02}"),
                     )))
-                    .expression_attribute_values(":n", n(count))
-                    .expression_attribute_values(":reason", s(reason))
+                    .expression_attribute_values(":sent", n(delta.sent))
+                    .expression_attribute_values(":ok", n(delta.ok))
+                    .expression_attribute_values(":failed", n(delta.failed))
                     .expression_attribute_values(":exp", self.expires_at(now));
-                tally = match drill {
-                    Some(order) => tally
+                hourly = match &hour_move.drill {
+                    Some(order) => hourly
                         .update_expression(
-                            "ADD #count :n SET reason = :reason, expires_at = :exp, sample_order = :order",
+                            "ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp, last_order = :order",
                         )
                         .expression_attribute_values(":order", s(order)),
-                    None => tally.update_expression(
-                        "ADD #count :n SET reason = :reason, expires_at = :exp",
+                    None => hourly.update_expression(
+                        "ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp",
                     ),
                 };
                 items.push(
                     TransactWriteItem::builder()
-                        .update(
-                            tally
-                                .expression_attribute_names("#count", "count")
-                                .build()
-                                .map_err(build_err)?,
-                        )
+                        .update(hourly.build().map_err(build_err)?)
                         .build(),
                 );
+                for (reason, count, sample) in &hour_move.reasons {
+                    let tally = Update::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(crate::item::key(
+                            pk.clone(),
+                            format!("R#{hour:013}#{shard:02}#{reason}"),
+                        )))
+                        .update_expression(
+                            "ADD #count :n SET reason = :reason, expires_at = :exp, sample_order = :order",
+                        )
+                        .expression_attribute_names("#count", "count")
+                        .expression_attribute_values(":n", n(count))
+                        .expression_attribute_values(":reason", s(reason))
+                        .expression_attribute_values(":exp", self.expires_at(now))
+                        .expression_attribute_values(":order", s(sample))
+                        .build()
+                        .map_err(build_err)?;
+                    items.push(TransactWriteItem::builder().update(tally).build());
+                }
             }
         }
         Ok(items)
+    }
+
+    /// Runs a transaction, retried with jittered exponential back-off while DynamoDB cancels it
+    /// for a conflict with another transaction or a throttle (nothing of it was applied then).
+    /// A failed condition is an answer, not an error: it names the item whose condition failed.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Tx, StoreError> {
+        let mut wait = TX_RETRY_FIRST;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let result = self
+                .ddb
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let e = match result {
+                Ok(_) => return Ok(Tx::Written),
+                Err(e) => e,
+            };
+            let retry = match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(t)) => {
+                    let codes: Vec<&str> = t
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().unwrap_or("None"))
+                        .collect();
+                    if codes.contains(&"ConditionalCheckFailed") {
+                        return Ok(Tx::Refused);
+                    }
+                    codes.iter().any(|c| RETRIED_CANCELLATIONS.contains(c))
+                }
+                Some(TransactWriteItemsError::TransactionInProgressException(_)) => true,
+                _ => false,
+            };
+            if !retry || tries >= TX_TRIES {
+                return Err(aws_err(e));
+            }
+            tracing::debug!(
+                tries,
+                "transaction cancelled by a conflict or throttle: retrying"
+            );
+            tokio::time::sleep(jittered(wait)).await;
+            wait = (wait * 2).min(TX_RETRY_MAX);
+        }
     }
 
     /// Every item of one trend partition whose sort key lies between `lower` and `upper`.
@@ -480,38 +554,30 @@ impl DynamoDelivery {
         };
         let meta = batch.meta;
         let order = batch.order;
+        let mut events = Vec::new();
         for settlement in settlements {
-            let events: Vec<Value> = results
-                .iter()
-                .filter(|r| {
-                    settlement
-                        .gids
-                        .as_ref()
-                        .is_none_or(|gids| gids.contains(&r.gid))
-                })
-                .map(|r| {
-                    json!({
-                        "event": "$ma_channel_touch", "projectId": meta.project_id, "gid": r.gid,
-                        "campaignId": meta.campaign_id, "strategyId": meta.strategy_id, "spaceId": meta.space_id,
-                        "touchpointId": meta.touchpoint_id, "touchpointKind": meta.touchpoint_kind,
-                        "orderNo": if batch.index == REJECTED_INDEX { "" } else { order },
-                        "dispatchId": meta.dispatch_id, "status": r.status.code(), "errorMsg": r.status.reason(),
-                        "sentAt": batch.sent_at.unwrap_or(settlement.at), "resolvedAt": settlement.at,
+            events.extend(
+                results
+                    .iter()
+                    .filter(|r| {
+                        settlement
+                            .gids
+                            .as_ref()
+                            .is_none_or(|gids| gids.contains(&r.gid))
                     })
-                })
-                .collect();
-            for (part, chunk) in events.chunks(EVENTS_PER_MESSAGE).enumerate() {
-                self.sqs
-                    .send_message()
-                    .queue_url(queue)
-                    .message_body(json!({ "events": chunk }).to_string())
-                    .message_group_id(order)
-                    .message_deduplication_id(format!("{}-{part}", settlement.id))
-                    .send()
-                    .await
-                    .map_err(aws_err)?;
-            }
+                    .map(|r| {
+                        result_event(
+                            meta,
+                            order,
+                            batch.index == REJECTED_INDEX,
+                            r,
+                            batch.sent_at.unwrap_or(settlement.at),
+                            settlement.at,
+                        )
+                    }),
+            );
         }
+        self.publish_events(queue, meta, events).await?;
         let published = settlements.len();
         self.ddb
             .update_item()
@@ -532,12 +598,232 @@ impl DynamoDelivery {
         Ok(())
     }
 
+    /// Puts the events of outcomes counted at a checkpoint on the results queue.
+    async fn publish_settled(
+        &self,
+        meta: &DispatchMeta,
+        settled: &[&Settled],
+    ) -> Result<(), StoreError> {
+        let events: Vec<Event> = settled
+            .iter()
+            .flat_map(|s| {
+                s.results
+                    .iter()
+                    .map(|r| result_event(meta, &s.order_no, false, r, s.sent_at, s.at))
+            })
+            .collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let Some(queue) = &self.results_queue_url else {
+            return Err(StoreError::Backend("RESULTS_QUEUE_URL is not set".into()));
+        };
+        self.publish_events(queue, meta, events).await
+    }
+
+    /// Sends events to the results queue in messages of at most [`RESULTS_MESSAGE_BYTES`],
+    /// grouped by dispatch. A message's de-duplication id is a digest of its events' ids, so
+    /// the same events sent again within the queue's window are dropped, and different ones
+    /// never are.
+    async fn publish_events(
+        &self,
+        queue: &str,
+        meta: &DispatchMeta,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
+        let group = digest([format!("{}#{}", meta.project_id, meta.dispatch_id)].iter());
+        for (body, ids) in pack_events(events)? {
+            self.sqs
+                .send_message()
+                .queue_url(queue)
+                .message_body(body)
+                .message_group_id(&group)
+                .message_deduplication_id(digest(ids.iter()))
+                .send()
+                .await
+                .map_err(aws_err)?;
+        }
+        Ok(())
+    }
+
     async fn publish_order(&self, project: ProjectId, order: &str) -> Result<(), StoreError> {
         if let Some(item) = self.get_batch(project, order).await? {
             self.publish(&item).await?;
         }
         Ok(())
     }
+}
+
+/// A results event with its id, serialized.
+struct Event {
+    id: String,
+    json: String,
+}
+
+/// The `$ma_channel_touch` event of one user's outcome. `eventId` (`{orderNo}-{gid}`) is the
+/// same however often it is published: a user has one final outcome per batch.
+fn result_event(
+    meta: &DispatchMeta,
+    order: &str,
+    rejected: bool,
+    r: &UserResult,
+    sent_at: Millis,
+    at: Millis,
+) -> Event {
+    let id = format!("{order}-{}", r.gid);
+    let json = json!({
+        "event": "$ma_channel_touch", "eventId": id, "projectId": meta.project_id, "gid": r.gid,
+        "campaignId": meta.campaign_id, "strategyId": meta.strategy_id, "spaceId": meta.space_id,
+        "touchpointId": meta.touchpoint_id, "touchpointKind": meta.touchpoint_kind,
+        "orderNo": if rejected { "" } else { order },
+        "dispatchId": meta.dispatch_id, "status": r.status.code(), "errorMsg": r.status.reason(),
+        "sentAt": sent_at, "resolvedAt": at,
+    })
+    .to_string();
+    Event { id, json }
+}
+
+/// Bodies of at most [`RESULTS_MESSAGE_BYTES`] (`{"events":[…]}`), each with its events' ids.
+fn pack_events(events: Vec<Event>) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+    const OPEN: &str = "{\"events\":[";
+    const CLOSE: &str = "]}";
+    let mut out = Vec::new();
+    let mut body = String::from(OPEN);
+    let mut ids = Vec::new();
+    for e in events {
+        if OPEN.len() + e.json.len() + CLOSE.len() > RESULTS_MESSAGE_BYTES {
+            return Err(StoreError::Backend(
+                format!(
+                    "a results event of {} bytes cannot be published",
+                    e.json.len()
+                )
+                .into(),
+            ));
+        }
+        if !ids.is_empty() && body.len() + 1 + e.json.len() + CLOSE.len() > RESULTS_MESSAGE_BYTES {
+            body.push_str(CLOSE);
+            out.push((
+                std::mem::replace(&mut body, String::from(OPEN)),
+                std::mem::take(&mut ids),
+            ));
+        }
+        if !ids.is_empty() {
+            body.push(',');
+        }
+        body.push_str(&e.json);
+        ids.push(e.id);
+    }
+    if !ids.is_empty() {
+        body.push_str(CLOSE);
+        out.push((body, ids));
+    }
+    Ok(out)
+}
+
+/// A 128-bit FNV-1a digest of `parts` in hex (32 characters): a FIFO de-duplication or group
+/// id made of characters the queue accepts, whatever the parts contain.
+fn digest<'a>(parts: impl Iterator<Item = &'a String>) -> String {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0xff)) {
+            h ^= u128::from(b);
+            h = h.wrapping_mul(0x0000000001000000000000000000013B);
+        }
+    }
+    format!("{h:032x}")
+}
+
+/// The counter moves of outcomes counted at one checkpoint, grouped by the hour each was
+/// recorded in, on the shard the first batch picks; `None` when nobody became final.
+fn settled_moves<'a>(meta: &'a DispatchMeta, settled: &[&Settled]) -> Option<Moves<'a>> {
+    let first = settled.first()?;
+    let mut by_hour: std::collections::BTreeMap<Millis, Vec<&Settled>> = Default::default();
+    for s in settled {
+        by_hour
+            .entry(touchpoint::delivery::hour_of(s.at))
+            .or_default()
+            .push(s);
+    }
+    let mut total = Delta {
+        sent: 0,
+        ok: 0,
+        failed: 0,
+    };
+    let mut hours = Vec::new();
+    for (hour, group) in by_hour {
+        let mut delta = Delta {
+            sent: 0,
+            ok: 0,
+            failed: 0,
+        };
+        for s in &group {
+            let (ok, failed) = counts(&s.results);
+            delta.ok += ok;
+            delta.failed += failed;
+        }
+        total.ok += delta.ok;
+        total.failed += delta.failed;
+        let all: Vec<UserResult> = group
+            .iter()
+            .flat_map(|s| s.results.iter().cloned())
+            .collect();
+        let reasons = tally_reasons(&all)
+            .into_iter()
+            .map(|(reason, count)| {
+                let sample = group
+                    .iter()
+                    .find(|s| {
+                        s.results.iter().any(|u| {
+                            u.status != UserStatus::Succeeded
+                                && u.status
+                                    .reason()
+                                    .chars()
+                                    .take(REASON_CHARS)
+                                    .eq(reason.chars())
+                        })
+                    })
+                    .map_or_else(String::new, |s| s.order_no.to_string());
+                (reason, count, sample)
+            })
+            .collect();
+        hours.push(HourMove {
+            hour,
+            delta,
+            drill: group.last().map(|s| s.order_no.to_string()),
+            reasons,
+        });
+    }
+    (total.ok + total.failed > 0).then(|| Moves {
+        project: meta.project_id,
+        campaign: &meta.campaign_id,
+        touchpoint: &meta.touchpoint_id,
+        shard: shard_of(&first.order_no),
+        total,
+        hours,
+    })
+}
+
+/// The first outcome of a final or accepted batch item, as its record wrote it (users that
+/// became final later through receipt polls were counted and published by the poller).
+fn settled_of_item(item: &Item) -> Result<Option<Settled>, StoreError> {
+    let state = get_s(item, "state").and_then(|s| BatchState::parse(&s));
+    let index: i64 = get_n(item, "batch_index").unwrap_or(REJECTED_INDEX);
+    if !matches!(state, Some(BatchState::Final | BatchState::Accepted)) || index < 0 {
+        return Ok(None);
+    }
+    let mut results = decode_results(item)?;
+    results.truncate(get_n(item, "first_results").unwrap_or(results.len()));
+    Ok(Some(Settled {
+        index: index as u32,
+        order_no: get_s(item, "order_no")
+            .ok_or_else(|| missing("order_no"))?
+            .into(),
+        sent_at: get_n(item, "sent_at").unwrap_or_default(),
+        at: get_n(item, "accepted_at")
+            .or_else(|| get_n(item, "resolved_at"))
+            .unwrap_or_default(),
+        results,
+    }))
 }
 
 fn settlement_attr(
@@ -588,40 +874,42 @@ impl DeliveryLedger for DynamoDelivery {
             .build()
             .map_err(build_err)?;
         // The users count as sent on the shard the dispatch id picks; batches spread over all.
+        let sent = Delta {
+            sent: i64::from(users),
+            ok: 0,
+            failed: 0,
+        };
         let counters = self.stats_updates(
-            &Owner {
+            &Moves {
                 project: meta.project_id,
                 campaign: &meta.campaign_id,
                 touchpoint: &meta.touchpoint_id,
-                order: &meta.dispatch_id,
+                shard: shard_of(&meta.dispatch_id),
+                total: sent,
+                hours: vec![HourMove {
+                    hour: touchpoint::delivery::hour_of(now),
+                    delta: sent,
+                    drill: None,
+                    reasons: Vec::new(),
+                }],
             },
-            Delta {
-                sent: i64::from(users),
-                ok: 0,
-                failed: 0,
-            },
-            None,
-            &[],
             now,
         )?;
         let result = self
-            .ddb
-            .transact_write_items()
-            .set_transact_items(Some(
+            .transact(
                 std::iter::once(TransactWriteItem::builder().put(put).build())
                     .chain(counters)
                     .collect(),
-            ))
-            .send()
-            .await;
+            )
+            .await?;
         match result {
-            Ok(_) => Ok(Opened {
+            Tx::Written => Ok(Opened {
                 new: true,
                 batch_size,
                 progress: Progress::default(),
                 stalls: 0,
             }),
-            Err(e) if is_cancelled_by_condition(&e, 0) => {
+            Tx::Refused => {
                 // Opened before: one more delivery, and its batch size and progress as
                 // recorded (the item as it was before this update).
                 let item = self
@@ -648,30 +936,90 @@ impl DeliveryLedger for DynamoDelivery {
                     stalls: get_n(&item, "stalls").unwrap_or_default(),
                 })
             }
-            Err(e) => Err(aws_err(e)),
         }
     }
 
-    async fn save_progress(
+    async fn checkpoint(
         &self,
-        project: ProjectId,
-        dispatch_id: &DispatchId,
-        progress: &Progress,
+        meta: &DispatchMeta,
+        advance: &Advance<'_>,
         now: Millis,
-    ) -> Result<(), StoreError> {
-        self.ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(dispatch_pk(project, dispatch_id), "META")))
-            .update_expression("SET progress = :p, stalls = :zero, expires_at = :exp")
-            .expression_attribute_values(":zero", n(0))
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":p", json_s(progress)?)
-            .expression_attribute_values(":exp", self.expires_at(now))
-            .send()
-            .await
-            .map_err(aws_err)?;
-        Ok(())
+    ) -> Result<Progress, StoreError> {
+        let pk = dispatch_pk(meta.project_id, &meta.dispatch_id);
+        let mut published: std::collections::HashSet<u32> = Default::default();
+        let mut rounds = 0u32;
+        loop {
+            rounds += 1;
+            let current = self
+                .get(pk.clone(), "META")
+                .await?
+                .ok_or_else(|| missing("META"))?;
+            let version: u64 = get_n(&current, "pv").unwrap_or_default();
+            let stored: Progress = json_of(&current, "progress")?;
+            let next = stored.advanced(advance);
+            // Outcomes this write counts: not counted before, marked finished by it, each once.
+            let mut seen = std::collections::HashSet::new();
+            let fresh: Vec<&Settled> = advance
+                .settled
+                .iter()
+                .filter(|s| {
+                    !stored.is_finished(s.index)
+                        && next.is_finished(s.index)
+                        && seen.insert(s.index)
+                })
+                .collect();
+            // Published before they are counted: a crash in between publishes them again
+            // (consumers de-duplicate on `eventId`), never loses them.
+            let unpublished: Vec<&Settled> = fresh
+                .iter()
+                .copied()
+                .filter(|s| !published.contains(&s.index))
+                .collect();
+            self.publish_settled(meta, &unpublished).await?;
+            published.extend(unpublished.iter().map(|s| s.index));
+            let (ok, failed) = fresh.iter().fold((0, 0), |(ok, failed), s| {
+                let (o, f) = counts(&s.results);
+                (ok + o, failed + f)
+            });
+            let mut head = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(pk.clone(), "META")))
+                .update_expression(
+                    "SET progress = :p, pv = :next_version, stalls = :zero, expires_at = :exp \
+                     ADD settled_ok :ok, settled_failed :failed",
+                )
+                .expression_attribute_values(":p", json_s(&next)?)
+                .expression_attribute_values(":next_version", n(version + 1))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":exp", self.expires_at(now))
+                .expression_attribute_values(":ok", n(ok))
+                .expression_attribute_values(":failed", n(failed));
+            head = if version == 0 {
+                head.condition_expression("attribute_exists(pk) AND attribute_not_exists(pv)")
+            } else {
+                head.condition_expression("pv = :version")
+                    .expression_attribute_values(":version", n(version))
+            };
+            let mut items = vec![
+                TransactWriteItem::builder()
+                    .update(head.build().map_err(build_err)?)
+                    .build(),
+            ];
+            if let Some(moves) = settled_moves(meta, &fresh) {
+                items.extend(self.stats_updates(&moves, now)?);
+            }
+            match self.transact(items).await? {
+                Tx::Written => return Ok(next),
+                // Another delivery of this dispatch checkpointed since the read: merge into
+                // what it wrote (anything it counted is skipped).
+                Tx::Refused if rounds < CHECKPOINT_ROUNDS => continue,
+                Tx::Refused => {
+                    return Err(StoreError::Backend(
+                        "checkpoint: the dispatch record kept changing under it".into(),
+                    ));
+                }
+            }
+        }
     }
 
     async fn reject_dispatch(
@@ -719,20 +1067,20 @@ impl DeliveryLedger for DynamoDelivery {
             batch.insert(k.into(), v);
         }
         let n_users = gids.len() as i64;
+        let delta = Delta {
+            sent: n_users,
+            ok: 0,
+            failed: n_users,
+        };
         let counters = self.stats_updates(
-            &Owner {
+            &Moves {
                 project: meta.project_id,
                 campaign: &meta.campaign_id,
                 touchpoint: &meta.touchpoint_id,
-                order: &order,
+                shard: shard_of(&order),
+                total: delta,
+                hours: vec![HourMove::of(now, delta, &order, &results)],
             },
-            Delta {
-                sent: n_users,
-                ok: 0,
-                failed: n_users,
-            },
-            Some(&order),
-            &tally_reasons(&results),
             now,
         )?;
         let head = [
@@ -756,17 +1104,9 @@ impl DeliveryLedger for DynamoDelivery {
                 )
                 .build(),
         ];
-        let result = self
-            .ddb
-            .transact_write_items()
-            .set_transact_items(Some(head.into_iter().chain(counters).collect()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if is_cancelled_by_condition(&e, 0) => {}
-            Err(e) => return Err(aws_err(e)),
-        }
+        // Refused by its first condition: refused before, the users' outcomes are there.
+        self.transact(head.into_iter().chain(counters).collect())
+            .await?;
         self.publish_order(meta.project_id, &order).await
     }
 
@@ -837,8 +1177,13 @@ impl DeliveryLedger for DynamoDelivery {
         let decision = decide_claim(Some(&record), now);
         let ClaimDecision::Take { attempt, lost, .. } = decision else {
             if decision == ClaimDecision::Done {
-                // Results of an earlier run that never reached the queue go out now.
+                // Receipt results of an earlier poll that never reached the queue go out now;
+                // the batch's own outcome goes to the checkpoint, which counts and publishes
+                // it unless that was done.
                 self.publish(&current).await?;
+                if let Some(settled) = settled_of_item(&current)? {
+                    return Ok(Claim::Settled(settled));
+                }
             }
             return Ok(decision.claim(now));
         };
@@ -872,10 +1217,14 @@ impl DeliveryLedger for DynamoDelivery {
         }
     }
 
-    async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError> {
+    async fn record_attempt(&self, record: &AttemptRecord) -> Result<Option<Settled>, StoreError> {
         let order = &record.order_no;
         let meta = &record.meta;
-        let mut update = Update::builder()
+        // One write, conditional on the batch being this attempt's to record: the outcome is
+        // durable before anything that can conflict (the counters follow at the checkpoint).
+        let mut update = self
+            .ddb
+            .update_item()
             .table_name(&self.table)
             .set_key(Some(key(batch_pk(meta.project_id, order), "B")))
             .expression_attribute_names("#state", "state")
@@ -917,13 +1266,13 @@ impl DeliveryLedger for DynamoDelivery {
             expr.set("response_excerpt = :excerpt");
             update = update.expression_attribute_values(":excerpt", s(x));
         }
-        let (settled, stats): (&[UserResult], _) = match &record.outcome {
+        let settled: Option<&Vec<UserResult>> = match &record.outcome {
             AttemptOutcome::Retry { next_attempt_at } => {
                 expr.set("next_attempt_at = :next");
                 update = update
                     .expression_attribute_values(":state", s("retry_wait"))
                     .expression_attribute_values(":next", n(next_attempt_at));
-                (&[], None)
+                None
             }
             AttemptOutcome::Final(results) => {
                 let (ok, failed) = counts(results);
@@ -932,7 +1281,7 @@ impl DeliveryLedger for DynamoDelivery {
                     "succeeded = :ok",
                     "failed = :failed",
                     "resolved_at = :at",
-                    "outbox = :outbox",
+                    "first_results = :first",
                 ] {
                     expr.set(clause);
                 }
@@ -943,11 +1292,8 @@ impl DeliveryLedger for DynamoDelivery {
                     .expression_attribute_values(":ok", n(ok))
                     .expression_attribute_values(":failed", n(failed))
                     .expression_attribute_values(":at", n(record.at))
-                    .expression_attribute_values(
-                        ":outbox",
-                        settlement_attr(format!("{order}-t"), record.at, None)?,
-                    );
-                (results.as_slice(), Some((ok, failed)))
+                    .expression_attribute_values(":first", n(results.len()));
+                Some(results)
             }
             AttemptOutcome::Accepted {
                 results,
@@ -968,6 +1314,7 @@ impl DeliveryLedger for DynamoDelivery {
                     "next_poll_at = :next_poll",
                     "due_tp = :due",
                     "polls = :zero",
+                    "first_results = :first",
                     // Kept until its receipt deadline plus the retention, whatever the
                     // retention: TTL never removes a batch whose receipts are awaited.
                     "expires_at = :accepted_expiry",
@@ -977,14 +1324,8 @@ impl DeliveryLedger for DynamoDelivery {
                 update = update
                     .expression_attribute_values(":accepted_expiry", self.expires_at(*deadline));
                 expr.remove("next_attempt_at");
-                if !results.is_empty() {
-                    expr.set("outbox = :outbox");
-                    update = update.expression_attribute_values(
-                        ":outbox",
-                        settlement_attr(format!("{order}-t"), record.at, None)?,
-                    );
-                }
                 update = update
+                    .expression_attribute_values(":first", n(results.len()))
                     .expression_attribute_values(":state", s("accepted"))
                     .expression_attribute_values(":results", encode_results(results)?)
                     .expression_attribute_values(":ok", n(ok))
@@ -999,61 +1340,32 @@ impl DeliveryLedger for DynamoDelivery {
                         s(due_key(meta.project_id, &meta.touchpoint_id)),
                     )
                     .expression_attribute_values(":zero", n(0));
-                (results.as_slice(), Some((ok, failed)))
+                Some(results)
             }
         };
-        let update = update
-            .update_expression(expr.expression())
-            .build()
-            .map_err(build_err)?;
-        let mut tx = self
-            .ddb
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build());
-        if let Some((ok, failed)) = stats.filter(|(ok, failed)| ok + failed > 0) {
-            for t in self.stats_updates(
-                &Owner {
-                    project: meta.project_id,
-                    campaign: &meta.campaign_id,
-                    touchpoint: &meta.touchpoint_id,
-                    order,
-                },
-                Delta {
-                    sent: 0,
-                    ok,
-                    failed,
-                },
-                Some(order),
-                &tally_reasons(settled),
-                record.at,
-            )? {
-                tx = tx.transact_items(t);
-            }
-        }
-        match tx.send().await {
-            Ok(_) => {}
-            // Already settled by someone else: nothing is counted twice.
-            Err(e) if is_cancelled_by_condition(&e, 0) => return Ok(()),
-            Err(e) => return Err(aws_err(e)),
-        }
-        // Published from what was just written; a crash before this leaves the settlement in
-        // the outbox, published by the next claim of the batch.
-        if !settled.is_empty() {
-            let batch = Published {
-                meta,
-                order,
-                index: record.batch_index as i64,
-                sent_at: Some(record.sent_at),
-            };
-            let settlement = Settlement {
-                id: format!("{order}-t"),
+        let written = update.update_expression(expr.expression()).send().await;
+        match written {
+            Ok(_) => Ok(settled.map(|results| Settled {
+                index: record.batch_index as u32,
+                order_no: order.clone(),
+                sent_at: record.sent_at,
                 at: record.at,
-                gids: None,
-            };
-            self.publish_settlements(&batch, &[settlement], settled)
-                .await?;
+                results: results.clone(),
+            })),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                // Recorded already: by another sender, or by this very write when an earlier
+                // try of it timed out after taking effect. Whatever is there is handed to the
+                // checkpoint (which skips it if it was counted), so it is never lost.
+                match self.get_batch(meta.project_id, order).await? {
+                    Some(item) => settled_of_item(&item),
+                    None => Ok(None),
+                }
+            }
+            Err(e) => Err(aws_err(e)),
         }
-        Ok(())
     }
 }
 
@@ -1391,38 +1703,32 @@ impl ReceiptLedger for DynamoDelivery {
             .update_expression(expr.expression())
             .build()
             .map_err(build_err)?;
-        let mut tx = self
-            .ddb
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build());
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
         let (s_ok, s_failed) = counts(&settled);
         if s_ok + s_failed > 0 {
             let project: ProjectId = get_n(&item, "project").unwrap_or_default();
             let campaign = get_s(&item, "campaign_id").unwrap_or_default();
             let touchpoint = get_s(&item, "touchpoint_id").unwrap_or_default();
-            for t in self.stats_updates(
-                &Owner {
+            let delta = Delta {
+                sent: 0,
+                ok: s_ok,
+                failed: s_failed,
+            };
+            items.extend(self.stats_updates(
+                &Moves {
                     project,
                     campaign: &campaign,
                     touchpoint: &touchpoint,
-                    order,
+                    shard: shard_of(order),
+                    total: delta,
+                    hours: vec![HourMove::of(record.at, delta, order, &settled)],
                 },
-                Delta {
-                    sent: 0,
-                    ok: s_ok,
-                    failed: s_failed,
-                },
-                Some(order),
-                &tally_reasons(&settled),
                 record.at,
-            )? {
-                tx = tx.transact_items(t);
-            }
+            )?);
         }
-        match tx.send().await {
-            Ok(_) => {}
-            Err(e) if is_cancelled_by_condition(&e, 0) => return Ok(()),
-            Err(e) => return Err(aws_err(e)),
+        // Refused: another round applied this poll already; nothing is counted twice.
+        if let Tx::Refused = self.transact(items).await? {
+            return Ok(());
         }
         // Published from what was read and just written: the outbox as it was (anything an
         // earlier crash left there) plus this settlement, over the results as they are now.

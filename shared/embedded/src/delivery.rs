@@ -273,22 +273,43 @@ impl DeliveryLedger for SqliteStore {
         .await
     }
 
-    async fn save_progress(
+    async fn checkpoint(
         &self,
-        project: ProjectId,
-        dispatch_id: &DispatchId,
-        progress: &Progress,
+        meta: &DispatchMeta,
+        advance: &Advance<'_>,
         _now: Millis,
-    ) -> Result<(), StoreError> {
-        let dispatch_id = dispatch_id.to_owned();
-        let progress = serde_json::to_string(progress).map_err(json_err)?;
+    ) -> Result<Progress, StoreError> {
+        // Outcomes were counted and their events written by `record_attempt`, in its own
+        // transaction: only the progress moves here, merged into the stored one.
+        let project = meta.project_id;
+        let dispatch_id = meta.dispatch_id.clone();
+        let (batches, abandoned) = (advance.batches, advance.abandoned.map(str::to_owned));
+        let (looked, finished) = (advance.looked.to_vec(), advance.finished.to_vec());
         self.tx(move |tx| {
+            let stored: Option<String> = tx
+                .query_row_cached(
+                    "SELECT progress FROM dispatches WHERE project_id = ?1 AND dispatch_id = ?2",
+                    params![project, dispatch_id.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?
+                .flatten();
+            let stored: Progress = parse_json(stored)?;
+            let next = stored.advanced(&Advance {
+                batches,
+                looked: &looked,
+                finished: &finished,
+                abandoned: abandoned.as_deref(),
+                settled: &[],
+            });
+            let text = serde_json::to_string(&next).map_err(json_err)?;
             tx.execute_cached(
                 "UPDATE dispatches SET progress = ?3, stalls = 0 WHERE project_id = ?1 AND dispatch_id = ?2",
-                params![project, dispatch_id.as_str(), progress],
+                params![project, dispatch_id.as_str(), text],
             )
             .map_err(backend)?;
-            Ok(())
+            Ok(next)
         })
         .await
     }
@@ -409,7 +430,7 @@ impl DeliveryLedger for SqliteStore {
         .await
     }
 
-    async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError> {
+    async fn record_attempt(&self, record: &AttemptRecord) -> Result<Option<Settled>, StoreError> {
         let record = record.clone();
         let writes = self.writes();
         let settles = !matches!(record.outcome, AttemptOutcome::Retry { .. });
@@ -522,7 +543,8 @@ impl DeliveryLedger for SqliteStore {
         if settles {
             self.notify_results();
         }
-        Ok(())
+        // Counted and its events written in the same transaction: nothing for the checkpoint.
+        Ok(None)
     }
 }
 
@@ -1112,6 +1134,7 @@ impl ResultsFile {
                         .map(|r| {
                             json!({
                                 "event": "$ma_channel_touch",
+                                "eventId": format!("{order}-{}", r.gid),
                                 "projectId": meta.project_id,
                                 "gid": r.gid,
                                 "campaignId": meta.campaign_id,

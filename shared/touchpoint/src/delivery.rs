@@ -2,7 +2,11 @@
 //! final state, no final batch is sent again, and results are published once.
 //!
 //! Write budget per batch on the success path: one conditional claim before sending and one
-//! record after (the record also moves the statistics counters and queues the result events).
+//! record after. The statistics counters and the result events follow either in the record
+//! itself (the embedded store: one local transaction) or at the delivery's next checkpoint
+//! ([`DeliveryLedger::checkpoint`], DynamoDB: counters moved and results published for many
+//! batches at once, exactly once because the checkpoint marks the batches it counted in the
+//! dispatch's progress under a condition).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -85,6 +89,41 @@ pub enum Claim {
     /// Nothing to send: the outcome is final (or the receiver accepted it and receipts are
     /// awaited).
     Done,
+    /// Nothing to send, and the outcome found may not be counted or published yet (its
+    /// recorder died before its checkpoint): hand it to [`DeliveryLedger::checkpoint`], which
+    /// counts it unless the dispatch's progress says it was.
+    Settled(Settled),
+}
+
+/// A batch outcome recorded by [`DeliveryLedger::record_attempt`] but left to
+/// [`DeliveryLedger::checkpoint`] to count and publish: the users that became final when the
+/// receiver answered (for an async batch, those its first answer settled).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub index: u32,
+    pub order_no: OrderNo,
+    /// When the batch was first sent.
+    pub sent_at: Millis,
+    /// When the outcome was recorded.
+    pub at: Millis,
+    pub results: Vec<UserResult>,
+}
+
+/// How far one delivery came, for [`DeliveryLedger::checkpoint`]. It is applied to the progress
+/// the ledger holds when it writes ([`Progress::after`]), not to the one the delivery started
+/// from, so deliveries of one dispatch running side by side never undo each other.
+#[derive(Clone, Copy, Debug)]
+pub struct Advance<'a> {
+    /// Batches of the dispatch.
+    pub batches: u32,
+    /// Every batch the delivery looked at so far (in its work order).
+    pub looked: &'a [u32],
+    /// The batches among them it saw final or accepted.
+    pub finished: &'a [u32],
+    /// Set when the dispatch is being given up, with the reason.
+    pub abandoned: Option<&'a str>,
+    /// Outcomes to count and publish (any of them already counted is skipped).
+    pub settled: &'a [Settled],
 }
 
 /// One user's recorded outcome.
@@ -339,16 +378,17 @@ pub trait DeliveryLedger: Send + Sync {
         now: Millis,
     ) -> Result<Opened, StoreError>;
 
-    /// Saves how far a dispatch's delivery has come (last writer wins: every writer's progress
-    /// is safe on its own, see [`Progress`]), and that the delivery made progress: the count of
-    /// deliveries in a row without progress starts again.
-    async fn save_progress(
+    /// Saves how far a dispatch's delivery has come, merged into the progress stored now (see
+    /// [`Advance`]), and that the delivery made progress: the count of deliveries in a row
+    /// without progress starts again. Counts and publishes the `settled` outcomes not counted
+    /// yet, exactly once: a batch is counted in the same atomic write that marks it finished in
+    /// the progress, and a batch already marked is skipped. Answers the progress written.
+    async fn checkpoint(
         &self,
-        project: ProjectId,
-        dispatch_id: &DispatchId,
-        progress: &Progress,
+        meta: &DispatchMeta,
+        advance: &Advance<'_>,
         now: Millis,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Progress, StoreError>;
 
     /// Records a refused dispatch: every user final with `reason` (idempotent).
     async fn reject_dispatch(
@@ -370,9 +410,13 @@ pub trait DeliveryLedger: Send + Sync {
         lease_until: Millis,
     ) -> Result<Claim, StoreError>;
 
-    /// Records an attempt's outcome. A final one also counts the results and queues their
-    /// events for publication, in the same atomic write.
-    async fn record_attempt(&self, record: &AttemptRecord) -> Result<(), StoreError>;
+    /// Records an attempt's outcome (fenced by the attempt: a late record of a sender whose
+    /// lease was taken over changes nothing). A final or accepted one is counted and its events
+    /// queued for publication either in the same atomic write (then `None`) or at the next
+    /// checkpoint, to which the caller hands the answer. Also `Some` when the outcome was
+    /// already recorded by this very attempt (a write that timed out but took effect), so that
+    /// it is never lost between the two.
+    async fn record_attempt(&self, record: &AttemptRecord) -> Result<Option<Settled>, StoreError>;
 }
 
 /// What the API reports: dispatches, batches and statistics.

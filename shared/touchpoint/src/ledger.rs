@@ -287,6 +287,21 @@ impl Progress {
         }
     }
 
+    /// This (stored) progress with a delivery's `advance` applied.
+    pub fn advanced(&self, advance: &crate::delivery::Advance<'_>) -> Progress {
+        let mut next = self.after(advance.batches, advance.looked, advance.finished);
+        if let Some(why) = advance.abandoned {
+            next.abandoned = Some(why.to_owned());
+        }
+        next
+    }
+
+    /// Whether batch `index` is marked finished (and, where the ledger counts at checkpoints,
+    /// counted).
+    pub fn is_finished(&self, index: u32) -> bool {
+        index < self.frontier && !self.open.contains(&index)
+    }
+
     /// Every batch seen finished.
     pub fn is_complete(&self, batches: u32) -> bool {
         self.open.is_empty() && self.frontier >= batches

@@ -522,7 +522,9 @@ impl ResultsReader {
     }
 }
 
-/// Events per (dispatch, gid), the deduplication ids seen, and messages seen again.
+/// Distinct events per (dispatch, gid) after de-duplicating on `eventId`, as README tells
+/// consumers to (the FIFO queue itself only drops a message sent again within 5 minutes), and
+/// how many events came again.
 #[derive(Clone, Default)]
 pub struct Counted {
     pub per_user: HashMap<(String, i64), usize>,
@@ -532,13 +534,14 @@ pub struct Counted {
 
 fn count_events(counted: &Mutex<Counted>, bodies: &[(String, String)]) {
     let mut c = counted.lock().unwrap();
-    for (dedup, body) in bodies {
-        if !c.seen.insert(dedup.clone()) {
-            c.republished += 1;
-            continue;
-        }
+    for (_, body) in bodies {
         let v: Value = serde_json::from_str(body).unwrap();
         for e in v["events"].as_array().unwrap() {
+            let id = e["eventId"].as_str().expect("every event has an eventId");
+            if !c.seen.insert(id.to_owned()) {
+                c.republished += 1;
+                continue;
+            }
             *c.per_user
                 .entry((
                     e["dispatchId"].as_str().unwrap().to_owned(),
@@ -615,11 +618,12 @@ pub struct Figures {
     pub sent_twice: usize,
     pub dead_lettered: usize,
     pub invocations: u64,
-    /// Users with exactly one results event / with more than one (after de-duplicating by the
-    /// messages' deduplication id).
+    /// Users with exactly one results event / with more than one (after de-duplicating on
+    /// `eventId`).
     pub one_event: usize,
     pub repeated_events: usize,
-    /// Results messages published again after a crash, with the same deduplication id.
+    /// Events published again (after a crash, or by two deliveries that found the same
+    /// settlement), with the same `eventId`.
     pub republished: usize,
 }
 
@@ -673,7 +677,7 @@ impl Figures {
             "scenario {scenario}: {:.1?} (×{factor} compressed); users succeeded {}, failed by reason {:?}; \
              max attempts of a batch {}; max receives of a message {}; invocations {} of which killed at the \
              deadline {}; batches sent twice {}; dead-lettered {}; users with one results event {}, with more {} \
-             (results messages published again with their deduplication id: {})",
+             (events published again with their eventId: {})",
             elapsed,
             self.succeeded,
             reasons,
@@ -687,5 +691,141 @@ impl Figures {
             self.repeated_events,
             self.republished,
         );
+    }
+}
+
+/// DynamoDB faults as AWS produces them, injected in the SDK's interceptor chain of the clients
+/// the functions get: every `conflict_every`-th `TransactWriteItems` is cancelled with
+/// `TransactionConflict` (sent to moto as a harmless `ListTables` instead, so nothing of it is
+/// applied, as with a real cancellation), and every `lost_every`-th `UpdateItem` that records a
+/// batch's final outcome is applied but answered with HTTP 500, as a write that timed out after
+/// taking effect (the SDK tries it again and meets its own write).
+#[derive(Debug)]
+pub struct Faults {
+    conflict_every: usize,
+    lost_every: usize,
+    transactions: AtomicUsize,
+    records: AtomicUsize,
+    pub conflicts: AtomicUsize,
+    pub lost_answers: AtomicUsize,
+}
+
+/// The config bag carries an attempt's injected fault from signing to deserialization (the
+/// request is gone by then) in a type the SDK already stores: its app name.
+const INJECTED: &str = "sim-injected-";
+
+fn mark(cfg: &mut aws_sdk_dynamodb::config::ConfigBag, fault: &str) {
+    cfg.interceptor_state()
+        .store_put(aws_sdk_dynamodb::config::AppName::new(format!("{INJECTED}{fault}")).unwrap());
+}
+
+impl Faults {
+    pub fn new(conflict_every: usize, lost_every: usize) -> Arc<Faults> {
+        Arc::new(Faults {
+            conflict_every,
+            lost_every,
+            transactions: AtomicUsize::new(0),
+            records: AtomicUsize::new(0),
+            conflicts: AtomicUsize::new(0),
+            lost_answers: AtomicUsize::new(0),
+        })
+    }
+
+    /// `clients` with these faults in their DynamoDB client.
+    pub fn clients(self: &Arc<Faults>, clients: &Clients) -> Clients {
+        Clients {
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(
+                clients
+                    .dynamodb
+                    .config()
+                    .to_builder()
+                    .interceptor(FaultInterceptor(Arc::clone(self)))
+                    .build(),
+            ),
+            ..clients.clone()
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FaultInterceptor(Arc<Faults>);
+
+impl aws_sdk_dynamodb::config::Intercept for FaultInterceptor {
+    fn name(&self) -> &'static str {
+        "sim-faults"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextMut<
+            '_,
+        >,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let request = context.request_mut();
+        let target = request
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or_default()
+            .to_owned();
+        let f = &self.0;
+        if target.ends_with(".TransactWriteItems")
+            && f.transactions.fetch_add(1, Ordering::SeqCst) % f.conflict_every
+                == f.conflict_every - 1
+        {
+            f.conflicts.fetch_add(1, Ordering::SeqCst);
+            request
+                .headers_mut()
+                .insert("x-amz-target", "DynamoDB_20120810.ListTables");
+            request.headers_mut().insert("content-length", "2");
+            *request.body_mut() = "{}".into();
+            mark(cfg, "conflict");
+        } else if target.ends_with(".UpdateItem")
+            && request
+                .body()
+                .bytes()
+                .is_some_and(|b| String::from_utf8_lossy(b).contains("first_results = :first"))
+            && f.records.fetch_add(1, Ordering::SeqCst) % f.lost_every == f.lost_every - 1
+        {
+            f.lost_answers.fetch_add(1, Ordering::SeqCst);
+            mark(cfg, "lost");
+        }
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_sdk_dynamodb::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        // The attempt's mark, taken off so that the SDK's next attempt goes through.
+        let injected = cfg
+            .load::<aws_sdk_dynamodb::config::AppName>()
+            .map(|a| a.to_string())
+            .and_then(|a| a.strip_prefix(INJECTED).map(str::to_owned));
+        cfg.interceptor_state()
+            .unset::<aws_sdk_dynamodb::config::AppName>();
+        let (status, body) = match injected.as_deref() {
+            Some("conflict") => (
+                400u16,
+                r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","Message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"}]}"#,
+            ),
+            Some("lost") => (
+                500,
+                r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected: the write was applied, its answer lost"}"#,
+            ),
+            _ => return Ok(()),
+        };
+        let response = context.response_mut();
+        *response.status_mut() = status.try_into().unwrap();
+        response.headers_mut().remove("content-length");
+        response.headers_mut().remove("x-amz-crc32");
+        response
+            .headers_mut()
+            .insert("content-type", "application/x-amz-json-1.0");
+        *response.body_mut() = body.into();
+        Ok(())
     }
 }

@@ -46,10 +46,17 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
         open: vec![0],
         abandoned: None,
     };
-    ledger
-        .save_progress(m.project_id, &m.dispatch_id, &progress, 2_000)
-        .await
-        .unwrap();
+    let looked_at_0 = Advance {
+        batches: 2,
+        looked: &[0],
+        finished: &[],
+        abandoned: None,
+        settled: &[],
+    };
+    assert_eq!(
+        ledger.checkpoint(&m, &looked_at_0, 2_000).await.unwrap(),
+        progress
+    );
     assert_eq!(
         ledger
             .open_dispatch(&m, 2, 10, 3_000)
@@ -150,15 +157,36 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
         ]),
         ..retry
     };
-    ledger.record_attempt(&done).await.unwrap();
-    ledger.record_attempt(&done).await.unwrap();
+    let settled = ledger.record_attempt(&done).await.unwrap().unwrap();
+    let AttemptOutcome::Final(written) = &done.outcome else {
+        unreachable!()
+    };
+    assert_eq!((settled.index, &settled.results), (0, written));
+    // Recorded again (a write that timed out after taking effect, tried again): the outcome
+    // is handed back as it is stored, not lost and not changed.
+    assert_eq!(
+        ledger.record_attempt(&done).await.unwrap(),
+        Some(settled.clone())
+    );
     assert_eq!(
         ledger
             .claim_batch(&m, 0, &("o1").into(), 2, 4_000, 9_000)
             .await
             .unwrap(),
-        Claim::Done
+        Claim::Settled(settled.clone()),
+        "nothing to send; its outcome goes to the checkpoint"
     );
+    let counted = Advance {
+        batches: 2,
+        looked: &[0],
+        finished: &[0],
+        abandoned: None,
+        settled: std::slice::from_ref(&settled),
+    };
+    let after = ledger.checkpoint(&m, &counted, 4_000).await.unwrap();
+    assert!(after.is_finished(0) && !after.is_finished(1));
+    // A second delivery that found it settled too checkpoints it again: counted once.
+    ledger.checkpoint(&m, &counted, 4_500).await.unwrap();
     let stats = ledger.stats(1, StatsScope::Campaign, "c").await.unwrap();
     assert_eq!(
         (stats.sent, stats.succeeded, stats.failed, stats.pending),
@@ -167,9 +195,6 @@ async fn claims_and_records_keep_one_outcome_per_batch() {
     );
     let b = ledger.batch(1, &("o1").into()).await.unwrap().unwrap();
     assert_eq!((b.state, b.attempts), (BatchState::Final, 2));
-    let AttemptOutcome::Final(written) = &done.outcome else {
-        unreachable!()
-    };
     assert_eq!(
         &b.results, written,
         "results read back in order, reasons kept"
@@ -210,7 +235,16 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
             next_poll_at: 2_000,
         },
     };
-    ledger.record_attempt(&accepted).await.unwrap();
+    let first = ledger.record_attempt(&accepted).await.unwrap().unwrap();
+    assert_eq!(first.results, ok(&[1]), "the users its answer settled");
+    let advance = Advance {
+        batches: 1,
+        looked: &[0],
+        finished: &[0],
+        abandoned: None,
+        settled: std::slice::from_ref(&first),
+    };
+    ledger.checkpoint(&m, &advance, 1_000).await.unwrap();
     // TTL keeps it until its receipt deadline plus the retention, whatever the retention.
     let items = clients
         .dynamodb
@@ -299,6 +333,32 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
             .state,
         BatchState::Final
     );
+    // Found again by a late delivery: only the users its first answer settled go to the
+    // checkpoint (the poller counted the others), and that checkpoint counts nothing twice.
+    let Claim::Settled(again) = ledger
+        .claim_batch(&m, 0, &("o2").into(), 3, 3_000, 9_000)
+        .await
+        .unwrap()
+    else {
+        panic!("a settled batch is not sent again")
+    };
+    assert_eq!(again, first);
+    ledger
+        .checkpoint(
+            &m,
+            &Advance {
+                settled: std::slice::from_ref(&again),
+                ..advance
+            },
+            3_000,
+        )
+        .await
+        .unwrap();
+    let stats = ledger
+        .stats(1, StatsScope::Touchpoint, "tp_1")
+        .await
+        .unwrap();
+    assert_eq!(stats.succeeded, 3, "counted once");
 }
 
 #[tokio::test]
