@@ -244,6 +244,111 @@ fn dispatch_body(id: &str, tp: &str, users: i64) -> Value {
     d
 }
 
+/// A 10,000-user dispatch whose users carry 5 attributes of 20 characters: about 1.6 MB, more
+/// than an SQS message holds.
+fn wide_dispatch(id: &str, tp: &str) -> Value {
+    let mut d = dispatch_body(id, tp, 0);
+    d["users"] = Value::Array(
+        (0..10_000)
+            .map(|g| {
+                let a = |k: usize| format!("{g:08}-attribute-{k}");
+                json!({"gid": g, "attributes": {
+                    "usr_name": a(1), "usr_phone": a(2), "usr_city": a(3), "usr_level": a(4), "usr_tag": a(5)
+                }})
+            })
+            .collect(),
+    );
+    d
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_ten_thousand_user_dispatch_larger_than_a_message_goes_through_the_http_intake_whole() {
+    let aws = Aws::new().await;
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let mut tp = fixture_body("apigw-create-touchpoint.json");
+    tp["url"] = json!(rx.url());
+    let id = aws.create(tp).await;
+    let body = wide_dispatch("wide-1", &id);
+    let bytes = body.to_string().len();
+    assert!(bytes > 1_100_000, "larger than a message: {bytes}");
+    let (status, answer) = aws
+        .api(
+            fixture("apigw-submit-dispatch.json"),
+            "POST",
+            "/v1/dispatches",
+            Some(body),
+            "campaign",
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    // The queue carries a reference to the stored body; the dispatcher reads it back whole.
+    let queue = aws.names.dispatch_queue_url.clone().unwrap();
+    let records = aws.drain(&queue).await;
+    assert_eq!(records.len(), 1);
+    let message = records[0].body.clone().unwrap();
+    assert!(message.len() < 1_000, "a reference: {message}");
+    let response = aws.dispatcher.handle(event_of(records.clone())).await;
+    assert!(response.batch_item_failures.is_empty());
+    aws.delete(&queue, &records).await;
+    let seen = rx.seen();
+    let users: usize = seen.iter().map(|s| s.gids.len()).sum();
+    assert_eq!(
+        (seen.len(), users),
+        (20, 10_000),
+        "one dispatch, 20 batches of 500"
+    );
+    let last = seen.iter().find(|s| s.gids.contains(&9_999)).unwrap();
+    let user = last.body["dataList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["gid"] == 9_999)
+        .unwrap();
+    assert_eq!(
+        (&user["dynamicData"]["name"], &user["dynamicData"]["phone"]),
+        (
+            &json!("00009999-attribute-1"),
+            &json!("00009999-attribute-2")
+        ),
+        "attributes arrive intact"
+    );
+    let (status, d) = aws
+        .api(
+            fixture("apigw-list-touchpoints.json"),
+            "GET",
+            "/v1/dispatches/wide-1",
+            None,
+            "campaign",
+        )
+        .await;
+    assert_eq!(
+        (status, d["counts"]["succeeded"].as_i64()),
+        (200, Some(10_000))
+    );
+
+    // Beyond what the intake carries: 413, naming the limit.
+    let mut huge = wide_dispatch("wide-2", &id);
+    huge["templateValues"]["title"] = json!("x".repeat(touchpoint::dispatch::MAX_DISPATCH_BYTES));
+    let (status, refused) = aws
+        .api(
+            fixture("apigw-submit-dispatch.json"),
+            "POST",
+            "/v1/dispatches",
+            Some(huge),
+            "campaign",
+        )
+        .await;
+    assert_eq!(status, 413, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&touchpoint::dispatch::MAX_DISPATCH_BYTES.to_string()),
+        "{refused}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the moto server: run infra/test.sh"]
 async fn the_whole_flow_from_admin_to_results_on_aws() {

@@ -948,6 +948,142 @@ async fn scenario_transactions_cancelled_by_conflicts_and_lost_answers_resend_no
     assert_eq!(f.dead_lettered, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn scenario_distinct_long_reasons_and_long_ids_are_published_in_full_with_items_under_the_limits()
+ {
+    let _heavy = HEAVY.acquire().await.unwrap();
+    let w = World::new(60.0).await;
+    let tracked = Tracked::default();
+    let t = tracked.clone();
+    // Every user failed with its own 500-character reason (3 bytes a character).
+    let rx = Receiver::start(move |seen, _| {
+        let list: Vec<Value> = seen
+            .gids
+            .iter()
+            .map(|g| json!({"gid": g, "status": "TOU_FAIL", "errorMsg": format!("{g:06}{}", "失".repeat(494))}))
+            .collect();
+        t.answer(
+            seen,
+            Reply::Json(200, json!({"code": 0, "message": "ok", "sendStatusList": list})),
+            false,
+        )
+    })
+    .await;
+    let tp = w
+        .touchpoint("reasons", json!({"url": rx.url(), "batchSize": 500}))
+        .await;
+    // Ids of 256 characters, the most a dispatch may carry.
+    let long = |c: char| c.to_string().repeat(touchpoint::dispatch::MAX_ID_CHARS);
+    let (dispatch_id, campaign) = (long('d'), long('c'));
+    let users: Vec<Value> = (0..1000)
+        .map(|g| json!({"gid": g, "attributes": {"usr_name": format!("u{g}")}}))
+        .collect();
+    let body = json!({
+        "dispatchId": dispatch_id, "projectId": 1, "spaceId": "space-a", "campaignId": campaign,
+        "strategyId": long('s'), "touchpointId": tp, "templateValues": {"title": "Hi {{name}}"},
+        "users": users
+    });
+    w.clients
+        .sqs
+        .send_message()
+        .queue_url(w.queue())
+        .message_body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let esm = w.esm(2, None);
+    let started = Instant::now();
+    loop {
+        let c = touchpoint::delivery::DeliveryReports::stats(
+            &*w.ledger,
+            1,
+            touchpoint::delivery::StatsScope::Campaign,
+            &campaign,
+        )
+        .await
+        .unwrap();
+        if c.failed >= 1000 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{c:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let elapsed = started.elapsed();
+    let stats = esm.stop().await;
+    let dispatches = vec![(dispatch_id, 1000)];
+    let mut f = w.figures(&dispatches, &tracked, &stats).await;
+    // Every item of the delivery table, measured as DynamoDB counts its size.
+    let mut largest = 0;
+    let mut start = None;
+    loop {
+        let page = w
+            .clients
+            .dynamodb
+            .scan()
+            .table_name(&w.names.delivery_table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        for item in page.items() {
+            let size: usize = item.iter().map(|(k, v)| k.len() + attribute_bytes(v)).sum();
+            largest = largest.max(size);
+        }
+        start = page.last_evaluated_key;
+        if start.is_none() {
+            break;
+        }
+    }
+    let reasons: Vec<String> = sim::batches(&*w.ledger, 1, &dispatches[0].0)
+        .await
+        .iter()
+        .flat_map(|b| b.results.iter().map(|r| r.status.reason().to_owned()))
+        .collect();
+    let longest = reasons.iter().map(|r| r.chars().count()).max().unwrap_or(0);
+    let failed: usize = f.failed_by_reason.values().sum();
+    let distinct = f.failed_by_reason.len();
+    f.failed_by_reason = HashMap::from([(format!("{distinct} distinct reasons"), failed)]);
+    f.print(
+        &format!(
+            "every user failed with its own 500-character reason, ids of 256 characters: largest item {largest} bytes, longest reason kept {longest} characters"
+        ),
+        elapsed,
+        w.template.factor,
+    );
+    assert_eq!((failed, distinct), (1000, 1000));
+    assert_eq!(
+        (f.one_event, f.repeated_events),
+        (1000, 0),
+        "published in full: {f:?}"
+    );
+    assert_eq!(f.sent_twice, 0);
+    assert!(largest < 200_000, "an item of {largest} bytes");
+    assert_eq!(longest, touchpoint::delivery::REASON_MAX_CHARS + 1);
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    );
+}
+
+/// An attribute value's size as DynamoDB counts it (strings and numbers; lists and maps of them).
+fn attribute_bytes(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    match v {
+        A::S(s) => s.len(),
+        A::N(n) => n.len(),
+        A::L(l) => 3 + l.iter().map(|x| 1 + attribute_bytes(x)).sum::<usize>(),
+        A::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, x)| 1 + k.len() + attribute_bytes(x))
+                .sum::<usize>()
+        }
+        _ => 1,
+    }
+}
+
 // ---- Against the real local binary ----
 
 const ADMIN: &str = "sim-admin-key-00001";

@@ -32,6 +32,7 @@ use crate::extract::{JsonDocument, JsonInput, PathParams, QueryParams};
             links(("GetDispatch" = (operation_id = "get_dispatch", parameters(("dispatchId" = "$response.body#/dispatchId")))))),
         (status = 200, description = "The dispatchId was handed in before; nothing queued", body = DispatchAccepted,
             links(("GetDispatch" = (operation_id = "get_dispatch", parameters(("dispatchId" = "$response.body#/dispatchId")))))),
+        (status = 413, description = "The body is larger than 4 MiB (4,194,304 bytes)", body = ErrorBody),
         (status = 422, description = "The dispatch cannot be read (its problems listed)", body = ErrorBody),
     ))]
 pub async fn submit_dispatch(

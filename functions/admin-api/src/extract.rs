@@ -10,8 +10,10 @@ use touchpoint::FieldError;
 
 use crate::error::ApiError;
 
-/// Largest request body accepted.
+/// Largest request body accepted, but for a dispatch's.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest dispatch body accepted (`POST /v1/dispatches`).
+pub const MAX_DISPATCH_BYTES: usize = touchpoint::dispatch::MAX_DISPATCH_BYTES;
 
 /// A JSON request body, read as a `Value` so the domain can report every invalid field.
 /// An empty body reads as `null` (actions such as enable take an optional body).
@@ -21,7 +23,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        read_json(req, state)
+        read_json(req, state, MAX_BODY_BYTES)
             .await
             .map(|(_, value)| JsonBody(value))
     }
@@ -38,7 +40,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonDocument {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let (bytes, value) = read_json(req, state).await?;
+        let (bytes, value) = read_json(req, state, MAX_DISPATCH_BYTES).await?;
         // The strict reader accepted the bytes, so they are UTF-8; this only keeps the
         // conversion from trusting that.
         let text = String::from_utf8(bytes.to_vec())
@@ -47,7 +49,20 @@ impl<S: Send + Sync> FromRequest<S> for JsonDocument {
     }
 }
 
-async fn read_json<S: Send + Sync>(req: Request, state: &S) -> Result<(Bytes, Value), ApiError> {
+/// The body read as JSON, refused with 413 above `limit` bytes (the router's own limit is the
+/// largest of them).
+async fn read_json<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    limit: usize,
+) -> Result<(Bytes, Value), ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
     let json_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -64,15 +79,14 @@ async fn read_json<S: Send + Sync>(req: Request, state: &S) -> Result<(Bytes, Va
         });
     let bytes = Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
+            too_large()
         } else {
             ApiError::bad_request(format!("could not read the request body: {e}"))
         }
     })?;
+    if bytes.len() > limit {
+        return Err(too_large());
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok((bytes, Value::Null));
     }

@@ -92,7 +92,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(extract::MAX_DISPATCH_BYTES))
         .layer(middleware::from_fn(access_log))
         .with_state(state)
 }

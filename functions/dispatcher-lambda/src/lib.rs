@@ -29,7 +29,8 @@ use std::time::Duration;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use touchpoint::clock::{Clock, Millis, SystemClock};
 use touchpoint::ledger::stalled;
-use touchpoint_aws::{AwsNames, Clients};
+use touchpoint_aws::bodies::Body;
+use touchpoint_aws::{AwsNames, Clients, DispatchBodies};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_outbound::Outbound;
 use touchpoint_services::{Services, Settings};
@@ -49,6 +50,9 @@ pub struct DispatcherLambda {
     pub dead_letter_url: Option<String>,
     pub clock: Arc<dyn Clock>,
     pub max_receives: u32,
+    /// Where the intake stores dispatches larger than a message (unset: messages are read as
+    /// they are).
+    pub bodies: Option<DispatchBodies>,
 }
 
 impl DispatcherLambda {
@@ -94,6 +98,7 @@ impl DispatcherLambda {
             dead_letter_url: None,
             clock: Arc::new(SystemClock),
             max_receives,
+            bodies: None,
         }
     }
 
@@ -118,6 +123,7 @@ impl DispatcherLambda {
             dead_letter_url: None,
             clock: services.clock,
             max_receives,
+            bodies: Some(DispatchBodies::new(clients, names)),
         })
     }
 
@@ -275,6 +281,23 @@ impl DispatcherLambda {
             self.delay(&record, at).await;
             return false;
         }
+        // A dispatch larger than a message was stored by the intake: read it back whole.
+        let stored;
+        let body = match &self.bodies {
+            None => body,
+            Some(bodies) => match bodies.read(body).await {
+                Ok(Body::Inline) => body,
+                Ok(Body::Stored(text)) => {
+                    stored = text;
+                    stored.as_str()
+                }
+                Ok(Body::Unreadable(why)) => return self.dead_letter(&record, &why).await,
+                Err(e) => {
+                    tracing::error!(message_id = id, error = %e, "cannot read the stored dispatch; SQS will redeliver it");
+                    return false;
+                }
+            },
+        };
         let receives: u32 = record
             .attributes
             .get("ApproximateReceiveCount")

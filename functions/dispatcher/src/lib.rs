@@ -405,6 +405,7 @@ impl Dispatcher {
         why: &str,
         deadline: Millis,
     ) -> Result<Handled, StoreError> {
+        let why = &touchpoint::protocol::truncate(why, touchpoint::delivery::REASON_MAX_CHARS);
         tracing::warn!(dispatch = %dispatch.dispatch_id, project = dispatch.project_id, reason = %why, "dispatch refused");
         let now = self.clock.now_ms();
         let opened = self
@@ -493,6 +494,7 @@ impl Dispatcher {
         deadline: Millis,
     ) -> Result<Handled, StoreError> {
         let meta = plan.meta;
+        let why = &touchpoint::protocol::truncate(why, touchpoint::delivery::REASON_MAX_CHARS);
         let batches = batches_of(plan.dispatch, plan.batch_size) as u32;
         let mut progress = plan.progress.clone();
         if progress.abandoned.as_deref() != Some(why) {
@@ -637,6 +639,7 @@ impl Dispatcher {
         let mut held: Vec<Settled> = Vec::new();
         let mut held_users = 0usize;
         let mut last_checkpoint = started;
+        let mut checkpoint_failed = false;
         // Batches run concurrently up to the touchpoint's gate; the JoinSet holds at most
         // `per_touchpoint_concurrency` + 1 tasks so a 10,000-user dispatch does not spawn
         // thousands of waiting tasks.
@@ -646,7 +649,8 @@ impl Dispatcher {
         let work: Vec<u32> = plan.progress.work(batches).collect();
         let mut pending = work.into_iter();
         loop {
-            while !stopped && set.len() <= limit {
+            // Storage failing: claim nothing more, finish what is in flight.
+            while !stopped && first_error.is_none() && set.len() <= limit {
                 let Some(index) = pending.next() else { break };
                 let now = self.clock.now_ms();
                 if !may_claim(now, deadline, budget) {
@@ -731,13 +735,24 @@ impl Dispatcher {
                         || held_users >= CHECKPOINT_USERS
                         || self.clock.now_ms() - last_checkpoint
                             >= self.cfg.checkpoint_interval.as_millis() as i64));
-            if due && first_error.is_none() {
-                marked = true;
-                self.checkpoint(plan.meta, batches, (&looked, &finished), None, &held)
-                    .await?;
-                held.clear();
-                held_users = 0;
-                last_checkpoint = self.clock.now_ms();
+            if due && !checkpoint_failed {
+                // A checkpoint that fails stops the claiming; the batches in flight are still
+                // recorded (not dropped with the join set) and the error ends the delivery.
+                match self
+                    .checkpoint(plan.meta, batches, (&looked, &finished), None, &held)
+                    .await
+                {
+                    Ok(_) => {
+                        marked = true;
+                        held.clear();
+                        held_users = 0;
+                        last_checkpoint = self.clock.now_ms();
+                    }
+                    Err(e) => {
+                        checkpoint_failed = true;
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
         }
         let now = self.clock.now_ms();
@@ -873,7 +888,8 @@ impl BatchJob {
                 error: ex.error,
                 response_excerpt: ex.excerpt,
                 at,
-                outcome,
+                // Whatever the receiver answered, the batch's record stays small.
+                outcome: outcome.bounded(),
             })
             .await?;
         Ok((status, true, settled))

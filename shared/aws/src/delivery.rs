@@ -42,6 +42,9 @@ const REJECTED_INDEX: i64 = -1;
 /// Bytes of a results message body at most: under the queue's `MaximumMessageSize` (1 MiB),
 /// with room for its attributes.
 pub const RESULTS_MESSAGE_BYTES: usize = 1_000_000;
+/// Hours of outcomes one checkpoint transaction counts: 3 + 12 × 6 = 75 items, under
+/// DynamoDB's 100.
+const CHECKPOINT_HOURS: usize = 6;
 /// Rounds of a checkpoint against other deliveries of the same dispatch writing at once.
 const CHECKPOINT_ROUNDS: u32 = 20;
 
@@ -53,6 +56,7 @@ pub struct DynamoDelivery {
     dispatch_queue_url: Option<String>,
     results_queue_url: Option<String>,
     retention_secs: i64,
+    bodies: crate::DispatchBodies,
 }
 
 fn dispatch_pk(project: ProjectId, id: &str) -> String {
@@ -285,6 +289,7 @@ impl DynamoDelivery {
             dispatch_queue_url: names.dispatch_queue_url.clone(),
             results_queue_url: names.results_queue_url.clone(),
             retention_secs: names.retention.as_secs() as i64,
+            bodies: crate::DispatchBodies::new(clients, names),
         }
     }
 
@@ -646,6 +651,91 @@ impl DynamoDelivery {
         Ok(())
     }
 
+    /// One checkpoint write (see [`DeliveryLedger::checkpoint`]) of outcomes of at most
+    /// [`CHECKPOINT_HOURS`] hours.
+    async fn checkpoint_once(
+        &self,
+        meta: &DispatchMeta,
+        advance: &Advance<'_>,
+        now: Millis,
+    ) -> Result<Progress, StoreError> {
+        let pk = dispatch_pk(meta.project_id, &meta.dispatch_id);
+        let mut published: std::collections::HashSet<u32> = Default::default();
+        let mut rounds = 0u32;
+        loop {
+            rounds += 1;
+            let current = self
+                .get(pk.clone(), "META")
+                .await?
+                .ok_or_else(|| missing("META"))?;
+            let version: u64 = get_n(&current, "pv").unwrap_or_default();
+            let stored: Progress = json_of(&current, "progress")?;
+            let next = stored.advanced(advance);
+            // Outcomes this write counts: not counted before, marked finished by it, each once.
+            let mut seen = std::collections::HashSet::new();
+            let fresh: Vec<&Settled> = advance
+                .settled
+                .iter()
+                .filter(|s| {
+                    !stored.is_finished(s.index)
+                        && next.is_finished(s.index)
+                        && seen.insert(s.index)
+                })
+                .collect();
+            // Published before they are counted: a crash in between publishes them again
+            // (consumers de-duplicate on `eventId`), never loses them.
+            let unpublished: Vec<&Settled> = fresh
+                .iter()
+                .copied()
+                .filter(|s| !published.contains(&s.index))
+                .collect();
+            self.publish_settled(meta, &unpublished).await?;
+            published.extend(unpublished.iter().map(|s| s.index));
+            let (ok, failed) = fresh.iter().fold((0, 0), |(ok, failed), s| {
+                let (o, f) = counts(&s.results);
+                (ok + o, failed + f)
+            });
+            let mut head = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(pk.clone(), "META")))
+                .update_expression(
+                    "SET progress = :p, pv = :next_version, stalls = :zero, expires_at = :exp \
+                     ADD settled_ok :ok, settled_failed :failed",
+                )
+                .expression_attribute_values(":p", json_s(&next)?)
+                .expression_attribute_values(":next_version", n(version + 1))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":exp", self.expires_at(now))
+                .expression_attribute_values(":ok", n(ok))
+                .expression_attribute_values(":failed", n(failed));
+            head = if version == 0 {
+                head.condition_expression("attribute_exists(pk) AND attribute_not_exists(pv)")
+            } else {
+                head.condition_expression("pv = :version")
+                    .expression_attribute_values(":version", n(version))
+            };
+            let mut items = vec![
+                TransactWriteItem::builder()
+                    .update(head.build().map_err(build_err)?)
+                    .build(),
+            ];
+            if let Some(moves) = settled_moves(meta, &fresh) {
+                items.extend(self.stats_updates(&moves, now)?);
+            }
+            match self.transact(items).await? {
+                Tx::Written => return Ok(next),
+                // Another delivery of this dispatch checkpointed since the read: merge into
+                // what it wrote (anything it counted is skipped).
+                Tx::Refused if rounds < CHECKPOINT_ROUNDS => continue,
+                Tx::Refused => {
+                    return Err(StoreError::Backend(
+                        "checkpoint: the dispatch record kept changing under it".into(),
+                    ));
+                }
+            }
+        }
+    }
+
     async fn publish_order(&self, project: ProjectId, order: &str) -> Result<(), StoreError> {
         if let Some(item) = self.get_batch(project, order).await? {
             self.publish(&item).await?;
@@ -811,8 +901,13 @@ fn settled_of_item(item: &Item) -> Result<Option<Settled>, StoreError> {
     if !matches!(state, Some(BatchState::Final | BatchState::Accepted)) || index < 0 {
         return Ok(None);
     }
+    // Written with every outcome a record makes: an item without it was counted when it was
+    // recorded (before checkpoints counted outcomes), and must not be counted again.
+    let Some(first) = get_n::<usize>(item, "first_results") else {
+        return Ok(None);
+    };
     let mut results = decode_results(item)?;
-    results.truncate(get_n(item, "first_results").unwrap_or(results.len()));
+    results.truncate(first);
     Ok(Some(Settled {
         index: index as u32,
         order_no: get_s(item, "order_no")
@@ -945,81 +1040,49 @@ impl DeliveryLedger for DynamoDelivery {
         advance: &Advance<'_>,
         now: Millis,
     ) -> Result<Progress, StoreError> {
-        let pk = dispatch_pk(meta.project_id, &meta.dispatch_id);
-        let mut published: std::collections::HashSet<u32> = Default::default();
-        let mut rounds = 0u32;
-        loop {
-            rounds += 1;
-            let current = self
-                .get(pk.clone(), "META")
-                .await?
-                .ok_or_else(|| missing("META"))?;
-            let version: u64 = get_n(&current, "pv").unwrap_or_default();
-            let stored: Progress = json_of(&current, "progress")?;
-            let next = stored.advanced(advance);
-            // Outcomes this write counts: not counted before, marked finished by it, each once.
-            let mut seen = std::collections::HashSet::new();
-            let fresh: Vec<&Settled> = advance
+        // Outcomes of more hours than one transaction can hold (each hour moves up to 12
+        // items) are counted in several writes, the earliest hours first; a batch whose
+        // outcome waits for a later write stays unfinished until then.
+        let hours: Vec<Millis> = advance
+            .settled
+            .iter()
+            .map(|s| touchpoint::delivery::hour_of(s.at))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if hours.len() <= CHECKPOINT_HOURS {
+            return self.checkpoint_once(meta, advance, now).await;
+        }
+        let mut written = Progress::default();
+        for chunk in hours.chunks(CHECKPOINT_HOURS) {
+            let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+            let hour = |s: &Settled| touchpoint::delivery::hour_of(s.at);
+            let later: std::collections::HashSet<u32> = advance
                 .settled
                 .iter()
-                .filter(|s| {
-                    !stored.is_finished(s.index)
-                        && next.is_finished(s.index)
-                        && seen.insert(s.index)
-                })
+                .filter(|s| hour(s) > last)
+                .map(|s| s.index)
                 .collect();
-            // Published before they are counted: a crash in between publishes them again
-            // (consumers de-duplicate on `eventId`), never loses them.
-            let unpublished: Vec<&Settled> = fresh
+            let finished: Vec<u32> = advance
+                .finished
                 .iter()
                 .copied()
-                .filter(|s| !published.contains(&s.index))
+                .filter(|i| !later.contains(i))
                 .collect();
-            self.publish_settled(meta, &unpublished).await?;
-            published.extend(unpublished.iter().map(|s| s.index));
-            let (ok, failed) = fresh.iter().fold((0, 0), |(ok, failed), s| {
-                let (o, f) = counts(&s.results);
-                (ok + o, failed + f)
-            });
-            let mut head = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(pk.clone(), "META")))
-                .update_expression(
-                    "SET progress = :p, pv = :next_version, stalls = :zero, expires_at = :exp \
-                     ADD settled_ok :ok, settled_failed :failed",
-                )
-                .expression_attribute_values(":p", json_s(&next)?)
-                .expression_attribute_values(":next_version", n(version + 1))
-                .expression_attribute_values(":zero", n(0))
-                .expression_attribute_values(":exp", self.expires_at(now))
-                .expression_attribute_values(":ok", n(ok))
-                .expression_attribute_values(":failed", n(failed));
-            head = if version == 0 {
-                head.condition_expression("attribute_exists(pk) AND attribute_not_exists(pv)")
-            } else {
-                head.condition_expression("pv = :version")
-                    .expression_attribute_values(":version", n(version))
+            let settled: Vec<Settled> = advance
+                .settled
+                .iter()
+                .filter(|s| (first..=last).contains(&hour(s)))
+                .cloned()
+                .collect();
+            let part = Advance {
+                finished: &finished,
+                settled: &settled,
+                ..*advance
             };
-            let mut items = vec![
-                TransactWriteItem::builder()
-                    .update(head.build().map_err(build_err)?)
-                    .build(),
-            ];
-            if let Some(moves) = settled_moves(meta, &fresh) {
-                items.extend(self.stats_updates(&moves, now)?);
-            }
-            match self.transact(items).await? {
-                Tx::Written => return Ok(next),
-                // Another delivery of this dispatch checkpointed since the read: merge into
-                // what it wrote (anything it counted is skipped).
-                Tx::Refused if rounds < CHECKPOINT_ROUNDS => continue,
-                Tx::Refused => {
-                    return Err(StoreError::Backend(
-                        "checkpoint: the dispatch record kept changing under it".into(),
-                    ));
-                }
-            }
+            written = self.checkpoint_once(meta, &part, now).await?;
         }
+        Ok(written)
     }
 
     async fn reject_dispatch(
@@ -1361,7 +1424,9 @@ impl DeliveryLedger for DynamoDelivery {
                 // checkpoint (which skips it if it was counted), so it is never lost.
                 match self.get_batch(meta.project_id, order).await? {
                     Some(item) => settled_of_item(&item),
-                    None => Ok(None),
+                    None => Err(StoreError::Backend(
+                        format!("batch {order} vanished while its outcome was recorded").into(),
+                    )),
                 }
             }
             Err(e) => Err(aws_err(e)),
@@ -1630,12 +1695,13 @@ impl ReceiptLedger for DynamoDelivery {
         }
         let mut pending: Vec<i64> = json_of(&item, "pending")?;
         let mut results: Vec<UserResult> = decode_results(&item)?;
-        let settled: Vec<UserResult> = record
+        let mut settled: Vec<UserResult> = record
             .settled
             .iter()
             .filter(|r| pending.contains(&r.gid))
             .cloned()
             .collect();
+        bound_reasons(&results, &mut settled);
         pending.retain(|g| !settled.iter().any(|r| r.gid == *g));
         results.extend(settled.iter().cloned());
         let (ok, failed) = counts(&results);
@@ -1797,14 +1863,24 @@ impl DispatchIntake for DynamoDelivery {
             }
             Err(e) => return Err(aws_err(e)),
         }
-        if let Err(e) = self
-            .sqs
-            .send_message()
-            .queue_url(queue)
-            .message_body(body)
-            .send()
+        // A body larger than a message is stored in parts; the message refers to them.
+        let sent = match self
+            .bodies
+            .message_for(project, dispatch_id, body, now / 1000 + self.retention_secs)
             .await
         {
+            Ok(message) => self
+                .sqs
+                .send_message()
+                .queue_url(queue)
+                .message_body(message)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(aws_err),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             let _ = self
                 .ddb
                 .delete_item()
@@ -1812,7 +1888,7 @@ impl DispatchIntake for DynamoDelivery {
                 .set_key(Some(key(dispatch_pk(project, dispatch_id), "INTAKE")))
                 .send()
                 .await;
-            return Err(aws_err(e));
+            return Err(e);
         }
         Ok(true)
     }

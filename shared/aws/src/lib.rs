@@ -3,6 +3,7 @@
 //! `infra/dynamodb.md`; item conversions live next to the layout they encode.
 #![forbid(unsafe_code)]
 
+pub mod bodies;
 pub mod config;
 pub mod delivery;
 mod item;
@@ -10,6 +11,7 @@ pub mod provision;
 pub mod schedule;
 pub mod touchpoints;
 
+pub use bodies::DispatchBodies;
 pub use config::{AwsNames, Clients, Env, FunctionSettings, process_env};
 pub use delivery::DynamoDelivery;
 pub use schedule::SchedulerReceipts;

@@ -650,12 +650,13 @@ impl ReceiptLedger for SqliteStore {
             let mut pending: Vec<i64> = parse_json(pending)?;
             let mut results: Vec<UserResult> = parse_json(results)?;
             // Only users still pending settle, each once.
-            let settled: Vec<UserResult> = record
+            let mut settled: Vec<UserResult> = record
                 .settled
                 .iter()
                 .filter(|r| pending.contains(&r.gid))
                 .cloned()
                 .collect();
+            bound_reasons(&results, &mut settled);
             pending.retain(|g| !settled.iter().any(|r| r.gid == *g));
             results.extend(settled.iter().cloned());
             let (ok, failed) = counts(&results);

@@ -290,6 +290,57 @@ pub struct ReasonCount {
     pub sample_order_no: Option<OrderNo>,
 }
 
+/// A failure reason is kept (in events, batch records and the API) cut to this many
+/// characters.
+pub const REASON_MAX_CHARS: usize = 256;
+/// Distinct failure reasons a batch keeps cut to [`REASON_MAX_CHARS`]; any further distinct
+/// reason is cut to [`OVERFLOW_REASON_CHARS`]. Whatever a receiver answers, a 500-user batch
+/// then holds at most 50 × 257 + 450 × 41 characters of reasons (about 125 KB in the widest
+/// UTF-8), far below DynamoDB's 400 KB item limit.
+pub const DISTINCT_REASONS_PER_BATCH: usize = 50;
+/// See [`DISTINCT_REASONS_PER_BATCH`].
+pub const OVERFLOW_REASON_CHARS: usize = 40;
+
+/// Bounds the failure reasons of `new`, results joining a batch that holds `existing`: each cut
+/// to [`REASON_MAX_CHARS`], and past [`DISTINCT_REASONS_PER_BATCH`] distinct reasons in the
+/// batch, each further one cut to [`OVERFLOW_REASON_CHARS`].
+pub fn bound_reasons(existing: &[UserResult], new: &mut [UserResult]) {
+    use crate::protocol::truncate;
+    let mut kept: std::collections::HashSet<String> = existing
+        .iter()
+        .filter_map(|r| match &r.status {
+            UserStatus::Failed { reason } => Some(reason.clone()),
+            UserStatus::Succeeded => None,
+        })
+        .collect();
+    for r in new {
+        if let UserStatus::Failed { reason } = &mut r.status {
+            let mut cut = truncate(reason, REASON_MAX_CHARS);
+            if !kept.contains(&cut) {
+                if kept.len() < DISTINCT_REASONS_PER_BATCH {
+                    kept.insert(cut.clone());
+                } else {
+                    cut = truncate(&cut, OVERFLOW_REASON_CHARS);
+                }
+            }
+            *reason = cut;
+        }
+    }
+}
+
+impl AttemptOutcome {
+    /// The outcome with its failure reasons bounded ([`bound_reasons`]).
+    pub fn bounded(mut self) -> AttemptOutcome {
+        match &mut self {
+            AttemptOutcome::Final(results) | AttemptOutcome::Accepted { results, .. } => {
+                bound_reasons(&[], results)
+            }
+            AttemptOutcome::Retry { .. } => {}
+        }
+        self
+    }
+}
+
 /// One hour in milliseconds.
 pub const HOUR_MS: Millis = 3_600_000;
 /// Failure reasons are tallied cut to this many characters.
@@ -611,6 +662,39 @@ mod tests {
         assert_eq!(tally[1].0, "c");
         assert!(tally.iter().all(|(r, _)| r.chars().count() <= REASON_CHARS));
         assert!(tally_reasons(&results[..1]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_keeps_its_reasons_bounded_whatever_the_receiver_answers() {
+        // 500 users, each failed with its own 500-character reason (4 bytes a character).
+        let mut results: Vec<UserResult> = (0..500)
+            .map(|i| failed(i, &format!("{i:03}{}", "😀".repeat(497))))
+            .collect();
+        bound_reasons(&[], &mut results);
+        let reasons: Vec<&str> = results.iter().map(|r| r.status.reason()).collect();
+        assert!(
+            reasons[..DISTINCT_REASONS_PER_BATCH]
+                .iter()
+                .all(|r| r.chars().count() == REASON_MAX_CHARS + 1 && r.ends_with('…'))
+        );
+        assert!(
+            reasons[DISTINCT_REASONS_PER_BATCH..]
+                .iter()
+                .all(|r| r.chars().count() == OVERFLOW_REASON_CHARS + 1)
+        );
+        let bytes: usize = reasons.iter().map(|r| r.len()).sum();
+        assert!(bytes < 130_000, "{bytes} bytes of reasons");
+        // A reason the batch already holds is kept whole; short reasons are untouched.
+        let mut more = vec![failed(900, reasons[0]), failed(901, "short")];
+        bound_reasons(&results, &mut more);
+        assert_eq!(more[0].status.reason(), reasons[0]);
+        assert_eq!(more[1].status.reason(), "short");
+        let mut few = vec![failed(1, "a"), failed(2, "b"), failed(3, "a")];
+        bound_reasons(&[], &mut few);
+        assert_eq!(
+            few.iter().map(|r| r.status.reason()).collect::<Vec<_>>(),
+            ["a", "b", "a"]
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ use crate::template::{Segment, segments};
 
 /// Most users one dispatch may carry.
 pub const MAX_USERS: usize = 10_000;
+/// The largest dispatch body the HTTP intake takes (10,000 users with a few attributes each;
+/// on AWS the Lambda's 6 MB request limit, with the body escaped in its event, sets it).
+pub const MAX_DISPATCH_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_ID_CHARS: usize = 256;
 
 /// A user of a dispatch: id and the data center's attributes.

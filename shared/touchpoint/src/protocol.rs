@@ -243,7 +243,7 @@ pub fn read_receipt(body: &[u8], require_list: bool) -> ReceiptReading {
             .get("message")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
-            .map(|s| truncate(s, 500))
+            .map(|s| truncate(s, crate::delivery::REASON_MAX_CHARS))
             .unwrap_or_else(|| format!("receiver answered code {code}"));
         return ReceiptReading::Rejected(message);
     }
@@ -261,7 +261,7 @@ pub fn read_receipt(body: &[u8], require_list: bool) -> ReceiptReading {
             .get("errorMsg")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
-            .map(|s| truncate(s, 500));
+            .map(|s| truncate(s, crate::delivery::REASON_MAX_CHARS));
         let status = match entry.get("status").and_then(Value::as_str) {
             Some(STATUS_SUCCESS) => UserStatus::Succeeded,
             Some(STATUS_FAILURE) => {

@@ -736,6 +736,7 @@ async fn malformed_and_oversized_bodies_are_refused_without_storing_anything() {
     let r = raw(&api, "application/json", big.to_string().into_bytes()).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.error_code(), "body_too_large");
+    assert!(r.body.to_string().contains("1048576"), "{}", r.body);
 
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let r = raw(&api, "application/json", deep.into_bytes()).await;
@@ -904,6 +905,38 @@ async fn a_submitted_dispatch_reads_as_queued_until_the_dispatcher_opens_it() {
         .call(Method::GET, "/v1/dispatches/d-q", Some(CAMPAIGN_2), None)
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_dispatch_may_be_larger_than_other_bodies_up_to_its_own_limit() {
+    let api = Api::new();
+    let id = id_of(&api.create(coupon()).await);
+    // 10,000 users with 5 attributes of 20 characters: about 1.6 MB.
+    let users: Vec<Value> = (0..10_000)
+        .map(|g| {
+            let a = |k: usize| format!("{g:08}-attribute-{k}");
+            json!({"gid": g, "attributes": {"a1": a(1), "a2": a(2), "a3": a(3), "a4": a(4), "a5": a(5)}})
+        })
+        .collect();
+    let mut body = json!({"dispatchId": "d-wide", "projectId": 1, "spaceId": "space-a",
+                          "campaignId": "c1", "touchpointId": id, "users": users});
+    assert!(body.to_string().len() > 1_500_000);
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/dispatches",
+            Some(CAMPAIGN),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    body["dispatchId"] = json!("d-huge");
+    body["campaignId"] = json!("c".repeat(touchpoint::dispatch::MAX_DISPATCH_BYTES));
+    let r = api
+        .call(Method::POST, "/v1/dispatches", Some(CAMPAIGN), Some(body))
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.body.to_string().contains("4194304"), "{}", r.body);
 }
 
 #[tokio::test]

@@ -421,3 +421,69 @@ async fn intake_queues_a_dispatch_id_once_and_schedules_are_idempotent() {
         .unwrap();
     assert!(listed.schedules().is_empty());
 }
+
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_checkpoint_of_outcomes_from_many_hours_counts_them_all_in_several_writes() {
+    let clients = support::clients().await;
+    let names = support::provision(&clients).await;
+    let ledger = DynamoDelivery::new(&clients, &names);
+    let m = DispatchMeta {
+        dispatch_id: "d-hours".into(),
+        campaign_id: "c-hours".into(),
+        ..meta()
+    };
+    // Nine one-user batches whose outcomes were recorded an hour apart (deliveries that died
+    // before counting them): more hours than one transaction can hold.
+    let hour = touchpoint::delivery::HOUR_MS;
+    ledger.open_dispatch(&m, 9, 1, 1_000).await.unwrap();
+    let mut settled = Vec::new();
+    for i in 0..9usize {
+        let order: touchpoint::ids::OrderNo = format!("hours-{i}").as_str().into();
+        let at = i as i64 * hour + 5_000;
+        ledger
+            .claim_batch(&m, i, &order, 1, at - 1_000, at + 60_000)
+            .await
+            .unwrap();
+        let record = AttemptRecord {
+            meta: m.clone(),
+            order_no: order,
+            batch_index: i,
+            sent_at: at - 1_000,
+            attempt: 1,
+            http_status: Some(200),
+            error: None,
+            response_excerpt: None,
+            at,
+            outcome: AttemptOutcome::Final(ok(&[i as i64])),
+        };
+        settled.push(ledger.record_attempt(&record).await.unwrap().unwrap());
+    }
+    let all: Vec<u32> = (0..9).collect();
+    let progress = ledger
+        .checkpoint(
+            &m,
+            &Advance {
+                batches: 9,
+                looked: &all,
+                finished: &all,
+                abandoned: None,
+                settled: &settled,
+            },
+            10 * hour,
+        )
+        .await
+        .unwrap();
+    assert!(progress.is_complete(9), "{progress:?}");
+    let stats = ledger
+        .stats(1, StatsScope::Campaign, "c-hours")
+        .await
+        .unwrap();
+    assert_eq!((stats.sent, stats.succeeded), (9, 9), "each counted once");
+    let series = ledger
+        .stats_series(1, StatsScope::Campaign, "c-hours", 0, 10 * hour)
+        .await
+        .unwrap();
+    let succeeded: Vec<u64> = series.iter().map(|h| h.succeeded).collect();
+    assert_eq!(succeeded, [1; 9], "one user in each hour: {series:?}");
+}
