@@ -378,6 +378,44 @@ test('the console does everything on the product page, in English and Chinese', 
     await row(page, 'Coupons').waitFor();
   });
 
+  await step(t, 'a dispatch of more than 100 batches is listed a page at a time', async () => {
+    const created = await call('POST', '/v1/touchpoints', ADMIN, {
+      name: 'Single', kind: 'benefit', url: `http://127.0.0.1:${failing.address().port}/touch`, batchSize: 1, receipt: { mode: 'sync' }, ...PARAMS,
+    });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const single = created.body;
+    await call('PUT', `/v1/touchpoints/${single.id}/spaces`, ADMIN, { spaceIds: ['space-a'] });
+    await call('POST', `/v1/touchpoints/${single.id}/enable`, ADMIN, null);
+    const users = Array.from({ length: 150 }, (_, i) => ({ gid: i + 1, attributes: {} }));
+    const d = await call('POST', '/v1/dispatches', CAMPAIGN, {
+      dispatchId: 'console-paged', projectId: 1, spaceId: 'space-a', campaignId: 'cmp-3333', touchpointId: single.id, templateValues: {}, users,
+    });
+    assert.equal(d.status, 202, JSON.stringify(d.body));
+    for (let i = 0; i < 200; i++) {
+      const s = await call('GET', '/v1/dispatches/console-paged', CAMPAIGN);
+      if (s.body.state === 'completed') break;
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
+    await page.goto(`http://${service.addr}/#/dispatches/console-paged`);
+    await page.getByRole('heading', { name: 'Dispatch console-paged' }).waitFor();
+    await page.getByText('Batches 1–100 of 150').waitFor();
+    await rowsAre(page, 'table.small tbody tr', 100);
+    assert.equal(await page.getByRole('link', { name: 'Previous batches' }).count(), 0);
+    await page.getByRole('link', { name: 'More batches' }).click();
+    await page.getByText('Batches 101–150 of 150').waitFor();
+    await rowsAre(page, 'table.small tbody tr', 50);
+    assert.equal(await page.getByRole('link', { name: 'More batches' }).count(), 0);
+    await page.getByRole('link', { name: 'Previous batches' }).click();
+    await page.getByText('Batches 1–100 of 150').waitFor();
+    // Gone again, so the list the next steps count is as it was.
+    const off = await call('POST', `/v1/touchpoints/${single.id}/disable`, ADMIN, null);
+    assert.equal(off.status, 200, JSON.stringify(off.body));
+    const gone = await call('DELETE', `/v1/touchpoints/${single.id}?version=${off.body.version}`, ADMIN, null);
+    assert.equal(gone.status, 204, JSON.stringify(gone.body));
+    await page.goto(`http://${service.addr}/`);
+    await row(page, 'Coupons').waitFor();
+  });
+
   await step(t, 'filter, search and page the list', async () => {
     for (let i = 0; i < 10; i++) {
       await call('POST', '/v1/touchpoints', ADMIN, { name: `Extra ${i}`, kind: 'other', url: 'https://example.com/t', batchSize: 10, receipt: { mode: 'sync' }, ...PARAMS });

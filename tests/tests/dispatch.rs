@@ -1037,12 +1037,16 @@ impl DeliveryReports for CountingClaims {
     ) -> Result<Option<DispatchView>, StoreError> {
         self.inner.dispatch(project, dispatch_id).await
     }
-    async fn dispatch_batches(
+    async fn batch_page(
         &self,
         project: ProjectId,
         dispatch_id: &DispatchId,
+        from: u32,
+        limit: u32,
     ) -> Result<Vec<BatchView>, StoreError> {
-        self.inner.dispatch_batches(project, dispatch_id).await
+        self.inner
+            .batch_page(project, dispatch_id, from, limit)
+            .await
     }
     async fn batch(
         &self,
@@ -1172,4 +1176,55 @@ async fn a_redelivery_resumes_where_the_last_one_stopped() {
     claims.dedup();
     assert_eq!(claims.len(), 40);
     assert_eq!(rx.requests(), 40);
+}
+
+#[tokio::test]
+async fn a_dispatch_reports_its_counts_whole_and_its_batches_a_page_at_a_time() {
+    let rx = Receiver::start(|seen, _| {
+        Reply::statuses(seen, |g| {
+            if g % 10 == 0 {
+                ("TOU_FAIL", "blocked")
+            } else {
+                ("TOU_SUCC", "")
+            }
+        })
+    })
+    .await;
+    let rig = Rig::new(config("50ms", 2_000));
+    let tp = rig.touchpoint("pages", &rx.url(), 1).await;
+    assert_eq!(
+        rig.deliver(&dispatch("paged", &tp, 250)).await,
+        Handled::Done
+    );
+    let reporting = touchpoint::reporting::Reporting::new(
+        Arc::new(rig.store.clone()),
+        Arc::new(rig.store.clone()),
+        Arc::new(touchpoint::clock::SystemClock),
+    );
+    let first = reporting.dispatch(1, &"paged".into(), 0).await.unwrap();
+    let counts = first.counts.clone().unwrap();
+    assert_eq!(
+        (
+            counts.users,
+            counts.succeeded,
+            counts.failed,
+            counts.pending
+        ),
+        (250, 225, 25, 0)
+    );
+    assert_eq!((counts.batches, counts.batches_finished), (250, 250));
+    let index = |r: &touchpoint::reporting::DispatchReport| -> Vec<i64> {
+        r.batches.iter().map(|b| b.index).collect()
+    };
+    assert_eq!(index(&first), (0..100).collect::<Vec<_>>());
+    assert_eq!(first.next_batches_from, Some(100));
+    let last = reporting.dispatch(1, &"paged".into(), 200).await.unwrap();
+    assert_eq!(index(&last), (200..250).collect::<Vec<_>>());
+    assert_eq!(last.next_batches_from, None);
+    assert_eq!(
+        last.counts, first.counts,
+        "counts cover the whole dispatch on every page"
+    );
+    let past = reporting.dispatch(1, &"paged".into(), 900).await.unwrap();
+    assert!(past.batches.is_empty() && past.next_batches_from.is_none());
 }

@@ -111,12 +111,28 @@ async function campaignsOf(tp) {
   return box;
 }
 
-export async function renderDispatch(main, id) {
+/** Batches the API lists at most per request for a dispatch. */
+const BATCH_PAGE = 100;
+
+/** The address of a dispatch's page listing its batches from index `from` on. */
+const dispatchHref = (id, from) => `#/dispatches/${enc(id)}${from > 0 ? `?from=${from}` : ''}`;
+
+/** A dispatch with its batches from index `from` on (a page of at most BATCH_PAGE). */
+export async function renderDispatch(main, id, from = 0) {
   const body = h('div', {}, h('p.muted', { role: 'status', text: t('loading') }));
   main.replaceChildren(h('section', {}, back(), h('h2', { text: t('dispatchTitle', { id }) }), body));
   try {
-    const d = await api('GET', `/v1/dispatches/${enc(id)}`);
+    const d = await api('GET', `/v1/dispatches/${enc(id)}?batchesFrom=${from}`);
     const c = d.counts || {};
+    const batches = d.batches || [];
+    // A refused dispatch lists one pseudo-batch (index -1): shown as it is, without paging.
+    const refused = batches.some((b) => b.index < 0);
+    const next = Number.isSafeInteger(d.nextBatchesFrom) && d.nextBatchesFrom > from ? d.nextBatchesFrom : null;
+    let caption = t('batches');
+    if (!refused && batches.length && Number.isFinite(c.batches)) {
+      caption = t('batchesShown', { first: fmtNumber(batches[0].index + 1), last: fmtNumber(batches[batches.length - 1].index + 1), total: fmtNumber(c.batches) });
+    }
+    const paging = !refused && (from > 0 || next !== null);
     body.replaceChildren(
       h('dl.facts', {},
         h('dt', { text: t('state') }), h('dd', { text: t('dstate_' + d.state) }),
@@ -125,12 +141,16 @@ export async function renderDispatch(main, id) {
         h('dt', { text: t('receivedAt') }), h('dd', { text: fmtTime(d.receivedAt) }),
         d.rejected ? h('dt', { text: t('rejected') }) : null, d.rejected ? h('dd.error-text', { text: d.rejected }) : null),
       d.counts ? h('div.cards', {}, card(t('users'), fmtNumber(c.users)), card(t('succeeded'), fmtNumber(c.succeeded), 'ok'), card(t('failed'), fmtNumber(c.failed), 'bad'), card(t('pending'), fmtNumber(c.pending), 'wait')) : null,
-      h('table.small', {}, h('caption', { text: t('batches') }),
+      h('table.small', {}, h('caption', { text: caption }),
         h('thead', {}, h('tr', {}, ['batchNo', 'state', 'users', 'succeeded', 'failed', 'attempts', 'httpStatus', 'error'].map((k) => h('th', { scope: 'col', text: t(k) })))),
-        h('tbody', {}, (d.batches || []).map((b) => h('tr', {},
+        h('tbody', {}, batches.map((b) => h('tr', {},
           h('td', {}, h('a', { href: `#/batches/${enc(b.orderNo)}`, text: `#${b.index < 0 ? '—' : b.index + 1}` })),
           h('td', { text: t('bstate_' + b.state) }), h('td.num', { text: b.users }), h('td.num', { text: b.succeeded }), h('td.num', { text: b.failed }),
-          h('td.num', { text: b.attempts }), h('td', { text: b.lastHttpStatus ?? '—' }), h('td', { text: b.lastError || '' }))))));
+          h('td.num', { text: b.attempts }), h('td', { text: b.lastHttpStatus ?? '—' }), h('td', { text: b.lastError || '' }))))),
+      !refused && !batches.length && from > 0 ? h('p.muted', { text: t('batchesNoneFrom', { n: fmtNumber(from + 1) }) }) : null,
+      paging ? h('nav.pager', { 'aria-label': t('batchPages') },
+        from > 0 ? h('a', { href: dispatchHref(id, Math.max(0, from - BATCH_PAGE)), text: t('previousBatches') }) : null,
+        next !== null ? h('a', { href: dispatchHref(id, next), text: t('moreBatches') }) : null) : null);
   } catch (e) {
     body.replaceChildren(h('p.error-text', { role: 'alert', text: e.status === 404 ? t('noSuchDispatch') : e.message }));
   }

@@ -1,6 +1,7 @@
 // Which page shows: the sign-in form until a key is kept, then the page the address's hash
 // names (#/, #/touchpoints/{id}/delivery, #/campaigns/{id}/delivery, #/dispatches/{id},
-// #/batches/{orderNo}); and signing in and out.
+// #/dispatches/{id}?from={batch index}, #/batches/{orderNo}); and signing in and out. Path
+// segments are URL-encoded, so a `?` in the hash starts its query.
 import { api } from './api.js';
 import { renderBatch, renderDelivery, renderDispatch } from './delivery.js';
 import { closeDialog } from './dialog.js';
@@ -15,12 +16,20 @@ export function route() {
   document.getElementById('sign-out').hidden = !signedInKey();
   if (!signedInKey()) return renderSignIn(main);
   const hash = location.hash.replace(/^#/, '') || '/';
-  const parts = hash.split('/').filter(Boolean).map(decodeURIComponent);
+  const q = hash.indexOf('?');
+  const query = new URLSearchParams(q < 0 ? '' : hash.slice(q + 1));
+  const parts = (q < 0 ? hash : hash.slice(0, q)).split('/').filter(Boolean).map(decodeURIComponent);
   if (parts[0] === 'touchpoints' && parts[2] === 'delivery') return renderDelivery(main, 'touchpoint', parts[1]);
   if (parts[0] === 'campaigns' && parts[2] === 'delivery') return renderDelivery(main, 'campaign', parts[1]);
-  if (parts[0] === 'dispatches' && parts[1]) return renderDispatch(main, parts[1]);
+  if (parts[0] === 'dispatches' && parts[1]) return renderDispatch(main, parts[1], index(query.get('from')));
   if (parts[0] === 'batches' && parts[1]) return renderBatch(main, parts[1]);
   return renderList(main);
+}
+
+/** A query value that is a whole number ≥ 0, else 0. */
+function index(value) {
+  const n = /^\d+$/.test(value || '') ? Number(value) : 0;
+  return Number.isSafeInteger(n) ? n : 0;
 }
 
 export function go(hash) {

@@ -222,6 +222,11 @@ fn stats_hours() -> Object {
         .default(Some(DEFAULT_STATS_HOURS.into()))
         .build()
 }
+fn batch_index() -> Object {
+    integer(0, u64::from(u32::MAX), false)
+        .default(Some(0.into()))
+        .build()
+}
 fn kind() -> RefOr<Schema> {
     reference("Kind")
 }
@@ -603,6 +608,17 @@ pub struct StatsQuery {
     /// The window of the series and failure reasons, in hours.
     #[param(schema_with = stats_hours)]
     pub hours: Option<String>,
+}
+
+/// `?batchesFrom=` of a dispatch's report.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchQuery {
+    /// The index of the first batch listed (100 a page; the report's `nextBatchesFrom` says
+    /// where the next starts).
+    #[param(schema_with = batch_index)]
+    pub batches_from: Option<String>,
 }
 
 /// `?ids=&hours=` of the success rates of several touchpoints.

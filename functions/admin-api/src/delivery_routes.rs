@@ -89,21 +89,24 @@ pub async fn submit_dispatch(
 
 /// A dispatch's state, counts and batches.
 #[utoipa::path(get, path = "/v1/dispatches/{dispatchId}", tag = "dispatches",
-    params(("dispatchId" = String, Path, description = "the producer's id of the dispatch (URL-encoded)")),
+    params(("dispatchId" = String, Path, description = "the producer's id of the dispatch (URL-encoded)"), DispatchQuery),
     security(("bearer" = ["admin", "campaign"])),
     responses(
         (status = 200, description = "The dispatch", body = DispatchReport),
         (status = 404, description = "No such dispatch in the caller's project", body = ErrorBody),
+        (status = 422, description = "batchesFrom is not a batch index", body = ErrorBody),
     ))]
 pub async fn get_dispatch(
     State(state): State<AppState>,
     CampaignSystem(who): CampaignSystem,
     PathParams(dispatch_id): PathParams<DispatchId>,
+    QueryParams(query): QueryParams<DispatchQuery>,
 ) -> Result<Json<DispatchReport>, ApiError> {
+    let from = touchpoint::reporting::batches_from(query.batches_from.as_deref())?;
     Ok(Json(
         state
             .reporting
-            .dispatch(who.project_id, &dispatch_id)
+            .dispatch(who.project_id, &dispatch_id, from)
             .await?,
     ))
 }

@@ -42,6 +42,9 @@ const REJECTED_INDEX: i64 = -1;
 /// Bytes of a results message body at most: under the queue's `MaximumMessageSize` (1 MiB),
 /// with room for its attributes.
 pub const RESULTS_MESSAGE_BYTES: usize = 1_000_000;
+/// How much longer a dispatch record is kept than its batches: the longest receipt timeout
+/// (7 days) and a day.
+const META_MARGIN_SECS: i64 = 8 * 86_400;
 /// Hours of outcomes one checkpoint transaction counts: 3 + 12 × 6 = 75 items, under
 /// DynamoDB's 100.
 const CHECKPOINT_HOURS: usize = 6;
@@ -295,6 +298,12 @@ impl DynamoDelivery {
 
     fn expires_at(&self, now: Millis) -> AttributeValue {
         n(now / 1000 + self.retention_secs)
+    }
+
+    /// A dispatch record outlives its batches' receipt deadlines (the polls move its
+    /// counters): the retention plus the longest receipt timeout, and a day.
+    fn meta_expires_at(&self, now: Millis) -> AttributeValue {
+        n(now / 1000 + self.retention_secs + META_MARGIN_SECS)
     }
 
     fn total_update(
@@ -700,12 +709,16 @@ impl DynamoDelivery {
                 .set_key(Some(key(pk.clone(), "META")))
                 .update_expression(
                     "SET progress = :p, pv = :next_version, stalls = :zero, expires_at = :exp \
-                     ADD settled_ok :ok, settled_failed :failed",
+                     ADD settled_ok :ok, settled_failed :failed, batches_final :final",
+                )
+                .expression_attribute_values(
+                    ":final",
+                    n(fresh.iter().filter(|s| s.complete).count()),
                 )
                 .expression_attribute_values(":p", json_s(&next)?)
                 .expression_attribute_values(":next_version", n(version + 1))
                 .expression_attribute_values(":zero", n(0))
-                .expression_attribute_values(":exp", self.expires_at(now))
+                .expression_attribute_values(":exp", self.meta_expires_at(now))
                 .expression_attribute_values(":ok", n(ok))
                 .expression_attribute_values(":failed", n(failed));
             head = if version == 0 {
@@ -907,8 +920,10 @@ fn settled_of_item(item: &Item) -> Result<Option<Settled>, StoreError> {
         return Ok(None);
     };
     let mut results = decode_results(item)?;
+    let complete = first >= get_n::<usize>(item, "users").unwrap_or_default();
     results.truncate(first);
     Ok(Some(Settled {
+        complete,
         index: index as u32,
         order_no: get_s(item, "order_no")
             .ok_or_else(|| missing("order_no"))?
@@ -961,7 +976,7 @@ impl DeliveryLedger for DynamoDelivery {
         item.insert("batch_size".into(), n(batch_size));
         item.insert("received_at".into(), n(now));
         item.insert("stalls".into(), n(1));
-        item.insert("expires_at".into(), self.expires_at(now));
+        item.insert("expires_at".into(), self.meta_expires_at(now));
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -1098,6 +1113,7 @@ impl DeliveryLedger for DynamoDelivery {
         item.insert("batch_size".into(), n(0));
         item.insert("rejected".into(), s(reason));
         item.insert("received_at".into(), n(now));
+        item.insert("settled_failed".into(), n(gids.len()));
         item.insert("expires_at".into(), self.expires_at(now));
         let order = order_no(meta.project_id, &meta.dispatch_id, usize::MAX);
         let results: Vec<UserResult> = gids
@@ -1409,6 +1425,7 @@ impl DeliveryLedger for DynamoDelivery {
         let written = update.update_expression(expr.expression()).send().await;
         match written {
             Ok(_) => Ok(settled.map(|results| Settled {
+                complete: matches!(record.outcome, AttemptOutcome::Final(_)),
                 index: record.batch_index as u32,
                 order_no: order.clone(),
                 sent_at: record.sent_at,
@@ -1459,25 +1476,35 @@ impl DeliveryReports for DynamoDelivery {
             batch_size,
             rejected,
             received_at: get_n(&item, "received_at").unwrap_or_default(),
+            // Moved by the checkpoints, the receipt polls and a refusal: one item read.
+            succeeded: get_n(&item, "settled_ok").unwrap_or_default(),
+            failed: get_n(&item, "settled_failed").unwrap_or_default(),
+            batches_finished: get_n(&item, "batches_final").unwrap_or_default(),
         }))
     }
 
-    async fn dispatch_batches(
+    async fn batch_page(
         &self,
         project: ProjectId,
         dispatch_id: &DispatchId,
+        from: u32,
+        limit: u32,
     ) -> Result<Vec<BatchView>, StoreError> {
         let Some(view) = self.dispatch(project, dispatch_id).await? else {
             return Ok(Vec::new());
         };
         let orders: Vec<OrderNo> = if view.rejected.is_some() {
+            if from > 0 {
+                return Ok(Vec::new());
+            }
             vec![order_no(project, dispatch_id, usize::MAX)]
         } else {
-            (0..view.batches as usize)
-                .map(|i| order_no(project, dispatch_id, i))
+            (from..view.batches.min(from.saturating_add(limit)))
+                .map(|i| order_no(project, dispatch_id, i as usize))
                 .collect()
         };
         let mut out = Vec::new();
+        let mut wait = TX_RETRY_FIRST;
         for chunk in orders.chunks(100) {
             let mut keys = KeysAndAttributes::builder().consistent_read(true);
             for o in chunk {
@@ -1506,6 +1533,11 @@ impl DeliveryReports for DynamoDelivery {
                 }
                 request = got.unprocessed_keys.unwrap_or_default();
                 request.retain(|_, k| !k.keys().is_empty());
+                if !request.is_empty() {
+                    // Throttled: wait before asking for the rest.
+                    tokio::time::sleep(jittered(wait)).await;
+                    wait = (wait * 2).min(TX_RETRY_MAX);
+                }
             }
         }
         out.sort_by_key(|b| b.batch_index);
@@ -1772,6 +1804,25 @@ impl ReceiptLedger for DynamoDelivery {
         let mut items = vec![TransactWriteItem::builder().update(update).build()];
         let (s_ok, s_failed) = counts(&settled);
         if s_ok + s_failed > 0 {
+            // The dispatch's own counters (its record outlives the receipt deadline).
+            let dispatch: String = get_s(&item, "dispatch_id").unwrap_or_default();
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(key(dispatch_pk(record.project_id, &dispatch), "META")))
+                            .update_expression(
+                                "ADD settled_ok :ok, settled_failed :failed, batches_final :final",
+                            )
+                            .expression_attribute_values(":ok", n(s_ok))
+                            .expression_attribute_values(":failed", n(s_failed))
+                            .expression_attribute_values(":final", n(u32::from(done)))
+                            .build()
+                            .map_err(build_err)?,
+                    )
+                    .build(),
+            );
             let project: ProjectId = get_n(&item, "project").unwrap_or_default();
             let campaign = get_s(&item, "campaign_id").unwrap_or_default();
             let touchpoint = get_s(&item, "touchpoint_id").unwrap_or_default();

@@ -502,6 +502,7 @@ impl TouchpointStore for DynamoTouchpoints {
             for id in chunk {
                 keys = keys.keys(key(project_pk(project), tp_sk(id)));
             }
+            let mut throttled = 0u32;
             let mut request =
                 HashMap::from([(self.table.clone(), keys.build().map_err(build_err)?)]);
             while !request.is_empty() {
@@ -522,6 +523,12 @@ impl TouchpointStore for DynamoTouchpoints {
                 }
                 request = got.unprocessed_keys.unwrap_or_default();
                 request.retain(|_, k| !k.keys().is_empty());
+                if !request.is_empty() {
+                    // Throttled: wait before asking for the rest (50 ms doubling to 3.2 s).
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << throttled.min(6)))
+                        .await;
+                    throttled += 1;
+                }
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));

@@ -731,40 +731,60 @@ impl DeliveryReports for SqliteStore {
                 )
                 .optional()
                 .map_err(backend)?;
-            row.map(|(meta, users, batch_size, rejected, received_at)| {
-                let batches = if rejected.is_some() || batch_size == 0 {
-                    0
-                } else {
-                    users.div_ceil(batch_size)
-                };
-                Ok(DispatchView {
-                    meta: serde_json::from_str(&meta).map_err(json_err)?,
-                    users,
-                    batches,
-                    batch_size,
-                    rejected,
-                    received_at,
-                })
-            })
-            .transpose()
+            let Some((meta, users, batch_size, rejected, received_at)) = row else {
+                return Ok(None);
+            };
+            // One aggregate over the dispatch's batches (indexed by dispatch).
+            let (succeeded, failed, batches_finished): (u32, u32, u32) = tx
+                .query_row_cached(
+                    "SELECT coalesce(sum(succeeded), 0), coalesce(sum(failed), 0),
+                            coalesce(sum(state = 'final'), 0)
+                     FROM batches WHERE project_id = ?1 AND dispatch_id = ?2",
+                    params![project, dispatch_id.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(backend)?;
+            let batches = if rejected.is_some() || batch_size == 0 {
+                0
+            } else {
+                users.div_ceil(batch_size)
+            };
+            Ok(Some(DispatchView {
+                meta: serde_json::from_str(&meta).map_err(json_err)?,
+                users,
+                batches,
+                batch_size,
+                rejected,
+                received_at,
+                succeeded,
+                failed,
+                batches_finished,
+            }))
         })
         .await
     }
 
-    async fn dispatch_batches(
+    async fn batch_page(
         &self,
         project: ProjectId,
         dispatch_id: &DispatchId,
+        from: u32,
+        limit: u32,
     ) -> Result<Vec<BatchView>, StoreError> {
         let dispatch_id = dispatch_id.to_owned();
         self.tx(move |tx| {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "SELECT {BATCH_COLUMNS} FROM batches WHERE project_id = ?1 AND dispatch_id = ?2 ORDER BY batch_index"
+                    "SELECT {BATCH_COLUMNS} FROM batches WHERE project_id = ?1 AND dispatch_id = ?2
+                       AND (batch_index >= ?3 OR (?3 = 0 AND batch_index < 0))
+                     ORDER BY batch_index LIMIT ?4"
                 ))
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![project, dispatch_id.as_str()], row_to_batch)
+                .query_map(
+                    params![project, dispatch_id.as_str(), from, limit],
+                    row_to_batch,
+                )
                 .map_err(backend)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(backend)?;

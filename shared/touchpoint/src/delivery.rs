@@ -107,6 +107,9 @@ pub struct Settled {
     /// When the outcome was recorded.
     pub at: Millis,
     pub results: Vec<UserResult>,
+    /// Every user of the batch was final when it was recorded (not an async acceptance with
+    /// users awaiting their receipts).
+    pub complete: bool,
 }
 
 /// How far one delivery came, for [`DeliveryLedger::checkpoint`]. It is applied to the progress
@@ -240,6 +243,11 @@ pub struct DispatchView {
     /// Why the whole dispatch was refused, when it was.
     pub rejected: Option<String>,
     pub received_at: Millis,
+    /// Users with a final outcome, as the store counts them (constant cost to read).
+    pub succeeded: u32,
+    pub failed: u32,
+    /// Batches whose every user is final.
+    pub batches_finished: u32,
 }
 
 /// sent / succeeded / failed / pending counters.
@@ -479,10 +487,24 @@ pub trait DeliveryReports: Send + Sync {
         dispatch_id: &DispatchId,
     ) -> Result<Option<DispatchView>, StoreError>;
 
+    /// Every batch of a dispatch, in index order (tests and tools; the API reads pages).
     async fn dispatch_batches(
         &self,
         project: ProjectId,
         dispatch_id: &DispatchId,
+    ) -> Result<Vec<BatchView>, StoreError> {
+        self.batch_page(project, dispatch_id, 0, u32::MAX).await
+    }
+
+    /// At most `limit` batches of a dispatch from batch index `from` on, in index order, with
+    /// counts but not their users' results (a refused dispatch has one, index -1, on the first
+    /// page).
+    async fn batch_page(
+        &self,
+        project: ProjectId,
+        dispatch_id: &DispatchId,
+        from: u32,
+        limit: u32,
     ) -> Result<Vec<BatchView>, StoreError>;
 
     async fn batch(

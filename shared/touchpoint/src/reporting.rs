@@ -105,18 +105,24 @@ pub struct DispatchReport {
     /// Known once the dispatcher opened the dispatch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counts: Option<DispatchCounts>,
+    /// At most [`DISPATCH_BATCH_PAGE`] batches, from the index asked for (`batchesFrom`).
     pub batches: Vec<BatchSummary>,
+    /// Where the next page of batches starts, when there is one (`?batchesFrom=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_batches_from: Option<u32>,
 }
 
+/// Batches per page of a dispatch's report.
+pub const DISPATCH_BATCH_PAGE: u32 = 100;
+
 impl DispatchReport {
-    /// An opened dispatch and its batches.
-    pub fn opened(view: DispatchView, batches: &[BatchView]) -> DispatchReport {
-        let succeeded: u32 = batches.iter().map(|b| b.succeeded).sum();
-        let failed: u32 = batches.iter().map(|b| b.failed).sum();
-        let finished = batches
-            .iter()
-            .filter(|b| b.state == BatchState::Final)
-            .count() as u32;
+    /// An opened dispatch (its counts as the store keeps them) and a page of its batches.
+    pub fn opened(
+        view: DispatchView,
+        batches: &[BatchView],
+        next_batches_from: Option<u32>,
+    ) -> DispatchReport {
+        let (succeeded, failed) = (view.succeeded, view.failed);
         DispatchReport {
             state: dispatch_state(view.rejected.is_some(), view.users, succeeded, failed),
             dispatch_id: view.meta.dispatch_id,
@@ -133,8 +139,9 @@ impl DispatchReport {
                 failed,
                 pending: view.users.saturating_sub(succeeded + failed),
                 batches: view.batches,
-                batches_finished: finished,
+                batches_finished: view.batches_finished,
             }),
+            next_batches_from,
             batches: batches
                 .iter()
                 .map(|b| BatchSummary {
@@ -388,6 +395,19 @@ pub fn stats_hours(raw: Option<&str>) -> Result<u32, DomainError> {
     }
 }
 
+/// Reads `?batchesFrom=`: a batch index, a whole number from 0; 0 when absent.
+pub fn batches_from(raw: Option<&str>) -> Result<u32, DomainError> {
+    match raw {
+        None => Ok(0),
+        Some(v) => v.parse::<u32>().map_err(|_| {
+            DomainError::Validation(vec![FieldError::new(
+                "batchesFrom",
+                "must be a whole number from 0 (a batch index)",
+            )])
+        }),
+    }
+}
+
 /// Reads `?ids=`: 1 to [`MAX_WINDOW_TOUCHPOINTS`] touchpoint ids separated by commas, repeats
 /// counted (as the document's pattern counts them) and then dropped, the order kept.
 pub fn window_touchpoints(raw: &str) -> Result<Vec<TouchpointId>, DomainError> {
@@ -435,14 +455,22 @@ impl Reporting {
     }
 
     /// A dispatch: as the dispatcher recorded it, or as the intake knows it before that.
+    /// A dispatch's state and counts (constant cost), and a page of its batches from index
+    /// `batches_from`.
     pub async fn dispatch(
         &self,
         project: ProjectId,
         dispatch_id: &DispatchId,
+        batches_from: u32,
     ) -> Result<DispatchReport, DomainError> {
         if let Some(view) = self.store.dispatch(project, dispatch_id).await? {
-            let batches = self.store.dispatch_batches(project, dispatch_id).await?;
-            return Ok(DispatchReport::opened(view, &batches));
+            let batches = self
+                .store
+                .batch_page(project, dispatch_id, batches_from, DISPATCH_BATCH_PAGE)
+                .await?;
+            let next = batches_from.saturating_add(DISPATCH_BATCH_PAGE);
+            let next = (view.rejected.is_none() && next < view.batches).then_some(next);
+            return Ok(DispatchReport::opened(view, &batches, next));
         }
         let submitted = self
             .intake
@@ -465,6 +493,7 @@ impl Reporting {
             received_at: rfc3339(submitted.received_at),
             counts: None,
             batches: Vec::new(),
+            next_batches_from: None,
         })
     }
 

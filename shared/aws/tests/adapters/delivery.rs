@@ -439,7 +439,7 @@ async fn a_checkpoint_of_outcomes_from_many_hours_counts_them_all_in_several_wri
     ledger.open_dispatch(&m, 9, 1, 1_000).await.unwrap();
     let mut settled = Vec::new();
     for i in 0..9usize {
-        let order: touchpoint::ids::OrderNo = format!("hours-{i}").as_str().into();
+        let order = touchpoint::dispatch::order_no(1, &m.dispatch_id, i);
         let at = i as i64 * hour + 5_000;
         ledger
             .claim_batch(&m, i, &order, 1, at - 1_000, at + 60_000)
@@ -486,4 +486,29 @@ async fn a_checkpoint_of_outcomes_from_many_hours_counts_them_all_in_several_wri
         .unwrap();
     let succeeded: Vec<u64> = series.iter().map(|h| h.succeeded).collect();
     assert_eq!(succeeded, [1; 9], "one user in each hour: {series:?}");
+    // The dispatch's counts come from its record, its batches a page at a time.
+    let view = ledger.dispatch(1, &m.dispatch_id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            view.succeeded,
+            view.failed,
+            view.batches_finished,
+            view.batches
+        ),
+        (9, 0, 9, 9)
+    );
+    let page = ledger.batch_page(1, &m.dispatch_id, 3, 4).await.unwrap();
+    let indices: Vec<i64> = page.iter().map(|b| b.batch_index).collect();
+    assert_eq!(indices, [3, 4, 5, 6]);
+    assert!(
+        page.iter()
+            .all(|b| b.results.is_empty() && b.succeeded == 1)
+    );
+    assert!(
+        ledger
+            .batch_page(1, &m.dispatch_id, 9, 4)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
