@@ -1104,7 +1104,7 @@ impl ReceiptLedger for CountingClaims {
         order_no: &OrderNo,
         now: Millis,
         until: Millis,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<PendingBatch>, StoreError> {
         self.inner.lease_poll(project, order_no, now, until).await
     }
     async fn record_poll(&self, record: &PollRecord) -> Result<(), StoreError> {

@@ -438,11 +438,16 @@ async fn overlapping_rounds_poll_each_batch_once_and_a_crashed_rounds_lease_expi
     rig.clock.advance(5 * MINUTE);
     let order = rig.batches("d2").await[0].order_no.clone();
     let now = rig.clock.now_ms();
-    assert!(
-        rig.store
-            .lease_poll(1, &order, now, now + 60_000)
-            .await
-            .unwrap()
+    let leased = rig
+        .store
+        .lease_poll(1, &order, now, now + 60_000)
+        .await
+        .unwrap()
+        .expect("leased");
+    assert_eq!(
+        (leased.pending.len(), leased.receipt_url.is_empty()),
+        (5, false),
+        "the lease hands out the batch as it is"
     );
     assert_eq!(rig.round(&tp).await.skipped, 1);
     rig.clock.advance(61_000);

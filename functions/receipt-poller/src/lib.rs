@@ -249,13 +249,15 @@ impl ReceiptPoller {
         now: Millis,
     ) -> Result<Polled, StoreError> {
         let lease_until = now + self.cfg.lease.as_millis() as i64;
-        if !self
+        // The batch as it is now that the lease is ours (the round's listing may be stale, and
+        // on AWS it carries no users).
+        let Some(b) = self
             .ledger
             .lease_poll(b.project_id, &b.order_no, now, lease_until)
             .await?
-        {
+        else {
             return Ok(Polled::Skipped);
-        }
+        };
         // On the grid from acceptance, and at the deadline at the latest.
         let next_poll_at = next_poll_at(b.accepted_at, self.cfg.interval, b.deadline, now);
         // At (or after) the deadline the batch is polled once more, then what is still

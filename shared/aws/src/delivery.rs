@@ -37,7 +37,21 @@ use touchpoint::protocol::UserStatus;
 
 use crate::item::*;
 
+/// Shards of a statistics total (partitions, read back with one `BatchGetItem`).
 const STAT_SHARDS: u64 = 16;
+/// Partitions of a scope's day of hour counters and reason tallies.
+const TREND_SHARDS: u64 = 8;
+/// Partitions of a touchpoint's receipt index.
+const DUE_SHARDS: u64 = 16;
+/// What the receipt index projects besides its keys (`template.yaml` says the same; a test
+/// holds them together).
+pub const DUE_PROJECTION: [&str; 5] = [
+    "order_no",
+    "accepted_at",
+    "deadline",
+    "polls",
+    "pending_count",
+];
 const REJECTED_INDEX: i64 = -1;
 /// Bytes of a results message body at most: under the queue's `MaximumMessageSize` (1 MiB),
 /// with room for its attributes.
@@ -70,18 +84,29 @@ fn batch_pk(project: ProjectId, order: &str) -> String {
     format!("P#{project}#O#{order}")
 }
 
-fn stats_pk(project: ProjectId, scope: &str, key: &str) -> String {
-    format!("P#{project}#ST#{scope}#{key}")
+/// A statistics total's shard: a partition of its own, so no key takes every count.
+fn stats_pk(project: ProjectId, scope: &str, key: &str, shard: u64) -> String {
+    format!("P#{project}#ST#{scope}#{key}#{shard:02}")
 }
 
-fn trend_pk(project: ProjectId, scope: &str, key: &str, day: i64) -> String {
-    format!("P#{project}#TR#{scope}#{key}#{day}")
+/// One day of a scope's hour counters and reason tallies, one of [`TREND_SHARDS`] partitions.
+fn trend_pk(project: ProjectId, scope: &str, key: &str, day: i64, shard: u64) -> String {
+    format!(
+        "P#{project}#TR#{scope}#{key}#{day}#{}",
+        shard % TREND_SHARDS
+    )
 }
 
 const DAY_MS: Millis = 86_400_000;
 
-fn due_key(project: ProjectId, touchpoint: &str) -> String {
-    format!("P#{project}#TP#{touchpoint}")
+/// The receipt index's partition of a touchpoint's accepted batch `order`: one of
+/// [`DUE_SHARDS`], so that no index key takes every acceptance and poll of a touchpoint.
+fn due_key(project: ProjectId, touchpoint: &str, order: &str) -> String {
+    due_shard_key(project, touchpoint, shard_of(order) % DUE_SHARDS)
+}
+
+fn due_shard_key(project: ProjectId, touchpoint: &str, shard: u64) -> String {
+    format!("P#{project}#TP#{touchpoint}#{shard:02}")
 }
 
 fn shard_of(order: &str) -> u64 {
@@ -319,8 +344,8 @@ impl DynamoDelivery {
                 Update::builder()
                     .table_name(&self.table)
                     .set_key(Some(crate::item::key(
-                        stats_pk(moves.project, scope, key_),
-                        moves.shard.to_string(),
+                        stats_pk(moves.project, scope, key_, moves.shard),
+                        "T",
                     )))
                     .update_expression(
                         "ADD sent :sent, succeeded :ok, failed :failed SET expires_at = :exp",
@@ -351,7 +376,7 @@ impl DynamoDelivery {
             items.push(self.total_update(moves, scope, key_, now)?);
             for hour_move in &moves.hours {
                 let (hour, delta) = (hour_move.hour, hour_move.delta);
-                let pk = trend_pk(moves.project, scope, key_, hour.div_euclid(DAY_MS));
+                let pk = trend_pk(moves.project, scope, key_, hour.div_euclid(DAY_MS), shard);
                 let mut hourly = Update::builder()
                     .table_name(&self.table)
                     .set_key(Some(crate::item::key(
@@ -492,14 +517,44 @@ impl DynamoDelivery {
         }
         let (from, to) = (from.max(0), to.max(0));
         for day in from.div_euclid(DAY_MS)..=(to - 1).div_euclid(DAY_MS) {
-            let pk = trend_pk(project, scope.as_str(), key_, day);
             // `K#{from}#` .. `K#{to}#` holds every shard (and reason) of the hours from `from`
             // up to, not including, `to`: `K#{to}#` sorts before all of hour `to`'s keys.
             let lower = format!("{kind}#{:013}#", from.max(day * DAY_MS));
             let upper = format!("{kind}#{:013}#", to.min((day + 1) * DAY_MS));
-            items.extend(self.trend_items(pk, lower, upper).await?);
+            for shard in 0..TREND_SHARDS {
+                let pk = trend_pk(project, scope.as_str(), key_, day, shard);
+                items.extend(self.trend_items(pk, lower.clone(), upper.clone()).await?);
+            }
         }
         Ok(items)
+    }
+
+    /// The items of up to 100 keys of the table, asking again for unprocessed keys after a
+    /// jittered back-off (20 ms doubling to 2 s).
+    async fn batch_get(&self, keys: KeysAndAttributes) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut wait = TX_RETRY_FIRST;
+        let mut request = HashMap::from([(self.table.clone(), keys)]);
+        while !request.is_empty() {
+            let got = self
+                .ddb
+                .batch_get_item()
+                .set_request_items(Some(request))
+                .send()
+                .await
+                .map_err(aws_err)?;
+            if let Some(items) = got.responses.and_then(|mut r| r.remove(&self.table)) {
+                out.extend(items);
+            }
+            request = got.unprocessed_keys.unwrap_or_default();
+            request.retain(|_, k| !k.keys().is_empty());
+            if !request.is_empty() {
+                // Throttled: wait before asking for the rest.
+                tokio::time::sleep(jittered(wait)).await;
+                wait = (wait * 2).min(TX_RETRY_MAX);
+            }
+        }
+        Ok(out)
     }
 
     /// One item, read consistently.
@@ -1392,6 +1447,7 @@ impl DeliveryLedger for DynamoDelivery {
                     "deadline = :deadline",
                     "next_poll_at = :next_poll",
                     "due_tp = :due",
+                    "pending_count = :pending_count",
                     "polls = :zero",
                     "first_results = :first",
                     // Kept until its receipt deadline plus the retention, whatever the
@@ -1416,8 +1472,9 @@ impl DeliveryLedger for DynamoDelivery {
                     .expression_attribute_values(":next_poll", n(next_poll_at))
                     .expression_attribute_values(
                         ":due",
-                        s(due_key(meta.project_id, &meta.touchpoint_id)),
+                        s(due_key(meta.project_id, &meta.touchpoint_id, order)),
                     )
+                    .expression_attribute_values(":pending_count", n(pending.len()))
                     .expression_attribute_values(":zero", n(0));
                 Some(results)
             }
@@ -1504,40 +1561,15 @@ impl DeliveryReports for DynamoDelivery {
                 .collect()
         };
         let mut out = Vec::new();
-        let mut wait = TX_RETRY_FIRST;
         for chunk in orders.chunks(100) {
             let mut keys = KeysAndAttributes::builder().consistent_read(true);
             for o in chunk {
                 keys = keys.keys(key(batch_pk(project, o), "B"));
             }
-            let mut request =
-                HashMap::from([(self.table.clone(), keys.build().map_err(build_err)?)]);
-            while !request.is_empty() {
-                let got = self
-                    .ddb
-                    .batch_get_item()
-                    .set_request_items(Some(request))
-                    .send()
-                    .await
-                    .map_err(aws_err)?;
-                for item in got
-                    .responses
-                    .as_ref()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    let mut view = batch_view(item)?;
-                    view.results.clear();
-                    out.push(view);
-                }
-                request = got.unprocessed_keys.unwrap_or_default();
-                request.retain(|_, k| !k.keys().is_empty());
-                if !request.is_empty() {
-                    // Throttled: wait before asking for the rest.
-                    tokio::time::sleep(jittered(wait)).await;
-                    wait = (wait * 2).min(TX_RETRY_MAX);
-                }
+            for item in self.batch_get(keys.build().map_err(build_err)?).await? {
+                let mut view = batch_view(&item)?;
+                view.results.clear();
+                out.push(view);
             }
         }
         out.sort_by_key(|b| b.batch_index);
@@ -1564,18 +1596,14 @@ impl DeliveryReports for DynamoDelivery {
         key_: &str,
     ) -> Result<Counters, StoreError> {
         let scope = scope.as_str();
-        let page = self
-            .ddb
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(stats_pk(project, scope, key_)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(aws_err)?;
+        // Every shard in one read.
+        let mut keys = KeysAndAttributes::builder().consistent_read(true);
+        for shard in 0..STAT_SHARDS {
+            keys = keys.keys(key(stats_pk(project, scope, key_, shard), "T"));
+        }
+        let items = self.batch_get(keys.build().map_err(build_err)?).await?;
         let mut c = Counters::default();
-        for item in page.items() {
+        for item in &items {
             c.sent += get_n::<u64>(item, "sent").unwrap_or_default();
             c.succeeded += get_n::<u64>(item, "succeeded").unwrap_or_default();
             c.failed += get_n::<u64>(item, "failed").unwrap_or_default();
@@ -1645,44 +1673,52 @@ impl ReceiptLedger for DynamoDelivery {
                 "on AWS, receipt rounds run per touchpoint (one schedule each)".into(),
             ));
         };
+        // Every shard of the touchpoint's index, the most overdue first. The index projects
+        // a few small attributes; the lease hands out the batch itself.
         let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .ddb
-                .query()
-                .table_name(&self.table)
-                .index_name("due")
-                .key_condition_expression("due_tp = :tp AND next_poll_at <= :now")
-                .expression_attribute_values(":tp", s(due_key(project, id)))
-                .expression_attribute_values(":now", n(now))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(aws_err)?;
-            for item in page.items() {
-                out.push(PendingBatch {
-                    order_no: get_s(item, "order_no")
-                        .ok_or_else(|| missing("order_no"))?
-                        .into(),
-                    project_id: project,
-                    touchpoint_id: id.clone(),
-                    receipt_url: get_s(item, "receipt_url").unwrap_or_default(),
-                    pending: json_of(item, "pending")?,
-                    accepted_at: get_n(item, "accepted_at").unwrap_or_default(),
-                    deadline: get_n(item, "deadline").unwrap_or_default(),
-                    next_poll_at: get_n(item, "next_poll_at").unwrap_or_default(),
-                    polls: get_n(item, "polls").unwrap_or_default(),
-                });
-                if out.len() >= limit {
-                    return Ok(out);
+        for shard in 0..DUE_SHARDS {
+            let mut start = None;
+            loop {
+                let page = self
+                    .ddb
+                    .query()
+                    .table_name(&self.table)
+                    .index_name("due")
+                    .key_condition_expression("due_tp = :tp AND next_poll_at <= :now")
+                    .expression_attribute_values(":tp", s(due_shard_key(project, id, shard)))
+                    .expression_attribute_values(":now", n(now))
+                    .set_exclusive_start_key(start.take())
+                    .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+                    .send()
+                    .await
+                    .map_err(aws_err)?;
+                for item in page.items() {
+                    out.push(PendingBatch {
+                        order_no: get_s(item, "order_no")
+                            .ok_or_else(|| missing("order_no"))?
+                            .into(),
+                        project_id: project,
+                        touchpoint_id: id.clone(),
+                        receipt_url: String::new(),
+                        pending: Vec::new(),
+                        accepted_at: get_n(item, "accepted_at").unwrap_or_default(),
+                        deadline: get_n(item, "deadline").unwrap_or_default(),
+                        next_poll_at: get_n(item, "next_poll_at").unwrap_or_default(),
+                        polls: get_n(item, "polls").unwrap_or_default(),
+                    });
+                }
+                let shard_items = out.len();
+                match page.last_evaluated_key {
+                    Some(k) if !k.is_empty() && shard_items < limit * (shard as usize + 1) => {
+                        start = Some(k)
+                    }
+                    _ => break,
                 }
             }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
-            }
         }
+        out.sort_by_key(|b| b.next_poll_at);
+        out.truncate(limit);
+        Ok(out)
     }
 
     async fn lease_poll(
@@ -1691,7 +1727,7 @@ impl ReceiptLedger for DynamoDelivery {
         order: &OrderNo,
         now: Millis,
         until: Millis,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<PendingBatch>, StoreError> {
         let result = self
             .ddb
             .update_item()
@@ -1703,15 +1739,29 @@ impl ReceiptLedger for DynamoDelivery {
             .expression_attribute_values(":accepted", s("accepted"))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":until", n(until))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(true),
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                Ok(Some(PendingBatch {
+                    order_no: order.clone(),
+                    project_id: project,
+                    touchpoint_id: get_s(&item, "touchpoint_id").unwrap_or_default().into(),
+                    receipt_url: get_s(&item, "receipt_url").unwrap_or_default(),
+                    pending: json_of(&item, "pending")?,
+                    accepted_at: get_n(&item, "accepted_at").unwrap_or_default(),
+                    deadline: get_n(&item, "deadline").unwrap_or_default(),
+                    next_poll_at: get_n(&item, "next_poll_at").unwrap_or_default(),
+                    polls: get_n(&item, "polls").unwrap_or_default(),
+                }))
+            }
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(aws_err(e)),
         }
@@ -1742,6 +1792,7 @@ impl ReceiptLedger for DynamoDelivery {
         let done = pending.is_empty();
         let mut expr = UpdateExpr::setting([
             "pending = :pending",
+            "pending_count = :pending_count",
             "results = :results",
             "succeeded = :ok",
             "failed = :failed",
@@ -1756,6 +1807,7 @@ impl ReceiptLedger for DynamoDelivery {
             .expression_attribute_values(":accepted", s("accepted"))
             .expression_attribute_values(":seen_polls", n(polls))
             .expression_attribute_values(":pending", json_s(&pending)?)
+            .expression_attribute_values(":pending_count", n(pending.len()))
             .expression_attribute_values(":results", encode_results(&results)?)
             .expression_attribute_values(":ok", n(ok))
             .expression_attribute_values(":failed", n(failed))
@@ -1862,18 +1914,24 @@ impl ReceiptLedger for DynamoDelivery {
         project: ProjectId,
         touchpoint_id: &TouchpointId,
     ) -> Result<u64, StoreError> {
-        let accepted = query_all(
-            self.ddb
-                .query()
-                .table_name(&self.table)
-                .index_name("due")
-                .key_condition_expression("due_tp = :tp")
-                .expression_attribute_values(":tp", s(due_key(project, touchpoint_id))),
-        )
-        .await?;
         let mut total = 0u64;
-        for item in &accepted {
-            total += json_of::<Vec<i64>>(item, "pending")?.len() as u64;
+        for shard in 0..DUE_SHARDS {
+            let accepted = query_all(
+                self.ddb
+                    .query()
+                    .table_name(&self.table)
+                    .index_name("due")
+                    .key_condition_expression("due_tp = :tp")
+                    .expression_attribute_values(
+                        ":tp",
+                        s(due_shard_key(project, touchpoint_id, shard)),
+                    ),
+            )
+            .await?;
+            total += accepted
+                .iter()
+                .map(|item| get_n::<u64>(item, "pending_count").unwrap_or_default())
+                .sum::<u64>();
         }
         Ok(total)
     }

@@ -68,8 +68,16 @@ pub async fn provision(c: &Clients) -> AwsNames {
                 .key_schema(key("due_tp", KeyType::Hash))
                 .key_schema(key("next_poll_at", KeyType::Range))
                 .projection(
+                    // As template.yaml declares it: a few small attributes, so that a lease
+                    // (which writes none of them) does not rewrite the index.
                     Projection::builder()
-                        .projection_type(ProjectionType::All)
+                        .projection_type(ProjectionType::Include)
+                        .set_non_key_attributes(Some(
+                            crate::delivery::DUE_PROJECTION
+                                .iter()
+                                .map(|a| (*a).to_owned())
+                                .collect(),
+                        ))
                         .build(),
                 )
                 .build()
@@ -109,5 +117,21 @@ pub async fn provision(c: &Clients) -> AwsNames {
         poller_arn: Some("arn:aws:lambda:us-east-1:123456789012:function:receipt-poller".into()),
         scheduler_role_arn: Some("arn:aws:iam::123456789012:role/scheduler".into()),
         retention: std::time::Duration::from_secs(30 * 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_receipt_index_projects_what_the_template_declares() {
+        let template = include_str!("../../../template.yaml");
+        let declared = format!(
+            "NonKeyAttributes: [{}]",
+            crate::delivery::DUE_PROJECTION.join(", ")
+        );
+        assert!(
+            template.contains(&declared),
+            "template.yaml lacks {declared}"
+        );
     }
 }

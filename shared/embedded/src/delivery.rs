@@ -611,22 +611,39 @@ impl ReceiptLedger for SqliteStore {
 
     async fn lease_poll(
         &self,
-        _project: ProjectId,
+        project: ProjectId,
         order_no: &OrderNo,
         now: Millis,
         until: Millis,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<PendingBatch>, StoreError> {
         let order_no = order_no.to_owned();
         self.tx(move |tx| {
-            let n = tx
-                .execute_cached(
+            let leased: Option<(String, Option<String>, Option<String>, Option<i64>, Option<i64>, Option<i64>, u32)> = tx
+                .query_row_cached(
                     "UPDATE batches SET poll_lease_until = ?3
                      WHERE order_no = ?1 AND state = 'accepted' AND next_poll_at <= ?2
-                       AND (poll_lease_until IS NULL OR poll_lease_until <= ?2)",
+                       AND (poll_lease_until IS NULL OR poll_lease_until <= ?2)
+                     RETURNING touchpoint_id, receipt_url, pending, accepted_at, deadline, next_poll_at, polls",
                     params![order_no.as_str(), now, until],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
                 )
+                .optional()
                 .map_err(backend)?;
-            Ok(n == 1)
+            leased
+                .map(|(touchpoint, url, pending, accepted_at, deadline, next_poll_at, polls)| {
+                    Ok(PendingBatch {
+                        order_no: order_no.clone(),
+                        project_id: project,
+                        touchpoint_id: touchpoint.into(),
+                        receipt_url: url.unwrap_or_default(),
+                        pending: parse_json(pending)?,
+                        accepted_at: accepted_at.unwrap_or_default(),
+                        deadline: deadline.unwrap_or_default(),
+                        next_poll_at: next_poll_at.unwrap_or_default(),
+                        polls,
+                    })
+                })
+                .transpose()
         })
         .await
     }

@@ -556,15 +556,16 @@ pub trait ReceiptLedger: Send + Sync {
         limit: usize,
     ) -> Result<Vec<PendingBatch>, StoreError>;
 
-    /// Takes the poll lease of a due batch until `until`; false when another round holds it
-    /// or it is no longer due.
+    /// Takes the poll lease of a due batch until `until` and answers the batch as it is now
+    /// (its pending users and receipt URL); `None` when another round holds it or it is no
+    /// longer due.
     async fn lease_poll(
         &self,
         project: ProjectId,
         order_no: &OrderNo,
         now: Millis,
         until: Millis,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<PendingBatch>, StoreError>;
 
     /// Applies a poll: settles users (counted and queued for publication once), keeps the rest
     /// pending until `next_poll_at`, and releases the lease.

@@ -282,22 +282,27 @@ async fn accepted_batches_are_found_through_the_due_index_and_leased_once() {
         .await
         .unwrap();
     assert_eq!(due.len(), 1);
-    assert_eq!(due[0].pending, vec![2, 3]);
+    assert_eq!(due[0].order_no.as_str(), "o2");
     assert_eq!(
         ledger.pending_receipts(1, &("tp_1").into()).await.unwrap(),
         2
     );
-    assert!(
-        ledger
-            .lease_poll(1, &("o2").into(), 2_000, 60_000)
-            .await
-            .unwrap()
+    let leased = ledger
+        .lease_poll(1, &("o2").into(), 2_000, 60_000)
+        .await
+        .unwrap()
+        .expect("leased");
+    assert_eq!(
+        (leased.pending, leased.receipt_url.as_str()),
+        (vec![2, 3], "https://x.example.com/receipt"),
+        "the lease hands out the batch; the index holds only a few small attributes"
     );
     assert!(
-        !ledger
+        ledger
             .lease_poll(1, &("o2").into(), 2_001, 60_000)
             .await
-            .unwrap(),
+            .unwrap()
+            .is_none(),
         "one round at a time"
     );
     let poll = PollRecord {
