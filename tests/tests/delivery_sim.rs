@@ -222,6 +222,47 @@ fn the_template_turns_off_the_pollers_retries_and_gives_up_before_the_queue_does
     );
 }
 
+/// The backstops on scale-out: the dispatcher's event source runs at most MaximumConcurrency
+/// invocations at once, below its reserved concurrency (above it, SQS would throttle and retry),
+/// and the HTTP API throttles every route.
+#[test]
+fn the_template_bounds_the_dispatchers_scale_out_and_throttles_the_api() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
+    let v = |path: &[&str]| sim::template::value(&text, path).unwrap_or_default();
+    let dispatcher = ["Resources", "DispatcherFunction", "Properties"];
+    assert_eq!(
+        v(&[&dispatcher[..], &["ReservedConcurrentExecutions"]].concat()),
+        "!Ref DispatcherReservedConcurrency"
+    );
+    assert_eq!(
+        v(&[
+            &dispatcher[..],
+            &[
+                "Events",
+                "Dispatches",
+                "Properties",
+                "ScalingConfig",
+                "MaximumConcurrency"
+            ]
+        ]
+        .concat()),
+        "!Ref DispatcherMaxConcurrency"
+    );
+    let default = |p: &str| -> u32 { v(&["Parameters", p, "Default"]).parse().unwrap() };
+    assert!(default("DispatcherMaxConcurrency") <= default("DispatcherReservedConcurrency"));
+    let api = ["Resources", "HttpApi", "Properties", "DefaultRouteSettings"];
+    assert_eq!(
+        v(&[&api[..], &["ThrottlingRateLimit"]].concat()),
+        "!Ref ApiThrottleRate"
+    );
+    assert_eq!(
+        v(&[&api[..], &["ThrottlingBurstLimit"]].concat()),
+        "!Ref ApiThrottleBurst"
+    );
+    assert!(default("ApiThrottleRate") > 0 && default("ApiThrottleBurst") > 0);
+}
+
 /// A touchpoint authorized for `space-a`, `extra` over the defaults.
 async fn create_touchpoint(admin: &Touchpoints, name: &str, extra: Value) -> String {
     let mut body = json!({
