@@ -1221,6 +1221,153 @@ async fn scenario_the_local_binary_rides_out_a_45_second_outage_with_the_default
     service.terminate();
 }
 
+/// The most requests a receiver held at once (each is held `latency` before its answer) and the
+/// most that arrived within one second, from their arrival times.
+fn in_flight_and_per_second(seen: &[Seen], latency: Duration) -> (usize, usize) {
+    let mut at: Vec<Instant> = seen.iter().map(|s| s.at).collect();
+    at.sort();
+    let most = |within: Duration| {
+        (0..at.len())
+            .map(|i| {
+                at[i..]
+                    .iter()
+                    .take_while(|t| t.duration_since(at[i]) < within)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    (most(latency), most(Duration::from_secs(1)))
+}
+
+/// A touchpoint of the local binary with its limits, sent 25 dispatches of 20 users (50
+/// batches of 10); waits until every user has an outcome.
+async fn limited_run(
+    service: &support::service::Service,
+    name: &str,
+    url: String,
+    limits: Value,
+) -> usize {
+    let mut body = json!({
+        "name": name, "kind": "notification", "url": url, "batchSize": 10,
+        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
+        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
+    });
+    for (k, v) in limits.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let tp = service.register(ADMIN, body, &["space-a"]).await;
+    for i in 0..25 {
+        let (status, _) = service
+            .call(
+                reqwest::Method::POST,
+                "/v1/dispatches",
+                CAMPAIGN,
+                Some(local_dispatch(&format!("{name}-{i}"), &tp, 20)),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    let mut succeeded = 0;
+    for i in 0..25 {
+        let d = local_completed(service, &format!("{name}-{i}"), Duration::from_secs(120)).await;
+        succeeded += d["counts"]["succeeded"].as_u64().unwrap() as usize;
+    }
+    succeeded
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_the_local_binary_holds_a_touchpoints_requests_in_flight_and_per_second() {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = local(&tmp.path().join("data"), &[]);
+    // A slow receiver: the 4 in flight bind (10 a second, below the rate limit).
+    let slow = Duration::from_millis(400);
+    let rx_slow =
+        Receiver::start(move |seen, _| Reply::After(slow, Box::new(Reply::all_ok(seen)))).await;
+    // A fast one: the 20 a second bind (4 in flight could make 200).
+    let fast = Duration::from_millis(20);
+    let rx_fast =
+        Receiver::start(move |seen, _| Reply::After(fast, Box::new(Reply::all_ok(seen)))).await;
+    let limits = json!({"maxConcurrency": 4, "maxRequestsPerSecond": 20});
+    let started = Instant::now();
+    let (slow_ok, fast_ok) = tokio::join!(
+        limited_run(&service, "slow", rx_slow.url(), limits.clone()),
+        limited_run(&service, "fast", rx_fast.url(), limits.clone()),
+    );
+    let elapsed = started.elapsed();
+    let (slow_in_flight, slow_per_second) = in_flight_and_per_second(&rx_slow.seen(), slow);
+    let (fast_in_flight, fast_per_second) = in_flight_and_per_second(&rx_fast.seen(), fast);
+    eprintln!(
+        "scenario local limits (maxConcurrency 4, maxRequestsPerSecond 20), 25 dispatches × 5 batches per touchpoint: \
+         {elapsed:.1?}; slow receiver: {slow_ok} users succeeded, at most {slow_in_flight} in flight, {slow_per_second} in a second; \
+         fast receiver: {fast_ok} succeeded, at most {fast_in_flight} in flight, {fast_per_second} in a second"
+    );
+    assert_eq!((slow_ok, fast_ok), (500, 500));
+    assert_eq!(
+        slow_in_flight, 4,
+        "the slow receiver holds 4 at most, and gets 4"
+    );
+    assert!(fast_per_second <= 21, "{fast_per_second} in a second");
+    assert!(
+        fast_per_second >= 15,
+        "the limit is used: {fast_per_second}"
+    );
+    assert!(slow_per_second <= 21 && fast_in_flight <= 4);
+    service.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_a_receiver_answering_429_to_a_fifth_of_requests_fails_no_one_and_slows_the_touchpoint()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    // Short retry waits, so that the batches refused come back within the test.
+    let service = local(
+        &tmp.path().join("data"),
+        &[("TOUCHPOINT_RETRY_SCHEDULE", "200ms,400ms,800ms,1s,1s")],
+    );
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    let rx = Receiver::start(move |seen, _| {
+        if counter.fetch_add(1, Ordering::SeqCst) % 5 == 4 {
+            Reply::Raw(429, vec![("retry-after", "1".to_owned())], b"{}".to_vec())
+        } else {
+            Reply::After(Duration::from_millis(10), Box::new(Reply::all_ok(seen)))
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let ok = limited_run(&service, "busy", rx.url(), json!({"maxConcurrency": 8})).await;
+    let elapsed = started.elapsed();
+    let seen = rx.seen();
+    let first = seen.iter().map(|s| s.at).min().unwrap();
+    // Requests a second, second by second.
+    let mut per_second = vec![0usize; elapsed.as_secs() as usize + 2];
+    for s in &seen {
+        per_second[s.at.duration_since(first).as_secs() as usize] += 1;
+    }
+    while per_second.last() == Some(&0) {
+        per_second.pop();
+    }
+    eprintln!(
+        "scenario 429 to a fifth of requests: {elapsed:.1?}; {ok} users succeeded of 500; {} requests (50 batches); \
+         requests a second: {per_second:?}",
+        seen.len()
+    );
+    assert_eq!(ok, 500, "no user fails");
+    // Unrestrained, 8 in flight at 10 ms make hundreds a second; each 429 halves the rate and
+    // its Retry-After holds every request of the touchpoint for a second.
+    let (_, busiest) = in_flight_and_per_second(&seen, Duration::from_millis(10));
+    assert!(
+        busiest < 60,
+        "the touchpoint slowed down: {busiest} in a second"
+    );
+    assert!(
+        elapsed > Duration::from_secs(2),
+        "Retry-After held the touchpoint: {elapsed:?}"
+    );
+    service.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scenario_a_batch_size_edited_during_a_retry_wait_sends_no_user_under_two_order_numbers() {
     let tmp = tempfile::tempdir().unwrap();

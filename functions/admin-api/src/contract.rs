@@ -113,13 +113,26 @@ fn request_timeout() -> Object {
     .description(Some("per request to the receiver; default 15"))
     .build()
 }
+fn max_requests_per_second() -> Object {
+    integer(
+        u64::from(*MAX_REQUESTS_PER_SECOND_RANGE.start()),
+        u64::from(*MAX_REQUESTS_PER_SECOND_RANGE.end()),
+        true,
+    )
+    .description(Some(
+        "requests a second towards the receiver at most; default none (429 and 503 answers slow it down)",
+    ))
+    .build()
+}
 fn max_concurrency() -> Object {
     integer(
         u64::from(*MAX_CONCURRENCY_RANGE.start()),
         u64::from(*MAX_CONCURRENCY_RANGE.end()),
         true,
     )
-    .description(Some("requests in flight per process; default 4"))
+    .description(Some(
+        "requests in flight at once towards the receiver; default 4",
+    ))
     .build()
 }
 fn receipt_timeout() -> Object {
@@ -270,6 +283,8 @@ macro_rules! touchpoint_body {
             pub request_timeout_seconds: Option<u8>,
             #[schema(schema_with = max_concurrency)]
             pub max_concurrency: Option<u16>,
+            #[schema(schema_with = max_requests_per_second)]
+            pub max_requests_per_second: Option<u16>,
             #[schema(schema_with = $version, required = $required)]
             pub version: Option<u64>,
             #[schema(read_only)]

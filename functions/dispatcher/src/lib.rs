@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::sync::Semaphore;
 use touchpoint::clock::{Clock, Millis};
 use touchpoint::delivery::{
     Advance, AttemptOutcome, AttemptRecord, Claim, DeliveryStore, DispatchMeta, Progress,
@@ -27,6 +26,7 @@ use touchpoint::model::{EnumSource, Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::UserStatus;
 use touchpoint_outbound::Outbound;
+use touchpoint_receiver::limits::{Answer, Pass, ReceiverLimits};
 use touchpoint_receiver::{EnumOptions, Verdict, exchange, touch};
 use tracing::Instrument;
 
@@ -121,7 +121,7 @@ pub struct Dispatcher {
     outbound: Outbound,
     clock: Arc<dyn Clock>,
     cfg: DispatcherConfig,
-    gates: Mutex<HashMap<String, Arc<Semaphore>>>,
+    limits: Arc<ReceiverLimits>,
     options: Arc<EnumOptions>,
     schedules: Option<ScheduleCheck>,
 }
@@ -166,8 +166,9 @@ impl Dispatcher {
             options: Arc::new(EnumOptions::new(outbound.clone(), Arc::clone(&clock))),
             outbound,
             clock,
+            limits: Arc::new(ReceiverLimits::new(cfg.per_touchpoint_concurrency)),
             cfg,
-            gates: Mutex::new(HashMap::new()),
+
             schedules: None,
         }
     }
@@ -595,12 +596,16 @@ impl Dispatcher {
             .await
     }
 
-    /// Requests in flight at once towards this touchpoint.
-    fn concurrency(&self, tp: &Touchpoint) -> usize {
-        tp.spec
-            .max_concurrency
-            .map_or(self.cfg.per_touchpoint_concurrency, usize::from)
-            .max(1)
+    /// Shares the limits of the receivers with the other senders of this process (receipt
+    /// polls, test sends), so that one touchpoint's limits hold for all of them.
+    pub fn with_limits(mut self, limits: Arc<ReceiverLimits>) -> Dispatcher {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits of the receivers this dispatcher sends to.
+    pub fn limits(&self) -> Arc<ReceiverLimits> {
+        Arc::clone(&self.limits)
     }
 
     fn timeout(&self, tp: &Touchpoint) -> Duration {
@@ -608,21 +613,9 @@ impl Dispatcher {
             .request_timeout(self.cfg.request_timeout, self.cfg.time_scale)
     }
 
-    fn gate(&self, tp: &Touchpoint) -> Arc<Semaphore> {
-        let limit = self.concurrency(tp);
-        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        // Keyed by the limit too, so an edited limit takes effect at once.
-        Arc::clone(
-            gates
-                .entry(format!("{}#{limit}", tp.id))
-                .or_insert_with(|| Arc::new(Semaphore::new(limit))),
-        )
-    }
-
     async fn deliver_all(&self, plan: Plan<'_>, deadline: Millis) -> Result<Handled, StoreError> {
         let tp = plan.tp;
-        let gate = self.gate(tp);
-        let limit = self.concurrency(tp);
+        let limit = self.limits.concurrency(tp);
         let timeout = self.timeout(tp);
         // No batch is claimed unless it can be sent, answered and recorded before the deadline.
         let budget = timeout + self.cfg.deadline_margin;
@@ -664,14 +657,11 @@ impl Dispatcher {
                         .saturating_sub(budget.as_millis() as i64)
                         .max(0) as u64,
                 );
-                let permit =
-                    match tokio::time::timeout(room, Arc::clone(&gate).acquire_owned()).await {
-                        Ok(p) => p.map_err(StoreError::backend)?,
-                        Err(_) => {
-                            stopped = true;
-                            break;
-                        }
-                    };
+                // A slot among the touchpoint's requests in flight, at its pace.
+                let Some(pass) = self.limits.acquire(tp, room).await else {
+                    stopped = true;
+                    break;
+                };
                 if !may_claim(self.clock.now_ms(), deadline, budget) {
                     stopped = true;
                     break;
@@ -685,6 +675,7 @@ impl Dispatcher {
                     index as usize,
                 );
                 let job = BatchJob {
+                    pass: Some(pass),
                     shared: Arc::clone(&shared),
                     batch,
                     ledger: Arc::clone(&self.ledger),
@@ -699,7 +690,6 @@ impl Dispatcher {
                 set.spawn(
                     async move {
                         let out = job.run().await;
-                        drop(permit);
                         out.map(|(status, recorded, settled)| (index, status, recorded, settled))
                     }
                     .instrument(span),
@@ -791,6 +781,8 @@ fn meta_of(d: &Dispatch, tp: Option<&Touchpoint>) -> DispatchMeta {
 }
 
 struct BatchJob {
+    /// Leave to send, given back with the receiver's answer.
+    pass: Option<Pass>,
     shared: Arc<(Touchpoint, DispatchMeta)>,
     batch: PlannedBatch,
     ledger: Arc<dyn DeliveryStore>,
@@ -802,7 +794,7 @@ struct BatchJob {
 impl BatchJob {
     /// Sends the batch if the ledger lets us; says where it stands afterwards, whether an
     /// outcome was recorded, and the outcome the checkpoint must count, if any.
-    async fn run(self) -> Result<(BatchStatus, bool, Option<Settled>), StoreError> {
+    async fn run(mut self) -> Result<(BatchStatus, bool, Option<Settled>), StoreError> {
         let (tp, meta) = &*self.shared;
         let batch = &self.batch;
         let now = self.clock.now_ms();
@@ -842,6 +834,14 @@ impl BatchJob {
         )
         .await;
         let at = self.clock.now_ms();
+        // The answer paces every request to this touchpoint: an overload slows them all.
+        let retry_after = match &ex.verdict {
+            Verdict::Retry(r) => *r,
+            _ => None,
+        };
+        if let Some(pass) = self.pass.take() {
+            pass.answered(Answer::of(ex.http_status, retry_after));
+        }
         let (outcome, status) = match ex.verdict {
             Verdict::Final(statuses) => (final_results(&gids, statuses), BatchStatus::Finished),
             Verdict::Accepted(statuses) => (

@@ -85,6 +85,8 @@ pub struct ReceiptPoller {
     outbound: Outbound,
     clock: Arc<dyn Clock>,
     cfg: PollerConfig,
+    /// The limits of the receivers, shared with the process's other senders.
+    limits: Option<Arc<touchpoint_receiver::limits::ReceiverLimits>>,
 }
 
 enum Polled {
@@ -114,7 +116,18 @@ impl ReceiptPoller {
             outbound,
             clock,
             cfg,
+            limits: None,
         }
+    }
+
+    /// Polls within the limits of each receiver (`maxConcurrency`, `maxRequestsPerSecond`,
+    /// back-pressure) shared with the other senders of this process.
+    pub fn with_limits(
+        mut self,
+        limits: Arc<touchpoint_receiver::limits::ReceiverLimits>,
+    ) -> ReceiptPoller {
+        self.limits = Some(limits);
+        self
     }
 
     /// One round for a touchpoint (`Some`) or every touchpoint (`None`), with no time limit.
@@ -249,6 +262,15 @@ impl ReceiptPoller {
         now: Millis,
     ) -> Result<Polled, StoreError> {
         let lease_until = now + self.cfg.lease.as_millis() as i64;
+        // A slot among the touchpoint's requests, at its pace; busy longer than a request
+        // timeout, the batch waits for the next round.
+        let pass = match (&self.limits, tp) {
+            (Some(limits), Some(tp)) => match limits.acquire(tp, self.timeout(Some(tp))).await {
+                Some(pass) => Some(pass),
+                None => return Ok(Polled::Skipped),
+            },
+            _ => None,
+        };
         // The batch as it is now that the lease is ours (the round's listing may be stale, and
         // on AWS it carries no users).
         let Some(b) = self
@@ -270,6 +292,12 @@ impl ReceiptPoller {
             .outbound
             .post_json(&b.receipt_url, request.body, &request.headers, timeout)
             .await;
+        if let Some(pass) = pass {
+            pass.answered(match &reply {
+                Ok(r) => touchpoint_receiver::limits::Answer::of(Some(r.status), r.retry_after),
+                Err(_) => touchpoint_receiver::limits::Answer::Served,
+            });
+        }
         // Users settled by this answer were resolved when it arrived, not when the round began.
         let answered = self.clock.now_ms().max(now);
         let (settled, http_status, error) = match reply {

@@ -33,6 +33,7 @@ fn touchpoint(id: &str, name: &str) -> Touchpoint {
             }],
             request_timeout_seconds: None,
             max_concurrency: None,
+            max_requests_per_second: None,
         },
         token: Some(Token::new("abc123")),
         enabled: true,

@@ -3,6 +3,7 @@
 //! The dispatcher and the admin API both use it; neither depends on the other.
 #![forbid(unsafe_code)]
 
+pub mod limits;
 pub mod options;
 mod test_send;
 

@@ -20,6 +20,8 @@ pub struct TestSend {
     request_timeout: Duration,
     /// Divides the durations a touchpoint states: 1 in production.
     time_scale: f64,
+    /// The limits of the receivers, shared with the process's other senders.
+    limits: Option<Arc<crate::limits::ReceiverLimits>>,
 }
 
 impl TestSend {
@@ -34,7 +36,14 @@ impl TestSend {
             clock,
             request_timeout,
             time_scale,
+            limits: None,
         }
+    }
+
+    /// Sends within the limits of each receiver, shared with the other senders of this process.
+    pub fn with_limits(mut self, limits: Arc<crate::limits::ReceiverLimits>) -> TestSend {
+        self.limits = Some(limits);
+        self
     }
 
     /// One real, signed request with the fresh `order_no`. Not recorded in the ledger or
@@ -61,7 +70,35 @@ impl TestSend {
         let timeout = tp
             .spec
             .request_timeout(self.request_timeout, self.time_scale);
+        // A test send counts against the touchpoint's limits like any other request.
+        let pass = match &self.limits {
+            Some(limits) => match limits.acquire(tp, timeout).await {
+                Some(pass) => Some(pass),
+                None => {
+                    return TestSendReport {
+                        order_no,
+                        request,
+                        http_status: None,
+                        latency_ms: None,
+                        ok: false,
+                        error: Some(
+                            "not sent: the touchpoint's requests in flight or its rate limit left no room within its request timeout".into(),
+                        ),
+                        response_excerpt: None,
+                        results: Vec::new(),
+                    };
+                }
+            },
+            None => None,
+        };
         let exchange = exchange(&self.outbound, tp, body, &headers, &gids, timeout).await;
+        if let Some(pass) = pass {
+            let retry_after = match &exchange.verdict {
+                Verdict::Retry(r) => *r,
+                _ => None,
+            };
+            pass.answered(crate::limits::Answer::of(exchange.http_status, retry_after));
+        }
         let result = |gid: &i64, s: &UserStatus| TestResult {
             gid: *gid,
             status: s.code(),

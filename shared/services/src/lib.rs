@@ -101,6 +101,9 @@ impl Services {
             settings.dispatcher,
         )
         .with_receipt_schedule(schedule.clone());
+        // One set of receiver limits for every sender of the process.
+        let limits = dispatcher.limits();
+        let test_send = test_send.with_limits(limits.clone());
         let poller = ReceiptPoller::new(
             store,
             delivery.clone(),
@@ -108,7 +111,8 @@ impl Services {
             outbound,
             clock.clone(),
             settings.poller,
-        );
+        )
+        .with_limits(limits);
         Services {
             touchpoints,
             reporting: Reporting::new(delivery, intake.clone(), clock.clone()),

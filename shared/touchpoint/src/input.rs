@@ -360,6 +360,7 @@ pub fn parse_touchpoint(
         "templateParams",
         "requestTimeoutSeconds",
         "maxConcurrency",
+        "maxRequestsPerSecond",
         "version",
     ];
     known.extend(READ_ONLY_FIELDS);
@@ -422,6 +423,12 @@ pub fn parse_touchpoint(
         u64::from(*MAX_CONCURRENCY_RANGE.start())..=u64::from(*MAX_CONCURRENCY_RANGE.end()),
     )
     .map(|n| n as u16);
+    let max_requests_per_second = optional_int(
+        "maxRequestsPerSecond",
+        u64::from(*MAX_REQUESTS_PER_SECOND_RANGE.start())
+            ..=u64::from(*MAX_REQUESTS_PER_SECOND_RANGE.end()),
+    )
+    .map(|n| n as u16);
     let receipt = parse_receipt(&mut r, m.get("receipt"), policy);
     let user_attributes = parse_user_attributes(&mut r, m.get("userAttributes"));
     let attribute_ids: HashSet<&str> = user_attributes
@@ -453,6 +460,7 @@ pub fn parse_touchpoint(
                     template_params,
                     request_timeout_seconds,
                     max_concurrency,
+                    max_requests_per_second,
                 },
                 token,
                 version,
@@ -1064,17 +1072,29 @@ mod tests {
         let mut body = valid();
         body["requestTimeoutSeconds"] = json!(60);
         body["maxConcurrency"] = json!(16);
+        body["maxRequestsPerSecond"] = json!(10_000);
         let spec = parse_touchpoint(&body, &STRICT, false).unwrap().spec;
         assert_eq!(
-            (spec.request_timeout_seconds, spec.max_concurrency),
-            (Some(60), Some(16))
+            (
+                spec.request_timeout_seconds,
+                spec.max_concurrency,
+                spec.max_requests_per_second
+            ),
+            (Some(60), Some(16), Some(10_000))
         );
         body["requestTimeoutSeconds"] = json!(61);
         body["maxConcurrency"] = json!(0);
+        body["maxRequestsPerSecond"] = json!(10_001);
         assert_eq!(
             paths(&body, &STRICT),
-            ["requestTimeoutSeconds", "maxConcurrency"]
+            [
+                "requestTimeoutSeconds",
+                "maxConcurrency",
+                "maxRequestsPerSecond"
+            ]
         );
+        body["maxRequestsPerSecond"] = json!(0);
+        assert!(paths(&body, &STRICT).contains(&"maxRequestsPerSecond".to_owned()));
     }
 
     #[test]

@@ -188,10 +188,13 @@ pub struct TouchpointSpec {
     /// Per-request timeout towards this receiver (default: the deployment's, 15 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout_seconds: Option<u8>,
-    /// Requests in flight at once per process towards this receiver (default: the
-    /// deployment's, 4).
+    /// Requests in flight at once towards this receiver (default: the deployment's, 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u16>,
+    /// Requests a second towards this receiver at most (default: no limit but the
+    /// back-pressure its 429 and 503 answers apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_second: Option<u16>,
 }
 
 impl TouchpointSpec {
@@ -212,6 +215,8 @@ impl TouchpointSpec {
 /// Bounds of the per-touchpoint delivery settings.
 pub const REQUEST_TIMEOUT_SECONDS_RANGE: std::ops::RangeInclusive<u8> = 1..=60;
 pub const MAX_CONCURRENCY_RANGE: std::ops::RangeInclusive<u16> = 1..=64;
+/// Bounds of `maxRequestsPerSecond`.
+pub const MAX_REQUESTS_PER_SECOND_RANGE: std::ops::RangeInclusive<u16> = 1..=10_000;
 
 /// The secret a touchpoint signs with. Never serialised; `Debug` shows only that it exists.
 #[derive(Clone, PartialEq, Eq)]

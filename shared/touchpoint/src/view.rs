@@ -28,6 +28,8 @@ pub struct TouchpointView<'a> {
     pub request_timeout_seconds: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_second: Option<u16>,
     pub enabled: bool,
     pub space_ids: &'a [String],
     pub version: u64,
@@ -53,6 +55,7 @@ impl<'a> From<&'a Touchpoint> for TouchpointView<'a> {
             template_params: &tp.spec.template_params,
             request_timeout_seconds: tp.spec.request_timeout_seconds,
             max_concurrency: tp.spec.max_concurrency,
+            max_requests_per_second: tp.spec.max_requests_per_second,
             enabled: tp.enabled,
             space_ids: &tp.space_ids,
             version: tp.version,

@@ -1,0 +1,327 @@
+//! What protects a receiver in one process: at most `maxConcurrency` requests in flight towards
+//! a touchpoint, at most `maxRequestsPerSecond` a second (spaced evenly, so no second holds more
+//! than the limit plus one), and back-pressure: a 429 or 503 answer halves the touchpoint's
+//! request rate (from what it was sending), a `Retry-After` holds every request to it until
+//! then, and each answer that is not an overload adds [`INCREASE`] requests a second back, up
+//! to the configured limit (or no limit). Every request a process sends to a touchpoint (batches,
+//! receipt polls, test sends) takes a [`Pass`] from the same [`ReceiverLimits`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use touchpoint::ProjectId;
+use touchpoint::ids::TouchpointId;
+use touchpoint::model::Touchpoint;
+
+/// Requests a second a 429 or 503 never takes the rate below.
+pub const MIN_RATE: f64 = 0.5;
+/// Requests a second added back by each answer that is not an overload.
+pub const INCREASE: f64 = 0.5;
+/// The longest `Retry-After` honoured for the whole touchpoint.
+pub const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// The limits of every touchpoint this process sends to.
+pub struct ReceiverLimits {
+    default_concurrency: usize,
+    gates: Mutex<HashMap<(ProjectId, TouchpointId), Arc<Gate>>>,
+}
+
+struct Gate {
+    /// Keyed by the limit too: an edited `maxConcurrency` takes effect at once.
+    slots: Mutex<(usize, Arc<Semaphore>)>,
+    pace: Mutex<Pace>,
+}
+
+struct Pace {
+    /// The configured `maxRequestsPerSecond`.
+    ceiling: Option<f64>,
+    /// The rate requests go out at now; `None`: unlimited.
+    rate: Option<f64>,
+    /// When the next request may go out.
+    next_at: Instant,
+    /// A `Retry-After` in force.
+    paused_until: Option<Instant>,
+    /// Sends of the last second, to halve from what was actually sent.
+    recent: VecDeque<Instant>,
+    /// The rate the last overload was met at.
+    overloaded_at: f64,
+}
+
+/// Leave to send one request to a touchpoint; give the answer back with [`Pass::answered`].
+pub struct Pass {
+    _slot: OwnedSemaphorePermit,
+    gate: Arc<Gate>,
+}
+
+/// How the receiver answered, as far as its limits care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Anything but an overload (a success, a failure, no answer).
+    Served,
+    /// 429 or 503, with its `Retry-After`.
+    Overloaded(Option<Duration>),
+}
+
+impl Answer {
+    /// The answer of an HTTP status and its `Retry-After`.
+    pub fn of(status: Option<u16>, retry_after: Option<Duration>) -> Answer {
+        match status {
+            Some(429 | 503) => Answer::Overloaded(retry_after),
+            _ => Answer::Served,
+        }
+    }
+}
+
+impl ReceiverLimits {
+    /// `default_concurrency`: requests in flight per touchpoint when it sets none.
+    pub fn new(default_concurrency: usize) -> ReceiverLimits {
+        ReceiverLimits {
+            default_concurrency: default_concurrency.max(1),
+            gates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Requests in flight at once towards this touchpoint.
+    pub fn concurrency(&self, tp: &Touchpoint) -> usize {
+        tp.spec
+            .max_concurrency
+            .map_or(self.default_concurrency, usize::from)
+            .max(1)
+    }
+
+    fn gate(&self, tp: &Touchpoint) -> Arc<Gate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let gate = gates
+            .entry((tp.project_id, tp.id.clone()))
+            .or_insert_with(|| {
+                Arc::new(Gate {
+                    slots: Mutex::new((0, Arc::new(Semaphore::new(0)))),
+                    pace: Mutex::new(Pace {
+                        ceiling: None,
+                        rate: None,
+                        next_at: Instant::now(),
+                        paused_until: None,
+                        recent: VecDeque::new(),
+                        overloaded_at: 0.0,
+                    }),
+                })
+            });
+        let gate = Arc::clone(gate);
+        let limit = self.concurrency(tp);
+        {
+            let mut slots = gate.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.0 != limit {
+                *slots = (limit, Arc::new(Semaphore::new(limit)));
+            }
+        }
+        {
+            let ceiling = tp.spec.max_requests_per_second.map(f64::from);
+            let mut pace = gate.pace.lock().unwrap_or_else(|p| p.into_inner());
+            if pace.ceiling != ceiling {
+                pace.ceiling = ceiling;
+                pace.rate = match (pace.rate, ceiling) {
+                    (Some(r), Some(c)) => Some(r.min(c)),
+                    (None, c) => c,
+                    (Some(r), None) => Some(r),
+                };
+            }
+        }
+        gate
+    }
+
+    /// Waits for a slot and for the touchpoint's pace; `None` when that takes longer than
+    /// `within` (the caller's time is up).
+    pub async fn acquire(&self, tp: &Touchpoint, within: Duration) -> Option<Pass> {
+        let gate = self.gate(tp);
+        let until = Instant::now() + within;
+        let slots = Arc::clone(&gate.slots.lock().unwrap_or_else(|p| p.into_inner()).1);
+        let slot = tokio::time::timeout_at(until, slots.acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        // The time this request goes out at, reserved now so that requests waiting together
+        // are spaced by the rate.
+        let at = {
+            let mut pace = gate.pace.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let mut at = pace.next_at.max(now);
+            if let Some(p) = pace.paused_until {
+                at = at.max(p);
+            }
+            if at > until {
+                return None;
+            }
+            if let Some(rate) = pace.rate {
+                pace.next_at = at + Duration::from_secs_f64(1.0 / rate);
+            }
+            at
+        };
+        tokio::time::sleep_until(at).await;
+        {
+            let mut pace = gate.pace.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            pace.recent.push_back(now);
+            while pace
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1))
+            {
+                pace.recent.pop_front();
+            }
+        }
+        Some(Pass { _slot: slot, gate })
+    }
+
+    /// The rate a touchpoint's requests go out at now (`None`: unlimited), for reports.
+    pub fn rate(&self, tp: &Touchpoint) -> Option<f64> {
+        self.gate(tp)
+            .pace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rate
+    }
+}
+
+impl Pass {
+    /// Gives the receiver's answer back: an overload slows the whole touchpoint down, anything
+    /// else lets it speed up again (additive increase, multiplicative decrease).
+    pub fn answered(self, answer: Answer) {
+        let mut pace = self.gate.pace.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Answer::Overloaded(retry_after) => {
+                let sent = pace.recent.len().max(1) as f64;
+                let from = pace.rate.map_or(sent, |r| r.min(sent.max(MIN_RATE)));
+                pace.overloaded_at = from;
+                pace.rate = Some((from / 2.0).max(MIN_RATE));
+                if let Some(wait) = retry_after {
+                    let until = Instant::now() + wait.min(MAX_PAUSE);
+                    pace.paused_until = Some(pace.paused_until.map_or(until, |p| p.max(until)));
+                }
+            }
+            Answer::Served => {
+                if let Some(rate) = pace.rate {
+                    let up = rate + INCREASE;
+                    pace.rate = match pace.ceiling {
+                        Some(c) => Some(up.min(c)),
+                        // Back to no limit at twice the rate the overload was met at.
+                        None if up >= 2.0 * pace.overloaded_at => None,
+                        None => Some(up),
+                    };
+                }
+                if pace.paused_until.is_some_and(|p| p <= Instant::now()) {
+                    pace.paused_until = None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touchpoint(concurrency: Option<u16>, rps: Option<u16>) -> Touchpoint {
+        use touchpoint::model::*;
+        Touchpoint {
+            id: "tp_1".into(),
+            project_id: 1,
+            spec: TouchpointSpec {
+                name: "n".into(),
+                kind: Kind::Notification,
+                description: None,
+                url: "https://x.example.com/touch".into(),
+                batch_size: 1,
+                receipt: Receipt::Sync,
+                user_attributes: Vec::new(),
+                template_params: Vec::new(),
+                request_timeout_seconds: None,
+                max_concurrency: concurrency,
+                max_requests_per_second: rps,
+            },
+            token: None,
+            enabled: true,
+            space_ids: Vec::new(),
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_spaced_by_the_rate_and_held_to_the_concurrency() {
+        let limits = ReceiverLimits::new(4);
+        let tp = touchpoint(Some(2), Some(10));
+        let started = Instant::now();
+        let mut passes = Vec::new();
+        for _ in 0..2 {
+            passes.push(limits.acquire(&tp, Duration::from_secs(5)).await.unwrap());
+        }
+        assert_eq!(started.elapsed(), Duration::from_millis(100), "10 a second");
+        assert!(
+            limits.acquire(&tp, Duration::from_secs(1)).await.is_none(),
+            "both slots held"
+        );
+        passes.pop().unwrap().answered(Answer::Served);
+        assert!(limits.acquire(&tp, Duration::from_secs(1)).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overload_halves_the_rate_and_answers_bring_it_back() {
+        let limits = ReceiverLimits::new(4);
+        let tp = touchpoint(None, Some(20));
+        let pass = limits.acquire(&tp, Duration::from_secs(1)).await.unwrap();
+        pass.answered(Answer::Overloaded(Some(Duration::from_secs(2))));
+        assert_eq!(
+            limits.rate(&tp),
+            Some(MIN_RATE.max(0.5)),
+            "from what was sent"
+        );
+        let before = Instant::now();
+        let pass = limits.acquire(&tp, Duration::from_secs(5)).await.unwrap();
+        assert!(
+            before.elapsed() >= Duration::from_secs(2),
+            "Retry-After held it"
+        );
+        for _ in 0..100 {
+            pass_served(&limits, &tp).await;
+        }
+        assert_eq!(
+            limits.rate(&tp),
+            Some(20.0),
+            "back up to the limit, not past it"
+        );
+        drop(pass);
+    }
+
+    async fn pass_served(limits: &ReceiverLimits, tp: &Touchpoint) {
+        limits
+            .acquire(tp, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .answered(Answer::Served);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unlimited_touchpoint_is_slowed_by_an_overload_and_freed_again() {
+        let limits = ReceiverLimits::new(4);
+        let tp = touchpoint(None, None);
+        for _ in 0..8 {
+            pass_served(&limits, &tp).await;
+        }
+        assert_eq!(limits.rate(&tp), None);
+        limits
+            .acquire(&tp, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .answered(Answer::Overloaded(None));
+        let rate = limits.rate(&tp).unwrap();
+        assert!((4.0..=5.0).contains(&rate), "half of the 9 sent: {rate}");
+        for _ in 0..200 {
+            pass_served(&limits, &tp).await;
+        }
+        assert_eq!(limits.rate(&tp), None, "unlimited again");
+    }
+}
