@@ -1371,10 +1371,11 @@ async fn scenario_a_receiver_answering_429_to_a_fifth_of_requests_fails_no_one_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scenario_a_batch_size_edited_during_a_retry_wait_sends_no_user_under_two_order_numbers() {
     let tmp = tempfile::tempdir().unwrap();
-    // The first request of every batch holding a gid below 500 fails; the rest succeed.
+    // The first request of every batch holding a gid below 500 fails (a 500: an error, not an
+    // overload that would slow the touchpoint down); the rest succeed.
     let rx = Receiver::start(|seen, n| {
         if n == 1 && seen.gids.iter().any(|g| *g < 500) {
-            Reply::Json(503, json!({}))
+            Reply::Json(500, json!({}))
         } else {
             Reply::all_ok(seen)
         }

@@ -166,7 +166,9 @@ impl Dispatcher {
             options: Arc::new(EnumOptions::new(outbound.clone(), Arc::clone(&clock))),
             outbound,
             clock,
-            limits: Arc::new(ReceiverLimits::new(cfg.per_touchpoint_concurrency)),
+            limits: Arc::new(
+                ReceiverLimits::new(cfg.per_touchpoint_concurrency).with_time_scale(cfg.time_scale),
+            ),
             cfg,
 
             schedules: None,

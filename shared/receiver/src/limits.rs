@@ -26,6 +26,9 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(300);
 /// The limits of every touchpoint this process sends to.
 pub struct ReceiverLimits {
     default_concurrency: usize,
+    /// Divides durations and multiplies rates of the back-pressure (1 in production; compressed
+    /// time in simulations, where a second is shorter).
+    time_scale: f64,
     gates: Mutex<HashMap<(ProjectId, TouchpointId), Arc<Gate>>>,
 }
 
@@ -48,6 +51,8 @@ struct Pace {
     recent: VecDeque<Instant>,
     /// The rate the last overload was met at.
     overloaded_at: f64,
+    /// See [`ReceiverLimits::with_time_scale`].
+    scale: f64,
 }
 
 /// Leave to send one request to a touchpoint; give the answer back with [`Pass::answered`].
@@ -80,8 +85,17 @@ impl ReceiverLimits {
     pub fn new(default_concurrency: usize) -> ReceiverLimits {
         ReceiverLimits {
             default_concurrency: default_concurrency.max(1),
+            time_scale: 1.0,
             gates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Back-pressure in compressed time: its floor and steps are `scale` times faster, a
+    /// `Retry-After` `scale` times shorter (the configured `maxRequestsPerSecond` is not
+    /// scaled: it is the receiver's).
+    pub fn with_time_scale(mut self, scale: f64) -> ReceiverLimits {
+        self.time_scale = scale.max(f64::MIN_POSITIVE);
+        self
     }
 
     /// Requests in flight at once towards this touchpoint.
@@ -106,6 +120,7 @@ impl ReceiverLimits {
                         paused_until: None,
                         recent: VecDeque::new(),
                         overloaded_at: 0.0,
+                        scale: self.time_scale,
                     }),
                 })
             });
@@ -164,10 +179,11 @@ impl ReceiverLimits {
             let mut pace = gate.pace.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             pace.recent.push_back(now);
+            let second = Duration::from_secs(1).div_f64(pace.scale);
             while pace
                 .recent
                 .front()
-                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1))
+                .is_some_and(|t| now.duration_since(*t) > second)
             {
                 pace.recent.pop_front();
             }
@@ -192,18 +208,19 @@ impl Pass {
         let mut pace = self.gate.pace.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
             Answer::Overloaded(retry_after) => {
-                let sent = pace.recent.len().max(1) as f64;
-                let from = pace.rate.map_or(sent, |r| r.min(sent.max(MIN_RATE)));
+                let (floor, scale) = (MIN_RATE * pace.scale, pace.scale);
+                let sent = pace.recent.len().max(1) as f64 * scale;
+                let from = pace.rate.map_or(sent, |r| r.min(sent.max(floor)));
                 pace.overloaded_at = from;
-                pace.rate = Some((from / 2.0).max(MIN_RATE));
+                pace.rate = Some((from / 2.0).max(floor));
                 if let Some(wait) = retry_after {
-                    let until = Instant::now() + wait.min(MAX_PAUSE);
+                    let until = Instant::now() + wait.min(MAX_PAUSE).div_f64(scale);
                     pace.paused_until = Some(pace.paused_until.map_or(until, |p| p.max(until)));
                 }
             }
             Answer::Served => {
                 if let Some(rate) = pace.rate {
-                    let up = rate + INCREASE;
+                    let up = rate + INCREASE * pace.scale;
                     pace.rate = match pace.ceiling {
                         Some(c) => Some(up.min(c)),
                         // Back to no limit at twice the rate the overload was met at.
