@@ -149,3 +149,58 @@ test('rows move, and no function changes the draft it is given', () => {
   toRequestBody(draft);
   assert.equal(JSON.stringify(draft), before);
 });
+
+test('the receiver limits are read into the draft as text and sent back as integers', () => {
+  const tp = { ...TOUCHPOINT, maxConcurrency: 16, maxRequestsPerSecond: 10000 };
+  let draft = createDraft(tp, LIMITS);
+  assert.equal(draft.maxConcurrency, '16', 'inputs hold text');
+  assert.equal(draft.maxRequestsPerSecond, '10000');
+  let body = toRequestBody(draft);
+  assert.equal(body.maxConcurrency, 16);
+  assert.equal(body.maxRequestsPerSecond, 10000);
+  draft = update(draft, { maxConcurrency: '1', maxRequestsPerSecond: ' 20 ' });
+  body = toRequestBody(draft);
+  assert.equal(body.maxConcurrency, 1);
+  assert.equal(body.maxRequestsPerSecond, 20);
+  assert.equal(typeof body.maxRequestsPerSecond, 'number');
+});
+
+test('the receiver limits, left empty, are absent so the deployment defaults apply', () => {
+  const fresh = createDraft(null, LIMITS);
+  assert.equal(fresh.maxConcurrency, '');
+  assert.equal(fresh.maxRequestsPerSecond, '');
+  const fromApi = createDraft(TOUCHPOINT, LIMITS);
+  assert.equal(fromApi.maxConcurrency, '', 'a touchpoint without the fields');
+  assert.equal(fromApi.maxRequestsPerSecond, '');
+  for (const body of [toRequestBody(fresh), toRequestBody(fromApi)]) {
+    assert.equal('maxConcurrency' in body, false);
+    assert.equal('maxRequestsPerSecond' in body, false);
+  }
+  // Emptied on edit, they are dropped, which (a PUT replacing the touchpoint) removes them.
+  const cleared = update(createDraft({ ...TOUCHPOINT, maxConcurrency: 8, maxRequestsPerSecond: 50 }, LIMITS),
+    { maxConcurrency: '', maxRequestsPerSecond: '  ' });
+  const body = toRequestBody(cleared);
+  assert.equal('maxConcurrency' in body, false);
+  assert.equal('maxRequestsPerSecond' in body, false);
+});
+
+// The model checks no bounds (nor does it for batchSize or timeoutMinutes): out-of-range and
+// fractional values go to the server unchanged, whose error names the field's path (the same
+// key as the body's, the editor's data-path), so it is shown beside that input.
+test('a maxConcurrency out of range or fractional is sent as typed, for the server to refuse at its path', () => {
+  const draft = createDraft(TOUCHPOINT, LIMITS);
+  for (const [typed, sent] of [['0', 0], ['65', 65], ['2.5', 2.5], ['abc', 'abc']]) {
+    const body = toRequestBody(update(draft, { maxConcurrency: typed }));
+    assert.equal(body.maxConcurrency, sent, `typed ${typed}`);
+    assert.equal('maxRequestsPerSecond' in body, false);
+  }
+});
+
+test('a maxRequestsPerSecond out of range or fractional is sent as typed, for the server to refuse at its path', () => {
+  const draft = createDraft(TOUCHPOINT, LIMITS);
+  for (const [typed, sent] of [['0', 0], ['10001', 10001], ['0.5', 0.5], ['-', '-']]) {
+    const body = toRequestBody(update(draft, { maxRequestsPerSecond: typed }));
+    assert.equal(body.maxRequestsPerSecond, sent, `typed ${typed}`);
+    assert.equal('maxConcurrency' in body, false);
+  }
+});

@@ -9,7 +9,11 @@ export const KINDS = ['notification', 'benefit', 'other'];
 export const TYPES = ['text', 'date', 'number', 'enum'];
 
 /** The values here are only what the form uses if reading the API's own fails. */
-export const limits = { nameMax: 15, batchMin: 1, batchMax: 500, batchDefault: 500, timeoutMin: 5, timeoutMax: 10080, timeoutDefault: 60 };
+export const limits = {
+  nameMax: 15, batchMin: 1, batchMax: 500, batchDefault: 500, timeoutMin: 5, timeoutMax: 10080, timeoutDefault: 60,
+  // maxConcurrency and maxRequestsPerSecond; absent, the deployment's 4 in flight and no rate limit apply.
+  concurrencyMin: 1, concurrencyMax: 64, concurrencyDefault: 4, rateMin: 1, rateMax: 10000,
+};
 
 export async function loadLimits() {
   try {
@@ -27,6 +31,10 @@ export async function loadLimits() {
     limits.timeoutMin = pick(timeout.minimum, limits.timeoutMin);
     limits.timeoutMax = pick(timeout.maximum, limits.timeoutMax);
     limits.timeoutDefault = pick(timeout.default, limits.timeoutDefault);
+    limits.concurrencyMin = pick(p.maxConcurrency?.minimum, limits.concurrencyMin);
+    limits.concurrencyMax = pick(p.maxConcurrency?.maximum, limits.concurrencyMax);
+    limits.rateMin = pick(p.maxRequestsPerSecond?.minimum, limits.rateMin);
+    limits.rateMax = pick(p.maxRequestsPerSecond?.maximum, limits.rateMax);
   } catch (e) {
     console.warn('could not read the API limits; using built-in ones', e);
   }

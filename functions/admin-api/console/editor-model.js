@@ -4,7 +4,8 @@
 // leaves the one it was given alone, and none touches the page (so Node can test this module).
 //
 // A draft: { id, version, tokenSet (of the touchpoint edited; id null when adding),
-//   name, kind, description, url, batchSize, token, tokenMode ('keep' | 'replace' | 'clear'),
+//   name, kind, description, url, batchSize, maxConcurrency, maxRequestsPerSecond (the last two
+//   '' when absent: the deployment's default applies), token, tokenMode ('keep' | 'replace' | 'clear'),
 //   receiptMode ('sync' | 'async'), receiptUrl, timeoutMinutes,
 //   userAttributes: [{ attribute, identifier, displayName, default }],
 //   templateParams: [{ identifier, displayName, type, default, required,
@@ -23,6 +24,8 @@ export function createDraft(tp, limits) {
     description: v.description || '',
     url: v.url,
     batchSize: String(v.batchSize),
+    maxConcurrency: optionalText(v.maxConcurrency),
+    maxRequestsPerSecond: optionalText(v.maxRequestsPerSecond),
     token: '',
     tokenMode: 'keep',
     receiptMode: v.receipt.mode,
@@ -32,6 +35,9 @@ export function createDraft(tp, limits) {
     templateParams: (v.templateParams || []).map(paramDraft),
   };
 }
+
+/** The text of an optional number: '' when the touchpoint has none. */
+const optionalText = (n) => (n === undefined || n === null ? '' : String(n));
 
 /** A row of `userAttributes`, from one of the API's (or an empty one). */
 function attributeDraft(a = {}) {
@@ -94,6 +100,8 @@ function tokenAction(draft) {
 }
 
 const numberOrNull = (text) => (text === '' ? null : Number(text));
+/** A number as a number; anything else as typed, for the server to refuse at its path. */
+const numberOrText = (text) => (Number.isNaN(Number(text)) ? text : Number(text));
 
 /** The body of `POST /v1/touchpoints` (adding) or `PUT /v1/touchpoints/{id}` (editing). */
 export function toRequestBody(draft) {
@@ -109,6 +117,11 @@ export function toRequestBody(draft) {
     templateParams: draft.templateParams.map(paramBody),
   };
   if (draft.description.trim()) body.description = draft.description.trim();
+  // Left empty, these are absent and the deployment's defaults apply (4 in flight, no rate limit).
+  for (const key of ['maxConcurrency', 'maxRequestsPerSecond']) {
+    const text = draft[key].trim();
+    if (text !== '') body[key] = numberOrText(text);
+  }
   const token = tokenAction(draft);
   if (token === 'replace') body.token = draft.token;
   if (token === 'clear') body.token = null;

@@ -30,6 +30,9 @@ export function openEditor(tp, readOnly = false) {
   const description = onEdit(h('textarea', { rows: '2', value: draft.description }), set('description'));
   const url = onEdit(h('input', { type: 'url', value: draft.url, placeholder: 'https://', autocomplete: 'off', spellcheck: 'false' }), set('url'));
   const batch = onEdit(h('input', { type: 'number', min: String(limits.batchMin), max: String(limits.batchMax), step: '1', value: draft.batchSize }), set('batchSize'));
+  // Left empty, the deployment's defaults apply, which the placeholders show.
+  const concurrency = onEdit(h('input', { type: 'number', min: String(limits.concurrencyMin), max: String(limits.concurrencyMax), step: '1', value: draft.maxConcurrency, placeholder: String(limits.concurrencyDefault) }), set('maxConcurrency'));
+  const rate = onEdit(h('input', { type: 'number', min: String(limits.rateMin), max: String(limits.rateMax), step: '1', value: draft.maxRequestsPerSecond, placeholder: t('noLimit') }), set('maxRequestsPerSecond'));
 
   // Token: write-only
   const tokenInput = onEdit(h('input', { type: 'password', autocomplete: 'new-password', spellcheck: 'false' }), set('token'));
@@ -107,6 +110,8 @@ export function openEditor(tp, readOnly = false) {
         field(t('url'), url, { path: 'url', required: true, wide: true, hint: t('urlHint') }),
         tokenField,
         field(t('batchSize'), batch, { path: 'batchSize', required: true, hint: t('batchHint') }),
+        field(t('maxConcurrency'), concurrency, { path: 'maxConcurrency', hint: t('maxConcurrencyHint') }),
+        field(t('maxRequestsPerSecond'), rate, { path: 'maxRequestsPerSecond', hint: t('maxRequestsPerSecondHint') }),
         field(t('description'), description, { path: 'description', wide: true })),
       h('fieldset.field.wide', {}, h('legend', { text: t('receiptMode') }), h('div.choices', {}, modes), asyncPart)),
     h('fieldset.section', {}, h('legend', { text: t('sendParams') }),
