@@ -19,8 +19,6 @@
 //! hours are one key range). Newly final results wait in the batch's `outbox` until they are on the
 //! results queue (FIFO, de-duplicated by `orderNo` and settlement), then leave it.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -529,32 +527,9 @@ impl DynamoDelivery {
         Ok(items)
     }
 
-    /// The items of up to 100 keys of the table, asking again for unprocessed keys after a
-    /// jittered back-off (20 ms doubling to 2 s).
+    /// The items of up to 100 keys of the delivery table.
     async fn batch_get(&self, keys: KeysAndAttributes) -> Result<Vec<Item>, StoreError> {
-        let mut out = Vec::new();
-        let mut wait = TX_RETRY_FIRST;
-        let mut request = HashMap::from([(self.table.clone(), keys)]);
-        while !request.is_empty() {
-            let got = self
-                .ddb
-                .batch_get_item()
-                .set_request_items(Some(request))
-                .send()
-                .await
-                .map_err(aws_err)?;
-            if let Some(items) = got.responses.and_then(|mut r| r.remove(&self.table)) {
-                out.extend(items);
-            }
-            request = got.unprocessed_keys.unwrap_or_default();
-            request.retain(|_, k| !k.keys().is_empty());
-            if !request.is_empty() {
-                // Throttled: wait before asking for the rest.
-                tokio::time::sleep(jittered(wait)).await;
-                wait = (wait * 2).min(TX_RETRY_MAX);
-            }
-        }
-        Ok(out)
+        crate::item::batch_get(&self.ddb, &self.table, keys).await
     }
 
     /// One item, read consistently.

@@ -103,6 +103,36 @@ pub fn missing(what: &str) -> StoreError {
     StoreError::Backend(format!("malformed item: {what} missing").into())
 }
 
+/// The items of up to 100 keys of `table`, asking again for unprocessed keys (DynamoDB
+/// throttled the read) after a back-off of 20 ms doubling to 2 s.
+pub async fn batch_get(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: aws_sdk_dynamodb::types::KeysAndAttributes,
+) -> Result<Vec<Item>, StoreError> {
+    let mut out = Vec::new();
+    let mut wait = std::time::Duration::from_millis(20);
+    let mut request = HashMap::from([(table.to_owned(), keys)]);
+    while !request.is_empty() {
+        let got = client
+            .batch_get_item()
+            .set_request_items(Some(request))
+            .send()
+            .await
+            .map_err(aws_err)?;
+        if let Some(items) = got.responses.and_then(|mut r| r.remove(table)) {
+            out.extend(items);
+        }
+        request = got.unprocessed_keys.unwrap_or_default();
+        request.retain(|_, k| !k.keys().is_empty());
+        if !request.is_empty() {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(2));
+        }
+    }
+    Ok(out)
+}
+
 /// Every item a query matches, following `LastEvaluatedKey` page by page.
 pub async fn query_all(
     query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,

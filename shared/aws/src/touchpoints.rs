@@ -502,32 +502,12 @@ impl TouchpointStore for DynamoTouchpoints {
             for id in chunk {
                 keys = keys.keys(key(project_pk(project), tp_sk(id)));
             }
-            let mut throttled = 0u32;
-            let mut request =
-                HashMap::from([(self.table.clone(), keys.build().map_err(build_err)?)]);
-            while !request.is_empty() {
-                let got = self
-                    .client
-                    .batch_get_item()
-                    .set_request_items(Some(request))
-                    .send()
-                    .await
-                    .map_err(aws_err)?;
-                if let Some(items) = got.responses.as_ref().and_then(|r| r.get(&self.table)) {
-                    for item in items {
-                        let tp = from_item(item)?;
-                        if tp.enabled && tp.space_ids.iter().any(|s| s == space) {
-                            out.push(tp);
-                        }
-                    }
-                }
-                request = got.unprocessed_keys.unwrap_or_default();
-                request.retain(|_, k| !k.keys().is_empty());
-                if !request.is_empty() {
-                    // Throttled: wait before asking for the rest (50 ms doubling to 3.2 s).
-                    tokio::time::sleep(std::time::Duration::from_millis(50 << throttled.min(6)))
-                        .await;
-                    throttled += 1;
+            for item in
+                batch_get(&self.client, &self.table, keys.build().map_err(build_err)?).await?
+            {
+                let tp = from_item(&item)?;
+                if tp.enabled && tp.space_ids.iter().any(|s| s == space) {
+                    out.push(tp);
                 }
             }
         }
