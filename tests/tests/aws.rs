@@ -1394,3 +1394,102 @@ async fn aws_requests_and_cost_of_a_ten_thousand_user_dispatch() {
         "a claim and a record per batch: the figures measured what they claim to"
     );
 }
+
+/// The slots and back-pressure of a touchpoint in DynamoDB, as two processes see them: a slot
+/// is taken once, renewed only by its lease, free again when given back (with the pace of its
+/// last request) or when its lease ran out; a cut is recorded once per spacing and a pause only
+/// grows.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_touchpoints_slots_and_back_pressure_hold_in_dynamodb() {
+    use touchpoint::limits::{Cut, SharedLimits};
+    let clients = clients().await;
+    let names = provision(&clients).await;
+    let store = touchpoint_aws::DynamoLimits::new(clients.dynamodb.clone(), &names.delivery_table);
+    let tp: touchpoint::ids::TouchpointId = "tp_limits".into();
+    let now = 1_000_000;
+    assert_eq!(
+        store.take(1, &tp, 0, "a-1", now, now + 100).await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        store
+            .take(1, &tp, 0, "b-1", now + 50, now + 150)
+            .await
+            .unwrap(),
+        None,
+        "held"
+    );
+    assert!(
+        !store.renew(1, &tp, 0, "b-1", now + 200).await.unwrap(),
+        "not b's"
+    );
+    assert!(store.renew(1, &tp, 0, "a-1", now + 300).await.unwrap());
+    // Another project's touchpoint of the same id is another partition.
+    assert_eq!(
+        store.take(2, &tp, 0, "c-1", now, now + 100).await.unwrap(),
+        Some(0)
+    );
+    store.release(1, &tp, 0, "a-1", now + 250).await.unwrap();
+    assert_eq!(
+        store
+            .take(1, &tp, 0, "b-1", now + 60, now + 160)
+            .await
+            .unwrap(),
+        Some(now + 250),
+        "given back, with the pace of its last request"
+    );
+    // b dies holding it: free once its lease ran out, and b's late release changes nothing.
+    assert_eq!(
+        store
+            .take(1, &tp, 0, "c-2", now + 150, now + 400)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .take(1, &tp, 0, "c-2", now + 161, now + 400)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.release(1, &tp, 0, "b-1", now + 170).await.unwrap();
+    assert!(
+        store.renew(1, &tp, 0, "c-2", now + 500).await.unwrap(),
+        "still c's"
+    );
+    let state = store.state(1, &tp).await.unwrap();
+    assert_eq!(state.slots.len(), 1);
+    assert_eq!(
+        (state.slots[0].lease.as_deref(), state.slots[0].until),
+        (Some("c-2"), now + 500)
+    );
+    // Back-pressure.
+    let cut = |to: f64, at| Cut {
+        to,
+        from: 2.0 * to,
+        at,
+    };
+    store.cut(1, &tp, cut(10.0, now), now - 1000).await.unwrap();
+    store
+        .cut(1, &tp, cut(5.0, now + 500), now - 500)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.state(1, &tp).await.unwrap().pressure.cut,
+        Some(cut(10.0, now)),
+        "one cut a spacing"
+    );
+    store
+        .cut(1, &tp, cut(5.0, now + 1500), now + 500)
+        .await
+        .unwrap();
+    store.pause(1, &tp, now + 3000).await.unwrap();
+    store.pause(1, &tp, now + 2000).await.unwrap();
+    let p = store.state(1, &tp).await.unwrap().pressure;
+    assert_eq!(
+        (p.cut, p.paused_until),
+        (Some(cut(5.0, now + 1500)), now + 3000)
+    );
+}

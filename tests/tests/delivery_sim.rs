@@ -93,6 +93,10 @@ impl World {
             ),
             clock: Arc::new(SystemClock),
             outbound: Outbound::new(true).unwrap(),
+            limits: Some(Arc::new(touchpoint_aws::DynamoLimits::new(
+                self.clients.dynamodb.clone(),
+                &self.names.delivery_table,
+            ))),
         }
     }
 
@@ -176,6 +180,12 @@ impl World {
         let lambdas = (0..instances)
             .map(|_| self.lambda_on(clients, config(&self.template, MARGIN)))
             .collect();
+        Esm::start(&self.clients, &self.queue(), &self.template, lambdas, None)
+    }
+
+    /// `instances` dispatcher instances configured by `cfg`.
+    fn esm_of(&self, instances: usize, cfg: DispatcherConfig) -> Esm {
+        let lambdas = (0..instances).map(|_| self.lambda(cfg.clone())).collect();
         Esm::start(&self.clients, &self.queue(), &self.template, lambdas, None)
     }
 
@@ -994,7 +1004,9 @@ async fn scenario_transactions_cancelled_by_conflicts_and_lost_answers_resend_no
 async fn scenario_distinct_long_reasons_and_long_ids_are_published_in_full_with_items_under_the_limits()
  {
     let _heavy = HEAVY.acquire().await.unwrap();
-    let w = World::new(60.0).await;
+    // Little compression: this scenario is about sizes, and an answer of 750 KB must not
+    // outlast a compressed request timeout on a loaded machine (a timeout sends it again).
+    let w = World::new(5.0).await;
     let tracked = Tracked::default();
     let t = tracked.clone();
     // Every user failed with its own 500-character reason (3 bytes a character).
@@ -1092,19 +1104,228 @@ async fn scenario_distinct_long_reasons_and_long_ids_are_published_in_full_with_
         elapsed,
         w.template.factor,
     );
-    assert_eq!((failed, distinct), (1000, 1000));
+    assert_eq!((failed, distinct), (1000, 1000), "{f:?}");
     assert_eq!(
         (f.one_event, f.repeated_events),
         (1000, 0),
         "published in full: {f:?}"
     );
-    assert_eq!(f.sent_twice, 0);
+    assert_eq!(f.sent_twice, 0, "{f:?}");
     assert!(largest < 200_000, "an item of {largest} bytes");
     assert_eq!(longest, touchpoint::delivery::REASON_MAX_CHARS + 1);
     assert!(
         reasons
             .iter()
             .all(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    );
+}
+
+/// Limits across instances: 8 dispatcher invocations side by side (each its own process, as
+/// Lambda instances are) and an admin instance's test sends share each touchpoint's slots and
+/// pace through DynamoDB. 50 dispatches of 20 users (batches of 10) over two touchpoints with
+/// `maxConcurrency` 4 and `maxRequestsPerSecond` 20: a slow receiver (the 4 in flight bind) and
+/// a fast one (the 20 a second bind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn scenario_eight_instances_hold_a_touchpoints_requests_in_flight_and_per_second() {
+    let w = World::new(10.0).await;
+    let slow = Duration::from_millis(400);
+    let (rx_slow, tracked_slow) = slow_receiver(slow).await;
+    let fast = Duration::from_millis(20);
+    let (rx_fast, tracked_fast) = slow_receiver(fast).await;
+    let limits = json!({"maxConcurrency": 4, "maxRequestsPerSecond": 20, "batchSize": 10});
+    let mut slow_body = limits.clone();
+    slow_body["url"] = json!(rx_slow.url());
+    let mut fast_body = limits.clone();
+    fast_body["url"] = json!(rx_fast.url());
+    let tp_slow = w.touchpoint("slow", slow_body).await;
+    let tp_fast = w.touchpoint("fast", fast_body).await;
+    let mut dispatches = Vec::new();
+    for i in 0..25 {
+        for (name, tp) in [("slow", &tp_slow), ("fast", &tp_fast)] {
+            let id = format!("{name}-{i}");
+            w.send(&id, tp, 20).await;
+            dispatches.push((id, 20));
+        }
+    }
+    let esm = w.esm(8, None);
+    // An admin instance test-sends to the fast touchpoint meanwhile: its requests count too,
+    // and wait for a slot as long as a real request timeout.
+    let admin = Services::aws(
+        &w.clients,
+        &w.names,
+        Outbound::new(true).unwrap(),
+        plain_http().with_dispatcher(DispatcherConfig {
+            request_timeout: Duration::from_secs(15),
+            ..config(&w.template, MARGIN)
+        }),
+    )
+    .unwrap();
+    let tp = w
+        .touchpoints
+        .get(1, &tp_fast.as_str().into())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut test_sends = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let (send, tp) = (admin.test_send.clone(), tp.clone());
+        test_sends.spawn(async move {
+            let user = touchpoint::protocol::UserData {
+                gid: 100_000 + i,
+                dynamic_data: Default::default(),
+                tem_data: Default::default(),
+            };
+            send.send(&tp, vec![user], format!("test-{i}")).await
+        });
+    }
+    let started = Instant::now();
+    let elapsed = sim::until_final(&*w.ledger, &dispatches, Duration::from_secs(300)).await;
+    let sent = test_sends.join_all().await;
+    let stats = esm.stop().await;
+    let f = w.figures(&dispatches, &tracked_fast, &stats).await;
+    let (slow_in_flight, slow_per_second) = in_flight_and_per_second(&rx_slow.seen(), slow);
+    let (fast_in_flight, fast_per_second) = in_flight_and_per_second(&rx_fast.seen(), fast);
+    let tested = sent.iter().filter(|r| r.ok).count();
+    eprintln!(
+        "scenario limits across 8 instances (maxConcurrency 4, maxRequestsPerSecond 20), 25 dispatches × 2 batches per touchpoint \
+         and 10 test sends: {:.1?}; slow receiver: at most {slow_in_flight} in flight, {slow_per_second} in a second; \
+         fast receiver: at most {fast_in_flight} in flight, {fast_per_second} in a second, {} requests; \
+         test sends answered {tested}; invocations {}",
+        started.elapsed(),
+        rx_fast.seen().len(),
+        f.invocations,
+    );
+    f.print("limits across 8 instances", elapsed, w.template.factor);
+    assert_eq!(f.succeeded, 1000, "{f:?}");
+    assert_eq!((f.sent_twice, tracked_slow.sent_twice()), (0, 0), "{f:?}");
+    assert_eq!(tested, 10, "every test send went out within the limits");
+    assert!(slow_in_flight <= 4, "{slow_in_flight} in flight");
+    assert!(
+        slow_in_flight >= 3,
+        "the instances use the slots between them: {slow_in_flight}"
+    );
+    assert!(fast_in_flight <= 4, "{fast_in_flight} in flight");
+    // The receiver stamps a request when its handler runs: one may come a little late.
+    assert!(fast_per_second <= 21, "{fast_per_second} in a second");
+    assert!(slow_per_second <= 21, "{slow_per_second} in a second");
+}
+
+/// The same instances against a receiver that, after 60 requests, answers 429 (with
+/// `Retry-After: 1`) to every fifth: a cut or a pause seen by one instance slows every
+/// instance, and nobody fails. In real time (the back-pressure's steps and the `Retry-After`
+/// are not compressed), with a short retry schedule so that refused batches come back soon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn scenario_eight_instances_slow_down_together_for_a_receiver_answering_429_to_a_fifth() {
+    let w = World::new(1.0).await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    let tracked = Tracked::default();
+    let t = tracked.clone();
+    let refused: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let r = Arc::clone(&refused);
+    let rx = Receiver::start(move |seen, _| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        if n >= 60 && n % 5 == 4 {
+            r.lock().unwrap().push(Instant::now());
+            t.answer(
+                seen,
+                Reply::Raw(429, vec![("retry-after", "1".to_owned())], b"{}".to_vec()),
+                true,
+            )
+        } else {
+            t.answer(
+                seen,
+                Reply::After(Duration::from_millis(10), Box::new(Reply::all_ok(seen))),
+                false,
+            )
+        }
+    })
+    .await;
+    let tp = w
+        .touchpoint(
+            "busy",
+            json!({"url": rx.url(), "batchSize": 10, "maxConcurrency": 8}),
+        )
+        .await;
+    let dispatches: Vec<(String, usize)> = (0..25).map(|i| (format!("busy-{i}"), 60)).collect();
+    for (id, n) in &dispatches {
+        w.send(id, &tp, *n).await;
+    }
+    let esm = w.esm_of(
+        8,
+        DispatcherConfig {
+            retry: RetryPolicy::parse("200ms,400ms,800ms,1s,1s").unwrap(),
+            ..config(&w.template, MARGIN)
+        },
+    );
+    let elapsed = sim::until_final(&*w.ledger, &dispatches, Duration::from_secs(300)).await;
+    let stats = esm.stop().await;
+    let f = w.figures(&dispatches, &tracked, &stats).await;
+    let mut seen: Vec<Instant> = rx.seen().iter().map(|s| s.at).collect();
+    seen.sort();
+    let first = seen[0];
+    let mut per_second =
+        vec![0usize; seen.last().unwrap().duration_since(first).as_secs() as usize + 1];
+    for at in &seen {
+        per_second[at.duration_since(first).as_secs() as usize] += 1;
+    }
+    // The busiest second before the first 429, and from a second after it on.
+    let busiest = |from: usize, to: usize| {
+        (from..to)
+            .map(|i| {
+                seen[i..to]
+                    .iter()
+                    .take_while(|t| t.duration_since(seen[i]) < Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let before = busiest(0, 60);
+    let settled = seen
+        .iter()
+        .position(|t| t.duration_since(seen[60]) >= Duration::from_secs(1))
+        .unwrap_or(seen.len());
+    let after = busiest(settled, seen.len());
+    // Requests that came in the second half of a Retry-After (every instance has read the
+    // pause by then, a quarter of a second after it was recorded), against all those after
+    // the first 429.
+    let refused = refused.lock().unwrap().clone();
+    let in_pause = seen
+        .iter()
+        .filter(|at| {
+            refused.iter().any(|r| {
+                *at > r
+                    && at.duration_since(*r) >= Duration::from_millis(500)
+                    && at.duration_since(*r) < Duration::from_secs(1)
+            })
+        })
+        .count();
+    f.print(
+        &format!(
+            "429 to a fifth of requests after 60, 8 instances: {} requests (150 batches), requests a second {per_second:?}; \
+             busiest second before the first 429 {before}, after it {after}; \
+             {in_pause} of {} requests after the first 429 came in the second half of a Retry-After",
+            seen.len(),
+            seen.len() - 60
+        ),
+        elapsed,
+        w.template.factor,
+    );
+    assert_eq!(f.succeeded, 1500, "no user fails: {f:?}");
+    assert_eq!((f.one_event, f.repeated_events), (1500, 0), "{f:?}");
+    // Each instance alone would honour only the Retry-Afters it got itself: about a third of
+    // the requests then land in a pause another instance was told of.
+    let total = seen.len() - 60;
+    assert!(
+        in_pause * 10 <= total,
+        "every instance holds its requests for a Retry-After any of them got: {in_pause} of {total} came in one"
+    );
+    assert!(
+        after < before,
+        "{after} a second after the first 429, {before} before"
     );
 }
 

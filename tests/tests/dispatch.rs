@@ -1148,6 +1148,7 @@ async fn a_redelivery_resumes_where_the_last_one_stopped() {
             schedule: store,
             clock: Arc::new(touchpoint::clock::SystemClock),
             outbound: Outbound::new(true).unwrap(),
+            limits: None,
         },
         touchpoint_services::Settings::default().with_dispatcher(cfg),
     )

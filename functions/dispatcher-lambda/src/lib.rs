@@ -166,6 +166,8 @@ impl DispatcherLambda {
                 response.batch_item_failures.push(failure);
             }
         }
+        // The receivers' slots go back to the other instances before this one is frozen.
+        self.dispatcher.limits().release_idle().await;
         response
     }
 

@@ -53,8 +53,12 @@ impl PollerLambda {
         let report = self
             .poller
             .round_until(Some((project, touchpoint)), deadline)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await;
+        // The receiver's slots go back to the other instances before this one is frozen.
+        if let Some(limits) = self.poller.limits() {
+            limits.release_idle().await;
+        }
+        let report = report.map_err(|e| e.to_string())?;
         tracing::info!(project, touchpoint = %touchpoint, ?report, "receipt round");
         serde_json::to_value(report).map_err(|e| e.to_string())
     }

@@ -120,6 +120,11 @@ impl ReceiptPoller {
         }
     }
 
+    /// The limits of the receivers this poller sends to.
+    pub fn limits(&self) -> Option<Arc<touchpoint_receiver::limits::ReceiverLimits>> {
+        self.limits.clone()
+    }
+
     /// Polls within the limits of each receiver (`maxConcurrency`, `maxRequestsPerSecond`,
     /// back-pressure) shared with the other senders of this process.
     pub fn with_limits(

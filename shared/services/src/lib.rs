@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use touchpoint::clock::Clock;
 use touchpoint::delivery::{DeliveryStore, DispatchIntake, ReceiptSchedule};
+use touchpoint::limits::SharedLimits;
 use touchpoint::ports::TouchpointStore;
 use touchpoint::reporting::Reporting;
 use touchpoint::{Touchpoints, UrlPolicy};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
 use touchpoint_outbound::Outbound;
 use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
+use touchpoint_receiver::limits::ReceiverLimits;
 use touchpoint_receiver::{EnumOptions, TestSend};
 
 /// What the use cases run on.
@@ -24,6 +26,9 @@ pub struct Ports {
     pub schedule: Arc<dyn ReceiptSchedule>,
     pub clock: Arc<dyn Clock>,
     pub outbound: Outbound,
+    /// Where the receivers' limits are held when several processes send to them (every
+    /// Lambda instance on AWS); `None`: in this process (the local binary).
+    pub limits: Option<Arc<dyn SharedLimits>>,
 }
 
 /// How the use cases behave.
@@ -84,6 +89,7 @@ impl Services {
             schedule,
             clock,
             outbound,
+            limits: shared_limits,
         } = ports;
         let touchpoints = Touchpoints::new(store.clone(), clock.clone(), settings.urls)
             .with_receipt_schedule(schedule.clone(), delivery.clone());
@@ -93,14 +99,21 @@ impl Services {
             settings.dispatcher.request_timeout,
             settings.dispatcher.time_scale,
         );
-        let dispatcher = Dispatcher::new(
+        let mut dispatcher = Dispatcher::new(
             store.clone(),
             delivery.clone(),
             outbound.clone(),
             clock.clone(),
-            settings.dispatcher,
+            settings.dispatcher.clone(),
         )
         .with_receipt_schedule(schedule.clone());
+        if let Some(shared) = shared_limits {
+            dispatcher = dispatcher.with_limits(Arc::new(
+                ReceiverLimits::new(settings.dispatcher.per_touchpoint_concurrency)
+                    .with_time_scale(settings.dispatcher.time_scale)
+                    .with_shared(shared, clock.clone()),
+            ));
+        }
         // One set of receiver limits for every sender of the process.
         let limits = dispatcher.limits();
         let test_send = test_send.with_limits(limits.clone());
@@ -142,6 +155,7 @@ impl Services {
                 schedule: store,
                 clock,
                 outbound,
+                limits: None,
             },
             settings,
         )
@@ -170,6 +184,10 @@ impl Services {
                 )?),
                 clock: Arc::new(touchpoint::SystemClock),
                 outbound,
+                limits: Some(Arc::new(touchpoint_aws::DynamoLimits::new(
+                    clients.dynamodb.clone(),
+                    &names.delivery_table,
+                ))),
             },
             settings,
         ))

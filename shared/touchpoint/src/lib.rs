@@ -14,6 +14,7 @@ pub mod ids;
 pub mod input;
 pub mod json;
 pub mod ledger;
+pub mod limits;
 pub mod model;
 pub mod ports;
 pub mod protocol;

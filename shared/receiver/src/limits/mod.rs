@@ -5,6 +5,14 @@
 //! then, and each answer that is not an overload adds [`INCREASE`] requests a second back, up
 //! to the configured limit (or no limit). Every request a process sends to a touchpoint (batches,
 //! receipt polls, test sends) takes a [`Pass`] from the same [`ReceiverLimits`].
+//!
+//! Where several processes send to the same receivers (Lambda instances on AWS), the limits
+//! are held in a shared store instead ([`ReceiverLimits::with_shared`], [`shared`]): the same
+//! limits, across every process.
+
+mod shared;
+
+pub use shared::{IDLE, LEASE, REFRESH};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -30,6 +38,9 @@ pub struct ReceiverLimits {
     /// time in simulations, where a second is shorter).
     time_scale: f64,
     gates: Mutex<HashMap<(ProjectId, TouchpointId), Arc<Gate>>>,
+    /// Limits held across processes, when set.
+    shared: Option<Arc<shared::Shared>>,
+    shared_gates: Mutex<HashMap<(ProjectId, TouchpointId), Arc<shared::SharedGate>>>,
 }
 
 struct Gate {
@@ -57,8 +68,28 @@ struct Pace {
 
 /// Leave to send one request to a touchpoint; give the answer back with [`Pass::answered`].
 pub struct Pass {
-    _slot: OwnedSemaphorePermit,
-    gate: Arc<Gate>,
+    inner: PassOf,
+}
+
+enum PassOf {
+    Local {
+        _slot: OwnedSemaphorePermit,
+        gate: Arc<Gate>,
+    },
+    Shared {
+        gate: Arc<shared::SharedGate>,
+        held: Option<shared::Held>,
+    },
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if let PassOf::Shared { gate, held } = &mut self.inner
+            && let Some(h) = held.take()
+        {
+            gate.give_back(h);
+        }
+    }
 }
 
 /// How the receiver answered, as far as its limits care.
@@ -87,6 +118,56 @@ impl ReceiverLimits {
             default_concurrency: default_concurrency.max(1),
             time_scale: 1.0,
             gates: Mutex::new(HashMap::new()),
+            shared: None,
+            shared_gates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Holds the limits in `store`, shared with every other process that sends to the same
+    /// receivers (set the time scale first).
+    pub fn with_shared(
+        mut self,
+        store: Arc<dyn touchpoint::limits::SharedLimits>,
+        clock: Arc<dyn touchpoint::clock::Clock>,
+    ) -> ReceiverLimits {
+        self.shared = Some(Arc::new(shared::Shared::new(store, clock, self.time_scale)));
+        self
+    }
+
+    /// Whether the limits are held across processes.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    fn shared_gate(&self, ctx: &Arc<shared::Shared>, tp: &Touchpoint) -> Arc<shared::SharedGate> {
+        let gate = {
+            let mut gates = self.shared_gates.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(
+                gates
+                    .entry((tp.project_id, tp.id.clone()))
+                    .or_insert_with(|| Arc::new(shared::SharedGate::new(Arc::clone(ctx), tp))),
+            )
+        };
+        gate.configure(
+            self.concurrency(tp),
+            tp.spec.max_requests_per_second.map(f64::from),
+        );
+        gate
+    }
+
+    /// Gives back to the other processes every slot this one holds and is not using (the end
+    /// of a Lambda invocation: a frozen instance must not keep them until their leases run
+    /// out).
+    pub async fn release_idle(&self) {
+        let gates: Vec<Arc<shared::SharedGate>> = self
+            .shared_gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for gate in gates {
+            gate.release_if_idle(None).await;
         }
     }
 
@@ -150,8 +231,18 @@ impl ReceiverLimits {
     /// Waits for a slot and for the touchpoint's pace; `None` when that takes longer than
     /// `within` (the caller's time is up).
     pub async fn acquire(&self, tp: &Touchpoint, within: Duration) -> Option<Pass> {
-        let gate = self.gate(tp);
         let until = Instant::now() + within;
+        if let Some(ctx) = &self.shared {
+            let gate = self.shared_gate(ctx, tp);
+            let held = gate.acquire(until).await?;
+            return Some(Pass {
+                inner: PassOf::Shared {
+                    gate,
+                    held: Some(held),
+                },
+            });
+        }
+        let gate = self.gate(tp);
         let slots = Arc::clone(&gate.slots.lock().unwrap_or_else(|p| p.into_inner()).1);
         let slot = tokio::time::timeout_at(until, slots.acquire_owned())
             .await
@@ -188,11 +279,16 @@ impl ReceiverLimits {
                 pace.recent.pop_front();
             }
         }
-        Some(Pass { _slot: slot, gate })
+        Some(Pass {
+            inner: PassOf::Local { _slot: slot, gate },
+        })
     }
 
     /// The rate a touchpoint's requests go out at now (`None`: unlimited), for reports.
     pub fn rate(&self, tp: &Touchpoint) -> Option<f64> {
+        if let Some(ctx) = &self.shared {
+            return self.shared_gate(ctx, tp).rate();
+        }
         self.gate(tp)
             .pace
             .lock()
@@ -205,7 +301,16 @@ impl Pass {
     /// Gives the receiver's answer back: an overload slows the whole touchpoint down, anything
     /// else lets it speed up again (additive increase, multiplicative decrease).
     pub fn answered(self, answer: Answer) {
-        let mut pace = self.gate.pace.lock().unwrap_or_else(|p| p.into_inner());
+        let gate = match &self.inner {
+            PassOf::Shared { gate, .. } => {
+                if let Answer::Overloaded(retry_after) = answer {
+                    gate.overloaded(retry_after);
+                }
+                return;
+            }
+            PassOf::Local { gate, .. } => gate,
+        };
+        let mut pace = gate.pace.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
             Answer::Overloaded(retry_after) => {
                 let (floor, scale) = (MIN_RATE * pace.scale, pace.scale);
@@ -237,10 +342,10 @@ impl Pass {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn touchpoint(concurrency: Option<u16>, rps: Option<u16>) -> Touchpoint {
+    pub(crate) fn touchpoint(concurrency: Option<u16>, rps: Option<u16>) -> Touchpoint {
         use touchpoint::model::*;
         Touchpoint {
             id: "tp_1".into(),

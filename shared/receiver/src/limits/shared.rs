@@ -1,0 +1,777 @@
+//! The limits of a touchpoint held across processes ([`touchpoint::limits`] describes the
+//! slots and the shared back-pressure). A process keeps the slots it took over many requests
+//! and gives each back after [`IDLE`] without a request, or when its invocation ends
+//! ([`super::ReceiverLimits::release_idle`]).
+//!
+//! Requests to the shared store per slot held: one read and one conditional write to take it,
+//! one write per [`LEASE`]/2 of sending to renew it, one write to give it back; one read a
+//! [`REFRESH`] while sending, for the back-pressure; and one or two writes per overload.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use touchpoint::clock::{Clock, Millis};
+use touchpoint::ids::TouchpointId;
+use touchpoint::limits::{Cut, LimitsState, Pressure, SharedLimits};
+use touchpoint::model::{ProjectId, Touchpoint};
+
+use super::{INCREASE, MAX_PAUSE, MIN_RATE};
+
+/// How long a slot is leased for at a time (scaled by compressed time); at least three of its
+/// intervals at a slow pace.
+pub const LEASE: Duration = Duration::from_secs(20);
+/// A slot unused this long is given back to the other processes.
+pub const IDLE: Duration = Duration::from_secs(2);
+/// How often a process sending to a touchpoint reads its shared back-pressure.
+pub const REFRESH: Duration = Duration::from_millis(250);
+/// Overloads reported within this of a cut are answered by that cut (one halving per
+/// round of answers, whichever processes saw them).
+const CUT_SPACING: Duration = Duration::from_secs(1);
+
+/// What every shared gate of a process uses.
+pub(super) struct Shared {
+    pub store: Arc<dyn SharedLimits>,
+    pub clock: Arc<dyn Clock>,
+    /// This process, in its leases' names.
+    holder: String,
+    leases: AtomicU64,
+    pub scale: f64,
+}
+
+impl Shared {
+    pub fn new(store: Arc<dyn SharedLimits>, clock: Arc<dyn Clock>, scale: f64) -> Shared {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        Shared {
+            store,
+            clock,
+            holder: b.iter().map(|x| format!("{x:02x}")).collect(),
+            leases: AtomicU64::new(0),
+            scale,
+        }
+    }
+
+    fn lease_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.holder,
+            self.leases.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A duration of the scenario's time in real time (at least `floor`).
+    fn scaled(&self, d: Duration, floor: Duration) -> Duration {
+        d.div_f64(self.scale).max(floor)
+    }
+
+    fn ms(d: Duration) -> Millis {
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A slot this process holds.
+#[derive(Clone, Debug)]
+pub(super) struct Held {
+    slot: u16,
+    lease: String,
+    until: Millis,
+    /// When its next request may go (its pace).
+    next_at: Millis,
+    /// Which giving-back this is, so that a late idle timer leaves a reused slot alone.
+    returned: u64,
+}
+
+struct Inner {
+    limit: usize,
+    ceiling: Option<f64>,
+    idle: Vec<Held>,
+    /// Slots held: idle or in a pass.
+    mine: HashSet<u16>,
+    taking: bool,
+    /// After finding no free slot, when to look again.
+    next_take: Option<Instant>,
+    pressure: Pressure,
+    refreshed: Option<Instant>,
+    recent: VecDeque<Instant>,
+    returns: u64,
+}
+
+/// One touchpoint's limits in this process, backed by the shared store.
+pub(super) struct SharedGate {
+    project: ProjectId,
+    tp: TouchpointId,
+    ctx: Arc<Shared>,
+    inner: Mutex<Inner>,
+    notify: Notify,
+}
+
+/// The rate a touchpoint's requests go at `now`, all processes together (`None`: no limit):
+/// the configured ceiling, or after a cut, its rate growing back by [`INCREASE`] requests a
+/// second each second, or a twentieth of the rate the overload was met at if more, until the
+/// ceiling (or, with none, twice that rate: no limit again).
+pub(super) fn rate_now(p: &Pressure, ceiling: Option<f64>, now: Millis, scale: f64) -> Option<f64> {
+    let Some(cut) = p.cut else { return ceiling };
+    let elapsed = (now - cut.at).max(0) as f64 / 1000.0;
+    let step = (INCREASE * 2.0 * scale).max(cut.from / 20.0);
+    let up = cut.to + step * elapsed * scale;
+    match ceiling {
+        Some(c) => Some(up.min(c)),
+        None if up >= 2.0 * cut.from => None,
+        None => Some(up),
+    }
+}
+
+pub(super) enum Prepared {
+    Pass(Held),
+    TooLate,
+    Lost,
+}
+
+impl SharedGate {
+    pub fn new(ctx: Arc<Shared>, tp: &Touchpoint) -> SharedGate {
+        SharedGate {
+            project: tp.project_id,
+            tp: tp.id.clone(),
+            ctx,
+            inner: Mutex::new(Inner {
+                limit: 1,
+                ceiling: None,
+                idle: Vec::new(),
+                mine: HashSet::new(),
+                taking: false,
+                next_take: None,
+                pressure: Pressure::default(),
+                refreshed: None,
+                recent: VecDeque::new(),
+                returns: 0,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the touchpoint's current limits (an edit takes effect at once).
+    pub fn configure(&self, limit: usize, ceiling: Option<f64>) {
+        let mut g = self.lock();
+        g.limit = limit;
+        g.ceiling = ceiling;
+    }
+
+    pub fn rate(&self) -> Option<f64> {
+        let g = self.lock();
+        rate_now(
+            &g.pressure,
+            g.ceiling,
+            self.ctx.clock.now_ms(),
+            self.ctx.scale,
+        )
+    }
+
+    /// A slot held by this process, paced, within `deadline`; `None` when none comes in time.
+    pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Option<Held> {
+        enum Step {
+            Use(Held),
+            Take,
+            Wait(Duration),
+        }
+        loop {
+            let now = Instant::now();
+            let step = {
+                let mut g = self.lock();
+                let earliest = (0..g.idle.len()).min_by_key(|i| g.idle[*i].next_at);
+                if let Some(i) = earliest {
+                    Step::Use(g.idle.swap_remove(i))
+                } else if g.mine.len() < g.limit
+                    && !g.taking
+                    && g.next_take.is_none_or(|t| t <= now)
+                {
+                    g.taking = true;
+                    Step::Take
+                } else {
+                    let poll = Duration::from_millis(50);
+                    Step::Wait(match g.next_take {
+                        Some(t) if t > now && !g.taking => (t - now).min(poll),
+                        _ => poll,
+                    })
+                }
+            };
+            let held = match step {
+                Step::Use(h) => h,
+                Step::Take => {
+                    let got = self.take_one().await;
+                    {
+                        let mut g = self.lock();
+                        g.taking = false;
+                        match &got {
+                            Some(h) => {
+                                g.mine.insert(h.slot);
+                                g.next_take = None;
+                            }
+                            None => g.next_take = Some(Instant::now() + take_backoff()),
+                        }
+                    }
+                    self.notify.notify_waiters();
+                    match got {
+                        Some(h) => h,
+                        None => continue,
+                    }
+                }
+                Step::Wait(d) => {
+                    if now >= deadline {
+                        return None;
+                    }
+                    let _ =
+                        tokio::time::timeout(d.min(deadline - now), self.notify.notified()).await;
+                    continue;
+                }
+            };
+            match self.prepare(held, deadline).await {
+                Prepared::Pass(h) => return Some(h),
+                Prepared::TooLate => return None,
+                Prepared::Lost => continue,
+            }
+        }
+    }
+
+    /// Reads the shared back-pressure if this process has not for a [`REFRESH`].
+    async fn refresh(&self) {
+        let every = self.ctx.scaled(REFRESH, Duration::from_millis(100));
+        let stale = self.lock().refreshed.is_none_or(|t| t.elapsed() >= every);
+        if stale && let Ok(state) = self.ctx.store.state(self.project, &self.tp).await {
+            self.merge(&state);
+        }
+    }
+
+    fn merge(&self, state: &LimitsState) {
+        let mut g = self.lock();
+        g.refreshed = Some(Instant::now());
+        let stored = &state.pressure;
+        if stored.cut.map(|c| c.at) >= g.pressure.cut.map(|c| c.at) {
+            g.pressure.cut = stored.cut;
+        }
+        g.pressure.paused_until = g.pressure.paused_until.max(stored.paused_until);
+    }
+
+    /// Takes a free slot from the shared store: one read of the touchpoint's slots, then a
+    /// conditional write on a free one (another if a process took it first).
+    async fn take_one(&self) -> Option<Held> {
+        let state = match self.ctx.store.state(self.project, &self.tp).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(touchpoint = %self.tp, error = %e, "cannot read the touchpoint's limits");
+                return None;
+            }
+        };
+        self.merge(&state);
+        let now = self.ctx.clock.now_ms();
+        let mut free: Vec<u16> = {
+            let g = self.lock();
+            (0..g.limit.min(usize::from(u16::MAX)) as u16)
+                .filter(|s| !g.mine.contains(s))
+                .filter(|s| {
+                    state
+                        .slots
+                        .iter()
+                        .find(|x| x.slot == *s)
+                        .is_none_or(|x| x.lease.is_none() || x.until < now)
+                })
+                .collect()
+        };
+        if free.is_empty() {
+            return None;
+        }
+        // From a random one, so that processes taking at once rarely pick the same.
+        let start = random_below(free.len());
+        free.rotate_left(start);
+        let lease_for = Shared::ms(self.ctx.scaled(LEASE, Duration::from_millis(500)));
+        for slot in free.into_iter().take(2) {
+            let lease = self.ctx.lease_id();
+            let until = now + lease_for;
+            match self
+                .ctx
+                .store
+                .take(self.project, &self.tp, slot, &lease, now, until)
+                .await
+            {
+                Ok(Some(free_at)) => {
+                    return Some(Held {
+                        slot,
+                        lease,
+                        until,
+                        next_at: free_at,
+                        returned: 0,
+                    });
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(touchpoint = %self.tp, error = %e, "cannot take a slot");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Paces a held slot's next request and makes sure its lease outlasts it.
+    async fn prepare(self: &Arc<Self>, mut h: Held, deadline: Instant) -> Prepared {
+        let lease_for = Shared::ms(self.ctx.scaled(LEASE, Duration::from_millis(500)));
+        let every = self.ctx.scaled(REFRESH, Duration::from_millis(100));
+        // Waits a [`REFRESH`] at a time, so that a cut or a pause recorded meanwhile (by any
+        // process) holds this request too.
+        let (at, interval) = loop {
+            self.refresh().await;
+            let now = self.ctx.clock.now_ms();
+            let (rate, paused, limit) = {
+                let g = self.lock();
+                (
+                    rate_now(&g.pressure, g.ceiling, now, self.ctx.scale),
+                    g.pressure.paused_until,
+                    g.limit,
+                )
+            };
+            if usize::from(h.slot) >= limit {
+                // The limit was lowered: this slot is not one of the touchpoint's any more.
+                self.forget(h.slot);
+                self.release(h).await;
+                return Prepared::Lost;
+            }
+            let interval = rate.map_or(0, |r| (limit as f64 * 1000.0 / r).ceil() as Millis);
+            let at = now.max(h.next_at).max(paused);
+            let room = Shared::ms(deadline.saturating_duration_since(Instant::now()));
+            if at > now + room {
+                self.give_back(h);
+                return Prepared::TooLate;
+            }
+            // A holder sends only while its lease outlasts the request's pace: whoever takes
+            // the slot after the lease ran out is an interval behind its last request.
+            if h.until < at + interval + lease_for / 2 {
+                let until = at + lease_for.max(3 * interval);
+                match self
+                    .ctx
+                    .store
+                    .renew(self.project, &self.tp, h.slot, &h.lease, until)
+                    .await
+                {
+                    Ok(true) => h.until = until,
+                    Ok(false) | Err(_) => {
+                        self.forget(h.slot);
+                        return Prepared::Lost;
+                    }
+                }
+            }
+            let wait = at - self.ctx.clock.now_ms();
+            if wait <= 0 {
+                break (at, interval);
+            }
+            let wait = Duration::from_millis(wait as u64);
+            tokio::time::sleep(wait.min(every)).await;
+            if wait <= every {
+                break (at, interval);
+            }
+        };
+        // Paced from when it really goes: a late request does not let the next one come early.
+        h.next_at = self.ctx.clock.now_ms().max(at) + interval;
+        {
+            let mut g = self.lock();
+            let now = Instant::now();
+            g.recent.push_back(now);
+            let second = Duration::from_secs(1).div_f64(self.ctx.scale);
+            while g
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > second)
+            {
+                g.recent.pop_front();
+            }
+        }
+        Prepared::Pass(h)
+    }
+
+    fn forget(&self, slot: u16) {
+        self.lock().mine.remove(&slot);
+        self.notify.notify_waiters();
+    }
+
+    /// A slot comes back from a request: the next request of this process takes it, or after
+    /// [`IDLE`] without one it goes back to the other processes.
+    pub fn give_back(self: &Arc<Self>, mut h: Held) {
+        let generation = {
+            let mut g = self.lock();
+            g.returns += 1;
+            h.returned = g.returns;
+            let (slot, generation) = (h.slot, h.returned);
+            g.idle.push(h);
+            (slot, generation)
+        };
+        self.notify.notify_waiters();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let gate = Arc::clone(self);
+            let idle = self.ctx.scaled(IDLE, Duration::from_millis(50));
+            runtime.spawn(async move {
+                tokio::time::sleep(idle).await;
+                gate.release_if_idle(Some(generation)).await;
+            });
+        }
+    }
+
+    /// Gives back the idle slots (`Some`: only the one returned at that generation).
+    pub async fn release_if_idle(&self, generation: Option<(u16, u64)>) {
+        let freed: Vec<Held> = {
+            let mut g = self.lock();
+            let (keep, freed): (Vec<Held>, Vec<Held>) = std::mem::take(&mut g.idle)
+                .into_iter()
+                .partition(|h| generation.is_some_and(|(s, n)| h.slot != s || h.returned != n));
+            g.idle = keep;
+            for h in &freed {
+                g.mine.remove(&h.slot);
+            }
+            freed
+        };
+        if !freed.is_empty() {
+            self.notify.notify_waiters();
+        }
+        for h in freed {
+            self.release(h).await;
+        }
+    }
+
+    async fn release(&self, h: Held) {
+        // A failed write leaves the lease to run out.
+        let _ = self
+            .ctx
+            .store
+            .release(self.project, &self.tp, h.slot, &h.lease, h.next_at)
+            .await;
+    }
+
+    /// An overload: halves the rate all processes send at (once per [`CUT_SPACING`]) and
+    /// holds every request for a `Retry-After`.
+    pub fn overloaded(self: &Arc<Self>, retry_after: Option<Duration>) {
+        let scale = self.ctx.scale;
+        let now = self.ctx.clock.now_ms();
+        let (cut, pause) = {
+            let mut g = self.lock();
+            let floor = MIN_RATE * scale;
+            // What this process sent in the last second, as a share of the slots it holds.
+            let held = g.mine.len().max(1) as f64;
+            let sent = g.recent.len().max(1) as f64 * scale * g.limit as f64 / held;
+            let from = rate_now(&g.pressure, g.ceiling, now, scale)
+                .map_or(sent, |r| r.min(sent.max(floor)));
+            let spacing = Shared::ms(CUT_SPACING.div_f64(scale));
+            let cut = if g.pressure.cut.is_none_or(|c| c.at < now - spacing) {
+                let cut = Cut {
+                    to: (from / 2.0).max(floor),
+                    from,
+                    at: now,
+                };
+                g.pressure.cut = Some(cut);
+                Some((cut, now - spacing))
+            } else {
+                None
+            };
+            let pause = retry_after.map(|ra| now + Shared::ms(ra.min(MAX_PAUSE).div_f64(scale)));
+            if let Some(p) = pause {
+                g.pressure.paused_until = g.pressure.paused_until.max(p);
+            }
+            (cut, pause)
+        };
+        if cut.is_none() && pause.is_none() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let gate = Arc::clone(self);
+            runtime.spawn(async move {
+                let store = &gate.ctx.store;
+                if let Some((cut, since)) = cut {
+                    let _ = store.cut(gate.project, &gate.tp, cut, since).await;
+                }
+                if let Some(until) = pause {
+                    let _ = store.pause(gate.project, &gate.tp, until).await;
+                }
+            });
+        }
+    }
+}
+
+/// How long to wait before looking for a free slot again: 100 to 400 ms, jittered so that
+/// waiting processes do not read at once.
+fn take_backoff() -> Duration {
+    Duration::from_millis(100 + random_below(300) as u64)
+}
+
+fn random_below(n: usize) -> usize {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    (u32::from_le_bytes(b) as usize) % n.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use async_trait::async_trait;
+    use touchpoint::limits::SlotState;
+    use touchpoint::ports::StoreError;
+
+    use super::super::tests::touchpoint;
+    use super::super::{Answer, ReceiverLimits};
+    use super::*;
+
+    type Slot = (Option<String>, Millis, Millis);
+
+    /// The shared store as DynamoDB's conditional writes make it behave.
+    #[derive(Default)]
+    struct Store {
+        /// Per slot: its lease, until when, and its `free_at`.
+        slots: Mutex<HashMap<u16, Slot>>,
+        pressure: Mutex<Pressure>,
+        writes: AtomicU64,
+    }
+
+    #[async_trait]
+    impl SharedLimits for Store {
+        async fn state(&self, _: ProjectId, _: &TouchpointId) -> Result<LimitsState, StoreError> {
+            let slots = self.slots.lock().unwrap();
+            Ok(LimitsState {
+                slots: slots
+                    .iter()
+                    .map(|(s, (lease, until, _))| SlotState {
+                        slot: *s,
+                        lease: lease.clone(),
+                        until: *until,
+                    })
+                    .collect(),
+                pressure: self.pressure.lock().unwrap().clone(),
+            })
+        }
+        async fn take(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            slot: u16,
+            lease: &str,
+            now: Millis,
+            until: Millis,
+        ) -> Result<Option<Millis>, StoreError> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut slots = self.slots.lock().unwrap();
+            let e = slots.entry(slot).or_insert((None, 0, 0));
+            if e.0.is_some() && e.1 >= now {
+                return Ok(None);
+            }
+            *e = (Some(lease.to_owned()), until, e.2);
+            Ok(Some(e.2))
+        }
+        async fn renew(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            slot: u16,
+            lease: &str,
+            until: Millis,
+        ) -> Result<bool, StoreError> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut slots = self.slots.lock().unwrap();
+            match slots.get_mut(&slot) {
+                Some(e) if e.0.as_deref() == Some(lease) => {
+                    e.1 = until;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }
+        async fn release(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            slot: u16,
+            lease: &str,
+            free_at: Millis,
+        ) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut slots = self.slots.lock().unwrap();
+            if let Some(e) = slots.get_mut(&slot)
+                && e.0.as_deref() == Some(lease)
+            {
+                *e = (None, 0, free_at);
+            }
+            Ok(())
+        }
+        async fn cut(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            cut: Cut,
+            unless_since: Millis,
+        ) -> Result<(), StoreError> {
+            let mut p = self.pressure.lock().unwrap();
+            if p.cut.is_none_or(|c| c.at < unless_since) {
+                p.cut = Some(cut);
+            }
+            Ok(())
+        }
+        async fn pause(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            until: Millis,
+        ) -> Result<(), StoreError> {
+            let mut p = self.pressure.lock().unwrap();
+            p.paused_until = p.paused_until.max(until);
+            Ok(())
+        }
+    }
+
+    /// Wall-clock milliseconds that follow tokio's (paused) time.
+    struct TokioClock(Instant);
+    impl Clock for TokioClock {
+        fn now_ms(&self) -> Millis {
+            1_000_000_000 + self.0.elapsed().as_millis() as Millis
+        }
+    }
+
+    fn processes(n: usize, store: &Arc<Store>) -> Vec<Arc<ReceiverLimits>> {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock(Instant::now()));
+        (0..n)
+            .map(|_| {
+                Arc::new(ReceiverLimits::new(4).with_shared(store.clone(), Arc::clone(&clock)))
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_held_across_processes_and_come_back_when_idle() {
+        let store = Arc::new(Store::default());
+        let p = processes(2, &store);
+        let tp = touchpoint(Some(2), None);
+        let a1 = p[0].acquire(&tp, Duration::from_secs(1)).await.unwrap();
+        let a2 = p[0].acquire(&tp, Duration::from_secs(1)).await.unwrap();
+        assert!(
+            p[1].acquire(&tp, Duration::from_secs(1)).await.is_none(),
+            "both slots are the first process's"
+        );
+        drop(a1);
+        // The first process uses its idle slot again at once...
+        let a1 = p[0].acquire(&tp, Duration::from_millis(10)).await.unwrap();
+        drop((a1, a2));
+        // ...and gives both back after IDLE without a request.
+        let started = Instant::now();
+        let b = p[1].acquire(&tp, Duration::from_secs(5)).await.unwrap();
+        assert!(started.elapsed() >= IDLE, "{:?}", started.elapsed());
+        drop(b);
+        p[1].release_idle().await;
+        let slots = store.slots.lock().unwrap();
+        assert!(slots.values().all(|(lease, _, _)| lease.is_none()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crashed_holders_slot_is_free_when_its_lease_runs_out() {
+        let store = Arc::new(Store::default());
+        let p = processes(2, &store);
+        let tp = touchpoint(Some(1), None);
+        // A process that dies holding its slot: nothing gives it back.
+        std::mem::forget(p[0].acquire(&tp, Duration::from_secs(1)).await.unwrap());
+        let started = Instant::now();
+        assert!(p[1].acquire(&tp, LEASE / 2).await.is_none());
+        let pass = p[1]
+            .acquire(&tp, LEASE)
+            .await
+            .expect("free after its lease");
+        let waited = started.elapsed();
+        assert!(
+            waited >= LEASE && waited <= LEASE + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        drop(pass);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn processes_together_keep_the_concurrency_and_the_rate() {
+        let store = Arc::new(Store::default());
+        let p = processes(3, &store);
+        let tp = touchpoint(Some(4), Some(20));
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let most = Arc::new(AtomicU64::new(0));
+        let sends = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for limits in &p {
+            for _ in 0..4 {
+                let (limits, tp) = (Arc::clone(limits), tp.clone());
+                let (in_flight, most, sends) = (
+                    Arc::clone(&in_flight),
+                    Arc::clone(&most),
+                    Arc::clone(&sends),
+                );
+                tasks.push(tokio::spawn(async move {
+                    while started.elapsed() < Duration::from_secs(30) {
+                        let Some(pass) = limits.acquire(&tp, Duration::from_secs(5)).await else {
+                            continue;
+                        };
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        sends.lock().unwrap().push(started.elapsed());
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        pass.answered(Answer::Served);
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let sends = sends.lock().unwrap().clone();
+        let busiest = sends
+            .iter()
+            .map(|t| {
+                sends
+                    .iter()
+                    .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(most.load(Ordering::SeqCst) <= 4);
+        assert!(busiest <= 21, "{busiest} in a second");
+        assert!(sends.len() >= 20 * 25, "the rate is used: {}", sends.len());
+        // Leases are held over many requests.
+        let writes = store.writes.load(Ordering::Relaxed) as usize;
+        assert!(
+            writes * 10 < sends.len(),
+            "{writes} writes for {} requests",
+            sends.len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overload_seen_by_one_process_slows_every_process() {
+        let store = Arc::new(Store::default());
+        let p = processes(2, &store);
+        let tp = touchpoint(Some(4), Some(40));
+        assert_eq!(p[1].rate(&tp), Some(40.0));
+        let pass = p[0].acquire(&tp, Duration::from_secs(1)).await.unwrap();
+        pass.answered(Answer::Overloaded(Some(Duration::from_secs(3))));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The other process reads it within a REFRESH of sending.
+        let started = Instant::now();
+        let pass = p[1].acquire(&tp, Duration::from_secs(10)).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(2900),
+            "Retry-After held it"
+        );
+        let rate = p[1].rate(&tp).unwrap();
+        assert!(rate <= 21.0, "halved from what was sent: {rate}");
+        drop(pass);
+        // It grows back to the ceiling, not past it.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(p[1].rate(&tp), Some(40.0));
+    }
+}
