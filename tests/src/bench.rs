@@ -64,6 +64,12 @@ struct Options {
     /// Requests in flight per touchpoint.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Users per dispatch (1: a triggered campaign's one-user dispatches).
+    #[arg(long, default_value_t = PER_DISPATCH)]
+    per_dispatch: usize,
+    /// Dispatches the library rows handle at once (the local service decides for itself).
+    #[arg(long, default_value_t = 2)]
+    at_once: usize,
     /// Where `cargo lambda build` left the Lambdas (`<dir>/<name>/bootstrap`): measure their
     /// size and cold start instead.
     #[arg(long)]
@@ -300,17 +306,10 @@ fn dispatch_body(run: &str, index: usize, tp: &str, first_gid: usize, users: usi
     })
 }
 
-fn dispatches(run: &str, tp: &str, total: usize) -> Vec<Value> {
-    (0..total.div_ceil(PER_DISPATCH))
-        .map(|i| {
-            dispatch_body(
-                run,
-                i,
-                tp,
-                i * PER_DISPATCH,
-                PER_DISPATCH.min(total - i * PER_DISPATCH),
-            )
-        })
+fn dispatches(run: &str, tp: &str, total: usize, per: usize) -> Vec<Value> {
+    let per = per.clamp(1, PER_DISPATCH);
+    (0..total.div_ceil(per))
+        .map(|i| dispatch_body(run, i, tp, i * per, per.min(total - i * per)))
         .collect()
 }
 
@@ -480,17 +479,18 @@ async fn library(receiver: &Process, batch: u16, o: &Options) -> (Figures, Figur
         tp,
         dispatcher,
     } = library_for(&receiver.base, batch, o.concurrency).await;
-    let messages = dispatches(&format!("lib{batch}"), &tp.id, o.users);
+    let messages = dispatches(&format!("lib{batch}"), &tp.id, o.users, o.per_dispatch);
     let limit = limit(receiver, &tp, &messages, o.concurrency).await;
     let results = ResultsFile::new(store.clone(), dir.path().join("results.jsonl"));
     let writes_before = store.ledger_writes();
     let cpu_before = cpu_seconds(std::process::id());
     let receiver_before = cpu_seconds(receiver.pid());
     let started = Instant::now();
-    // Dispatches run two at a time, sharing the touchpoint's gate, as the local worker would.
+    // Dispatches run `at_once` at a time, sharing the touchpoint's gate.
+    let dispatch_count = messages.len() as f64;
     let queue = Arc::new(std::sync::Mutex::new(messages.into_iter()));
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..2 {
+    for _ in 0..o.at_once.max(1) {
         let (d, q) = (Arc::clone(&dispatcher), Arc::clone(&queue));
         set.spawn(async move {
             loop {
@@ -513,7 +513,6 @@ async fn library(receiver: &Process, batch: u16, o: &Options) -> (Figures, Figur
     publisher.abort();
     let batches = o.users.div_ceil(usize::from(batch)) as f64;
     let writes = (store.ledger_writes() - writes_before) as f64;
-    let dispatch_count = o.users.div_ceil(PER_DISPATCH) as f64;
     let lat = ledger_latencies(&dir.path().join("touchpoint.db"));
     let ours = Figures {
         users_per_s: o.users as f64 / elapsed,
@@ -570,22 +569,37 @@ async fn service(receiver: &Process, batch: u16, o: &Options, binary: &Path) -> 
         .await
         .expect("spaces");
     let run = format!("svc{batch}");
-    let messages = dispatches(&run, &id, o.users);
+    let messages = dispatches(&run, &id, o.users, o.per_dispatch);
     let bodies: Vec<String> = messages.iter().map(Value::to_string).collect();
     let cpu_before = cpu_seconds(svc.pid());
     let receiver_before = cpu_seconds(receiver.pid());
     let started = Instant::now();
-    for body in bodies {
-        let r = client
-            .post(format!("{}/v1/dispatches", svc.base))
-            .bearer_auth(admin)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("dispatch");
-        assert_eq!(r.status().as_u16(), 202);
+    // Submitted 16 at a time, as a campaign system submits many small dispatches.
+    let bodies = Arc::new(std::sync::Mutex::new(bodies.into_iter()));
+    let mut submitters = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (client, bodies, url) = (
+            client.clone(),
+            Arc::clone(&bodies),
+            format!("{}/v1/dispatches", svc.base),
+        );
+        submitters.spawn(async move {
+            loop {
+                let next = bodies.lock().expect("lock").next();
+                let Some(body) = next else { return };
+                let r = client
+                    .post(&url)
+                    .bearer_auth(admin)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("dispatch");
+                assert_eq!(r.status().as_u16(), 202);
+            }
+        });
     }
+    submitters.join_all().await;
     loop {
         let stats: Value = client
             .get(format!("{}/v1/campaigns/cmp-{run}/stats", svc.base))
@@ -936,8 +950,9 @@ fn main() {
         cmd.args(["receiver", &o.latency_ms.to_string()]);
         let receiver = Process::start(cmd);
         println!(
-            "{} users per run, receiver latency {} ms, {} requests in flight per touchpoint, {} cores",
+            "{} users per run in dispatches of {}, receiver latency {} ms, {} requests in flight per touchpoint, {} cores",
             o.users,
+            o.per_dispatch,
             o.latency_ms,
             o.concurrency,
             std::thread::available_parallelism().map_or(0, |n| n.get())

@@ -726,7 +726,10 @@ impl TouchpointStore for PanicOnce {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the moto server: run infra/test.sh"]
 async fn scenario_a_record_whose_handling_panics_is_redelivered_and_its_users_get_outcomes() {
-    let w = World::new(60.0).await;
+    // ×20, not ×60: a ×60 invocation lasts 2 s and claims for less than one, and taking the
+    // receiver's slots costs real round trips to moto; on a loaded machine the calm record then
+    // needs a second invocation, which is not what this scenario is about.
+    let w = World::new(20.0).await;
     let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
     let bad = w
         .touchpoint("panics", json!({"url": rx.url(), "batchSize": 10}))
@@ -1149,14 +1152,15 @@ async fn scenario_eight_instances_hold_a_touchpoints_requests_in_flight_and_per_
         }
     }
     let esm = w.esm(8, None);
-    // An admin instance test-sends to the fast touchpoint meanwhile: its requests count too,
-    // and wait for a slot as long as a real request timeout.
+    // An admin instance test-sends to the fast touchpoint meanwhile: its requests count too.
+    // They wait for a slot up to their request timeout, here 30 s: the instances keep their
+    // slots while they have batches to send (RELIABILITY.md: not fair yet).
     let admin = Services::aws(
         &w.clients,
         &w.names,
         Outbound::new(true).unwrap(),
         plain_http().with_dispatcher(DispatcherConfig {
-            request_timeout: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(30),
             ..config(&w.template, MARGIN)
         }),
     )
@@ -1199,16 +1203,21 @@ async fn scenario_eight_instances_hold_a_touchpoints_requests_in_flight_and_per_
     f.print("limits across 8 instances", elapsed, w.template.factor);
     assert_eq!(f.succeeded, 1000, "{f:?}");
     assert_eq!((f.sent_twice, tracked_slow.sent_twice()), (0, 0), "{f:?}");
-    assert_eq!(tested, 10, "every test send went out within the limits");
+    let refused: Vec<_> = sent.iter().filter_map(|r| r.error.clone()).collect();
+    assert_eq!(
+        tested, 10,
+        "every test send went out within the limits: {refused:?}"
+    );
     assert!(slow_in_flight <= 4, "{slow_in_flight} in flight");
     assert!(
         slow_in_flight >= 3,
         "the instances use the slots between them: {slow_in_flight}"
     );
     assert!(fast_in_flight <= 4, "{fast_in_flight} in flight");
-    // The receiver stamps a request when its handler runs: one may come a little late.
-    assert!(fast_per_second <= 21, "{fast_per_second} in a second");
-    assert!(slow_per_second <= 21, "{slow_per_second} in a second");
+    // The receiver stamps a request when its handler runs: on a loaded machine one may be
+    // stamped late, and the next on time.
+    assert!(fast_per_second <= 22, "{fast_per_second} in a second");
+    assert!(slow_per_second <= 22, "{slow_per_second} in a second");
 }
 
 /// The same instances against a receiver that, after 60 requests, answers 429 (with
@@ -1317,10 +1326,11 @@ async fn scenario_eight_instances_slow_down_together_for_a_receiver_answering_42
     assert_eq!(f.succeeded, 1500, "no user fails: {f:?}");
     assert_eq!((f.one_event, f.repeated_events), (1500, 0), "{f:?}");
     // Each instance alone would honour only the Retry-Afters it got itself: about a third of
-    // the requests then land in a pause another instance was told of.
+    // the requests then land in a pause another instance was told of (40 and 42 of 112 with
+    // the sharing switched off; 0 to 13 with it, the most on a loaded machine).
     let total = seen.len() - 60;
     assert!(
-        in_pause * 10 <= total,
+        in_pause * 5 <= total,
         "every instance holds its requests for a Retry-After any of them got: {in_pause} of {total} came in one"
     );
     assert!(
@@ -1528,12 +1538,14 @@ async fn scenario_the_local_binary_holds_a_touchpoints_requests_in_flight_and_pe
         slow_in_flight, 4,
         "the slow receiver holds 4 at most, and gets 4"
     );
-    assert!(fast_per_second <= 21, "{fast_per_second} in a second");
+    // The receiver stamps a request when its handler runs: on a loaded machine one may be
+    // stamped late, and the next on time.
+    assert!(fast_per_second <= 22, "{fast_per_second} in a second");
     assert!(
         fast_per_second >= 15,
         "the limit is used: {fast_per_second}"
     );
-    assert!(slow_per_second <= 21 && fast_in_flight <= 4);
+    assert!(slow_per_second <= 22 && fast_in_flight <= 4);
     service.terminate();
 }
 

@@ -10,8 +10,14 @@ use touchpoint_dispatcher::{Dispatcher, Handled};
 use touchpoint_embedded::{QueuedDispatch, ResultsFile, SqliteStore};
 use tracing::Instrument;
 
-/// Messages handled at once; each runs its batches under the per-touchpoint gates.
-const CONCURRENT_MESSAGES: usize = 8;
+/// Messages handled at once, at most: enough for one-user dispatches (a triggered campaign's)
+/// to keep a touchpoint's `maxConcurrency` (up to 64) busy several times over. Each runs its
+/// batches under the per-touchpoint limits, so this does not add requests to a receiver.
+pub const CONCURRENT_MESSAGES: usize = 256;
+/// Bytes of message bodies in hand at once, at most: a dispatch holds a few times its body's
+/// size while it is handled, so memory stays bounded whatever the mix (about ten 10,000-user
+/// dispatches, or hundreds of small ones).
+pub const BYTES_IN_HAND: usize = 16 << 20;
 /// How long a received message stays hidden while it is handled.
 const VISIBILITY_MS: i64 = 10 * 60 * 1000;
 /// Longest sleep when nothing is queued (a submit wakes the worker at once).
@@ -28,6 +34,7 @@ pub struct Worker {
 impl Worker {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(CONCURRENT_MESSAGES));
+        let bytes = Arc::new(Semaphore::new(BYTES_IN_HAND));
         let wake = self.store.queue_ready();
         loop {
             if *stop.borrow() {
@@ -39,12 +46,17 @@ impl Worker {
             let now = self.clock.now_ms();
             match self.store.receive(now, VISIBILITY_MS).await {
                 Ok(Some(message)) => {
+                    // A body larger than the whole budget waits for all of it.
+                    let weight = message.body.len().clamp(1, BYTES_IN_HAND) as u32;
+                    let Ok(in_hand) = Arc::clone(&bytes).acquire_many_owned(weight).await else {
+                        return;
+                    };
                     let worker = Arc::clone(&self);
                     let span = tracing::info_span!("queued_dispatch", queue_id = message.id);
                     tokio::spawn(
                         async move {
                             worker.handle(message).await;
-                            drop(permit);
+                            drop((permit, in_hand));
                         }
                         .instrument(span),
                     );

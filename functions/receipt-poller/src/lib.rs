@@ -195,7 +195,7 @@ impl ReceiptPoller {
             let span = tracing::info_span!("receipt_poll", order_no = %batch.order_no);
             set.spawn(
                 async move {
-                    let out = me.poll_one(batch, tp.as_deref(), now).await;
+                    let out = me.poll_one(batch, tp.as_deref(), now, room).await;
                     drop(permit);
                     out
                 }
@@ -260,17 +260,21 @@ impl ReceiptPoller {
         })
     }
 
+    /// `room`: how long the round may still wait before this poll must start.
     async fn poll_one(
         &self,
         b: PendingBatch,
         tp: Option<&Touchpoint>,
         now: Millis,
+        room: Duration,
     ) -> Result<Polled, StoreError> {
         let lease_until = now + self.cfg.lease.as_millis() as i64;
-        // A slot among the touchpoint's requests, at its pace; busy longer than a request
-        // timeout, the batch waits for the next round.
+        // A slot among the touchpoint's requests, at its pace, while the round has time (at
+        // least a request timeout, at most an interval); busy longer, the batch waits for the
+        // next round.
+        let wait = room.min(self.cfg.interval).max(self.timeout(tp));
         let pass = match (&self.limits, tp) {
-            (Some(limits), Some(tp)) => match limits.acquire(tp, self.timeout(Some(tp))).await {
+            (Some(limits), Some(tp)) => match limits.acquire(tp, wait).await {
                 Some(pass) => Some(pass),
                 None => return Ok(Polled::Skipped),
             },

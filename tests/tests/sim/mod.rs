@@ -55,35 +55,42 @@ impl Moto {
                 endpoint: shared,
             };
         };
-        let port = crate::support::service::free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/moto_server.py");
-        let child = std::process::Command::new(&python)
-            .arg(script)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {script} with {python}: {e}"));
-        let moto = Moto {
-            child: Some(child),
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let started = Instant::now();
         let client = crate::support::http_client();
-        while client
-            .get(format!("{}/moto-api/", moto.endpoint))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // A free port can be taken by another test's server before moto binds it: moto then
+        // exits, and whatever holds the port does not answer as moto does. Another port then.
+        for _ in 0..5 {
+            let port = crate::support::service::free_port();
+            let mut child = std::process::Command::new(&python)
+                .arg(script)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {script} with {python}: {e}"));
+            let endpoint = format!("http://127.0.0.1:{port}");
+            let started = Instant::now();
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                let answered = client.get(format!("{endpoint}/moto-api/")).send().await;
+                if answered.is_ok_and(|r| r.status().is_success()) {
+                    return Moto {
+                        child: Some(child),
+                        endpoint,
+                    };
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        moto
+        panic!("moto did not start");
     }
 }
 

@@ -205,10 +205,13 @@ impl SharedGate {
             let held = match step {
                 Step::Use(h) => h,
                 Step::Take => {
+                    // Whatever becomes of this request (even dropped mid-way, as a Lambda
+                    // invocation's work is at its deadline), the next one may take.
+                    let taking = Taking(self);
                     let got = self.take_one().await;
+                    drop(taking);
                     {
                         let mut g = self.lock();
-                        g.taking = false;
                         match &got {
                             Some(h) => {
                                 g.mine.insert(h.slot);
@@ -232,7 +235,15 @@ impl SharedGate {
                     continue;
                 }
             };
-            match self.prepare(held, deadline).await {
+            // Dropped while it waits for its pace (the request is abandoned), the slot comes
+            // back as it was: it sent nothing.
+            let mut preparing = Preparing {
+                gate: self,
+                held: Some(held.clone()),
+            };
+            let prepared = self.prepare(held, deadline).await;
+            preparing.held = None;
+            match prepared {
                 Prepared::Pass(h) => return Some(h),
                 Prepared::TooLate => return None,
                 Prepared::Lost => continue,
@@ -437,9 +448,18 @@ impl SharedGate {
         if !freed.is_empty() {
             self.notify.notify_waiters();
         }
+        // Side by side: at the end of an invocation every moment counts.
+        let mut releases = tokio::task::JoinSet::new();
         for h in freed {
-            self.release(h).await;
+            let (store, project, tp) = (Arc::clone(&self.ctx.store), self.project, self.tp.clone());
+            releases.spawn(async move {
+                // A failed write leaves the lease to run out.
+                let _ = store
+                    .release(project, &tp, h.slot, &h.lease, h.next_at)
+                    .await;
+            });
         }
+        while releases.join_next().await.is_some() {}
     }
 
     async fn release(&self, h: Held) {
@@ -496,6 +516,31 @@ impl SharedGate {
                     let _ = store.pause(gate.project, &gate.tp, until).await;
                 }
             });
+        }
+    }
+}
+
+/// Ends a take of slots, however it ends.
+struct Taking<'a>(&'a SharedGate);
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        self.0.lock().taking = false;
+    }
+}
+
+/// A slot being prepared for a request, given back if the request is dropped meanwhile.
+struct Preparing<'a> {
+    gate: &'a Arc<SharedGate>,
+    held: Option<Held>,
+}
+
+impl Drop for Preparing<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.held.take()
+            && self.gate.lock().mine.contains(&h.slot)
+        {
+            self.gate.give_back(h);
         }
     }
 }
@@ -773,5 +818,23 @@ mod tests {
         // It grows back to the ceiling, not past it.
         tokio::time::sleep(Duration::from_secs(120)).await;
         assert_eq!(p[1].rate(&tp), Some(40.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_dropped_while_it_waits_for_its_pace_leaves_its_slot() {
+        let store = Arc::new(Store::default());
+        let p = processes(1, &store);
+        // One slot, one request a second: the second request waits a second for its pace.
+        let tp = touchpoint(Some(1), Some(1));
+        drop(p[0].acquire(&tp, Duration::from_secs(1)).await.unwrap());
+        let (limits, t) = (Arc::clone(&p[0]), tp.clone());
+        let waiting =
+            tokio::spawn(async move { limits.acquire(&t, Duration::from_secs(5)).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Dropped mid-way, as a Lambda invocation's work is at its deadline.
+        waiting.abort();
+        let _ = waiting.await;
+        let pass = p[0].acquire(&tp, Duration::from_secs(3)).await;
+        assert!(pass.is_some(), "the slot came back");
     }
 }
