@@ -70,6 +70,9 @@ struct Options {
     /// Dispatches the library rows handle at once (the local service decides for itself).
     #[arg(long, default_value_t = 2)]
     at_once: usize,
+    /// Submissions to the local service in flight at once (a campaign system's senders).
+    #[arg(long, default_value_t = 16)]
+    submitters: usize,
     /// Where `cargo lambda build` left the Lambdas (`<dir>/<name>/bootstrap`): measure their
     /// size and cold start instead.
     #[arg(long)]
@@ -574,10 +577,10 @@ async fn service(receiver: &Process, batch: u16, o: &Options, binary: &Path) -> 
     let cpu_before = cpu_seconds(svc.pid());
     let receiver_before = cpu_seconds(receiver.pid());
     let started = Instant::now();
-    // Submitted 16 at a time, as a campaign system submits many small dispatches.
+    // Submitted `submitters` at a time, as a campaign system submits many small dispatches.
     let bodies = Arc::new(std::sync::Mutex::new(bodies.into_iter()));
     let mut submitters = tokio::task::JoinSet::new();
-    for _ in 0..16 {
+    for _ in 0..o.submitters.max(1) {
         let (client, bodies, url) = (
             client.clone(),
             Arc::clone(&bodies),
@@ -600,6 +603,7 @@ async fn service(receiver: &Process, batch: u16, o: &Options, binary: &Path) -> 
         });
     }
     submitters.join_all().await;
+    let submitted = started.elapsed().as_secs_f64();
     loop {
         let stats: Value = client
             .get(format!("{}/v1/campaigns/cmp-{run}/stats", svc.base))
@@ -618,6 +622,11 @@ async fn service(receiver: &Process, batch: u16, o: &Options, binary: &Path) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "local service: {} dispatches submitted in {submitted:.2} s ({:.0}/s), all users final after {elapsed:.2} s",
+        messages.len(),
+        messages.len() as f64 / submitted
+    );
     let cpu = cpu_seconds(svc.pid()) - cpu_before;
     let rss = peak_rss_mib(svc.pid());
     let receiver_cpu = cpu_seconds(receiver.pid()) - receiver_before;

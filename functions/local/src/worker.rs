@@ -18,6 +18,8 @@ pub const CONCURRENT_MESSAGES: usize = 256;
 /// size while it is handled, so memory stays bounded whatever the mix (about ten 10,000-user
 /// dispatches, or hundreds of small ones).
 pub const BYTES_IN_HAND: usize = 16 << 20;
+/// Messages taken from the queue in one receive, at most.
+const RECEIVE_AT_ONCE: usize = 32;
 /// How long a received message stays hidden while it is handled.
 const VISIBILITY_MS: i64 = 10 * 60 * 1000;
 /// Longest sleep when nothing is queued (a submit wakes the worker at once).
@@ -43,26 +45,42 @@ impl Worker {
             let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
                 return;
             };
-            let now = self.clock.now_ms();
-            match self.store.receive(now, VISIBILITY_MS).await {
-                Ok(Some(message)) => {
-                    // A body larger than the whole budget waits for all of it.
-                    let weight = message.body.len().clamp(1, BYTES_IN_HAND) as u32;
-                    let Ok(in_hand) = Arc::clone(&bytes).acquire_many_owned(weight).await else {
-                        return;
-                    };
-                    let worker = Arc::clone(&self);
-                    let span = tracing::info_span!("queued_dispatch", queue_id = message.id);
-                    tokio::spawn(
-                        async move {
-                            worker.handle(message).await;
-                            drop((permit, in_hand));
-                        }
-                        .instrument(span),
-                    );
+            // As many messages as there are free slots, in one write (at most a few dozen, so
+            // one receive does not take a long turn on the store).
+            let mut permits = vec![permit];
+            while permits.len() < RECEIVE_AT_ONCE {
+                match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
                 }
-                Ok(None) => {
-                    drop(permit);
+            }
+            let now = self.clock.now_ms();
+            match self
+                .store
+                .receive_many(now, VISIBILITY_MS, permits.len())
+                .await
+            {
+                Ok(messages) if !messages.is_empty() => {
+                    for (message, permit) in messages.into_iter().zip(permits) {
+                        // A body larger than the whole budget waits for all of it.
+                        let weight = message.body.len().clamp(1, BYTES_IN_HAND) as u32;
+                        let Ok(in_hand) = Arc::clone(&bytes).acquire_many_owned(weight).await
+                        else {
+                            return;
+                        };
+                        let worker = Arc::clone(&self);
+                        let span = tracing::info_span!("queued_dispatch", queue_id = message.id);
+                        tokio::spawn(
+                            async move {
+                                worker.handle(message).await;
+                                drop((permit, in_hand));
+                            }
+                            .instrument(span),
+                        );
+                    }
+                }
+                Ok(_) => {
+                    drop(permits);
                     let next = self.store.next_visible().await.ok().flatten();
                     let sleep = next
                         .map(|t| {
@@ -76,7 +94,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    drop(permit);
+                    drop(permits);
                     tracing::error!(error = %e, "cannot read the local queue");
                     tokio::time::sleep(IDLE_POLL).await;
                 }

@@ -974,26 +974,45 @@ impl SqliteStore {
         now: Millis,
         visibility_ms: i64,
     ) -> Result<Option<QueuedDispatch>, StoreError> {
+        Ok(self
+            .receive_many(now, visibility_ms, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Up to `max` visible messages, earliest first, each hidden for `visibility_ms` and its
+    /// receive counted: one write for many (a worker that handles many one-user dispatches
+    /// does not take them one round trip at a time).
+    pub async fn receive_many(
+        &self,
+        now: Millis,
+        visibility_ms: i64,
+        max: usize,
+    ) -> Result<Vec<QueuedDispatch>, StoreError> {
+        let max = max.max(1) as i64;
         self.tx(move |tx| {
-            let row: Option<(i64, String, u32)> = tx
-                .query_row_cached(
+            let rows: Vec<(i64, String, u32)> = tx
+                .prepare_cached(
                     "SELECT q.id, i.body, q.receives FROM queue q
                        JOIN dispatch_intake i ON i.project_id = q.project_id AND i.dispatch_id = q.dispatch_id
-                     WHERE q.dead = 0 AND q.visible_at <= ?1 ORDER BY q.visible_at, q.id LIMIT 1",
-                    params![now],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                     WHERE q.dead = 0 AND q.visible_at <= ?1 ORDER BY q.visible_at, q.id LIMIT ?2",
                 )
-                .optional()
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![now, max], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect()
+                })
                 .map_err(backend)?;
-            let Some((id, body, receives)) = row else {
-                return Ok(None);
-            };
-            tx.execute_cached(
-                "UPDATE queue SET visible_at = ?2, receives = receives + 1 WHERE id = ?1",
-                params![id, now + visibility_ms],
-            )
-            .map_err(backend)?;
-            Ok(Some(QueuedDispatch { id, body, receives: receives + 1 }))
+            let mut messages = Vec::with_capacity(rows.len());
+            for (id, body, receives) in rows {
+                tx.execute_cached(
+                    "UPDATE queue SET visible_at = ?2, receives = receives + 1 WHERE id = ?1",
+                    params![id, now + visibility_ms],
+                )
+                .map_err(backend)?;
+                messages.push(QueuedDispatch { id, body, receives: receives + 1 });
+            }
+            Ok(messages)
         })
         .await
     }

@@ -211,6 +211,49 @@ async fn the_intake_knows_a_dispatch_from_submission_to_dead_letter() {
 }
 
 #[tokio::test]
+async fn many_messages_are_received_at_once_earliest_first_each_hidden_and_counted() {
+    use touchpoint::delivery::DispatchIntake;
+    let store = SqliteStore::in_memory().unwrap();
+    for (i, at) in [(1, 3_000), (2, 1_000), (3, 2_000), (4, 9_000)] {
+        let body = format!("{{\"n\":{i}}}");
+        assert!(
+            store
+                .submit(1, &format!("d{i}").as_str().into(), body, at)
+                .await
+                .unwrap()
+        );
+    }
+    let bodies = |m: &[touchpoint_embedded::QueuedDispatch]| -> Vec<String> {
+        m.iter().map(|m| m.body.clone()).collect()
+    };
+    // At 5 s, three are visible; two are asked for: the earliest two.
+    let first = store.receive_many(5_000, 60_000, 2).await.unwrap();
+    assert_eq!(bodies(&first), [r#"{"n":2}"#, r#"{"n":3}"#]);
+    assert!(first.iter().all(|m| m.receives == 1));
+    // Those are hidden now: the rest visible at 5 s is the third only.
+    let second = store.receive_many(5_000, 60_000, 10).await.unwrap();
+    assert_eq!(bodies(&second), [r#"{"n":1}"#]);
+    assert!(
+        store
+            .receive_many(5_000, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Once their visibility ran out they come back, counted twice (in the order they were
+    // queued), after the fourth (due at 9 s, received for the first time).
+    let again = store.receive_many(70_000, 60_000, 10).await.unwrap();
+    assert_eq!(
+        bodies(&again),
+        [r#"{"n":4}"#, r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]
+    );
+    assert_eq!(
+        again.iter().map(|m| m.receives).collect::<Vec<_>>(),
+        [1, 2, 2, 2]
+    );
+}
+
+#[tokio::test]
 async fn durability_chooses_what_a_commit_survives() {
     use touchpoint_embedded::Durability;
     let dir = tempfile::tempdir().unwrap();
