@@ -1220,6 +1220,48 @@ async fn scenario_eight_instances_hold_a_touchpoints_requests_in_flight_and_per_
     assert!(slow_per_second <= 22, "{slow_per_second} in a second");
 }
 
+/// Issue 16, item 7, in the simulation: the same 200 users at batch size 1 as two dispatches,
+/// then as 200 one-user dispatches (a triggered campaign's), through eight instances. moto
+/// answers every AWS request in turn, so the two throughputs compare the AWS requests each way
+/// costs; both are printed with their ratio (BENCHMARKS.md). Everyone succeeds, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn scenario_one_user_dispatches_flow_through_eight_instances_without_a_resend() {
+    const USERS: usize = 200;
+    let w = World::new(10.0).await;
+    let (rx, tracked) = slow_receiver(Duration::ZERO).await;
+    let body = json!({"maxConcurrency": 64, "batchSize": 1, "url": rx.url()});
+    let tp_large = w.touchpoint("large", body.clone()).await;
+    let tp_small = w.touchpoint("small", body).await;
+    let large: Vec<(String, usize)> = (0..2).map(|i| (format!("large-{i}"), USERS / 2)).collect();
+    for (id, n) in &large {
+        w.send(id, &tp_large, *n).await;
+    }
+    let esm = w.esm(8, None);
+    let in_large = sim::until_final(&*w.ledger, &large, Duration::from_secs(600)).await;
+    let _ = esm.stop().await;
+    let small: Vec<(String, usize)> = (0..USERS).map(|i| (format!("small-{i}"), 1)).collect();
+    for (id, n) in &small {
+        w.send(id, &tp_small, *n).await;
+    }
+    let all: Vec<(String, usize)> = large.iter().chain(&small).cloned().collect();
+    let esm = w.esm(8, None);
+    let in_small = sim::until_final(&*w.ledger, &all, Duration::from_secs(600)).await;
+    let stats = esm.stop().await;
+    let f = w.figures(&all, &tracked, &stats).await;
+    let rate = |t: Duration| USERS as f64 / t.as_secs_f64();
+    eprintln!(
+        "scenario one-user dispatches, 8 instances, batch size 1, {USERS} users: two dispatches \
+         {:.1} users/s ({in_large:.1?}), one-user dispatches {:.1} users/s ({in_small:.1?}), \
+         ratio {:.2}",
+        rate(in_large),
+        rate(in_small),
+        rate(in_small) / rate(in_large)
+    );
+    assert_eq!(f.succeeded, 2 * USERS, "{f:?}");
+    assert_eq!(f.sent_twice, 0, "{f:?}");
+}
+
 /// The same instances against a receiver that, after 60 requests, answers 429 (with
 /// `Retry-After: 1`) to every fifth: a cut or a pause seen by one instance slows every
 /// instance, and nobody fails. In real time (the back-pressure's steps and the `Retry-After`

@@ -115,8 +115,17 @@ struct ScheduleCheck {
 /// removed behind its back).
 const ENSURE_AGAIN_MS: Millis = 10 * 60 * 1000;
 
+/// A touchpoint read shared by every dispatch that asks for it while it is under way: the
+/// records of one SQS event (often one touchpoint's one-user dispatches) read it once. Nothing
+/// is kept once the read is answered.
+type TouchpointRead = Result<Option<Touchpoint>, String>;
+type TouchpointReads = Mutex<
+    HashMap<(i64, touchpoint::ids::TouchpointId), Arc<tokio::sync::OnceCell<TouchpointRead>>>,
+>;
+
 pub struct Dispatcher {
     touchpoints: Arc<dyn TouchpointStore>,
+    reads: TouchpointReads,
     ledger: Arc<dyn DeliveryStore>,
     outbound: Outbound,
     clock: Arc<dyn Clock>,
@@ -162,6 +171,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         Dispatcher {
             touchpoints,
+            reads: Mutex::default(),
             ledger,
             options: Arc::new(EnumOptions::new(outbound.clone(), Arc::clone(&clock))),
             outbound,
@@ -303,8 +313,7 @@ impl Dispatcher {
         deadline: Millis,
     ) -> Result<Handled, StoreError> {
         let touchpoint = if problems.is_empty() {
-            self.touchpoints
-                .get(dispatch.project_id, &dispatch.touchpoint_id)
+            self.touchpoint(dispatch.project_id, &dispatch.touchpoint_id)
                 .await?
         } else {
             None
@@ -371,6 +380,35 @@ impl Dispatcher {
             return self.fail_remaining(&left, &why, deadline).await;
         }
         self.deliver_all(plan, deadline).await
+    }
+
+    /// Reads a touchpoint, sharing a read already under way for it (see [`TouchpointReads`]).
+    async fn touchpoint(
+        &self,
+        project: i64,
+        id: &touchpoint::ids::TouchpointId,
+    ) -> Result<Option<Touchpoint>, StoreError> {
+        let key = (project, id.clone());
+        let cell = {
+            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(reads.entry(key.clone()).or_default())
+        };
+        let read = cell
+            .get_or_init(|| async {
+                let read = self
+                    .touchpoints
+                    .get(project, id)
+                    .await
+                    .map_err(|e| e.to_string());
+                // Whoever asks from now on reads afresh.
+                let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+                if reads.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                    reads.remove(&key);
+                }
+                read
+            })
+            .await;
+        read.clone().map_err(|e| StoreError::Backend(e.into()))
     }
 
     async fn ensure_schedule(&self, tp: &Touchpoint, now: Millis) -> Result<(), StoreError> {
@@ -635,6 +673,10 @@ impl Dispatcher {
         let mut held_users = 0usize;
         let mut last_checkpoint = started;
         let mut checkpoint_failed = false;
+        // What the last checkpoint wrote, and how many batches it had seen looked at and
+        // finished: an end checkpoint with nothing new to write is skipped (a one-user
+        // dispatch checkpoints once, not twice).
+        let mut checkpointed: Option<(Progress, usize, usize)> = None;
         // Batches run concurrently up to the touchpoint's gate; the JoinSet holds at most
         // `per_touchpoint_concurrency` + 1 tasks so a 10,000-user dispatch does not spawn
         // thousands of waiting tasks.
@@ -734,11 +776,12 @@ impl Dispatcher {
                     .checkpoint(plan.meta, batches, (&looked, &finished), None, &held)
                     .await
                 {
-                    Ok(_) => {
+                    Ok(written) => {
                         marked = true;
                         held.clear();
                         held_users = 0;
                         last_checkpoint = self.clock.now_ms();
+                        checkpointed = Some((written, looked.len(), finished.len()));
                     }
                     Err(e) => {
                         checkpoint_failed = true;
@@ -750,7 +793,12 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         // A delivery that ends without an error made progress (or had none to make); one that
         // failed on storage counts as progress only if it recorded an outcome.
-        let next = if first_error.is_none() || marked {
+        let next = if let Some((written, _, _)) = checkpointed
+            .take()
+            .filter(|(_, l, f)| held.is_empty() && (*l, *f) == (looked.len(), finished.len()))
+        {
+            written
+        } else if first_error.is_none() || marked {
             self.checkpoint(plan.meta, batches, (&looked, &finished), None, &held)
                 .await?
         } else {

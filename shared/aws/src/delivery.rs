@@ -19,6 +19,9 @@
 //! hours are one key range). Newly final results wait in the batch's `outbox` until they are on the
 //! results queue (FIFO, de-duplicated by `orderNo` and settlement), then leave it.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -72,7 +75,37 @@ pub struct DynamoDelivery {
     results_queue_url: Option<String>,
     retention_secs: i64,
     bodies: crate::DispatchBodies,
+    /// The version and progress of dispatch records as this instance last wrote or read
+    /// them, so a checkpoint does not read the record first: a stale entry only costs the
+    /// read (the write is conditional on the version, and refused, it reads again).
+    known: Arc<Mutex<HashMap<String, Known>>>,
 }
+
+/// A dispatch record as a checkpoint needs it.
+#[derive(Clone, Debug)]
+struct Known {
+    /// The progress version (`pv`; 0 before the first checkpoint).
+    version: u64,
+    progress: Progress,
+    /// Users the counters do not count as sent yet, and when the dispatch was opened: the
+    /// first checkpoint counts them (in the same transaction as its outcomes, on the same
+    /// counter items), so opening one is a single `PutItem`.
+    unsent: Option<(i64, Millis)>,
+}
+
+impl Known {
+    fn of(item: &Item) -> Result<Known, StoreError> {
+        Ok(Known {
+            version: get_n(item, "pv").unwrap_or_default(),
+            progress: json_of(item, "progress")?,
+            unsent: get_n::<i64>(item, "unsent")
+                .map(|u| (u, get_n(item, "received_at").unwrap_or_default())),
+        })
+    }
+}
+
+/// Dispatch records remembered at most (an entry is a few hundred bytes).
+const KNOWN_RECORDS: usize = 4096;
 
 fn dispatch_pk(project: ProjectId, id: &str) -> String {
     format!("P#{project}#D#{id}")
@@ -316,7 +349,27 @@ impl DynamoDelivery {
             results_queue_url: names.results_queue_url.clone(),
             retention_secs: names.retention.as_secs() as i64,
             bodies: crate::DispatchBodies::new(clients, names),
+            known: Default::default(),
         }
+    }
+
+    /// Remembers a dispatch record as this instance wrote or read it (see `known`).
+    fn remember(&self, pk: &str, record: Known) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= KNOWN_RECORDS && !known.contains_key(pk) {
+            known.clear();
+        }
+        known.insert(pk.to_owned(), record);
+    }
+
+    fn recall(&self, pk: &str) -> Option<Known> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(pk).cloned()
+    }
+
+    fn forget(&self, pk: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.remove(pk);
     }
 
     fn expires_at(&self, now: Millis) -> AttributeValue {
@@ -703,12 +756,18 @@ impl DynamoDelivery {
         let mut rounds = 0u32;
         loop {
             rounds += 1;
-            let current = self
-                .get(pk.clone(), "META")
-                .await?
-                .ok_or_else(|| missing("META"))?;
-            let version: u64 = get_n(&current, "pv").unwrap_or_default();
-            let stored: Progress = json_of(&current, "progress")?;
+            // The first round trusts what this instance last saw of the record; a refused
+            // write reads it.
+            let record = match self.recall(&pk).filter(|_| rounds == 1) {
+                Some(known) => known,
+                None => Known::of(
+                    &self
+                        .get(pk.clone(), "META")
+                        .await?
+                        .ok_or_else(|| missing("META"))?,
+                )?,
+            };
+            let (version, stored) = (record.version, &record.progress);
             let next = stored.advanced(advance);
             // Outcomes this write counts: not counted before, marked finished by it, each once.
             let mut seen = std::collections::HashSet::new();
@@ -737,10 +796,15 @@ impl DynamoDelivery {
             let mut head = Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(key(pk.clone(), "META")))
-                .update_expression(
+                .update_expression(format!(
                     "SET progress = :p, pv = :next_version, stalls = :zero, expires_at = :exp \
-                     ADD settled_ok :ok, settled_failed :failed, batches_final :final",
-                )
+                     ADD settled_ok :ok, settled_failed :failed, batches_final :final{}",
+                    if record.unsent.is_some() {
+                        " REMOVE unsent"
+                    } else {
+                        ""
+                    }
+                ))
                 .expression_attribute_values(
                     ":final",
                     n(fresh.iter().filter(|s| s.complete).count()),
@@ -762,11 +826,25 @@ impl DynamoDelivery {
                     .update(head.build().map_err(build_err)?)
                     .build(),
             ];
-            if let Some(moves) = settled_moves(meta, &fresh) {
+            if let Some(moves) = with_sent(settled_moves(meta, &fresh), meta, record.unsent) {
                 items.extend(self.stats_updates(&moves, now)?);
             }
-            match self.transact(items).await? {
-                Tx::Written => return Ok(next),
+            let written = self.transact(items).await;
+            if !matches!(written, Ok(Tx::Written)) {
+                self.forget(&pk);
+            }
+            match written? {
+                Tx::Written => {
+                    self.remember(
+                        &pk,
+                        Known {
+                            version: version + 1,
+                            progress: next.clone(),
+                            unsent: None,
+                        },
+                    );
+                    return Ok(next);
+                }
                 // Another delivery of this dispatch checkpointed since the read: merge into
                 // what it wrote (anything it counted is skipped).
                 Tx::Refused if rounds < CHECKPOINT_ROUNDS => continue,
@@ -936,6 +1014,46 @@ fn settled_moves<'a>(meta: &'a DispatchMeta, settled: &[&Settled]) -> Option<Mov
     })
 }
 
+/// `moves` with a dispatch's users counted as sent (at the hour it was opened), when the
+/// checkpoint is the first to count them (see `Known::unsent`).
+fn with_sent<'a>(
+    moves: Option<Moves<'a>>,
+    meta: &'a DispatchMeta,
+    unsent: Option<(i64, Millis)>,
+) -> Option<Moves<'a>> {
+    let Some((users, opened_at)) = unsent else {
+        return moves;
+    };
+    let hour = touchpoint::delivery::hour_of(opened_at);
+    let mut moves = moves.unwrap_or_else(|| Moves {
+        project: meta.project_id,
+        campaign: &meta.campaign_id,
+        touchpoint: &meta.touchpoint_id,
+        shard: shard_of(&meta.dispatch_id),
+        total: Delta {
+            sent: 0,
+            ok: 0,
+            failed: 0,
+        },
+        hours: Vec::new(),
+    });
+    moves.total.sent += users;
+    match moves.hours.iter_mut().find(|h| h.hour == hour) {
+        Some(h) => h.delta.sent += users,
+        None => moves.hours.push(HourMove {
+            hour,
+            delta: Delta {
+                sent: users,
+                ok: 0,
+                failed: 0,
+            },
+            drill: None,
+            reasons: Vec::new(),
+        }),
+    }
+    Some(moves)
+}
+
 /// The first outcome of a final or accepted batch item, as its record wrote it (users that
 /// became final later through receipt polls were counted and published by the poller).
 fn settled_of_item(item: &Item) -> Result<Option<Settled>, StoreError> {
@@ -1000,55 +1118,51 @@ impl DeliveryLedger for DynamoDelivery {
         batch_size: u32,
         now: Millis,
     ) -> Result<Opened, StoreError> {
-        let mut item = key(dispatch_pk(meta.project_id, &meta.dispatch_id), "META");
+        let pk = dispatch_pk(meta.project_id, &meta.dispatch_id);
+        let mut item = key(pk.clone(), "META");
         item.insert("meta".into(), json_s(meta)?);
         item.insert("users".into(), n(users));
         item.insert("batch_size".into(), n(batch_size));
         item.insert("received_at".into(), n(now));
         item.insert("stalls".into(), n(1));
         item.insert("expires_at".into(), self.meta_expires_at(now));
-        let put = Put::builder()
+        // Counted as sent by the first checkpoint, with its outcomes (see `Known::unsent`).
+        item.insert("unsent".into(), n(users));
+        let put = self
+            .ddb
+            .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(build_err)?;
-        // The users count as sent on the shard the dispatch id picks; batches spread over all.
-        let sent = Delta {
-            sent: i64::from(users),
-            ok: 0,
-            failed: 0,
+            .send()
+            .await;
+        let result = match put {
+            Ok(_) => Tx::Written,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Tx::Refused
+            }
+            Err(e) => return Err(aws_err(e)),
         };
-        let counters = self.stats_updates(
-            &Moves {
-                project: meta.project_id,
-                campaign: &meta.campaign_id,
-                touchpoint: &meta.touchpoint_id,
-                shard: shard_of(&meta.dispatch_id),
-                total: sent,
-                hours: vec![HourMove {
-                    hour: touchpoint::delivery::hour_of(now),
-                    delta: sent,
-                    drill: None,
-                    reasons: Vec::new(),
-                }],
-            },
-            now,
-        )?;
-        let result = self
-            .transact(
-                std::iter::once(TransactWriteItem::builder().put(put).build())
-                    .chain(counters)
-                    .collect(),
-            )
-            .await?;
         match result {
-            Tx::Written => Ok(Opened {
-                new: true,
-                batch_size,
-                progress: Progress::default(),
-                stalls: 0,
-            }),
+            Tx::Written => {
+                self.remember(
+                    &pk,
+                    Known {
+                        version: 0,
+                        progress: Progress::default(),
+                        unsent: Some((i64::from(users), now)),
+                    },
+                );
+                Ok(Opened {
+                    new: true,
+                    batch_size,
+                    progress: Progress::default(),
+                    stalls: 0,
+                })
+            }
             Tx::Refused => {
                 // Opened before: one more delivery, and its batch size and progress as
                 // recorded (the item as it was before this update).
@@ -1056,10 +1170,7 @@ impl DeliveryLedger for DynamoDelivery {
                     .ddb
                     .update_item()
                     .table_name(&self.table)
-                    .set_key(Some(key(
-                        dispatch_pk(meta.project_id, &meta.dispatch_id),
-                        "META",
-                    )))
+                    .set_key(Some(key(pk.clone(), "META")))
                     .update_expression("ADD stalls :one")
                     .condition_expression("attribute_exists(pk)")
                     .expression_attribute_values(":one", n(1))
@@ -1069,10 +1180,13 @@ impl DeliveryLedger for DynamoDelivery {
                     .map_err(aws_err)?
                     .attributes
                     .ok_or_else(|| missing("META"))?;
+                let record = Known::of(&item)?;
+                let progress = record.progress.clone();
+                self.remember(&pk, record);
                 Ok(Opened {
                     new: false,
                     batch_size: get_n(&item, "batch_size").unwrap_or(batch_size),
-                    progress: json_of(&item, "progress")?,
+                    progress,
                     stalls: get_n(&item, "stalls").unwrap_or_default(),
                 })
             }

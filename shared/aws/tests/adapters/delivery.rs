@@ -517,3 +517,45 @@ async fn a_checkpoint_of_outcomes_from_many_hours_counts_them_all_in_several_wri
             .is_empty()
     );
 }
+
+/// Opening a dispatch is one write; its users count as sent with its first checkpoint, once,
+/// whichever instance checkpoints it and whatever that instance remembers of the record.
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn users_count_as_sent_once_from_the_first_checkpoint_of_any_instance() {
+    let clients = support::clients().await;
+    let names = support::provision(&clients).await;
+    let one = DynamoDelivery::new(&clients, &names);
+    let two = DynamoDelivery::new(&clients, &names);
+    let mut m = meta();
+    m.dispatch_id = "d-sent".into();
+    m.campaign_id = "c-sent".into();
+    let sent = || async {
+        let s = one.stats(1, StatsScope::Campaign, "c-sent").await.unwrap();
+        (s.sent, s.pending)
+    };
+    assert!(one.open_dispatch(&m, 3, 1, 1_000).await.unwrap().new);
+    // A redelivery on another instance: it reads the record as opened.
+    assert!(!two.open_dispatch(&m, 3, 1, 1_100).await.unwrap().new);
+    let looked = |i: &'static [u32]| Advance {
+        batches: 3,
+        looked: i,
+        finished: &[],
+        abandoned: None,
+        settled: &[],
+    };
+    two.checkpoint(&m, &looked(&[0]), 2_000).await.unwrap();
+    assert_eq!(sent().await, (3, 3), "counted by the first checkpoint");
+    // The first instance still remembers the record as opened, with its users not yet
+    // counted: its write is refused, it reads the record again and counts nothing more.
+    let progress = one.checkpoint(&m, &looked(&[1]), 2_100).await.unwrap();
+    assert_eq!(sent().await, (3, 3), "counted once");
+    assert_eq!(
+        progress.frontier, 2,
+        "both deliveries' progress kept: {progress:?}"
+    );
+    // An instance that never saw it reads it.
+    let three = DynamoDelivery::new(&clients, &names);
+    three.checkpoint(&m, &looked(&[2]), 2_200).await.unwrap();
+    assert_eq!(sent().await, (3, 3));
+}
