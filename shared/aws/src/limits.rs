@@ -60,12 +60,34 @@ async fn conditionally(
     }
 }
 
+type Update = aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+
 impl DynamoLimits {
     pub fn new(ddb: Client, table: &str) -> DynamoLimits {
         DynamoLimits {
             ddb,
             table: table.to_owned(),
         }
+    }
+
+    /// An update of one slot's item, naming its `lease` (`#l`, the value `:l` being `lease`)
+    /// and `until` (`#u`).
+    fn slot_update(&self, project: ProjectId, tp: &TouchpointId, slot: u16, lease: &str) -> Update {
+        self.ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk(project, tp), slot_sk(slot))))
+            .expression_attribute_names("#l", "lease")
+            .expression_attribute_names("#u", "until")
+            .expression_attribute_values(":l", s(lease))
+    }
+
+    /// An update of the touchpoint's back-pressure item.
+    fn pressure_update(&self, project: ProjectId, tp: &TouchpointId) -> Update {
+        self.ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk(project, tp), PRESSURE_SK)))
     }
 }
 
@@ -121,15 +143,9 @@ impl SharedLimits for DynamoLimits {
         until: Millis,
     ) -> Result<Option<Millis>, StoreError> {
         let out = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk(project, tp), slot_sk(slot))))
+            .slot_update(project, tp, slot, lease)
             .update_expression("SET #l = :l, #u = :u, expires_at = :e")
             .condition_expression("attribute_not_exists(#l) OR #u < :now")
-            .expression_attribute_names("#l", "lease")
-            .expression_attribute_names("#u", "until")
-            .expression_attribute_values(":l", s(lease))
             .expression_attribute_values(":u", n(until))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":e", expires(until))
@@ -151,15 +167,9 @@ impl SharedLimits for DynamoLimits {
         until: Millis,
     ) -> Result<bool, StoreError> {
         let out = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk(project, tp), slot_sk(slot))))
+            .slot_update(project, tp, slot, lease)
             .update_expression("SET #u = :u, expires_at = :e")
             .condition_expression("#l = :l")
-            .expression_attribute_names("#l", "lease")
-            .expression_attribute_names("#u", "until")
-            .expression_attribute_values(":l", s(lease))
             .expression_attribute_values(":u", n(until))
             .expression_attribute_values(":e", expires(until));
         Ok(conditionally(out).await?.is_some())
@@ -174,18 +184,12 @@ impl SharedLimits for DynamoLimits {
         free_at: Millis,
     ) -> Result<(), StoreError> {
         let out = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk(project, tp), slot_sk(slot))))
+            .slot_update(project, tp, slot, lease)
             .update_expression("SET free_at = :f, expires_at = :e REMOVE #l, #u")
             .condition_expression("#l = :l")
-            .expression_attribute_names("#l", "lease")
-            .expression_attribute_names("#u", "until")
-            .expression_attribute_values(":l", s(lease))
             .expression_attribute_values(":f", n(free_at))
             .expression_attribute_values(":e", expires(free_at));
-        // Refused on its condition: nothing to do (a lost lease, a cut or pause already there).
+        // Refused on its condition: the lease was lost, nothing to give back.
         conditionally(out).await.map(|_| ())
     }
 
@@ -197,10 +201,7 @@ impl SharedLimits for DynamoLimits {
         unless_since: Millis,
     ) -> Result<(), StoreError> {
         let out = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk(project, tp), PRESSURE_SK)))
+            .pressure_update(project, tp)
             .update_expression("SET cut_to = :to, cut_from = :from, cut_at = :at, expires_at = :e")
             .condition_expression("attribute_not_exists(cut_at) OR cut_at < :since")
             .expression_attribute_values(":to", n(cut.to))
@@ -208,7 +209,7 @@ impl SharedLimits for DynamoLimits {
             .expression_attribute_values(":at", n(cut.at))
             .expression_attribute_values(":since", n(unless_since))
             .expression_attribute_values(":e", expires(cut.at));
-        // Refused on its condition: nothing to do (a lost lease, a cut or pause already there).
+        // Refused on its condition: a cut already there.
         conditionally(out).await.map(|_| ())
     }
 
@@ -219,15 +220,12 @@ impl SharedLimits for DynamoLimits {
         until: Millis,
     ) -> Result<(), StoreError> {
         let out = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk(project, tp), PRESSURE_SK)))
+            .pressure_update(project, tp)
             .update_expression("SET paused_until = :p, expires_at = :e")
             .condition_expression("attribute_not_exists(paused_until) OR paused_until < :p")
             .expression_attribute_values(":p", n(until))
             .expression_attribute_values(":e", expires(until));
-        // Refused on its condition: nothing to do (a lost lease, a cut or pause already there).
+        // Refused on its condition: a longer pause already there.
         conditionally(out).await.map(|_| ())
     }
 }
