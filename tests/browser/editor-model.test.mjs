@@ -184,6 +184,20 @@ test('the receiver limits, left empty, are absent so the deployment defaults app
   assert.equal('maxRequestsPerSecond' in body, false);
 });
 
+test('an edit keeps a request timeout set through the API, and can change or clear it', () => {
+  // The API replaces a touchpoint whole: a field the editor did not carry would be wiped.
+  const tp = { ...TOUCHPOINT, requestTimeoutSeconds: 45 };
+  let draft = createDraft(tp, LIMITS);
+  assert.equal(draft.requestTimeoutSeconds, '45');
+  assert.equal(toRequestBody(draft).requestTimeoutSeconds, 45, 'kept on an edit of something else');
+  draft = update(draft, { requestTimeoutSeconds: ' 5 ' });
+  assert.equal(toRequestBody(draft).requestTimeoutSeconds, 5);
+  draft = update(draft, { requestTimeoutSeconds: '' });
+  assert.equal('requestTimeoutSeconds' in toRequestBody(draft), false, 'emptied: the default applies');
+  assert.equal(createDraft(null, LIMITS).requestTimeoutSeconds, '');
+  assert.equal('requestTimeoutSeconds' in toRequestBody(createDraft(TOUCHPOINT, LIMITS)), false);
+});
+
 // The model checks no bounds (nor does it for batchSize or timeoutMinutes): out-of-range and
 // fractional values go to the server unchanged, whose error names the field's path (the same
 // key as the body's, the editor's data-path), so it is shown beside that input.

@@ -13,6 +13,8 @@ export const limits = {
   nameMax: 15, batchMin: 1, batchMax: 500, batchDefault: 500, timeoutMin: 5, timeoutMax: 10080, timeoutDefault: 60,
   // maxConcurrency and maxRequestsPerSecond; absent, the deployment's 4 in flight and no rate limit apply.
   concurrencyMin: 1, concurrencyMax: 64, concurrencyDefault: 4, rateMin: 1, rateMax: 10000,
+  // requestTimeoutSeconds; absent, the deployment's request timeout applies.
+  requestTimeoutMin: 1, requestTimeoutMax: 60,
 };
 
 export async function loadLimits() {
@@ -35,6 +37,8 @@ export async function loadLimits() {
     limits.concurrencyMax = pick(p.maxConcurrency?.maximum, limits.concurrencyMax);
     limits.rateMin = pick(p.maxRequestsPerSecond?.minimum, limits.rateMin);
     limits.rateMax = pick(p.maxRequestsPerSecond?.maximum, limits.rateMax);
+    limits.requestTimeoutMin = pick(p.requestTimeoutSeconds?.minimum, limits.requestTimeoutMin);
+    limits.requestTimeoutMax = pick(p.requestTimeoutSeconds?.maximum, limits.requestTimeoutMax);
   } catch (e) {
     console.warn('could not read the API limits; using built-in ones', e);
   }

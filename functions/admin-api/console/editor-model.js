@@ -4,8 +4,8 @@
 // leaves the one it was given alone, and none touches the page (so Node can test this module).
 //
 // A draft: { id, version, tokenSet (of the touchpoint edited; id null when adding),
-//   name, kind, description, url, batchSize, maxConcurrency, maxRequestsPerSecond (the last two
-//   '' when absent: the deployment's default applies), token, tokenMode ('keep' | 'replace' | 'clear'),
+//   name, kind, description, url, batchSize, requestTimeoutSeconds, maxConcurrency,
+//   maxRequestsPerSecond (the last three '' when absent: the deployment's default applies), token, tokenMode ('keep' | 'replace' | 'clear'),
 //   receiptMode ('sync' | 'async'), receiptUrl, timeoutMinutes,
 //   userAttributes: [{ attribute, identifier, displayName, default }],
 //   templateParams: [{ identifier, displayName, type, default, required,
@@ -24,6 +24,7 @@ export function createDraft(tp, limits) {
     description: v.description || '',
     url: v.url,
     batchSize: String(v.batchSize),
+    requestTimeoutSeconds: optionalText(v.requestTimeoutSeconds),
     maxConcurrency: optionalText(v.maxConcurrency),
     maxRequestsPerSecond: optionalText(v.maxRequestsPerSecond),
     token: '',
@@ -117,8 +118,9 @@ export function toRequestBody(draft) {
     templateParams: draft.templateParams.map(paramBody),
   };
   if (draft.description.trim()) body.description = draft.description.trim();
-  // Left empty, these are absent and the deployment's defaults apply (4 in flight, no rate limit).
-  for (const key of ['maxConcurrency', 'maxRequestsPerSecond']) {
+  // Left empty, these are absent and the deployment's defaults apply (its request timeout, 4 in
+  // flight, no rate limit). An edit sends them as they are: the API replaces the touchpoint whole.
+  for (const key of ['requestTimeoutSeconds', 'maxConcurrency', 'maxRequestsPerSecond']) {
     const text = draft[key].trim();
     if (text !== '') body[key] = numberOrText(text);
   }

@@ -33,6 +33,7 @@ export function openEditor(tp, readOnly = false) {
   // Left empty, the deployment's defaults apply, which the placeholders show.
   const concurrency = onEdit(h('input', { type: 'number', min: String(limits.concurrencyMin), max: String(limits.concurrencyMax), step: '1', value: draft.maxConcurrency, placeholder: String(limits.concurrencyDefault) }), set('maxConcurrency'));
   const rate = onEdit(h('input', { type: 'number', min: String(limits.rateMin), max: String(limits.rateMax), step: '1', value: draft.maxRequestsPerSecond, placeholder: t('noLimit') }), set('maxRequestsPerSecond'));
+  const requestTimeout = onEdit(h('input', { type: 'number', min: String(limits.requestTimeoutMin), max: String(limits.requestTimeoutMax), step: '1', value: draft.requestTimeoutSeconds, placeholder: t('deploymentDefault') }), set('requestTimeoutSeconds'));
 
   // Token: write-only
   const tokenInput = onEdit(h('input', { type: 'password', autocomplete: 'new-password', spellcheck: 'false' }), set('token'));
@@ -112,6 +113,7 @@ export function openEditor(tp, readOnly = false) {
         field(t('batchSize'), batch, { path: 'batchSize', required: true, hint: t('batchHint') }),
         field(t('maxConcurrency'), concurrency, { path: 'maxConcurrency', hint: t('maxConcurrencyHint') }),
         field(t('maxRequestsPerSecond'), rate, { path: 'maxRequestsPerSecond', hint: t('maxRequestsPerSecondHint') }),
+        field(t('requestTimeoutSeconds'), requestTimeout, { path: 'requestTimeoutSeconds', hint: t('requestTimeoutSecondsHint') }),
         field(t('description'), description, { path: 'description', wide: true })),
       h('fieldset.field.wide', {}, h('legend', { text: t('receiptMode') }), h('div.choices', {}, modes), asyncPart)),
     h('fieldset.section', {}, h('legend', { text: t('sendParams') }),
