@@ -22,7 +22,7 @@ echo "### Lambdas: size and cold start (a local Lambda Runtime API, AWS calls an
 ./target/release/touchpoint-bench --lambdas target/lambda
 echo
 echo "### AWS requests and estimated cost (metered SDK clients against moto)"
-read -r moto_pid moto_port < <(bash infra/moto.sh "$venv" target/moto-bench.log)
+read -r moto_pid moto_port < <(MOTO_WATCH_PID=$$ bash infra/moto.sh "$venv" target/moto-bench.log)
 trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
 AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" \
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test \

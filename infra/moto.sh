@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the moto server on a free loopback port and prints "PID PORT" once it answers
 # (infra/moto_server.py: moto with DynamoDB transactions that back up only the items they name).
+# It stops by itself when the process named by MOTO_WATCH_PID (if set) is gone.
 set -euo pipefail
 venv="$1"
 log="${2:-/dev/null}"

@@ -15,8 +15,10 @@ moto_server's.
 """
 import copy as _copy
 import logging
+import os
 import sys
 import threading
+import time
 import types
 from collections.abc import Mapping
 
@@ -229,7 +231,27 @@ _backends.list_of_moto_modules = lambda: _modules
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 WSGIRequestHandler.protocol_version = "HTTP/1.1"
 
+
+
+def _exit_with(pid):
+    # The process that started this server was killed without stopping it (a test run
+    # interrupted, SIGKILL): do not outlive it.
+    while True:
+        time.sleep(1)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:
+            pass
+
+
 if __name__ == "__main__":
     from moto.server import main
 
+    # MOTO_WATCH_PID: stop when that process is gone.
+    if os.environ.get("MOTO_WATCH_PID", "").isdigit():
+        threading.Thread(
+            target=_exit_with, args=(int(os.environ["MOTO_WATCH_PID"]),), daemon=True
+        ).start()
     sys.exit(main())

@@ -38,7 +38,8 @@ echo "== clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== moto server"
-read -r moto_pid moto_port < <(bash infra/moto.sh "$venv" target/moto.log)
+# Stopped by the trap above, or by itself if this script is killed outright.
+read -r moto_pid moto_port < <(MOTO_WATCH_PID=$$ bash infra/moto.sh "$venv" target/moto.log)
 echo "moto on 127.0.0.1:$moto_port"
 # The AWS environment of every test that talks to moto: dummy credentials, no metadata service.
 aws_env=(

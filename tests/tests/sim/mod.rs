@@ -64,6 +64,8 @@ impl Moto {
             let mut child = std::process::Command::new(&python)
                 .arg(script)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                // Gone with this process, even when it is killed before dropping this.
+                .env("MOTO_WATCH_PID", std::process::id().to_string())
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
