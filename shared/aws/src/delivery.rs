@@ -106,6 +106,8 @@ impl Known {
 
 /// Dispatch records remembered at most (an entry is a few hundred bytes).
 const KNOWN_RECORDS: usize = 4096;
+/// Open batches of a remembered record's progress at most (4 bytes each).
+const KNOWN_OPEN_BATCHES: usize = 64;
 
 fn dispatch_pk(project: ProjectId, id: &str) -> String {
     format!("P#{project}#D#{id}")
@@ -353,9 +355,14 @@ impl DynamoDelivery {
         }
     }
 
-    /// Remembers a dispatch record as this instance wrote or read it (see `known`).
+    /// Remembers a dispatch record as this instance wrote or read it (see `known`); one whose
+    /// progress lists many open batches is read again instead (memory stays small).
     fn remember(&self, pk: &str, record: Known) {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if record.progress.open.len() > KNOWN_OPEN_BATCHES {
+            known.remove(pk);
+            return;
+        }
         if known.len() >= KNOWN_RECORDS && !known.contains_key(pk) {
             known.clear();
         }
