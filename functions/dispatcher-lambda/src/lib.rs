@@ -166,15 +166,11 @@ impl DispatcherLambda {
                 response.batch_item_failures.push(failure);
             }
         }
-        // The receivers' slots go back to the other instances before this one is frozen, in
-        // what is left of the invocation (at most half a second; a slot not given back in time
-        // is free when its lease runs out).
-        let left = (deadline.saturating_sub(self.clock.now_ms())).clamp(0, 500) as u64;
-        let _ = tokio::time::timeout(
-            Duration::from_millis(left),
-            self.dispatcher.limits().release_idle(),
-        )
-        .await;
+        // The receivers' slots go back to the other instances before this one is frozen.
+        self.dispatcher
+            .limits()
+            .release_idle_within(deadline.saturating_sub(self.clock.now_ms()))
+            .await;
         response
     }
 

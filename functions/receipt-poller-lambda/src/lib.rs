@@ -54,18 +54,13 @@ impl PollerLambda {
             .poller
             .round_until(Some((project, touchpoint)), deadline)
             .await;
-        // The receiver's slots go back to the other instances before this one is frozen, in
-        // what is left of the invocation (at most half a second; a slot not given back in time
-        // is free when its lease runs out).
+        // The receiver's slots go back to the other instances before this one is frozen.
         if let Some(limits) = self.poller.limits() {
             use touchpoint::clock::Clock;
             let now = touchpoint::clock::SystemClock.now_ms();
-            let left = (deadline.saturating_sub(now)).clamp(0, 500) as u64;
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_millis(left),
-                limits.release_idle(),
-            )
-            .await;
+            limits
+                .release_idle_within(deadline.saturating_sub(now))
+                .await;
         }
         let report = report.map_err(|e| e.to_string())?;
         tracing::info!(project, touchpoint = %touchpoint, ?report, "receipt round");

@@ -233,7 +233,7 @@ fn jittered(d: std::time::Duration) -> std::time::Duration {
 }
 
 /// How much the counters move.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Delta {
     sent: i64,
     ok: i64,
@@ -1037,11 +1037,7 @@ fn with_sent<'a>(
         campaign: &meta.campaign_id,
         touchpoint: &meta.touchpoint_id,
         shard: shard_of(&meta.dispatch_id),
-        total: Delta {
-            sent: 0,
-            ok: 0,
-            failed: 0,
-        },
+        total: Delta::default(),
         hours: Vec::new(),
     });
     moves.total.sent += users;
@@ -1051,8 +1047,7 @@ fn with_sent<'a>(
             hour,
             delta: Delta {
                 sent: users,
-                ok: 0,
-                failed: 0,
+                ..Delta::default()
             },
             drill: None,
             reasons: Vec::new(),
@@ -1143,18 +1138,8 @@ impl DeliveryLedger for DynamoDelivery {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        let result = match put {
-            Ok(_) => Tx::Written,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Tx::Refused
-            }
-            Err(e) => return Err(aws_err(e)),
-        };
-        match result {
-            Tx::Written => {
+        match put {
+            Ok(_) => {
                 self.remember(
                     &pk,
                     Known {
@@ -1170,7 +1155,8 @@ impl DeliveryLedger for DynamoDelivery {
                     stalls: 0,
                 })
             }
-            Tx::Refused => {
+            Err(e) if !conditional(&e) => Err(aws_err(e)),
+            Err(_) => {
                 // Opened before: one more delivery, and its batch size and progress as
                 // recorded (the item as it was before this update).
                 let item = self

@@ -95,6 +95,16 @@ pub fn aws_err<
     StoreError::Backend(message.into())
 }
 
+/// Whether a failed write failed on its condition (the answer then is "no", not an error).
+pub fn conditional<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error()
+        .and_then(|se| se.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
 pub fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
     StoreError::backend(e)
 }

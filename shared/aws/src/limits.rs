@@ -14,7 +14,7 @@ use touchpoint::limits::{Cut, LimitsState, Pressure, SharedLimits, SlotState};
 use touchpoint::model::ProjectId;
 use touchpoint::ports::StoreError;
 
-use crate::item::{aws_err, get_n, get_s, key, n, s};
+use crate::item::{aws_err, conditional, get_n, get_s, key, n, s};
 
 /// How long an unused limits item stays in the table.
 const KEEP_SECS: i64 = 86_400;
@@ -37,16 +37,6 @@ const PRESSURE_SK: &str = "R";
 
 fn expires(at: Millis) -> aws_sdk_dynamodb::types::AttributeValue {
     n(at.div_euclid(1000) + KEEP_SECS)
-}
-
-/// Whether a failed write failed on its condition (the answer then is "no", not an error).
-fn conditional<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    e.as_service_error()
-        .and_then(|se| se.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
 /// Sends a conditional write: its output, or `None` when it was refused on its condition.

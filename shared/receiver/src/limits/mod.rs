@@ -171,6 +171,14 @@ impl ReceiverLimits {
         }
     }
 
+    /// [`ReceiverLimits::release_idle`] at the end of a Lambda invocation, in the `left_ms`
+    /// milliseconds left of it and half a second at most: a slot not given back in time is
+    /// free when its lease runs out.
+    pub async fn release_idle_within(&self, left_ms: i64) {
+        let left = Duration::from_millis(left_ms.clamp(0, 500) as u64);
+        let _ = tokio::time::timeout(left, self.release_idle()).await;
+    }
+
     /// Back-pressure in compressed time: its floor and steps are `scale` times faster, a
     /// `Retry-After` `scale` times shorter (the configured `maxRequestsPerSecond` is not
     /// scaled: it is the receiver's).

@@ -451,24 +451,24 @@ impl SharedGate {
         // Side by side: at the end of an invocation every moment counts.
         let mut releases = tokio::task::JoinSet::new();
         for h in freed {
-            let (store, project, tp) = (Arc::clone(&self.ctx.store), self.project, self.tp.clone());
-            releases.spawn(async move {
-                // A failed write leaves the lease to run out.
-                let _ = store
-                    .release(project, &tp, h.slot, &h.lease, h.next_at)
-                    .await;
-            });
+            releases.spawn(give_back_slot(
+                Arc::clone(&self.ctx.store),
+                self.project,
+                self.tp.clone(),
+                h,
+            ));
         }
         while releases.join_next().await.is_some() {}
     }
 
     async fn release(&self, h: Held) {
-        // A failed write leaves the lease to run out.
-        let _ = self
-            .ctx
-            .store
-            .release(self.project, &self.tp, h.slot, &h.lease, h.next_at)
-            .await;
+        give_back_slot(
+            Arc::clone(&self.ctx.store),
+            self.project,
+            self.tp.clone(),
+            h,
+        )
+        .await;
     }
 
     /// An overload: halves the rate all processes send at (once per [`CUT_SPACING`]) and
@@ -518,6 +518,19 @@ impl SharedGate {
             });
         }
     }
+}
+
+/// Writes a slot back as free, with the pace of its last request. A failed write leaves the
+/// lease to run out.
+async fn give_back_slot(
+    store: Arc<dyn SharedLimits>,
+    project: ProjectId,
+    tp: TouchpointId,
+    h: Held,
+) {
+    let _ = store
+        .release(project, &tp, h.slot, &h.lease, h.next_at)
+        .await;
 }
 
 /// Ends a take of slots, however it ends.
