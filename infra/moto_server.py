@@ -231,6 +231,59 @@ _backends.list_of_moto_modules = lambda: _modules
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 WSGIRequestHandler.protocol_version = "HTTP/1.1"
 
+# MOTO_PROFILE=<file>: every second, the requests served so far by operation (count and seconds
+# spent), as JSON, for measuring what a scenario asks of its AWS peer.
+if os.environ.get("MOTO_PROFILE"):
+    import json as _json
+
+    _profile = {}
+    _real_run_wsgi = WSGIRequestHandler.run_wsgi
+
+    import moto.dynamodb.responses as _responses
+
+    def _noting(method):
+        def run(self, *args, **kwargs):
+            try:
+                body = self.body if isinstance(self.body, dict) else _json.loads(self.body)
+                key = body.get("Key") or body.get("Item") or {}
+                sk = key.get("sk", {}).get("S", "")
+                _local.kind = sk.split("#")[0]
+            except Exception:
+                pass
+            return method(self, *args, **kwargs)
+
+        return run
+
+    for _name in ("put_item", "update_item", "get_item"):
+        setattr(_responses.DynamoHandler, _name, _noting(getattr(_responses.DynamoHandler, _name)))
+
+    def _run_wsgi(self):
+        op = self.headers.get("X-Amz-Target", "other").split(".")[-1]
+        started = time.perf_counter()
+        _local.kind = None
+        try:
+            return _real_run_wsgi(self)
+        finally:
+            if getattr(_local, "kind", None) is not None:
+                op = f"{op}:{_local.kind}"
+            spent = time.perf_counter() - started
+            with _lock:
+                entry = _profile.setdefault(op, [0, 0.0])
+                entry[0] += 1
+                entry[1] += spent
+
+    def _dump(path):
+        while True:
+            time.sleep(1)
+            with _lock:
+                text = _json.dumps(_profile, sort_keys=True)
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+
+    WSGIRequestHandler.run_wsgi = _run_wsgi
+    threading.Thread(target=_dump, args=(os.environ["MOTO_PROFILE"],), daemon=True).start()
+
 
 
 def _exit_with(pid):

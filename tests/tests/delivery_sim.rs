@@ -1237,17 +1237,26 @@ async fn scenario_one_user_dispatches_flow_through_eight_instances_without_a_res
     for (id, n) in &large {
         w.send(id, &tp_large, *n).await;
     }
+    // MOTO_PROFILE=<file>: what each phase asked of the AWS peer.
+    let start = sim::MotoLoad::now(&w._moto).await;
     let esm = w.esm(8, None);
     let in_large = sim::until_final(&*w.ledger, &large, Duration::from_secs(600)).await;
     let _ = esm.stop().await;
+    let after_large = sim::MotoLoad::now(&w._moto).await;
     let small: Vec<(String, usize)> = (0..USERS).map(|i| (format!("small-{i}"), 1)).collect();
     for (id, n) in &small {
         w.send(id, &tp_small, *n).await;
     }
     let all: Vec<(String, usize)> = large.iter().chain(&small).cloned().collect();
+    let before_small = sim::MotoLoad::now(&w._moto).await;
     let esm = w.esm(8, None);
     let in_small = sim::until_final(&*w.ledger, &all, Duration::from_secs(600)).await;
     let stats = esm.stop().await;
+    let after = sim::MotoLoad::now(&w._moto).await;
+    if let (Some(a), Some(b), Some(c), Some(d)) = (&start, &after_large, &before_small, &after) {
+        b.print_since(a, "two dispatches, per user", USERS);
+        d.print_since(c, "one-user dispatches, per dispatch", USERS);
+    }
     let f = w.figures(&all, &tracked, &stats).await;
     let rate = |t: Duration| USERS as f64 / t.as_secs_f64();
     eprintln!(

@@ -11,7 +11,7 @@
 
 pub mod template;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -93,6 +93,61 @@ impl Moto {
             }
         }
         panic!("moto did not start");
+    }
+}
+
+/// What the moto server has done so far, when it profiles its requests (`MOTO_PROFILE=<file>`,
+/// see `infra/moto_server.py`): requests by operation (DynamoDB item writes and reads by the
+/// kind of item), and its CPU time.
+pub struct MotoLoad {
+    requests: BTreeMap<String, u64>,
+    cpu_ms: u64,
+}
+
+impl MotoLoad {
+    /// The load so far (the server writes its counts every second: read a second later), or
+    /// `None` without `MOTO_PROFILE`.
+    pub async fn now(moto: &Moto) -> Option<MotoLoad> {
+        let path = std::env::var("MOTO_PROFILE").ok()?;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let counts: BTreeMap<String, (u64, f64)> =
+            serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+        let ticks: u64 = moto.child.as_ref().map_or(0, |c| {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
+            // utime and stime (clock ticks, a hundred a second), after the name in parentheses.
+            let after = stat.rsplit(')').next().unwrap_or("");
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            fields
+                .iter()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        });
+        Some(MotoLoad {
+            requests: counts.into_iter().map(|(op, (n, _))| (op, n)).collect(),
+            cpu_ms: ticks * 10,
+        })
+    }
+
+    /// Prints what happened since `before`, per unit (`units` of them).
+    pub fn print_since(&self, before: &MotoLoad, what: &str, units: usize) {
+        let per = |n: u64| n as f64 / units as f64;
+        let ops: Vec<String> = self
+            .requests
+            .iter()
+            .map(|(op, n)| (op, n - before.requests.get(op).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(op, n)| format!("{op} {:.2}", per(n)))
+            .collect();
+        let total = self.requests.values().sum::<u64>() - before.requests.values().sum::<u64>();
+        eprintln!(
+            "  moto, {what}: {:.2} requests, {:.1} ms of its CPU ({})",
+            per(total),
+            per(self.cpu_ms - before.cpu_ms),
+            ops.join(", ")
+        );
     }
 }
 
@@ -283,23 +338,12 @@ impl Esm {
                                     .filter(|r| !failed.contains(r.message_id.as_ref().unwrap()))
                                     .collect();
                                 for chunk in done.chunks(10) {
-                                    let entries = chunk
-                                        .iter()
-                                        .enumerate()
-                                        .map(|(i, r)| {
-                                            DeleteMessageBatchRequestEntry::builder()
-                                                .id(i.to_string())
-                                                .receipt_handle(r.receipt_handle.clone().unwrap())
-                                                .build()
-                                                .unwrap()
-                                        })
-                                        .collect();
-                                    let _ = sqs
-                                        .delete_message_batch()
-                                        .queue_url(&queue)
-                                        .set_entries(Some(entries))
-                                        .send()
-                                        .await;
+                                    delete_batch(
+                                        &sqs,
+                                        &queue,
+                                        chunk.iter().map(|r| r.receipt_handle.clone().unwrap()),
+                                    )
+                                    .await;
                                 }
                             }
                             // Dropped: its records come back after the visibility timeout.
@@ -584,6 +628,12 @@ async fn drain_with_ids(clients: &Clients, queue: &str) -> Vec<(String, String)>
             continue;
         }
         empty = 0;
+        // Deleted ten at a time, as a consumer does (the scenarios' peer serves every request
+        // in turn: the reader's should not weigh on what is measured).
+        let handles: Vec<String> = messages
+            .iter()
+            .map(|m| m.receipt_handle.clone().unwrap())
+            .collect();
         for m in messages {
             let dedup = m
                 .attributes
@@ -594,16 +644,34 @@ async fn drain_with_ids(clients: &Clients, queue: &str) -> Vec<(String, String)>
                 .cloned()
                 .unwrap_or_else(|| m.message_id.clone().unwrap_or_default());
             out.push((dedup, m.body.clone().unwrap_or_default()));
-            let _ = clients
-                .sqs
-                .delete_message()
-                .queue_url(queue)
-                .receipt_handle(m.receipt_handle.unwrap())
-                .send()
-                .await;
         }
+        delete_batch(&clients.sqs, queue, handles.into_iter()).await;
     }
     out
+}
+
+/// Deletes up to ten messages in one request (failures leave them to come back).
+async fn delete_batch(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    handles: impl Iterator<Item = String>,
+) {
+    let entries: Vec<_> = handles
+        .enumerate()
+        .map(|(i, handle)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(handle)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let _ = sqs
+        .delete_message_batch()
+        .queue_url(queue)
+        .set_entries(Some(entries))
+        .send()
+        .await;
 }
 
 /// Drains a queue: every message body (deleted as read).

@@ -3,9 +3,11 @@
 //! and gives each back after [`IDLE`] without a request, or when its invocation ends
 //! ([`super::ReceiverLimits::release_idle`]).
 //!
-//! Requests to the shared store per slot held: one read and one conditional write to take it,
-//! one write per [`LEASE`]/2 of sending to renew it, one write to give it back; one read a
-//! [`REFRESH`] while sending, for the back-pressure; and one or two writes per overload.
+//! Requests to the shared store per slot held: one conditional write to take it (and one read
+//! per round of takes, which takes a slot for every request of the process waiting then), one
+//! write per [`LEASE`]/2 of sending to renew it, one write to give it back; one read a
+//! [`REFRESH`] while sending, for the back-pressure (shared by the requests that find it
+//! stale at once); and one or two writes per overload.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +94,8 @@ struct Inner {
     /// Slots held: idle or in a pass.
     mine: HashSet<u16>,
     taking: bool,
+    /// Requests of this process waiting for a slot: a take takes as many at once.
+    waiting: usize,
     /// After finding no free slot, when to look again.
     next_take: Option<Instant>,
     pressure: Pressure,
@@ -143,6 +147,7 @@ impl SharedGate {
                 idle: Vec::new(),
                 mine: HashSet::new(),
                 taking: false,
+                waiting: 0,
                 next_take: None,
                 pressure: Pressure::default(),
                 refreshed: None,
@@ -181,6 +186,7 @@ impl SharedGate {
             Take,
             Wait(Duration),
         }
+        let mut waiting = Waiting::new(self);
         loop {
             let now = Instant::now();
             let step = {
@@ -208,11 +214,12 @@ impl SharedGate {
                     // Whatever becomes of this request (even dropped mid-way, as a Lambda
                     // invocation's work is at its deadline), the next one may take.
                     let taking = Taking(self);
-                    let got = self.take_one().await;
+                    let mut got = self.take_some().await.into_iter();
                     drop(taking);
+                    let first = got.next();
                     {
                         let mut g = self.lock();
-                        match &got {
+                        match &first {
                             Some(h) => {
                                 g.mine.insert(h.slot);
                                 g.next_take = None;
@@ -220,8 +227,13 @@ impl SharedGate {
                             None => g.next_take = Some(Instant::now() + take_backoff()),
                         }
                     }
+                    // The others taken with it go to the requests waiting meanwhile.
+                    for h in got {
+                        self.lock().mine.insert(h.slot);
+                        self.give_back(h);
+                    }
                     self.notify.notify_waiters();
-                    match got {
+                    match first {
                         Some(h) => h,
                         None => continue,
                     }
@@ -235,6 +247,7 @@ impl SharedGate {
                     continue;
                 }
             };
+            waiting.done();
             // Dropped while it waits for its pace (the request is abandoned), the slot comes
             // back as it was: it sent nothing.
             let mut preparing = Preparing {
@@ -246,7 +259,7 @@ impl SharedGate {
             match prepared {
                 Prepared::Pass(h) => return Some(h),
                 Prepared::TooLate => return None,
-                Prepared::Lost => continue,
+                Prepared::Lost => waiting = Waiting::new(self),
             }
         }
     }
@@ -254,7 +267,15 @@ impl SharedGate {
     /// Reads the shared back-pressure if this process has not for a [`REFRESH`].
     async fn refresh(&self) {
         let every = self.ctx.scaled(REFRESH, Duration::from_millis(100));
-        let stale = self.lock().refreshed.is_none_or(|t| t.elapsed() >= every);
+        // One read at a time: the requests that find it stale meanwhile use what it reads.
+        let stale = {
+            let mut g = self.lock();
+            let stale = g.refreshed.is_none_or(|t| t.elapsed() >= every);
+            if stale {
+                g.refreshed = Some(Instant::now());
+            }
+            stale
+        };
         if stale && let Ok(state) = self.ctx.store.state(self.project, &self.tp).await {
             self.merge(&state);
         }
@@ -270,21 +291,25 @@ impl SharedGate {
         g.pressure.paused_until = g.pressure.paused_until.max(stored.paused_until);
     }
 
-    /// Takes a free slot from the shared store: one read of the touchpoint's slots, then a
-    /// conditional write on a free one (another if a process took it first).
-    async fn take_one(&self) -> Option<Held> {
+    /// Takes free slots from the shared store: one read of the touchpoint's slots, then a
+    /// conditional write on as many free ones as this process has requests waiting, side by
+    /// side (the records of an invocation start together: one read and one round trip serve
+    /// them all, not one after the other). Those another process took first are left; none
+    /// taken: empty.
+    async fn take_some(&self) -> Vec<Held> {
         let state = match self.ctx.store.state(self.project, &self.tp).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(touchpoint = %self.tp, error = %e, "cannot read the touchpoint's limits");
-                return None;
+                return Vec::new();
             }
         };
         self.merge(&state);
         let now = self.ctx.clock.now_ms();
-        let mut free: Vec<u16> = {
+        // Counted after the read: the requests that came meanwhile are served by it too.
+        let (mut free, want) = {
             let g = self.lock();
-            (0..g.limit.min(usize::from(u16::MAX)) as u16)
+            let free: Vec<u16> = (0..g.limit.min(usize::from(u16::MAX)) as u16)
                 .filter(|s| !g.mine.contains(s))
                 .filter(|s| {
                     state
@@ -293,41 +318,64 @@ impl SharedGate {
                         .find(|x| x.slot == *s)
                         .is_none_or(|x| x.lease.is_none() || x.until < now)
                 })
-                .collect()
+                .collect();
+            let room = g.limit.saturating_sub(g.mine.len());
+            (free, g.waiting.clamp(1, room.max(1)))
         };
         if free.is_empty() {
-            return None;
+            return Vec::new();
         }
-        // From a random one, so that processes taking at once rarely pick the same.
-        let start = random_below(free.len());
-        free.rotate_left(start);
+        // In random order, so that processes taking at once rarely pick the same.
+        for i in (1..free.len()).rev() {
+            free.swap(i, random_below(i + 1));
+        }
         let lease_for = Shared::ms(self.ctx.scaled(LEASE, Duration::from_millis(500)));
-        for slot in free.into_iter().take(2) {
+        let until = now + lease_for;
+        let mut free = free.into_iter();
+        let mut held = self.take_these(free.by_ref().take(want), now, until).await;
+        if held.is_empty() {
+            // Another process took what was tried: one more.
+            held = self.take_these(free.take(1), now, until).await;
+        }
+        held
+    }
+
+    /// Takes `slots` side by side; answers those taken.
+    async fn take_these(
+        &self,
+        slots: impl Iterator<Item = u16>,
+        now: Millis,
+        until: Millis,
+    ) -> Vec<Held> {
+        let mut takes = tokio::task::JoinSet::new();
+        for slot in slots {
+            let (store, project, tp) = (Arc::clone(&self.ctx.store), self.project, self.tp.clone());
             let lease = self.ctx.lease_id();
-            let until = now + lease_for;
-            match self
-                .ctx
-                .store
-                .take(self.project, &self.tp, slot, &lease, now, until)
-                .await
-            {
-                Ok(Some(free_at)) => {
-                    return Some(Held {
-                        slot,
-                        lease,
-                        until,
-                        next_at: free_at,
-                        returned: 0,
-                    });
-                }
-                Ok(None) => continue,
+            takes.spawn(async move {
+                let taken = store.take(project, &tp, slot, &lease, now, until).await;
+                (slot, lease, taken)
+            });
+        }
+        let mut held = Vec::new();
+        while let Some(joined) = takes.join_next().await {
+            let Ok((slot, lease, taken)) = joined else {
+                continue;
+            };
+            match taken {
+                Ok(Some(free_at)) => held.push(Held {
+                    slot,
+                    lease,
+                    until,
+                    next_at: free_at,
+                    returned: 0,
+                }),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(touchpoint = %self.tp, error = %e, "cannot take a slot");
-                    return None;
                 }
             }
         }
-        None
+        held
     }
 
     /// Paces a held slot's next request and makes sure its lease outlasts it.
@@ -533,6 +581,35 @@ async fn give_back_slot(
         .await;
 }
 
+/// A request of this process waiting for a slot, until it has one or gives up.
+struct Waiting<'a> {
+    gate: &'a SharedGate,
+    counted: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(gate: &'a SharedGate) -> Waiting<'a> {
+        gate.lock().waiting += 1;
+        Waiting {
+            gate,
+            counted: true,
+        }
+    }
+
+    fn done(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            let mut g = self.gate.lock();
+            g.waiting = g.waiting.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
 /// Ends a take of slots, however it ends.
 struct Taking<'a>(&'a SharedGate);
 
@@ -591,11 +668,18 @@ mod tests {
         slots: Mutex<HashMap<u16, Slot>>,
         pressure: Mutex<Pressure>,
         writes: AtomicU64,
+        reads: AtomicU64,
+        /// How long each read and take takes (a round trip to DynamoDB).
+        latency: Duration,
     }
 
     #[async_trait]
     impl SharedLimits for Store {
         async fn state(&self, _: ProjectId, _: &TouchpointId) -> Result<LimitsState, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
             let slots = self.slots.lock().unwrap();
             Ok(LimitsState {
                 slots: slots
@@ -619,6 +703,9 @@ mod tests {
             until: Millis,
         ) -> Result<Option<Millis>, StoreError> {
             self.writes.fetch_add(1, Ordering::Relaxed);
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
             let mut slots = self.slots.lock().unwrap();
             let e = slots.entry(slot).or_insert((None, 0, 0));
             if e.0.is_some() && e.1 >= now {
@@ -727,6 +814,49 @@ mod tests {
         p[1].release_idle().await;
         let slots = store.slots.lock().unwrap();
         assert!(slots.values().all(|(lease, _, _)| lease.is_none()));
+    }
+
+    /// The records of an invocation start together: their slots come from one read and one
+    /// round of takes side by side, not from a read and a take each, one after the other.
+    #[tokio::test(start_paused = true)]
+    async fn requests_waiting_together_take_their_slots_in_one_round() {
+        let store = Arc::new(Store {
+            latency: Duration::from_millis(10),
+            ..Store::default()
+        });
+        let p = processes(1, &store);
+        let tp = touchpoint(Some(16), None);
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (limits, tp) = (Arc::clone(&p[0]), tp.clone());
+            tasks.spawn(async move {
+                let pass = limits.acquire(&tp, Duration::from_secs(5)).await;
+                let at = Instant::now();
+                // Held until every request has one: ten slots, not one used in turn.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                (pass.is_some(), at)
+            });
+        }
+        let mut last = started;
+        while let Some(joined) = tasks.join_next().await {
+            let (passed, at) = joined.unwrap();
+            assert!(passed);
+            last = last.max(at);
+        }
+        // One read and one take each, side by side: two round trips, where one request after
+        // the other took ten of each.
+        assert!(
+            last - started <= Duration::from_millis(40),
+            "{:?}",
+            last - started
+        );
+        assert_eq!(store.writes.load(Ordering::Relaxed), 10);
+        assert!(
+            store.reads.load(Ordering::Relaxed) <= 2,
+            "{} reads",
+            store.reads.load(Ordering::Relaxed)
+        );
     }
 
     #[tokio::test(start_paused = true)]
