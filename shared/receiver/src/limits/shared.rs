@@ -214,29 +214,13 @@ impl SharedGate {
                     // Whatever becomes of this request (even dropped mid-way, as a Lambda
                     // invocation's work is at its deadline), the next one may take.
                     let taking = Taking(self);
-                    let mut got = self.take_some().await.into_iter();
+                    // The slots taken join the idle ones as they come: this request and the
+                    // others waiting use them from there.
+                    let taken = self.take_some().await;
                     drop(taking);
-                    let first = got.next();
-                    {
-                        let mut g = self.lock();
-                        match &first {
-                            Some(h) => {
-                                g.mine.insert(h.slot);
-                                g.next_take = None;
-                            }
-                            None => g.next_take = Some(Instant::now() + take_backoff()),
-                        }
-                    }
-                    // The others taken with it go to the requests waiting meanwhile.
-                    for h in got {
-                        self.lock().mine.insert(h.slot);
-                        self.give_back(h);
-                    }
+                    self.lock().next_take = (taken == 0).then(|| Instant::now() + take_backoff());
                     self.notify.notify_waiters();
-                    match first {
-                        Some(h) => h,
-                        None => continue,
-                    }
+                    continue;
                 }
                 Step::Wait(d) => {
                     if now >= deadline {
@@ -267,17 +251,19 @@ impl SharedGate {
     /// Reads the shared back-pressure if this process has not for a [`REFRESH`].
     async fn refresh(&self) {
         let every = self.ctx.scaled(REFRESH, Duration::from_millis(100));
-        // One read at a time: the requests that find it stale meanwhile use what it reads.
-        let stale = {
+        // One read at a time: the requests that find it stale while it is under way go on
+        // with the back-pressure as this process knows it (a cut or pause recorded elsewhere
+        // meanwhile reaches them a round trip later); a failed read is tried again by the next.
+        let before = {
             let mut g = self.lock();
-            let stale = g.refreshed.is_none_or(|t| t.elapsed() >= every);
-            if stale {
-                g.refreshed = Some(Instant::now());
+            if g.refreshed.is_some_and(|t| t.elapsed() < every) {
+                return;
             }
-            stale
+            g.refreshed.replace(Instant::now())
         };
-        if stale && let Ok(state) = self.ctx.store.state(self.project, &self.tp).await {
-            self.merge(&state);
+        match self.ctx.store.state(self.project, &self.tp).await {
+            Ok(state) => self.merge(&state),
+            Err(_) => self.lock().refreshed = before,
         }
     }
 
@@ -294,14 +280,14 @@ impl SharedGate {
     /// Takes free slots from the shared store: one read of the touchpoint's slots, then a
     /// conditional write on as many free ones as this process has requests waiting, side by
     /// side (the records of an invocation start together: one read and one round trip serve
-    /// them all, not one after the other). Those another process took first are left; none
-    /// taken: empty.
-    async fn take_some(&self) -> Vec<Held> {
+    /// them all, not one after the other). Those another process took first are left. Each
+    /// slot taken joins this process's idle slots; answers how many.
+    async fn take_some(self: &Arc<Self>) -> usize {
         let state = match self.ctx.store.state(self.project, &self.tp).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(touchpoint = %self.tp, error = %e, "cannot read the touchpoint's limits");
-                return Vec::new();
+                return 0;
             }
         };
         self.merge(&state);
@@ -320,10 +306,12 @@ impl SharedGate {
                 })
                 .collect();
             let room = g.limit.saturating_sub(g.mine.len());
-            (free, g.waiting.clamp(1, room.max(1)))
+            // Requests the idle slots (given back during the read) will serve need none.
+            let wanted = g.waiting.saturating_sub(g.idle.len());
+            (free, wanted.clamp(1, room.max(1)))
         };
         if free.is_empty() {
-            return Vec::new();
+            return 0;
         }
         // In random order, so that processes taking at once rarely pick the same.
         for i in (1..free.len()).rev() {
@@ -332,50 +320,63 @@ impl SharedGate {
         let lease_for = Shared::ms(self.ctx.scaled(LEASE, Duration::from_millis(500)));
         let until = now + lease_for;
         let mut free = free.into_iter();
-        let mut held = self.take_these(free.by_ref().take(want), now, until).await;
-        if held.is_empty() {
+        let (mut taken, failed) = self.take_these(free.by_ref().take(want), now, until).await;
+        if taken == 0 && !failed {
             // Another process took what was tried: one more.
-            held = self.take_these(free.take(1), now, until).await;
+            taken = self.take_these(free.take(1), now, until).await.0;
         }
-        held
+        taken
     }
 
-    /// Takes `slots` side by side; answers those taken.
+    /// Takes `slots` side by side; each one taken joins the idle slots as soon as it is.
+    /// Answers how many were, and whether the store failed (not only refused a take). Each take runs in a task of its own: if the caller is dropped
+    /// meanwhile (a Lambda invocation at its deadline), a slot taken after all is given back
+    /// by its task, not left leased to nobody until its lease runs out.
     async fn take_these(
-        &self,
+        self: &Arc<Self>,
         slots: impl Iterator<Item = u16>,
         now: Millis,
         until: Millis,
-    ) -> Vec<Held> {
-        let mut takes = tokio::task::JoinSet::new();
+    ) -> (usize, bool) {
+        let mut answers = Vec::new();
         for slot in slots {
             let (store, project, tp) = (Arc::clone(&self.ctx.store), self.project, self.tp.clone());
             let lease = self.ctx.lease_id();
-            takes.spawn(async move {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
                 let taken = store.take(project, &tp, slot, &lease, now, until).await;
-                (slot, lease, taken)
+                if let Err((slot, lease, Ok(Some(free_at)))) = answer.send((slot, lease, taken)) {
+                    let _ = store.release(project, &tp, slot, &lease, free_at).await;
+                }
             });
+            answers.push(answered);
         }
-        let mut held = Vec::new();
-        while let Some(joined) = takes.join_next().await {
-            let Ok((slot, lease, taken)) = joined else {
+        let (mut taken, mut failed) = (0, false);
+        for answered in answers {
+            let Ok((slot, lease, answer)) = answered.await else {
+                failed = true;
                 continue;
             };
-            match taken {
-                Ok(Some(free_at)) => held.push(Held {
-                    slot,
-                    lease,
-                    until,
-                    next_at: free_at,
-                    returned: 0,
-                }),
+            match answer {
+                Ok(Some(free_at)) => {
+                    taken += 1;
+                    self.lock().mine.insert(slot);
+                    self.give_back(Held {
+                        slot,
+                        lease,
+                        until,
+                        next_at: free_at,
+                        returned: 0,
+                    });
+                }
                 Ok(None) => {}
                 Err(e) => {
+                    failed = true;
                     tracing::warn!(touchpoint = %self.tp, error = %e, "cannot take a slot");
                 }
             }
         }
-        held
+        (taken, failed)
     }
 
     /// Paces a held slot's next request and makes sure its lease outlasts it.
@@ -703,16 +704,21 @@ mod tests {
             until: Millis,
         ) -> Result<Option<Millis>, StoreError> {
             self.writes.fetch_add(1, Ordering::Relaxed);
+            // Written when the request arrives; the answer takes the round trip back.
+            let answer = {
+                let mut slots = self.slots.lock().unwrap();
+                let e = slots.entry(slot).or_insert((None, 0, 0));
+                if e.0.is_some() && e.1 >= now {
+                    None
+                } else {
+                    *e = (Some(lease.to_owned()), until, e.2);
+                    Some(e.2)
+                }
+            };
             if !self.latency.is_zero() {
                 tokio::time::sleep(self.latency).await;
             }
-            let mut slots = self.slots.lock().unwrap();
-            let e = slots.entry(slot).or_insert((None, 0, 0));
-            if e.0.is_some() && e.1 >= now {
-                return Ok(None);
-            }
-            *e = (Some(lease.to_owned()), until, e.2);
-            Ok(Some(e.2))
+            Ok(answer)
         }
         async fn renew(
             &self,
@@ -856,6 +862,34 @@ mod tests {
             store.reads.load(Ordering::Relaxed) <= 2,
             "{} reads",
             store.reads.load(Ordering::Relaxed)
+        );
+    }
+
+    /// A request dropped while its slot is being taken (an invocation at its deadline) leaves
+    /// no slot leased to nobody: the take that went through is given back.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_taken_for_a_request_dropped_meanwhile_is_given_back() {
+        let store = Arc::new(Store {
+            latency: Duration::from_millis(10),
+            ..Store::default()
+        });
+        let p = processes(2, &store);
+        let tp = touchpoint(Some(1), None);
+        // Dropped after the read, while the take's answer is on its way back.
+        let cut = tokio::time::timeout(
+            Duration::from_millis(15),
+            p[0].acquire(&tp, Duration::from_secs(5)),
+        )
+        .await;
+        assert!(cut.is_err());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The other process takes the only slot at once, not when the lease would run out.
+        let started = Instant::now();
+        assert!(p[1].acquire(&tp, LEASE * 2).await.is_some());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
         );
     }
 
