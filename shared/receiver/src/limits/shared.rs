@@ -329,9 +329,10 @@ impl SharedGate {
     }
 
     /// Takes `slots` side by side; each one taken joins the idle slots as soon as it is.
-    /// Answers how many were, and whether the store failed (not only refused a take). Each take runs in a task of its own: if the caller is dropped
-    /// meanwhile (a Lambda invocation at its deadline), a slot taken after all is given back
-    /// by its task, not left leased to nobody until its lease runs out.
+    /// Answers how many were, and whether the store failed (not only refused a take). Each
+    /// take runs in a task of its own: if the caller is dropped meanwhile (a Lambda invocation
+    /// at its deadline), a slot taken after all is given back by its task, not left leased to
+    /// nobody until its lease runs out.
     async fn take_these(
         self: &Arc<Self>,
         slots: impl Iterator<Item = u16>,
