@@ -53,6 +53,9 @@ pub struct DispatcherLambda {
     /// Where the intake stores dispatches larger than a message (unset: messages are read as
     /// they are).
     pub bodies: Option<DispatchBodies>,
+    /// The groups of the ledger's checkpoints: told how many records are under way, a group
+    /// goes as soon as every one of them waits in it.
+    pub groups: Option<Arc<touchpoint_aws::group::Groups>>,
 }
 
 impl DispatcherLambda {
@@ -99,6 +102,7 @@ impl DispatcherLambda {
             clock: Arc::new(SystemClock),
             max_receives,
             bodies: None,
+            groups: None,
         }
     }
 
@@ -110,7 +114,7 @@ impl DispatcherLambda {
         cfg: DispatcherConfig,
         max_receives: u32,
     ) -> Result<DispatcherLambda, String> {
-        let services = Services::aws(
+        let (services, groups) = Services::aws_grouped(
             clients,
             names,
             outbound,
@@ -124,6 +128,7 @@ impl DispatcherLambda {
             clock: services.clock,
             max_receives,
             bodies: Some(DispatchBodies::new(clients, names)),
+            groups: Some(groups),
         })
     }
 
@@ -146,8 +151,15 @@ impl DispatcherLambda {
             let id = record.message_id.clone().unwrap_or_default();
             // Every line logged while the record is handled names its message.
             let span = tracing::info_span!("sqs_record", message_id = %id);
-            let task =
-                set.spawn(async move { me.handle_record(record, deadline).await }.instrument(span));
+            let under_way = self.groups.as_ref().map(|g| g.participant());
+            let task = set.spawn(
+                async move {
+                    let deletable = me.handle_record(record, deadline).await;
+                    drop(under_way);
+                    deletable
+                }
+                .instrument(span),
+            );
             ids.insert(task.id(), id);
         }
         let mut response = SqsBatchResponse::default();

@@ -36,10 +36,11 @@ use touchpoint::ledger::{BatchRecord, ClaimDecision, decide_claim, record_condit
 use touchpoint::ports::StoreError;
 use touchpoint::protocol::UserStatus;
 
+use crate::group::{CounterMove, Grouped, Groups};
 use crate::item::*;
 
 /// Shards of a statistics total (partitions, read back with one `BatchGetItem`).
-const STAT_SHARDS: u64 = 16;
+pub(crate) const STAT_SHARDS: u64 = 16;
 /// Partitions of a scope's day of hour counters and reason tallies.
 const TREND_SHARDS: u64 = 8;
 /// Partitions of a touchpoint's receipt index.
@@ -79,6 +80,8 @@ pub struct DynamoDelivery {
     /// them, so a checkpoint does not read the record first: a stale entry only costs the
     /// read (the write is conditional on the version, and refused, it reads again).
     known: Arc<Mutex<HashMap<String, Known>>>,
+    /// The checkpoints of one-batch dispatches made at once, grouped (see [`crate::group`]).
+    groups: Arc<Groups>,
 }
 
 /// A dispatch record as a checkpoint needs it.
@@ -91,11 +94,23 @@ struct Known {
     /// first checkpoint counts them (in the same transaction as its outcomes, on the same
     /// counter items), so opening one is a single `PutItem`.
     unsent: Option<(i64, Millis)>,
+    /// The dispatch is one batch: its checkpoint is grouped with other dispatches' (see
+    /// [`crate::group`]).
+    single: bool,
+}
+
+/// A dispatch of `users` in batches of `batch_size` is one batch.
+fn one_batch(users: u32, batch_size: u32) -> bool {
+    users > 0 && users <= batch_size
 }
 
 impl Known {
     fn of(item: &Item) -> Result<Known, StoreError> {
         Ok(Known {
+            single: one_batch(
+                get_n(item, "users").unwrap_or_default(),
+                get_n(item, "batch_size").unwrap_or_default(),
+            ),
             version: get_n(item, "pv").unwrap_or_default(),
             progress: json_of(item, "progress")?,
             unsent: get_n::<i64>(item, "unsent")
@@ -181,6 +196,27 @@ struct Moves<'a> {
     hours: Vec<HourMove>,
 }
 
+impl CounterMove {
+    fn of(m: &Moves<'_>) -> CounterMove {
+        let d = |d: Delta| (d.sent, d.ok, d.failed);
+        CounterMove {
+            project: m.project,
+            campaign: m.campaign.to_owned(),
+            touchpoint: m.touchpoint.to_owned(),
+            total: d(m.total),
+            hours: m
+                .hours
+                .iter()
+                .map(|h| crate::group::HourCounts {
+                    hour: h.hour,
+                    counts: d(h.delta),
+                    drill: h.drill.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One hour's share of [`Moves`].
 struct HourMove {
     hour: Millis,
@@ -207,10 +243,10 @@ impl HourMove {
 }
 
 /// The outcome of a transaction that was not an error.
-enum Tx {
+pub(crate) enum Tx {
     Written,
-    /// A condition failed; nothing was written.
-    Refused,
+    /// A condition failed (of the items at these places); nothing was written.
+    Refused(Vec<usize>),
 }
 
 /// Cancellation reasons after which a transaction is tried again (nothing was applied).
@@ -223,6 +259,60 @@ const RETRIED_CANCELLATIONS: [&str; 4] = [
 const TX_TRIES: u32 = 10;
 const TX_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(20);
 const TX_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs a transaction, retried with jittered exponential back-off while DynamoDB cancels it
+/// for a conflict with another transaction or a throttle (nothing of it was applied then).
+/// A failed condition is an answer, not an error: it names the item whose condition failed.
+pub(crate) async fn transact_items(
+    ddb: &Client,
+    items: Vec<TransactWriteItem>,
+) -> Result<Tx, StoreError> {
+    let mut wait = TX_RETRY_FIRST;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let result = ddb
+            .transact_write_items()
+            .set_transact_items(Some(items.clone()))
+            .send()
+            .await;
+        let e = match result {
+            Ok(_) => return Ok(Tx::Written),
+            Err(e) => e,
+        };
+        let retry = match e.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(t)) => {
+                let codes: Vec<&str> = t
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().unwrap_or("None"))
+                    .collect();
+                if codes.contains(&"ConditionalCheckFailed") {
+                    return Ok(Tx::Refused(
+                        codes
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| **c == "ConditionalCheckFailed")
+                            .map(|(i, _)| i)
+                            .collect(),
+                    ));
+                }
+                codes.iter().any(|c| RETRIED_CANCELLATIONS.contains(c))
+            }
+            Some(TransactWriteItemsError::TransactionInProgressException(_)) => true,
+            _ => false,
+        };
+        if !retry || tries >= TX_TRIES {
+            return Err(aws_err(e));
+        }
+        tracing::debug!(
+            tries,
+            "transaction cancelled by a conflict or throttle: retrying"
+        );
+        tokio::time::sleep(jittered(wait)).await;
+        wait = (wait * 2).min(TX_RETRY_MAX);
+    }
+}
 
 /// Full jitter: a random wait between half of `d` and `d`.
 fn jittered(d: std::time::Duration) -> std::time::Duration {
@@ -352,7 +442,58 @@ impl DynamoDelivery {
             retention_secs: names.retention.as_secs() as i64,
             bodies: crate::DispatchBodies::new(clients, names),
             known: Default::default(),
+            groups: Arc::new(Groups::new(
+                clients.dynamodb.clone(),
+                clients.sqs.clone(),
+                crate::group::WINDOW,
+            )),
         }
+    }
+
+    /// The groups of this ledger's checkpoints (the dispatcher Lambda tells them how many
+    /// records it handles at once).
+    pub fn groups(&self) -> Arc<Groups> {
+        Arc::clone(&self.groups)
+    }
+
+    /// Checkpoints written in groups so far: the transactions that carried them, and how many
+    /// they carried.
+    pub fn grouped_checkpoints(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.groups.transactions.load(Relaxed),
+            self.groups.grouped.load(Relaxed),
+        )
+    }
+
+    /// The counter updates of a grouped checkpoint's moves, on `shard`.
+    fn counter_items(
+        &self,
+        m: &CounterMove,
+        shard: u64,
+        now: Millis,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let delta = |(sent, ok, failed): (i64, i64, i64)| Delta { sent, ok, failed };
+        self.stats_updates(
+            &Moves {
+                project: m.project,
+                campaign: &m.campaign,
+                touchpoint: &m.touchpoint,
+                shard,
+                total: delta(m.total),
+                hours: m
+                    .hours
+                    .iter()
+                    .map(|h| HourMove {
+                        hour: h.hour,
+                        delta: delta(h.counts),
+                        drill: h.drill.clone(),
+                        reasons: Vec::new(),
+                    })
+                    .collect(),
+            },
+            now,
+        )
     }
 
     /// Remembers a dispatch record as this instance wrote or read it (see `known`); one whose
@@ -484,49 +625,8 @@ impl DynamoDelivery {
         Ok(items)
     }
 
-    /// Runs a transaction, retried with jittered exponential back-off while DynamoDB cancels it
-    /// for a conflict with another transaction or a throttle (nothing of it was applied then).
-    /// A failed condition is an answer, not an error: it names the item whose condition failed.
     async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Tx, StoreError> {
-        let mut wait = TX_RETRY_FIRST;
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            let result = self
-                .ddb
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await;
-            let e = match result {
-                Ok(_) => return Ok(Tx::Written),
-                Err(e) => e,
-            };
-            let retry = match e.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(t)) => {
-                    let codes: Vec<&str> = t
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|r| r.code().unwrap_or("None"))
-                        .collect();
-                    if codes.contains(&"ConditionalCheckFailed") {
-                        return Ok(Tx::Refused);
-                    }
-                    codes.iter().any(|c| RETRIED_CANCELLATIONS.contains(c))
-                }
-                Some(TransactWriteItemsError::TransactionInProgressException(_)) => true,
-                _ => false,
-            };
-            if !retry || tries >= TX_TRIES {
-                return Err(aws_err(e));
-            }
-            tracing::debug!(
-                tries,
-                "transaction cancelled by a conflict or throttle: retrying"
-            );
-            tokio::time::sleep(jittered(wait)).await;
-            wait = (wait * 2).min(TX_RETRY_MAX);
-        }
+        transact_items(&self.ddb, items).await
     }
 
     /// Every item of one trend partition whose sort key lies between `lower` and `upper`.
@@ -681,7 +781,7 @@ impl DynamoDelivery {
                     }),
             );
         }
-        self.publish_events(queue, meta, events).await?;
+        self.publish_events(queue, meta, events, false).await?;
         let published = settlements.len();
         self.ddb
             .update_item()
@@ -707,6 +807,7 @@ impl DynamoDelivery {
         &self,
         meta: &DispatchMeta,
         settled: &[&Settled],
+        grouped: bool,
     ) -> Result<(), StoreError> {
         let events: Vec<Event> = settled
             .iter()
@@ -722,7 +823,7 @@ impl DynamoDelivery {
         let Some(queue) = &self.results_queue_url else {
             return Err(StoreError::Backend("RESULTS_QUEUE_URL is not set".into()));
         };
-        self.publish_events(queue, meta, events).await
+        self.publish_events(queue, meta, events, grouped).await
     }
 
     /// Sends events to the results queue in messages of at most [`RESULTS_MESSAGE_BYTES`],
@@ -734,15 +835,20 @@ impl DynamoDelivery {
         queue: &str,
         meta: &DispatchMeta,
         events: Vec<Event>,
+        grouped: bool,
     ) -> Result<(), StoreError> {
         let group = digest([format!("{}#{}", meta.project_id, meta.dispatch_id)].iter());
         for (body, ids) in pack_events(events)? {
+            let dedup = digest(ids.iter());
+            if grouped && self.groups.send(queue, &body, &group, &dedup).await == Grouped::Written {
+                continue;
+            }
             self.sqs
                 .send_message()
                 .queue_url(queue)
                 .message_body(body)
                 .message_group_id(&group)
-                .message_deduplication_id(digest(ids.iter()))
+                .message_deduplication_id(dedup)
                 .send()
                 .await
                 .map_err(aws_err)?;
@@ -794,7 +900,9 @@ impl DynamoDelivery {
                 .copied()
                 .filter(|s| !published.contains(&s.index))
                 .collect();
-            self.publish_settled(meta, &unpublished).await?;
+            // A one-batch dispatch's results go with the others published at once.
+            self.publish_settled(meta, &unpublished, record.single)
+                .await?;
             published.extend(unpublished.iter().map(|s| s.index));
             let (ok, failed) = fresh.iter().fold((0, 0), |(ok, failed), s| {
                 let (o, f) = counts(&s.results);
@@ -828,15 +936,35 @@ impl DynamoDelivery {
                 head.condition_expression("pv = :version")
                     .expression_attribute_values(":version", n(version))
             };
-            let mut items = vec![
-                TransactWriteItem::builder()
-                    .update(head.build().map_err(build_err)?)
-                    .build(),
-            ];
-            if let Some(moves) = with_sent(settled_moves(meta, &fresh), meta, record.unsent) {
-                items.extend(self.stats_updates(&moves, now)?);
+            let head = TransactWriteItem::builder()
+                .update(head.build().map_err(build_err)?)
+                .build();
+            let moves = with_sent(settled_moves(meta, &fresh), meta, record.unsent);
+            // A one-batch dispatch's first checkpoint that counts no failure goes with the
+            // others made at once.
+            let grouped = match &moves {
+                Some(m) if record.single && m.hours.iter().all(|h| h.reasons.is_empty()) => {
+                    let me = self.clone();
+                    self.groups
+                        .checkpoint(
+                            head.clone(),
+                            Some(CounterMove::of(m)),
+                            now,
+                            Arc::new(move |m, shard, now| me.counter_items(m, shard, now)),
+                        )
+                        .await
+                }
+                _ => Grouped::Alone,
+            };
+            let mut items = vec![head];
+            if let Some(moves) = &moves {
+                items.extend(self.stats_updates(moves, now)?);
             }
-            let written = self.transact(items).await;
+            let written = match grouped {
+                Grouped::Written => Ok(Tx::Written),
+                // Refused: written alone, it is refused again and reads what is there.
+                Grouped::Alone | Grouped::Refused => self.transact(items).await,
+            };
             if !matches!(written, Ok(Tx::Written)) {
                 self.forget(&pk);
             }
@@ -848,14 +976,15 @@ impl DynamoDelivery {
                             version: version + 1,
                             progress: next.clone(),
                             unsent: None,
+                            single: record.single,
                         },
                     );
                     return Ok(next);
                 }
                 // Another delivery of this dispatch checkpointed since the read: merge into
                 // what it wrote (anything it counted is skipped).
-                Tx::Refused if rounds < CHECKPOINT_ROUNDS => continue,
-                Tx::Refused => {
+                Tx::Refused(_) if rounds < CHECKPOINT_ROUNDS => continue,
+                Tx::Refused(_) => {
                     return Err(StoreError::Backend(
                         "checkpoint: the dispatch record kept changing under it".into(),
                     ));
@@ -1146,6 +1275,7 @@ impl DeliveryLedger for DynamoDelivery {
                         version: 0,
                         progress: Progress::default(),
                         unsent: Some((i64::from(users), now)),
+                        single: one_batch(users, batch_size),
                     },
                 );
                 Ok(Opened {
@@ -1978,7 +2108,7 @@ impl ReceiptLedger for DynamoDelivery {
             )?);
         }
         // Refused: another round applied this poll already; nothing is counted twice.
-        if let Tx::Refused = self.transact(items).await? {
+        if let Tx::Refused(_) = self.transact(items).await? {
             return Ok(());
         }
         // Published from what was read and just written: the outbox as it was (anything an

@@ -6,6 +6,7 @@
 pub mod bodies;
 pub mod config;
 pub mod delivery;
+pub mod group;
 mod item;
 pub mod limits;
 pub mod provision;

@@ -169,8 +169,21 @@ impl Services {
         outbound: Outbound,
         settings: Settings,
     ) -> Result<Services, String> {
+        Services::aws_grouped(clients, names, outbound, settings).map(|(services, _)| services)
+    }
+
+    /// [`Services::aws`], and the groups of its ledger's checkpoints (see
+    /// `touchpoint_aws::group`), which the dispatcher Lambda tells how many records it handles.
+    #[cfg(feature = "aws")]
+    pub fn aws_grouped(
+        clients: &touchpoint_aws::Clients,
+        names: &touchpoint_aws::AwsNames,
+        outbound: Outbound,
+        settings: Settings,
+    ) -> Result<(Services, Arc<touchpoint_aws::group::Groups>), String> {
         let delivery = Arc::new(touchpoint_aws::DynamoDelivery::new(clients, names));
-        Ok(Services::new(
+        let groups = delivery.groups();
+        let services = Services::new(
             Ports {
                 touchpoints: Arc::new(touchpoint_aws::DynamoTouchpoints::new(
                     clients.dynamodb.clone(),
@@ -190,7 +203,8 @@ impl Services {
                 ))),
             },
             settings,
-        ))
+        );
+        Ok((services, groups))
     }
 
     /// The admin API's state, with callers identified by `auth`.

@@ -559,3 +559,92 @@ async fn users_count_as_sent_once_from_the_first_checkpoint_of_any_instance() {
     three.checkpoint(&m, &looked(&[2]), 2_200).await.unwrap();
     assert_eq!(sent().await, (3, 3));
 }
+
+/// The one-user dispatches an instance checkpoints at once share one transaction, their
+/// counters moved once by their sum; one whose record another instance wrote since is taken
+/// out of the group and written alone. Every user is counted once.
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn one_user_dispatches_checkpointed_together_share_a_transaction_and_count_once() {
+    let clients = support::clients().await;
+    let names = support::provision(&clients).await;
+    let one = DynamoDelivery::new(&clients, &names);
+    let two = DynamoDelivery::new(&clients, &names);
+    let metas: Vec<DispatchMeta> = (0..10)
+        .map(|i| {
+            let mut m = meta();
+            m.dispatch_id = format!("g-{i}").as_str().into();
+            m.campaign_id = "c-grouped".into();
+            m.touchpoint_id = "tp_grouped".into();
+            m
+        })
+        .collect();
+    let mut settled = Vec::new();
+    for m in &metas {
+        assert!(one.open_dispatch(m, 1, 10, 1_000).await.unwrap().new);
+        let order = touchpoint::dispatch::order_no(1, &m.dispatch_id, 0);
+        one.claim_batch(m, 0, &order, 1, 2_000, 60_000)
+            .await
+            .unwrap();
+        let record = AttemptRecord {
+            meta: m.clone(),
+            order_no: order,
+            batch_index: 0,
+            sent_at: 2_000,
+            attempt: 1,
+            http_status: Some(200),
+            error: None,
+            response_excerpt: None,
+            at: 3_000,
+            outcome: AttemptOutcome::Final(ok(&[7])),
+        };
+        settled.push(one.record_attempt(&record).await.unwrap().unwrap());
+    }
+    // Another instance checkpoints the first dispatch (a redelivery that looked at its batch):
+    // this instance's memory of that record is stale.
+    assert!(
+        !two.open_dispatch(&metas[0], 1, 10, 1_500)
+            .await
+            .unwrap()
+            .new
+    );
+    let looked = Advance {
+        batches: 1,
+        looked: &[0],
+        finished: &[],
+        abandoned: None,
+        settled: &[],
+    };
+    two.checkpoint(&metas[0], &looked, 2_500).await.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for (m, s) in metas.iter().cloned().zip(settled) {
+        let ledger = one.clone();
+        set.spawn(async move {
+            let finished = [0u32];
+            let advance = Advance {
+                batches: 1,
+                looked: &finished,
+                finished: &finished,
+                abandoned: None,
+                settled: std::slice::from_ref(&s),
+            };
+            ledger.checkpoint(&m, &advance, 4_000).await.unwrap()
+        });
+    }
+    while let Some(progress) = set.join_next().await {
+        assert!(progress.unwrap().is_finished(0));
+    }
+    let (transactions, grouped) = one.grouped_checkpoints();
+    assert_eq!(transactions, 1, "one transaction for the nine in step");
+    assert_eq!(
+        grouped, 9,
+        "the stale one written alone ({transactions}, {grouped})"
+    );
+    for (scope, key) in [
+        (StatsScope::Campaign, "c-grouped"),
+        (StatsScope::Touchpoint, "tp_grouped"),
+    ] {
+        let s = one.stats(1, scope, key).await.unwrap();
+        assert_eq!((s.sent, s.succeeded, s.failed), (10, 10, 0), "{scope:?}");
+    }
+}
