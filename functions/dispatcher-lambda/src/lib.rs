@@ -146,12 +146,19 @@ impl DispatcherLambda {
     ) -> SqsBatchResponse {
         let mut set = tokio::task::JoinSet::new();
         let mut ids = HashMap::new();
+        // Every record counted before any starts: a group never goes thinking all are in it
+        // while some have yet to begin.
+        let mut under_way: Vec<_> = event
+            .records
+            .iter()
+            .filter_map(|_| self.groups.as_ref().map(|g| g.participant()))
+            .collect();
         for record in event.records {
             let me = Arc::clone(self);
             let id = record.message_id.clone().unwrap_or_default();
             // Every line logged while the record is handled names its message.
             let span = tracing::info_span!("sqs_record", message_id = %id);
-            let under_way = self.groups.as_ref().map(|g| g.participant());
+            let under_way = under_way.pop();
             let task = set.spawn(
                 async move {
                     let deletable = me.handle_record(record, deadline).await;

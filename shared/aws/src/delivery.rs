@@ -36,7 +36,7 @@ use touchpoint::ledger::{BatchRecord, ClaimDecision, decide_claim, record_condit
 use touchpoint::ports::StoreError;
 use touchpoint::protocol::UserStatus;
 
-use crate::group::{CounterMove, Grouped, Groups};
+use crate::group::{CounterMove, Grouped, Groups, ScopeMove};
 use crate::item::*;
 
 /// Shards of a statistics total (partitions, read back with one `BatchGetItem`).
@@ -466,19 +466,19 @@ impl DynamoDelivery {
         )
     }
 
-    /// The counter updates of a grouped checkpoint's moves, on `shard`.
+    /// The counter updates of a group's moves on one scope's key, on `shard`.
     fn counter_items(
         &self,
-        m: &CounterMove,
+        m: &ScopeMove,
         shard: u64,
         now: Millis,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let delta = |(sent, ok, failed): (i64, i64, i64)| Delta { sent, ok, failed };
-        self.stats_updates(
+        self.scope_updates(
             &Moves {
                 project: m.project,
-                campaign: &m.campaign,
-                touchpoint: &m.touchpoint,
+                campaign: &m.key,
+                touchpoint: &m.key,
                 shard,
                 total: delta(m.total),
                 hours: m
@@ -492,6 +492,7 @@ impl DynamoDelivery {
                     })
                     .collect(),
             },
+            &[(m.scope, &m.key)],
             now,
         )
     }
@@ -566,12 +567,26 @@ impl DynamoDelivery {
         moves: &Moves<'_>,
         now: Millis,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        self.scope_updates(
+            moves,
+            &[
+                ("campaign", moves.campaign),
+                ("touchpoint", moves.touchpoint),
+            ],
+            now,
+        )
+    }
+
+    /// [`Self::stats_updates`] for the given scopes (`(scope, key)`) only.
+    fn scope_updates(
+        &self,
+        moves: &Moves<'_>,
+        scopes: &[(&str, &str)],
+        now: Millis,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let shard = moves.shard;
         let mut items = Vec::new();
-        for (scope, key_) in [
-            ("campaign", moves.campaign),
-            ("touchpoint", moves.touchpoint),
-        ] {
+        for &(scope, key_) in scopes {
             items.push(self.total_update(moves, scope, key_, now)?);
             for hour_move in &moves.hours {
                 let (hour, delta) = (hour_move.hour, hour_move.delta);
@@ -947,6 +962,7 @@ impl DynamoDelivery {
                     let me = self.clone();
                     self.groups
                         .checkpoint(
+                            &pk,
                             head.clone(),
                             Some(CounterMove::of(m)),
                             now,
@@ -962,8 +978,9 @@ impl DynamoDelivery {
             }
             let written = match grouped {
                 Grouped::Written => Ok(Tx::Written),
-                // Refused: written alone, it is refused again and reads what is there.
-                Grouped::Alone | Grouped::Refused => self.transact(items).await,
+                // Another delivery wrote the record since (its version only grows): read it.
+                Grouped::Refused => Ok(Tx::Refused(Vec::new())),
+                Grouped::Alone => self.transact(items).await,
             };
             if !matches!(written, Ok(Tx::Written)) {
                 self.forget(&pk);

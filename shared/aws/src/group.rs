@@ -31,8 +31,9 @@ pub const WINDOW: Duration = Duration::from_millis(5);
 /// records, [`Groups::participant`]): it goes as soon as every one of them waits in a group or
 /// is done, and at the latest after this.
 pub const WINDOW_UNDER_WAY: Duration = Duration::from_millis(50);
-/// Checkpoints of one group at most (ten dispatch records and at most four counter items for
-/// each distinct campaign and touchpoint: under DynamoDB's 100 items).
+/// Checkpoints of one group at most: ten dispatch records, and for each distinct campaign and
+/// touchpoint a total and at most two hour rows (the outcome's hour and, for a first
+/// checkpoint, the hour it was opened): at most 70 items, under DynamoDB's 100.
 pub const GROUP_CHECKPOINTS: usize = 10;
 
 /// Results messages of one `SendMessageBatch` at most (SQS's limit).
@@ -74,10 +75,23 @@ pub struct HourCounts {
 
 /// Builds the counter updates of one move on one shard (the ledger's).
 pub type Counters = Arc<
-    dyn Fn(&CounterMove, u64, Millis) -> Result<Vec<TransactWriteItem>, StoreError> + Send + Sync,
+    dyn Fn(&ScopeMove, u64, Millis) -> Result<Vec<TransactWriteItem>, StoreError> + Send + Sync,
 >;
 
+/// The moves of a group on one scope's key (a campaign's or a touchpoint's counters), added
+/// together.
+#[derive(Clone, Debug)]
+pub struct ScopeMove {
+    pub project: i64,
+    pub scope: &'static str,
+    pub key: String,
+    pub total: Counts,
+    pub hours: Vec<HourCounts>,
+}
+
 struct Unit {
+    /// The dispatch record's key: one unit per record in a group.
+    key: String,
     head: TransactWriteItem,
     moves: Option<CounterMove>,
     now: Millis,
@@ -126,32 +140,36 @@ impl std::fmt::Debug for Groups {
     }
 }
 
-/// Adds the moves of one campaign and touchpoint together.
-fn merge(moves: &[&CounterMove]) -> Vec<CounterMove> {
-    let mut by_key: BTreeMap<(i64, &str, &str), CounterMove> = BTreeMap::new();
+/// Adds the moves together per scope and key: each counter item is named once in a group.
+fn merge(moves: &[&CounterMove]) -> Vec<ScopeMove> {
+    let mut by_key: BTreeMap<(i64, &'static str, &str), ScopeMove> = BTreeMap::new();
     for m in moves {
-        let key = (m.project, m.campaign.as_str(), m.touchpoint.as_str());
-        let slot = by_key.entry(key).or_insert_with(|| CounterMove {
-            project: m.project,
-            campaign: m.campaign.clone(),
-            touchpoint: m.touchpoint.clone(),
-            total: (0, 0, 0),
-            hours: Vec::new(),
-        });
-        slot.total.0 += m.total.0;
-        slot.total.1 += m.total.1;
-        slot.total.2 += m.total.2;
-        for h in &m.hours {
-            match slot.hours.iter_mut().find(|x| x.hour == h.hour) {
-                Some(sum) => {
-                    sum.counts.0 += h.counts.0;
-                    sum.counts.1 += h.counts.1;
-                    sum.counts.2 += h.counts.2;
-                    if sum.drill.is_none() {
-                        sum.drill.clone_from(&h.drill);
+        for (scope, key) in [("campaign", &m.campaign), ("touchpoint", &m.touchpoint)] {
+            let slot = by_key
+                .entry((m.project, scope, key.as_str()))
+                .or_insert_with(|| ScopeMove {
+                    project: m.project,
+                    scope,
+                    key: key.clone(),
+                    total: (0, 0, 0),
+                    hours: Vec::new(),
+                });
+            slot.total.0 += m.total.0;
+            slot.total.1 += m.total.1;
+            slot.total.2 += m.total.2;
+            for h in &m.hours {
+                match slot.hours.iter_mut().find(|x| x.hour == h.hour) {
+                    Some(sum) => {
+                        sum.counts.0 += h.counts.0;
+                        sum.counts.1 += h.counts.1;
+                        sum.counts.2 += h.counts.2;
+                        // The hour's drill-down names its latest batch.
+                        if h.drill.is_some() {
+                            sum.drill.clone_from(&h.drill);
+                        }
                     }
+                    None => slot.hours.push(h.clone()),
                 }
-                None => slot.hours.push(h.clone()),
             }
         }
     }
@@ -160,7 +178,13 @@ fn merge(moves: &[&CounterMove]) -> Vec<CounterMove> {
 
 fn random_shard(shards: u64) -> u64 {
     let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: spread by the clock instead.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        return u64::from(nanos) % shards.max(1);
+    }
     u64::from_le_bytes(bytes) % shards.max(1)
 }
 
@@ -225,6 +249,7 @@ impl Groups {
     /// moves, which `counters` turns into updates) with the group forming now.
     pub async fn checkpoint(
         self: &Arc<Self>,
+        key: &str,
         head: TransactWriteItem,
         moves: Option<CounterMove>,
         now: Millis,
@@ -233,6 +258,11 @@ impl Groups {
         let (done, answer) = oneshot::channel();
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // The same dispatch twice (a message delivered twice in one event): not in one
+            // transaction, which would name its record twice.
+            if pending.units.iter().any(|u| u.key == key) {
+                return Grouped::Alone;
+            }
             if pending.units.is_empty() {
                 let generation = pending.generation;
                 self.after_window(move |me| {
@@ -243,6 +273,7 @@ impl Groups {
                 });
             }
             pending.units.push(Unit {
+                key: key.to_owned(),
                 head,
                 moves,
                 now,

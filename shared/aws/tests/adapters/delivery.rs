@@ -561,8 +561,9 @@ async fn users_count_as_sent_once_from_the_first_checkpoint_of_any_instance() {
 }
 
 /// The one-user dispatches an instance checkpoints at once share one transaction, their
-/// counters moved once by their sum; one whose record another instance wrote since is taken
-/// out of the group and written alone. Every user is counted once.
+/// counters moved once by their sum (two campaigns on one touchpoint: each counter item named
+/// once); one whose record another instance wrote since is taken out of the group and written
+/// alone. Every user is counted once.
 #[tokio::test]
 #[ignore = "needs the moto server: run infra/test.sh"]
 async fn one_user_dispatches_checkpointed_together_share_a_transaction_and_count_once() {
@@ -574,7 +575,12 @@ async fn one_user_dispatches_checkpointed_together_share_a_transaction_and_count
         .map(|i| {
             let mut m = meta();
             m.dispatch_id = format!("g-{i}").as_str().into();
-            m.campaign_id = "c-grouped".into();
+            m.campaign_id = if i % 2 == 0 {
+                "c-grouped-a"
+            } else {
+                "c-grouped-b"
+            }
+            .into();
             m.touchpoint_id = "tp_grouped".into();
             m
         })
@@ -640,11 +646,12 @@ async fn one_user_dispatches_checkpointed_together_share_a_transaction_and_count
         grouped, 9,
         "the stale one written alone ({transactions}, {grouped})"
     );
-    for (scope, key) in [
-        (StatsScope::Campaign, "c-grouped"),
-        (StatsScope::Touchpoint, "tp_grouped"),
+    for (scope, key, users) in [
+        (StatsScope::Campaign, "c-grouped-a", 5),
+        (StatsScope::Campaign, "c-grouped-b", 5),
+        (StatsScope::Touchpoint, "tp_grouped", 10),
     ] {
         let s = one.stats(1, scope, key).await.unwrap();
-        assert_eq!((s.sent, s.succeeded, s.failed), (10, 10, 0), "{scope:?}");
+        assert_eq!((s.sent, s.succeeded, s.failed), (users, users, 0), "{key}");
     }
 }
