@@ -964,7 +964,7 @@ impl DynamoDelivery {
                         .checkpoint(
                             &pk,
                             head.clone(),
-                            Some(CounterMove::of(m)),
+                            CounterMove::of(m),
                             now,
                             Arc::new(move |m, shard, now| me.counter_items(m, shard, now)),
                         )
@@ -972,15 +972,17 @@ impl DynamoDelivery {
                 }
                 _ => Grouped::Alone,
             };
-            let mut items = vec![head];
-            if let Some(moves) = &moves {
-                items.extend(self.stats_updates(moves, now)?);
-            }
             let written = match grouped {
                 Grouped::Written => Ok(Tx::Written),
                 // Another delivery wrote the record since (its version only grows): read it.
                 Grouped::Refused => Ok(Tx::Refused(Vec::new())),
-                Grouped::Alone => self.transact(items).await,
+                Grouped::Alone => {
+                    let mut items = vec![head];
+                    if let Some(moves) = &moves {
+                        items.extend(self.stats_updates(moves, now)?);
+                    }
+                    self.transact(items).await
+                }
             };
             if !matches!(written, Ok(Tx::Written)) {
                 self.forget(&pk);

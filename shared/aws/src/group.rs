@@ -93,7 +93,7 @@ struct Unit {
     /// The dispatch record's key: one unit per record in a group.
     key: String,
     head: TransactWriteItem,
-    moves: Option<CounterMove>,
+    moves: CounterMove,
     now: Millis,
     counters: Counters,
     done: oneshot::Sender<Grouped>,
@@ -251,7 +251,7 @@ impl Groups {
         self: &Arc<Self>,
         key: &str,
         head: TransactWriteItem,
-        moves: Option<CounterMove>,
+        moves: CounterMove,
         now: Millis,
         counters: Counters,
     ) -> Grouped {
@@ -306,7 +306,7 @@ impl Groups {
     async fn write(&self, mut units: Vec<Unit>) {
         use std::sync::atomic::Ordering::Relaxed;
         for round in 0..2 {
-            let moves: Vec<&CounterMove> = units.iter().filter_map(|u| u.moves.as_ref()).collect();
+            let moves: Vec<&CounterMove> = units.iter().map(|u| &u.moves).collect();
             let now = units.iter().map(|u| u.now).max().unwrap_or_default();
             let mut items: Vec<TransactWriteItem> = units.iter().map(|u| u.head.clone()).collect();
             let shard = random_shard(crate::delivery::STAT_SHARDS);
