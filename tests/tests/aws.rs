@@ -1283,19 +1283,22 @@ async fn metered_dispatches(dispatches: usize, users: i64, batch: u32) -> Bill {
     meter.take();
     meter.take_touched();
     let started = std::time::Instant::now();
-    let mut events = 0;
-    for chunk in records.chunks(10) {
+    // Events of up to the template's `BatchSize` records; SQS hands at most ten messages to a
+    // receive and deletes at most ten in a batch.
+    let batch_size = crate::sim::Template::read(1.0).batch_size.max(1) as usize;
+    let mut events = 0u64;
+    for chunk in records.chunks(batch_size) {
         let response = aws.dispatcher.handle(event_of(chunk.to_vec())).await;
         assert!(response.batch_item_failures.is_empty());
-        events += 1;
+        events += chunk.len().div_ceil(10) as u64;
     }
     let handler_seconds = started.elapsed().as_secs_f64();
     let mut calls = meter.take();
     for (name, c) in produced {
         calls.insert(format!("{name} (campaign system, dispatch queue)"), c);
     }
-    // Lambda's event source mapping: one ReceiveMessage and one DeleteMessageBatch per event
-    // of up to 10 records.
+    // Lambda's event source mapping: one ReceiveMessage and one DeleteMessageBatch per ten
+    // records of an event.
     calls.insert(
         "SQS ReceiveMessage (event source mapping)".into(),
         (events, 0),
@@ -1534,5 +1537,80 @@ async fn a_touchpoints_slots_and_back_pressure_hold_in_dynamodb() {
     assert_eq!(
         (p.cut, p.paused_until),
         (Some(cut(5.0, now + 1500)), now + 3000)
+    );
+}
+
+/// An instance delivers at most `BODY_BYTES_AT_ONCE` of dispatch bodies at once (an event of
+/// `BatchSize` records may refer to stored bodies far larger than its payload): a record whose
+/// body does not fit waits for the ones before it. Here the budget is one body: the two
+/// dispatches of one event go one after the other, where they go side by side by default.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn an_instance_holds_a_bounded_amount_of_dispatch_bodies_at_once() {
+    let aws = Aws::new().await;
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen_at = Arc::clone(&arrivals);
+    let rx = Receiver::start(move |seen, _| {
+        seen_at.lock().unwrap().push(std::time::Instant::now());
+        Reply::After(Duration::from_millis(400), Box::new(Reply::all_ok(seen)))
+    })
+    .await;
+    let mut tp = fixture_body("apigw-create-touchpoint.json");
+    tp["url"] = json!(rx.url());
+    tp["batchSize"] = json!(10);
+    let id = aws.create(tp).await;
+    let queue = aws.names.dispatch_queue_url.clone().unwrap();
+    let mut gaps = Vec::new();
+    for (round, budget) in [("default", None), ("one body", Some(()))] {
+        for i in 0..2 {
+            let (status, _) = aws
+                .api(
+                    fixture("apigw-submit-dispatch.json"),
+                    "POST",
+                    "/v1/dispatches",
+                    Some(dispatch_body(&format!("budget-{round}-{i}"), &id, 10)),
+                    "campaign",
+                )
+                .await;
+            assert_eq!(status, 202);
+        }
+        let records = aws.drain(&queue).await;
+        assert_eq!(records.len(), 2);
+        let largest = records
+            .iter()
+            .map(|r| r.body.as_deref().unwrap_or_default().len())
+            .max()
+            .unwrap();
+        let lambda = match budget {
+            None => Arc::clone(&aws.dispatcher),
+            Some(()) => {
+                let mut lambda = DispatcherLambda::new(
+                    &aws.clients,
+                    &aws.names,
+                    queue.clone(),
+                    Outbound::new(true).unwrap(),
+                    DispatcherConfig::default(),
+                    5,
+                )
+                .unwrap();
+                lambda.bodies_in_hand = Arc::new(tokio::sync::Semaphore::new(largest));
+                Arc::new(lambda)
+            }
+        };
+        arrivals.lock().unwrap().clear();
+        let response = lambda.handle(event_of(records.clone())).await;
+        assert!(response.batch_item_failures.is_empty());
+        aws.delete(&queue, &records).await;
+        let at = arrivals.lock().unwrap().clone();
+        assert_eq!(at.len(), 2, "{round}: one request per dispatch");
+        gaps.push(at[1].duration_since(at[0]));
+    }
+    assert!(
+        gaps[0] < Duration::from_millis(300),
+        "side by side: {gaps:?}"
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(400),
+        "one after the other: {gaps:?}"
     );
 }

@@ -213,6 +213,12 @@ impl World {
         )
         .await;
         f.sent_twice = rx.sent_twice();
+        // Attempts as the receiver saw them, when it kept count: the ledger's attempt number
+        // also counts the claims handed back unsent (no slot or pace came in time), which
+        // fence but send nothing.
+        if let Some(most) = rx.most_requests() {
+            f.max_attempts = most;
+        }
         f
     }
 }
@@ -379,6 +385,12 @@ impl Tracked {
                 .or_default() += 1;
         }
         reply
+    }
+
+    /// The most requests one batch (orderNo) got; `None` when this receiver kept no count.
+    fn most_requests(&self) -> Option<u32> {
+        let most = self.requests.lock().unwrap().values().copied().max()?;
+        Some(u32::try_from(most).unwrap_or(u32::MAX))
     }
 
     fn sent_twice(&self) -> usize {

@@ -1026,6 +1026,15 @@ impl DeliveryLedger for CountingClaims {
     ) -> Result<Option<touchpoint::delivery::Settled>, StoreError> {
         self.inner.record_attempt(record).await
     }
+    async fn hand_back(
+        &self,
+        meta: &DispatchMeta,
+        order_no: &OrderNo,
+        attempt: u32,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.inner.hand_back(meta, order_no, attempt, now).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -1228,4 +1237,61 @@ async fn a_dispatch_reports_its_counts_whole_and_its_batches_a_page_at_a_time() 
     );
     let past = reporting.dispatch(1, &"paged".into(), 900).await.unwrap();
     assert!(past.batches.is_empty() && past.next_batches_from.is_none());
+}
+
+/// A batch claimed while its touchpoint is paused (a `Retry-After` met by another request),
+/// that gets no pass before its delivery's time is up, is handed back unsent: the next delivery
+/// sends it at once, not after the claim's lease (two minutes), and with the attempts it had.
+#[tokio::test]
+async fn a_claimed_batch_that_could_not_go_in_time_is_handed_back_unsent() {
+    use touchpoint::ports::TouchpointStore;
+    use touchpoint_receiver::limits::Answer;
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let mut cfg = config("50ms", 200);
+    cfg.deadline_margin = Duration::from_millis(100);
+    let rig = Rig::new(cfg);
+    let id = rig.touchpoint("paused", &rx.url(), 10).await;
+    let tp = rig
+        .store
+        .get(1, &TouchpointId::from(id.as_str()))
+        .await
+        .unwrap()
+        .unwrap();
+    let pause = Duration::from_millis(1_500);
+    let paused_at = Instant::now();
+    let limits = rig.dispatcher.limits();
+    let pass = limits.acquire(&tp, Duration::from_secs(1)).await.unwrap();
+    pass.answered(Answer::Overloaded(Some(pause)));
+    let d = dispatch("paused-1", &tp.id, 10);
+    let deadline = system_now() + 1_000;
+    assert_eq!(
+        rig.dispatcher
+            .handle_delivery(d.clone(), 1, deadline)
+            .await
+            .unwrap(),
+        Handled::Continue,
+        "time ran out before the pause ended"
+    );
+    assert_eq!(rx.requests(), 0);
+    let batch = &rig.batches("paused-1").await[0];
+    assert_eq!(batch.state, BatchState::InFlight, "claimed");
+    tokio::time::sleep(pause.saturating_sub(paused_at.elapsed()) + Duration::from_millis(50)).await;
+    assert_eq!(
+        rig.dispatcher
+            .handle_delivery(d.clone(), 1, i64::MAX)
+            .await
+            .unwrap(),
+        Handled::Done,
+        "sent at once, not after the claim's lease"
+    );
+    assert_eq!(rx.requests(), 1);
+    let results = results_of(&rig.batches("paused-1").await);
+    assert!(
+        results.iter().all(|(_, code, _)| code == "TOU_SUCC"),
+        "{results:?}"
+    );
+}
+
+fn system_now() -> Millis {
+    touchpoint::clock::SystemClock.now_ms()
 }

@@ -40,6 +40,14 @@ use tracing::Instrument;
 pub const NOT_BEFORE: &str = "notBefore";
 /// The longest delay SQS gives a message.
 const MAX_DELAY_SECONDS: u64 = 900;
+/// Bytes of dispatch bodies an instance delivers at once, at most: a record whose dispatch
+/// would take it beyond waits for earlier ones (and is handed on to a fresh message if its
+/// invocation's time runs out first). An event holds up to `BatchSize` records within Lambda's
+/// 6 MB payload, but a record may refer to a stored body of up to
+/// `touchpoint::dispatch::MAX_DISPATCH_BYTES`; the dispatcher's memory grows with the bodies it
+/// holds, and `MemorySize` is set from ten 10,000-user dispatches of about 800 KB each
+/// (BENCHMARKS.md).
+pub const BODY_BYTES_AT_ONCE: usize = 8 * 1024 * 1024;
 
 /// Everything a warm Lambda keeps between invocations.
 pub struct DispatcherLambda {
@@ -56,6 +64,8 @@ pub struct DispatcherLambda {
     /// The groups of the ledger's checkpoints: told how many records are under way, a group
     /// goes as soon as every one of them waits in it.
     pub groups: Option<Arc<touchpoint_aws::group::Groups>>,
+    /// Bytes of dispatch bodies being delivered (see [`BODY_BYTES_AT_ONCE`]).
+    pub bodies_in_hand: Arc<tokio::sync::Semaphore>,
 }
 
 impl DispatcherLambda {
@@ -103,6 +113,7 @@ impl DispatcherLambda {
             max_receives,
             bodies: None,
             groups: None,
+            bodies_in_hand: Arc::new(tokio::sync::Semaphore::new(BODY_BYTES_AT_ONCE)),
         }
     }
 
@@ -129,6 +140,7 @@ impl DispatcherLambda {
             max_receives,
             bodies: Some(DispatchBodies::new(clients, names)),
             groups: Some(groups),
+            bodies_in_hand: Arc::new(tokio::sync::Semaphore::new(BODY_BYTES_AT_ONCE)),
         })
     }
 
@@ -305,6 +317,21 @@ impl DispatcherLambda {
             self.delay(&record, at).await;
             return false;
         }
+        // Its share of the bodies this instance holds at once, before anything is read.
+        let size = DispatchBodies::size_of(body).clamp(1, BODY_BYTES_AT_ONCE);
+        let wait = (deadline - self.dispatcher.config().deadline_margin.as_millis() as i64)
+            .saturating_sub(self.clock.now_ms())
+            .max(0);
+        let share = tokio::time::timeout(
+            Duration::from_millis(wait as u64),
+            Arc::clone(&self.bodies_in_hand).acquire_many_owned(size as u32),
+        )
+        .await;
+        let _share = match share {
+            Ok(Ok(share)) => share,
+            // Its time ran out behind larger ones: a fresh message carries it on.
+            _ => return self.continue_at(&record, self.clock.now_ms()).await,
+        };
         // A dispatch larger than a message was stored by the intake: read it back whole.
         let stored;
         let body = match &self.bodies {

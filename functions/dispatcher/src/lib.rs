@@ -26,7 +26,7 @@ use touchpoint::model::{EnumSource, Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::UserStatus;
 use touchpoint_outbound::Outbound;
-use touchpoint_receiver::limits::{Answer, Pass, ReceiverLimits};
+use touchpoint_receiver::limits::{Answer, ReceiverLimits, Reservation};
 use touchpoint_receiver::{EnumOptions, Verdict, exchange, touch};
 use tracing::Instrument;
 
@@ -141,6 +141,9 @@ enum BatchStatus {
     Finished,
     /// Waiting until then (a retry, or another sender's lease).
     Waiting(Millis),
+    /// Claimed, and not sent: no slot or pace came in time. Handed back at once: a later
+    /// delivery sends it, and no attempt was used.
+    Unsent,
 }
 
 /// An opened dispatch whose remaining users fail.
@@ -701,8 +704,9 @@ impl Dispatcher {
                         .saturating_sub(budget.as_millis() as i64)
                         .max(0) as u64,
                 );
-                // A slot among the touchpoint's requests in flight, at its pace.
-                let Some(pass) = self.limits.acquire(tp, room).await else {
+                // A place among this process's requests to the touchpoint: the slot and the
+                // pace come once the batch is claimed.
+                let Some(reserved) = self.limits.reserve(tp, room).await else {
                     stopped = true;
                     break;
                 };
@@ -719,7 +723,8 @@ impl Dispatcher {
                     index as usize,
                 );
                 let job = BatchJob {
-                    pass: Some(pass),
+                    reserved: Some(reserved),
+                    send_by: deadline - budget.as_millis() as i64,
                     shared: Arc::clone(&shared),
                     batch,
                     ledger: Arc::clone(&self.ledger),
@@ -747,6 +752,7 @@ impl Dispatcher {
                     match status {
                         BatchStatus::Finished => finished.push(index),
                         BatchStatus::Waiting(t) => waits.push(t),
+                        BatchStatus::Unsent => stopped = true,
                     }
                     if let Some(one) = one {
                         held_users += one.results.len();
@@ -831,8 +837,11 @@ fn meta_of(d: &Dispatch, tp: Option<&Touchpoint>) -> DispatchMeta {
 }
 
 struct BatchJob {
-    /// Leave to send, given back with the receiver's answer.
-    pass: Option<Pass>,
+    /// A place among the touchpoint's requests; its pass (given back with the receiver's
+    /// answer) is waited for once the batch is claimed.
+    reserved: Option<Reservation>,
+    /// The latest a request may go out at and still be recorded before the delivery's deadline.
+    send_by: Millis,
     shared: Arc<(Touchpoint, DispatchMeta)>,
     batch: PlannedBatch,
     ledger: Arc<dyn DeliveryStore>,
@@ -870,6 +879,31 @@ impl BatchJob {
                 counted,
             } => (attempt, sent_at, counted),
         };
+        // The slot and the pace, in time for the request to be answered within the claim's
+        // lease, and recorded before the delivery's deadline.
+        let latest = self
+            .send_by
+            .min(lease_until - self.cfg.request_timeout.as_millis() as i64);
+        let within = Duration::from_millis((latest - self.clock.now_ms()).max(0) as u64);
+        let pass = match self.reserved.take() {
+            Some(reserved) => match reserved.pass(within).await {
+                Some(pass) => Some(pass),
+                None => {
+                    // Sent nothing: the claim ends now, and a later delivery sends the batch
+                    // without waiting for its lease (a failed hand-back leaves it to the lease).
+                    let now = self.clock.now_ms();
+                    if let Err(e) = self
+                        .ledger
+                        .hand_back(meta, &batch.order_no, attempt, now)
+                        .await
+                    {
+                        tracing::warn!(order_no = %batch.order_no, error = %e, "cannot hand a claimed batch back");
+                    }
+                    return Ok((BatchStatus::Unsent, false, None));
+                }
+            },
+            None => None,
+        };
         let sent_at = self.clock.now_ms();
         let signed = touch(tp, &batch.order_no, sent_at, &batch.users);
         let (body, headers) = (signed.body, signed.headers);
@@ -889,7 +923,7 @@ impl BatchJob {
             Verdict::Retry(r) => *r,
             _ => None,
         };
-        if let Some(pass) = self.pass.take() {
+        if let Some(pass) = pass {
             pass.answered(Answer::of(ex.http_status, retry_after));
         }
         let (outcome, status) = match ex.verdict {

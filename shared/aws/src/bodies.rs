@@ -119,6 +119,17 @@ impl DispatchBodies {
     }
 
     /// Reads a message back into its dispatch.
+    /// The bytes of the dispatch a message carries: its own, or those of the stored body it
+    /// refers to (as the reference states them; nothing is read).
+    pub fn size_of(message: &str) -> usize {
+        if message.starts_with(REF_PREFIX)
+            && let Ok(RefMessage { dispatch_ref: r }) = serde_json::from_str(message)
+        {
+            return r.bytes;
+        }
+        message.len()
+    }
+
     pub async fn read(&self, message: &str) -> Result<Body, StoreError> {
         if !message.starts_with(REF_PREFIX) {
             return Ok(Body::Inline);
@@ -167,5 +178,17 @@ mod tests {
         assert_eq!(parts.concat(), text);
         assert!(parts_of("", 10).is_empty());
         assert_eq!(parts_of("abcd", 2), ["ab", "cd"]);
+    }
+
+    #[test]
+    fn a_message_weighs_what_it_carries_or_what_its_reference_states() {
+        let inline = r#"{"dispatchId":"d1","users":[]}"#;
+        assert_eq!(DispatchBodies::size_of(inline), inline.len());
+        let reference =
+            r#"{"dispatchRef":{"projectId":1,"dispatchId":"d1","parts":7,"bytes":1600000}}"#;
+        assert_eq!(DispatchBodies::size_of(reference), 1_600_000);
+        // Not one of ours: weighed as it is.
+        let odd = r#"{"dispatchRef":{"bytes":"many"}}"#;
+        assert_eq!(DispatchBodies::size_of(odd), odd.len());
     }
 }

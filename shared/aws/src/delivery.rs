@@ -1582,6 +1582,38 @@ impl DeliveryLedger for DynamoDelivery {
         }
     }
 
+    async fn hand_back(
+        &self,
+        meta: &DispatchMeta,
+        order: &OrderNo,
+        attempt: u32,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let ended = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(meta.project_id, order), "B")))
+            .update_expression("SET lease_until = :now")
+            .condition_expression("#state = :in_flight AND attempts = :attempt")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":in_flight", s("in_flight"))
+            .expression_attribute_values(":attempt", n(attempt))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        match ended {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
     async fn record_attempt(&self, record: &AttemptRecord) -> Result<Option<Settled>, StoreError> {
         let order = &record.order_no;
         let meta = &record.meta;

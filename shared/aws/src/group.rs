@@ -31,10 +31,13 @@ pub const WINDOW: Duration = Duration::from_millis(5);
 /// records, [`Groups::participant`]): it goes as soon as every one of them waits in a group or
 /// is done, and at the latest after this.
 pub const WINDOW_UNDER_WAY: Duration = Duration::from_millis(50);
-/// Checkpoints of one group at most: ten dispatch records, and for each distinct campaign and
-/// touchpoint a total and at most two hour rows (the outcome's hour and, for a first
-/// checkpoint, the hour it was opened): at most 70 items, under DynamoDB's 100.
-pub const GROUP_CHECKPOINTS: usize = 10;
+/// The longest a group waits when the store answers slowly: twice its recent round trip (a
+/// checkpoint waiting for others loses less than a round trip of its own), at most this.
+pub const WINDOW_SLOW: Duration = Duration::from_secs(1);
+/// Items of one group's transaction at most (DynamoDB's limit): a dispatch record per
+/// checkpoint, and for each distinct campaign and touchpoint its total and its hour rows. A
+/// checkpoint that would take a group beyond it starts the next group.
+pub const GROUP_ITEMS: usize = 100;
 
 /// Results messages of one `SendMessageBatch` at most (SQS's limit).
 const GROUP_MESSAGES: usize = 10;
@@ -127,6 +130,8 @@ pub struct Groups {
     sends: Mutex<Sends>,
     /// Writers under way ([`Groups::participant`]).
     active: std::sync::atomic::AtomicUsize,
+    /// The recent round trip of a group's write (microseconds, smoothed; 0: none yet).
+    round_trip_us: std::sync::atomic::AtomicU64,
     /// Transactions that carried a group, and the checkpoints they carried.
     pub transactions: std::sync::atomic::AtomicU64,
     pub grouped: std::sync::atomic::AtomicU64,
@@ -176,6 +181,13 @@ fn merge(moves: &[&CounterMove]) -> Vec<ScopeMove> {
     by_key.into_values().collect()
 }
 
+/// The items of a group's transaction with `units` (and one more checkpoint's `moves`).
+fn items_of(units: &[Unit], more: Option<&CounterMove>) -> usize {
+    let all: Vec<&CounterMove> = units.iter().map(|u| &u.moves).chain(more).collect();
+    let counters: usize = merge(&all).iter().map(|m| 1 + m.hours.len()).sum();
+    all.len() + counters
+}
+
 fn random_shard(shards: u64) -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
@@ -201,6 +213,7 @@ impl Groups {
             pending: Mutex::default(),
             sends: Mutex::default(),
             active: Default::default(),
+            round_trip_us: Default::default(),
             transactions: Default::default(),
             grouped: Default::default(),
         }
@@ -225,10 +238,26 @@ impl Groups {
 
     fn wait(&self) -> Duration {
         if self.active.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            WINDOW_UNDER_WAY
+            let trip = self
+                .round_trip_us
+                .load(std::sync::atomic::Ordering::Relaxed);
+            WINDOW_UNDER_WAY.max((2 * Duration::from_micros(trip)).min(WINDOW_SLOW))
         } else {
             self.window
         }
+    }
+
+    /// Notes how long a group's write took.
+    fn took(&self, since: std::time::Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let new = since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        let _ = self.round_trip_us.fetch_update(Relaxed, Relaxed, |old| {
+            Some(if old == 0 {
+                new
+            } else {
+                old - old / 4 + new / 4
+            })
+        });
     }
 
     /// Sends what is forming now if every writer under way waits in a group.
@@ -263,6 +292,9 @@ impl Groups {
             if pending.units.iter().any(|u| u.key == key) {
                 return Grouped::Alone;
             }
+            if !pending.units.is_empty() && items_of(&pending.units, Some(&moves)) > GROUP_ITEMS {
+                self.flush(&mut pending);
+            }
             if pending.units.is_empty() {
                 let generation = pending.generation;
                 self.after_window(move |me| {
@@ -280,7 +312,7 @@ impl Groups {
                 counters,
                 done,
             });
-            if pending.units.len() >= GROUP_CHECKPOINTS {
+            if items_of(&pending.units, None) >= GROUP_ITEMS {
                 self.flush(&mut pending);
             }
         }
@@ -319,7 +351,10 @@ impl Groups {
                 Ok(counters) => items.extend(counters.into_iter().flatten()),
                 Err(_) => break,
             }
-            let failed = match crate::delivery::transact_items(&self.ddb, items).await {
+            let started = std::time::Instant::now();
+            let written = crate::delivery::transact_items(&self.ddb, items).await;
+            self.took(started);
+            let failed = match written {
                 Ok(crate::delivery::Tx::Written) => {
                     self.transactions.fetch_add(1, Relaxed);
                     self.grouped.fetch_add(units.len() as u64, Relaxed);
@@ -419,6 +454,7 @@ impl Groups {
 
     /// One `SendMessageBatch`; a message it did not take is sent alone by its caller.
     async fn send_messages(&self, queue: &str, messages: Vec<Message>) {
+        let started = std::time::Instant::now();
         let sent = self
             .sqs
             .send_message_batch()
@@ -426,6 +462,7 @@ impl Groups {
             .set_entries(Some(messages.iter().map(|m| m.entry.clone()).collect()))
             .send()
             .await;
+        self.took(started);
         let ok: HashSet<String> = match sent {
             Ok(out) => out.successful().iter().map(|s| s.id().to_owned()).collect(),
             Err(e) => {

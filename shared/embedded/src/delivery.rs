@@ -430,6 +430,28 @@ impl DeliveryLedger for SqliteStore {
         .await
     }
 
+    async fn hand_back(
+        &self,
+        _meta: &DispatchMeta,
+        order_no: &OrderNo,
+        attempt: u32,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let order_no = order_no.to_owned();
+        let writes = self.writes();
+        self.tx(move |tx| {
+            let ended = tx
+                .execute_cached(
+                    "UPDATE batches SET lease_until = ?3 WHERE order_no = ?1 AND state = 'in_flight' AND attempts = ?2",
+                    params![order_no.as_str(), attempt, now],
+                )
+                .map_err(backend)?;
+            writes.fetch_add(ended as u64, Ordering::Relaxed);
+            Ok(())
+        })
+        .await
+    }
+
     async fn record_attempt(&self, record: &AttemptRecord) -> Result<Option<Settled>, StoreError> {
         let record = record.clone();
         let writes = self.writes();

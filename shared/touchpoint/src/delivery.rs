@@ -476,6 +476,18 @@ pub trait DeliveryLedger: Send + Sync {
     /// already recorded by this very attempt (a write that timed out but took effect), so that
     /// it is never lost between the two.
     async fn record_attempt(&self, record: &AttemptRecord) -> Result<Option<Settled>, StoreError>;
+
+    /// Ends at once the claim of a batch that `attempt` sent nothing under (no slot or pace
+    /// came in time): the next claim takes it without waiting for the lease to run out, and as a
+    /// claim whose sender went away it uses none of the batch's attempts. Does nothing when the
+    /// batch is no longer that attempt's.
+    async fn hand_back(
+        &self,
+        meta: &DispatchMeta,
+        order_no: &OrderNo,
+        attempt: u32,
+        now: Millis,
+    ) -> Result<(), StoreError>;
 }
 
 /// What the API reports: dispatches, batches and statistics.

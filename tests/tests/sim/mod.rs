@@ -262,30 +262,15 @@ impl Esm {
                 let stop = Arc::clone(&stop);
                 let stats = Arc::clone(&stats);
                 let abort = abort.clone();
-                let batch_size = t.batch_size;
+                let (batch_size, window) = (t.batch_size, t.scaled(t.batching_window));
+                let max_message = t.maximum_message_size as usize;
                 tokio::spawn(async move {
                     while !stop.load(Ordering::SeqCst) {
-                        let got = sqs
-                            .receive_message()
-                            .queue_url(&queue)
-                            .max_number_of_messages(batch_size)
-                            .wait_time_seconds(1)
-                            .message_system_attribute_names(
-                                aws_sdk_sqs::types::MessageSystemAttributeName::All,
-                            )
-                            .message_attribute_names("All")
-                            .send()
-                            .await;
-                        let messages = match got {
-                            Ok(r) => r.messages.unwrap_or_default(),
-                            Err(_) => {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                continue;
-                            }
-                        };
-                        if messages.is_empty() {
+                        let Some(messages) =
+                            gather(&sqs, &queue, batch_size, window, max_message).await
+                        else {
                             continue;
-                        }
+                        };
                         let records: Vec<_> = messages
                             .into_iter()
                             .map(crate::support::sqs::record_of)
@@ -367,6 +352,68 @@ impl Esm {
             let _ = t.await;
         }
         self.stats
+    }
+}
+
+/// What a Lambda invocation's payload holds at most (synchronous invocation: 6 MB).
+const INVOCATION_PAYLOAD: usize = 6_000_000;
+/// About what an SQS record adds to its body in the event (ids, attributes, ARN).
+const RECORD_OVERHEAD: usize = 1_000;
+
+/// One invocation's records, gathered as the event source mapping does: a long poll for the
+/// first, then receives of at most ten (SQS's limit) until `BatchSize` records, the batching
+/// window since the first, or the invocation payload's 6 MB (no record left out for it:
+/// gathering stops while one more of the queue's largest could not fit). `None`: nothing came.
+async fn gather(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    batch_size: i32,
+    window: Duration,
+    max_message: usize,
+) -> Option<Vec<aws_sdk_sqs::types::Message>> {
+    let mut messages: Vec<aws_sdk_sqs::types::Message> = Vec::new();
+    let mut bytes = 0usize;
+    let mut closes: Option<Instant> = None;
+    loop {
+        let left = (batch_size as usize).saturating_sub(messages.len());
+        let now = Instant::now();
+        if left == 0
+            || bytes + max_message + RECORD_OVERHEAD > INVOCATION_PAYLOAD
+            || closes.is_some_and(|c| now >= c)
+        {
+            return Some(messages);
+        }
+        let got = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(left.min(10) as i32)
+            .wait_time_seconds(if messages.is_empty() { 1 } else { 0 })
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await;
+        let got = match got {
+            Ok(r) => r.messages.unwrap_or_default(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Vec::new()
+            }
+        };
+        if messages.is_empty() && got.is_empty() {
+            return None;
+        }
+        if got.is_empty() {
+            // The window is still open: look again shortly.
+            let rest = closes.map_or(Duration::ZERO, |c| c.saturating_duration_since(now));
+            tokio::time::sleep(rest.min(Duration::from_millis(20))).await;
+            continue;
+        }
+        closes.get_or_insert(now + window);
+        bytes += got
+            .iter()
+            .map(|m| m.body.as_deref().map_or(0, str::len) + RECORD_OVERHEAD)
+            .sum::<usize>();
+        messages.extend(got);
     }
 }
 

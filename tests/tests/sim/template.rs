@@ -46,6 +46,7 @@ pub fn value(text: &str, path: &[&str]) -> Option<String> {
 pub struct Template {
     pub dispatcher_timeout: Duration,
     pub batch_size: i32,
+    pub batching_window: Duration,
     pub max_receives_env: u32,
     pub visibility_timeout: Duration,
     pub retention: Duration,
@@ -94,6 +95,15 @@ impl Template {
                 "Properties",
                 "BatchSize",
             ]) as i32,
+            batching_window: Duration::from_secs(num(&[
+                "Resources",
+                "DispatcherFunction",
+                "Properties",
+                "Events",
+                "Dispatches",
+                "Properties",
+                "MaximumBatchingWindowInSeconds",
+            ])),
             max_receives_env: num(&[
                 "Resources",
                 "DispatcherFunction",

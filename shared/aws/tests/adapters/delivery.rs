@@ -655,3 +655,50 @@ async fn one_user_dispatches_checkpointed_together_share_a_transaction_and_count
         assert_eq!((s.sent, s.succeeded, s.failed), (users, users, 0), "{key}");
     }
 }
+
+/// A claim handed back unsent ends at once: the next claim takes the batch without waiting for
+/// the lease, and the handed-back claim uses none of its attempts; a stale hand-back (the batch
+/// is another attempt's now) changes nothing.
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_claim_handed_back_unsent_is_taken_again_at_once_without_using_an_attempt() {
+    let clients = support::clients().await;
+    let names = support::provision(&clients).await;
+    let ledger = DynamoDelivery::new(&clients, &names);
+    let m = meta();
+    ledger.open_dispatch(&m, 2, 10, 1_000).await.unwrap();
+    let order: touchpoint::ids::OrderNo = "o-back".into();
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, &order, 2, 1_000, 121_000)
+            .await
+            .unwrap(),
+        Claim::Send {
+            attempt: 1,
+            sent_at: 1_000,
+            counted: 1
+        }
+    );
+    ledger.hand_back(&m, &order, 1, 1_500).await.unwrap();
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, &order, 2, 1_600, 121_600)
+            .await
+            .unwrap(),
+        Claim::Send {
+            attempt: 2,
+            sent_at: 1_000,
+            counted: 1
+        },
+        "taken at once, its attempts untouched"
+    );
+    // The first attempt's late hand-back leaves the second attempt's claim alone.
+    ledger.hand_back(&m, &order, 1, 1_700).await.unwrap();
+    assert_eq!(
+        ledger
+            .claim_batch(&m, 0, &order, 2, 1_800, 121_800)
+            .await
+            .unwrap(),
+        Claim::NotBefore(121_600)
+    );
+}

@@ -79,12 +79,24 @@ enum PassOf {
     Shared {
         gate: Arc<shared::SharedGate>,
         held: Option<shared::Held>,
+        _place: OwnedSemaphorePermit,
     },
+}
+
+/// A place among the requests this process has under way to a touchpoint (at most its
+/// `maxConcurrency`), taken before a batch is claimed; [`Reservation::pass`] then waits for
+/// the touchpoint's pace and, where the limits are shared, for a slot of its own. So a batch is
+/// claimed only when this process can send it soon, and a shared slot is held only while its
+/// request goes out (its pace and the receiver's answer), not during the claim's write.
+pub struct Reservation {
+    place: OwnedSemaphorePermit,
+    gate: Arc<Gate>,
+    shared: Option<Arc<shared::SharedGate>>,
 }
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        if let PassOf::Shared { gate, held } = &mut self.inner
+        if let PassOf::Shared { gate, held, .. } = &mut self.inner
             && let Some(h) = held.take()
         {
             gate.give_back(h);
@@ -240,22 +252,51 @@ impl ReceiverLimits {
     /// `within` (the caller's time is up).
     pub async fn acquire(&self, tp: &Touchpoint, within: Duration) -> Option<Pass> {
         let until = Instant::now() + within;
-        if let Some(ctx) = &self.shared {
-            let gate = self.shared_gate(ctx, tp);
-            let held = gate.acquire(until).await?;
-            return Some(Pass {
-                inner: PassOf::Shared {
-                    gate,
-                    held: Some(held),
-                },
-            });
-        }
+        let reserved = self.reserve(tp, within).await?;
+        reserved
+            .pass(until.saturating_duration_since(Instant::now()))
+            .await
+    }
+
+    /// Waits for a place among this process's requests to the touchpoint (see
+    /// [`Reservation`]); `None` when that takes longer than `within`.
+    pub async fn reserve(&self, tp: &Touchpoint, within: Duration) -> Option<Reservation> {
+        let until = Instant::now() + within;
         let gate = self.gate(tp);
         let slots = Arc::clone(&gate.slots.lock().unwrap_or_else(|p| p.into_inner()).1);
-        let slot = tokio::time::timeout_at(until, slots.acquire_owned())
+        let place = tokio::time::timeout_at(until, slots.acquire_owned())
             .await
             .ok()?
             .ok()?;
+        let shared = self.shared.as_ref().map(|ctx| self.shared_gate(ctx, tp));
+        Some(Reservation {
+            place,
+            gate,
+            shared,
+        })
+    }
+}
+
+impl Reservation {
+    /// Waits for the touchpoint's pace (and a shared slot); `None` when that takes longer than
+    /// `within`.
+    pub async fn pass(self, within: Duration) -> Option<Pass> {
+        let until = Instant::now() + within;
+        let Reservation {
+            place: slot,
+            gate,
+            shared,
+        } = self;
+        if let Some(shared) = shared {
+            let held = shared.acquire(until).await?;
+            return Some(Pass {
+                inner: PassOf::Shared {
+                    gate: shared,
+                    held: Some(held),
+                    _place: slot,
+                },
+            });
+        }
         // The time this request goes out at, reserved now so that requests waiting together
         // are spaced by the rate.
         let at = {
@@ -265,7 +306,8 @@ impl ReceiverLimits {
             if let Some(p) = pace.paused_until {
                 at = at.max(p);
             }
-            if at > until {
+            // A pass there at once is taken even with no time to wait.
+            if at > until.max(now) {
                 return None;
             }
             if let Some(rate) = pace.rate {
@@ -295,7 +337,9 @@ impl ReceiverLimits {
             inner: PassOf::Local { _slot: slot, gate },
         })
     }
+}
 
+impl ReceiverLimits {
     /// The rate a touchpoint's requests go out at now (`None`: unlimited), for reports.
     pub fn rate(&self, tp: &Touchpoint) -> Option<f64> {
         if let Some(ctx) = &self.shared {
