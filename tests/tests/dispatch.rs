@@ -1239,11 +1239,11 @@ async fn a_dispatch_reports_its_counts_whole_and_its_batches_a_page_at_a_time() 
     assert!(past.batches.is_empty() && past.next_batches_from.is_none());
 }
 
-/// A batch claimed while its touchpoint is paused (a `Retry-After` met by another request),
-/// that gets no pass before its delivery's time is up, is handed back unsent: the next delivery
-/// sends it at once, not after the claim's lease (two minutes), and with the attempts it had.
+/// A touchpoint paused (a `Retry-After` met by another request) for longer than a delivery has
+/// time left: nothing is claimed (no write, no lease to wait out), and a delivery after the
+/// pause sends at once.
 #[tokio::test]
-async fn a_claimed_batch_that_could_not_go_in_time_is_handed_back_unsent() {
+async fn a_touchpoint_paused_beyond_the_deliverys_time_claims_nothing() {
     use touchpoint::ports::TouchpointStore;
     use touchpoint_receiver::limits::Answer;
     let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
@@ -1263,29 +1263,95 @@ async fn a_claimed_batch_that_could_not_go_in_time_is_handed_back_unsent() {
     let pass = limits.acquire(&tp, Duration::from_secs(1)).await.unwrap();
     pass.answered(Answer::Overloaded(Some(pause)));
     let d = dispatch("paused-1", &tp.id, 10);
-    let deadline = system_now() + 1_000;
+    let handled = rig
+        .dispatcher
+        .handle_delivery(d.clone(), 1, system_now() + 1_000)
+        .await
+        .unwrap();
     assert_eq!(
-        rig.dispatcher
-            .handle_delivery(d.clone(), 1, deadline)
-            .await
-            .unwrap(),
+        handled,
         Handled::Continue,
-        "time ran out before the pause ended"
+        "the pause outlasts the delivery"
     );
     assert_eq!(rx.requests(), 0);
-    let batch = &rig.batches("paused-1").await[0];
-    assert_eq!(batch.state, BatchState::InFlight, "claimed");
+    assert!(rig.batches("paused-1").await.is_empty(), "nothing claimed");
     tokio::time::sleep(pause.saturating_sub(paused_at.elapsed()) + Duration::from_millis(50)).await;
+    let handled = rig
+        .dispatcher
+        .handle_delivery(d.clone(), 1, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(handled, Handled::Done);
+    assert_eq!(rx.requests(), 1);
+}
+
+/// A batch claimed that gets no pass before its delivery's time is up (here the touchpoint's
+/// pace: one request a second, two batches) is handed back unsent: the next delivery sends it
+/// at once, not after the claim's lease (two minutes), and with the attempts it had.
+#[tokio::test]
+async fn a_claimed_batch_that_could_not_go_in_time_is_handed_back_unsent() {
+    let rx = Receiver::start(|seen, _| Reply::all_ok(seen)).await;
+    let mut cfg = config("50ms", 200);
+    cfg.deadline_margin = Duration::from_millis(100);
+    let rig = Rig::new(cfg);
+    let tp = rig
+        .touchpoints
+        .create(
+            1,
+            &json!({
+                "name": "paced", "kind": "notification", "url": rx.url(), "token": TOKEN,
+                "batchSize": 10, "maxRequestsPerSecond": 1,
+                "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "姓名", "default": "会员"}],
+                "templateParams": [
+                    {"identifier": "title", "displayName": "标题", "type": "text", "required": true},
+                    {"identifier": "day", "displayName": "日期", "type": "date"}
+                ]
+            }),
+        )
+        .await
+        .unwrap();
+    rig.touchpoints
+        .set_spaces(
+            1,
+            &tp.id,
+            vec!["space-a".to_owned()].into_iter().collect(),
+            None,
+        )
+        .await
+        .unwrap();
+    let d = dispatch("paced-1", &tp.id, 20);
+    let handled = rig
+        .dispatcher
+        .handle_delivery(d.clone(), 1, system_now() + 900)
+        .await
+        .unwrap();
     assert_eq!(
-        rig.dispatcher
-            .handle_delivery(d.clone(), 1, i64::MAX)
-            .await
-            .unwrap(),
-        Handled::Done,
-        "sent at once, not after the claim's lease"
+        handled,
+        Handled::Continue,
+        "the second batch's turn is after the deadline"
     );
     assert_eq!(rx.requests(), 1);
-    let results = results_of(&rig.batches("paused-1").await);
+    let batches = rig.batches("paced-1").await;
+    assert_eq!(batches.len(), 2, "both claimed");
+    let started = Instant::now();
+    let handled = rig
+        .dispatcher
+        .handle_delivery(d.clone(), 1, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        handled,
+        Handled::Done,
+        "sent at its pace, not after the claim's lease"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(rx.requests(), 2);
+    let results = results_of(&rig.batches("paced-1").await);
+    assert_eq!(results.len(), 20);
     assert!(
         results.iter().all(|(_, code, _)| code == "TOU_SUCC"),
         "{results:?}"

@@ -263,12 +263,28 @@ impl ReceiverLimits {
     pub async fn reserve(&self, tp: &Touchpoint, within: Duration) -> Option<Reservation> {
         let until = Instant::now() + within;
         let gate = self.gate(tp);
+        // Paused longer than the caller can wait (a `Retry-After` known here): nothing is
+        // claimed that could not go.
+        let shared = self.shared.as_ref().map(|ctx| self.shared_gate(ctx, tp));
+        let paused_for = match &shared {
+            Some(shared) => shared.paused_for(),
+            None => gate
+                .pace
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .paused_until
+                .map_or(Duration::ZERO, |p| {
+                    p.saturating_duration_since(Instant::now())
+                }),
+        };
+        if paused_for > within {
+            return None;
+        }
         let slots = Arc::clone(&gate.slots.lock().unwrap_or_else(|p| p.into_inner()).1);
         let place = tokio::time::timeout_at(until, slots.acquire_owned())
             .await
             .ok()?
             .ok()?;
-        let shared = self.shared.as_ref().map(|ctx| self.shared_gate(ctx, tp));
         Some(Reservation {
             place,
             gate,

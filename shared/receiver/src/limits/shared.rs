@@ -228,6 +228,13 @@ impl SharedGate {
         g.ceiling = ceiling;
     }
 
+    /// How long the touchpoint is paused for still (a `Retry-After` this process knows of).
+    pub fn paused_for(&self) -> Duration {
+        let paused = self.lock().pressure.paused_until;
+        let left = paused - self.ctx.clock.now_ms();
+        Duration::from_millis(left.max(0) as u64)
+    }
+
     pub fn rate(&self) -> Option<f64> {
         let g = self.lock();
         rate_now(
