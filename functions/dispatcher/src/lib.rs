@@ -879,11 +879,11 @@ impl BatchJob {
                 counted,
             } => (attempt, sent_at, counted),
         };
-        // The slot and the pace, in time for the request to be answered within the claim's
-        // lease, and recorded before the delivery's deadline.
-        let latest = self
-            .send_by
-            .min(lease_until - self.cfg.request_timeout.as_millis() as i64);
+        // The slot and the pace, in time for the request to be answered and recorded within the
+        // claim's lease (another delivery may take the batch once it runs out), and before the
+        // delivery's deadline.
+        let margin = (self.cfg.request_timeout + self.cfg.deadline_margin).as_millis() as i64;
+        let latest = self.send_by.min(lease_until - margin);
         let within = Duration::from_millis((latest - self.clock.now_ms()).max(0) as u64);
         let pass = match self.reserved.take() {
             Some(reserved) => match reserved.pass(within).await {

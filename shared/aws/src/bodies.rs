@@ -118,7 +118,6 @@ impl DispatchBodies {
         .map_err(StoreError::backend)
     }
 
-    /// Reads a message back into its dispatch.
     /// The bytes of the dispatch a message carries: its own, or those of the stored body it
     /// refers to (as the reference states them; nothing is read).
     pub fn size_of(message: &str) -> usize {
@@ -130,6 +129,7 @@ impl DispatchBodies {
         message.len()
     }
 
+    /// Reads a message back into its dispatch.
     pub async fn read(&self, message: &str) -> Result<Body, StoreError> {
         if !message.starts_with(REF_PREFIX) {
             return Ok(Body::Inline);

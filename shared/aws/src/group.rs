@@ -29,10 +29,11 @@ use touchpoint::ports::StoreError;
 pub const WINDOW: Duration = Duration::from_millis(5);
 /// How long it waits when it knows how many writers are under way (the dispatcher Lambda's
 /// records, [`Groups::participant`]): it goes as soon as every one of them waits in a group or
-/// is done, and at the latest after this.
+/// is done, and at the latest after this or twice the recent round trip of a group's write or
+/// send, whichever is longer (checkpoints of records that finish a store round trip apart
+/// still share a group).
 pub const WINDOW_UNDER_WAY: Duration = Duration::from_millis(50);
-/// The longest a group waits when the store answers slowly: twice its recent round trip (a
-/// checkpoint waiting for others loses less than a round trip of its own), at most this.
+/// The longest a group waits however slowly the store answers.
 pub const WINDOW_SLOW: Duration = Duration::from_secs(1);
 /// Items of one group's transaction at most (DynamoDB's limit): a dispatch record per
 /// checkpoint, and for each distinct campaign and touchpoint its total and its hour rows. A

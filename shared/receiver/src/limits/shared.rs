@@ -263,23 +263,27 @@ impl SharedGate {
                     let mut h = g.idle.swap_remove(i);
                     h.lent_at = Some(now);
                     Step::Use(h)
-                } else if g.mine.len() < g.limit
-                    && !g.taking
-                    && g.next_take.is_none_or(|t| t <= now)
-                    && g.worth_taking(now - began)
-                {
-                    g.taking = true;
-                    Step::Take
                 } else {
-                    let poll = Duration::from_millis(50);
-                    // Looks again when a take would be worth it for having waited.
-                    let patience = g.take_ms.map_or(poll, |t| {
-                        Duration::from_secs_f64(t / 1000.0).saturating_sub(now - began)
-                    });
-                    Step::Wait(match g.next_take {
-                        Some(t) if t > now && !g.taking => (t - now).min(poll),
-                        _ => poll.min(patience.max(Duration::from_millis(1))),
-                    })
+                    let may_take =
+                        g.mine.len() < g.limit && !g.taking && g.next_take.is_none_or(|t| t <= now);
+                    if may_take && g.worth_taking(now - began) {
+                        g.taking = true;
+                        Step::Take
+                    } else {
+                        let poll = Duration::from_millis(50);
+                        // Looks again when a take would be worth it for having waited (only
+                        // when one may go; otherwise at the usual poll).
+                        let patience = match g.take_ms {
+                            Some(t) if may_take => Duration::from_secs_f64(t / 1000.0)
+                                .saturating_sub(now - began)
+                                .max(Duration::from_millis(1)),
+                            _ => poll,
+                        };
+                        Step::Wait(match g.next_take {
+                            Some(t) if t > now && !g.taking => (t - now).min(poll),
+                            _ => poll.min(patience),
+                        })
+                    }
                 }
             };
             let held = match step {
@@ -494,6 +498,8 @@ impl SharedGate {
             let at = now.max(h.next_at).max(paused);
             let room = Shared::ms(deadline.saturating_duration_since(Instant::now()));
             if at > now + room {
+                // Not sent: no measure of a slot's time out.
+                h.lent_at = None;
                 self.give_back(h);
                 return Prepared::TooLate;
             }
@@ -724,9 +730,10 @@ struct Preparing<'a> {
 
 impl Drop for Preparing<'_> {
     fn drop(&mut self) {
-        if let Some(h) = self.held.take()
+        if let Some(mut h) = self.held.take()
             && self.gate.lock().mine.contains(&h.slot)
         {
+            h.lent_at = None;
             self.gate.give_back(h);
         }
     }
