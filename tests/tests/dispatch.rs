@@ -1295,31 +1295,9 @@ async fn a_claimed_batch_that_could_not_go_in_time_is_handed_back_unsent() {
     cfg.deadline_margin = Duration::from_millis(100);
     let rig = Rig::new(cfg);
     let tp = rig
-        .touchpoints
-        .create(
-            1,
-            &json!({
-                "name": "paced", "kind": "notification", "url": rx.url(), "token": TOKEN,
-                "batchSize": 10, "maxRequestsPerSecond": 1,
-                "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "姓名", "default": "会员"}],
-                "templateParams": [
-                    {"identifier": "title", "displayName": "标题", "type": "text", "required": true},
-                    {"identifier": "day", "displayName": "日期", "type": "date"}
-                ]
-            }),
-        )
-        .await
-        .unwrap();
-    rig.touchpoints
-        .set_spaces(
-            1,
-            &tp.id,
-            vec!["space-a".to_owned()].into_iter().collect(),
-            None,
-        )
-        .await
-        .unwrap();
-    let d = dispatch("paced-1", &tp.id, 20);
+        .touchpoint_with("paced", &rx.url(), 10, json!({"maxRequestsPerSecond": 1}))
+        .await;
+    let d = dispatch("paced-1", &tp, 20);
     let handled = rig
         .dispatcher
         .handle_delivery(d.clone(), 1, system_now() + 900)

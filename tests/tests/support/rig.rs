@@ -62,21 +62,23 @@ impl Rig {
     }
 
     pub async fn touchpoint(&self, name: &str, url: &str, batch: u16) -> String {
-        let tp = self
-            .touchpoints
-            .create(
-                1,
-                &json!({
-                    "name": name, "kind": "notification", "url": url, "token": TOKEN, "batchSize": batch,
-                    "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "姓名", "default": "会员"}],
-                    "templateParams": [
-                        {"identifier": "title", "displayName": "标题", "type": "text", "required": true},
-                        {"identifier": "day", "displayName": "日期", "type": "date"}
-                    ]
-                }),
-            )
-            .await
-            .unwrap();
+        self.touchpoint_with(name, url, batch, json!({})).await
+    }
+
+    /// [`Rig::touchpoint`] with more fields (`maxRequestsPerSecond`, …).
+    pub async fn touchpoint_with(&self, name: &str, url: &str, batch: u16, more: Value) -> String {
+        let mut body = json!({
+            "name": name, "kind": "notification", "url": url, "token": TOKEN, "batchSize": batch,
+            "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "姓名", "default": "会员"}],
+            "templateParams": [
+                {"identifier": "title", "displayName": "标题", "type": "text", "required": true},
+                {"identifier": "day", "displayName": "日期", "type": "date"}
+            ]
+        });
+        if let (Some(body), Some(more)) = (body.as_object_mut(), more.as_object()) {
+            body.extend(more.clone());
+        }
+        let tp = self.touchpoints.create(1, &body).await.unwrap();
         self.touchpoints
             .set_spaces(
                 1,
