@@ -12,7 +12,7 @@
 //! slot only when the slots it holds would not come back to it sooner than a take lasts
 //! (measured: how long a slot stays out with a request, and how long a round of takes takes),
 //! and a round takes enough for the requests waiting then, doubling from one before any slot
-//! came back. A touchpoint that answers at once is served by one or two slots per process;
+//! came back. A touchpoint that answers at once is served by a few slots per process;
 //! a slow one gets as many as its requests waiting.
 
 use std::collections::{HashSet, VecDeque};
@@ -131,7 +131,7 @@ impl Inner {
     /// process holds none, when it does not know yet how long either takes, when the slots out
     /// would serve the requests waiting later than a take would, or when this one has already
     /// waited as long as a take lasts (a request the measures misjudge waits no longer than
-    /// the take it saved). A touchpoint answered at once is served by one or two slots per
+    /// the take it saved). A touchpoint answered at once is served by a few slots per
     /// process, not one per request, each taken and given back by a write.
     fn worth_taking(&self, waited: Duration) -> bool {
         let out = self.mine.len().saturating_sub(self.idle.len());
