@@ -566,8 +566,9 @@ async fn scenario_ten_thousand_users_at_batch_size_1_behind_a_slow_receiver_embe
     let slow = template.scaled(template.dispatcher_timeout) / 3;
     let (rx, tracked) = slow_receiver(slow).await;
     // Its request timeout lets such a receiver answer with room to spare on a loaded machine:
-    // 60 s (2 s at ×30) against 40 s (1.33 s). At 45 s, 167 ms of delay on a test machine running
-    // eight scenarios at once made a request time out and the batch go again.
+    // 60 s (2 s at ×30) against 40 s (1.33 s). At 45 s (167 ms to spare), one run on a test
+    // machine running eight scenarios at once sent 16 batches twice, two attempts each, as
+    // requests timing out at the client do.
     let tp = create_touchpoint(
         &admin,
         "slow",
