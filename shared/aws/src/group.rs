@@ -494,3 +494,52 @@ impl Drop for Participant {
         self.0.flush_if_all_wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(campaign: &str, hour: Millis) -> Unit {
+        Unit {
+            key: format!("{campaign}-{hour}"),
+            head: TransactWriteItem::builder().build(),
+            moves: CounterMove {
+                project: 1,
+                campaign: campaign.to_owned(),
+                touchpoint: "tp_1".to_owned(),
+                total: (1, 1, 0),
+                hours: vec![HourCounts {
+                    hour,
+                    counts: (1, 1, 0),
+                    drill: None,
+                }],
+            },
+            now: hour,
+            counters: Arc::new(|_, _, _| Ok(Vec::new())),
+            done: oneshot::channel().0,
+        }
+    }
+
+    /// A group's transaction names each dispatch record, and each distinct campaign's and
+    /// touchpoint's total and hour rows once: 96 one-user dispatches of one campaign and hour
+    /// fill DynamoDB's 100 items; each more campaign or hour adds its own rows.
+    #[test]
+    fn a_group_counts_its_transaction_items_as_the_write_builds_them() {
+        let units: Vec<Unit> = (0..96).map(|_| unit("c1", 0)).collect();
+        assert_eq!(items_of(&units, None), 96 + 2 * (1 + 1));
+        assert_eq!(items_of(&units[..95], Some(&units[95].moves)), 100);
+        let units = &units[..94];
+        let other = unit("c2", 0);
+        assert_eq!(
+            items_of(units, Some(&other.moves)),
+            95 + 4 + 2,
+            "c2's total and hour"
+        );
+        let later = unit("c1", 3_600_000);
+        assert_eq!(
+            items_of(units, Some(&later.moves)),
+            95 + 4 + 2,
+            "the new hour's rows"
+        );
+    }
+}
