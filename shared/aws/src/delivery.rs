@@ -1603,13 +1603,9 @@ impl DeliveryLedger for DynamoDelivery {
             .send()
             .await;
         match ended {
+            // Not that attempt's any more: nothing to hand back.
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
+            Err(e) if conditional(&e) => Ok(()),
             Err(e) => Err(aws_err(e)),
         }
     }

@@ -293,8 +293,12 @@ impl Groups {
             if pending.units.iter().any(|u| u.key == key) {
                 return Grouped::Alone;
             }
-            if !pending.units.is_empty() && items_of(&pending.units, Some(&moves)) > GROUP_ITEMS {
+            // The group's items with this checkpoint: beyond the limit, the group goes first
+            // and this one starts the next; at the limit, it goes with this one.
+            let mut items = items_of(&pending.units, Some(&moves));
+            if !pending.units.is_empty() && items > GROUP_ITEMS {
                 self.flush(&mut pending);
+                items = items_of(&[], Some(&moves));
             }
             if pending.units.is_empty() {
                 let generation = pending.generation;
@@ -313,7 +317,7 @@ impl Groups {
                 counters,
                 done,
             });
-            if items_of(&pending.units, None) >= GROUP_ITEMS {
+            if items >= GROUP_ITEMS {
                 self.flush(&mut pending);
             }
         }

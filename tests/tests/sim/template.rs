@@ -79,6 +79,17 @@ impl Template {
                 .unwrap_or_else(|_| panic!("{}: {v:?} is not a number", path.join(".")))
         };
         let q = |key: &str| num(&["Resources", "DispatchQueue", "Properties", key]);
+        let event_source = |key: &str| {
+            num(&[
+                "Resources",
+                "DispatcherFunction",
+                "Properties",
+                "Events",
+                "Dispatches",
+                "Properties",
+                key,
+            ])
+        };
         Template {
             dispatcher_timeout: Duration::from_secs(num(&[
                 "Resources",
@@ -86,24 +97,8 @@ impl Template {
                 "Properties",
                 "Timeout",
             ])),
-            batch_size: num(&[
-                "Resources",
-                "DispatcherFunction",
-                "Properties",
-                "Events",
-                "Dispatches",
-                "Properties",
-                "BatchSize",
-            ]) as i32,
-            batching_window: Duration::from_secs(num(&[
-                "Resources",
-                "DispatcherFunction",
-                "Properties",
-                "Events",
-                "Dispatches",
-                "Properties",
-                "MaximumBatchingWindowInSeconds",
-            ])),
+            batch_size: event_source("BatchSize") as i32,
+            batching_window: Duration::from_secs(event_source("MaximumBatchingWindowInSeconds")),
             max_receives_env: num(&[
                 "Resources",
                 "DispatcherFunction",
