@@ -1020,6 +1020,19 @@ impl DeliveryLedger for CountingClaims {
             .claim_batch(meta, index, order_no, users, now, lease_until)
             .await
     }
+    async fn claim_opening(
+        &self,
+        meta: &DispatchMeta,
+        order_no: &OrderNo,
+        batch_size: u32,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError> {
+        self.claims.lock().unwrap().push(0);
+        self.inner
+            .claim_opening(meta, order_no, batch_size, now, lease_until)
+            .await
+    }
     async fn record_attempt(
         &self,
         record: &AttemptRecord,

@@ -162,6 +162,8 @@ struct Plan<'a> {
     template: &'a Map<String, Value>,
     batch_size: usize,
     progress: Progress,
+    /// Its only batch's claim opens it ([`touchpoint::delivery::Opened::by_claim`]).
+    by_claim: bool,
 }
 
 impl Dispatcher {
@@ -360,6 +362,7 @@ impl Dispatcher {
             // size is now: a redelivery never sends a user under a second orderNo.
             batch_size: (opened.batch_size as usize).max(1),
             progress: opened.progress,
+            by_claim: opened.by_claim,
         };
         let abandoned = plan.progress.abandoned.clone().or_else(|| {
             let why = stalled(opened.stalls + 1, self.cfg.max_stalls);
@@ -723,6 +726,7 @@ impl Dispatcher {
                     index as usize,
                 );
                 let job = BatchJob {
+                    opening: plan.by_claim.then_some(plan.batch_size as u32),
                     reserved: Some(reserved),
                     send_by: deadline - budget.as_millis() as i64,
                     shared: Arc::clone(&shared),
@@ -837,6 +841,9 @@ fn meta_of(d: &Dispatch, tp: Option<&Touchpoint>) -> DispatchMeta {
 }
 
 struct BatchJob {
+    /// The claim opens the dispatch, planned in batches of this size (see
+    /// [`touchpoint::delivery::DeliveryLedger::claim_opening`]).
+    opening: Option<u32>,
     /// A place among the touchpoint's requests; its pass (given back with the receiver's
     /// answer) is waited for once the batch is claimed.
     reserved: Option<Reservation>,
@@ -858,18 +865,26 @@ impl BatchJob {
         let batch = &self.batch;
         let now = self.clock.now_ms();
         let lease_until = now + (self.cfg.lease.as_millis() as i64);
-        let (attempt, first_sent_at, counted) = match self
-            .ledger
-            .claim_batch(
-                meta,
-                batch.index,
-                &batch.order_no,
-                batch.users.len() as u32,
-                now,
-                lease_until,
-            )
-            .await?
-        {
+        let claim = match self.opening {
+            Some(batch_size) => {
+                self.ledger
+                    .claim_opening(meta, &batch.order_no, batch_size, now, lease_until)
+                    .await?
+            }
+            None => {
+                self.ledger
+                    .claim_batch(
+                        meta,
+                        batch.index,
+                        &batch.order_no,
+                        batch.users.len() as u32,
+                        now,
+                        lease_until,
+                    )
+                    .await?
+            }
+        };
+        let (attempt, first_sent_at, counted) = match claim {
             Claim::Done => return Ok((BatchStatus::Finished, false, None)),
             Claim::Settled(s) => return Ok((BatchStatus::Finished, false, Some(s))),
             Claim::NotBefore(t) => return Ok((BatchStatus::Waiting(t), false, None)),

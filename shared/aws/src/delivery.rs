@@ -10,6 +10,10 @@
 //! | hour counters shard | `P#{project}#TR#{scope}#{key}#{day}` | `H#{hour}#{0..15}` |
 //! | failure-reason tally shard | `P#{project}#TR#{scope}#{key}#{day}` | `R#{hour}#{0..15}#{reason}` |
 //!
+//! A one-user dispatch has no `META` item: its only batch's claim writes the dispatch's fields
+//! into the batch item (`opened_by_claim`), one write instead of two, and that item is read,
+//! checkpointed and counted as its record.
+//!
 //! Batches are their own partitions (the `orderNo` is random-looking), so no key is hot; a
 //! dispatch's batches are found again by recomputing their `orderNo`s. Accepted async batches
 //! carry `due_tp` and `next_poll_at`, the keys of the sparse `due` index the poller queries.
@@ -55,6 +59,9 @@ pub const DUE_PROJECTION: [&str; 5] = [
     "pending_count",
 ];
 const REJECTED_INDEX: i64 = -1;
+/// Marks a batch item that is also its one-user dispatch's record (see
+/// [`DeliveryLedger::claim_opening`]): it has no `META` item.
+const OPENED_BY_CLAIM: &str = "opened_by_claim";
 /// Bytes of a results message body at most: under the queue's `MaximumMessageSize` (1 MiB),
 /// with room for its attributes.
 pub const RESULTS_MESSAGE_BYTES: usize = 1_000_000;
@@ -97,6 +104,15 @@ struct Known {
     /// The dispatch is one batch: its checkpoint is grouped with other dispatches' (see
     /// [`crate::group`]).
     single: bool,
+}
+
+/// The answer to a batch's first claim.
+fn first_send(now: Millis) -> Claim {
+    Claim::Send {
+        attempt: 1,
+        sent_at: now,
+        counted: 1,
+    }
 }
 
 /// A dispatch of `users` in batches of `batch_size` is one batch.
@@ -879,21 +895,15 @@ impl DynamoDelivery {
         advance: &Advance<'_>,
         now: Millis,
     ) -> Result<Progress, StoreError> {
-        let pk = dispatch_pk(meta.project_id, &meta.dispatch_id);
         let mut published: std::collections::HashSet<u32> = Default::default();
         let mut rounds = 0u32;
         loop {
             rounds += 1;
             // The first round trusts what this instance last saw of the record; a refused
             // write reads it.
-            let record = match self.recall(&pk).filter(|_| rounds == 1) {
-                Some(known) => known,
-                None => Known::of(
-                    &self
-                        .get(pk.clone(), "META")
-                        .await?
-                        .ok_or_else(|| missing("META"))?,
-                )?,
+            let Some((pk, sk, record)) = self.record_of(meta, advance, rounds == 1).await? else {
+                // A one-user dispatch whose batch was never claimed: nothing to save or count.
+                return Ok(Progress::default().advanced(advance));
             };
             let (version, stored) = (record.version, &record.progress);
             let next = stored.advanced(advance);
@@ -925,7 +935,7 @@ impl DynamoDelivery {
             });
             let mut head = Update::builder()
                 .table_name(&self.table)
-                .set_key(Some(key(pk.clone(), "META")))
+                .set_key(Some(key(pk.clone(), sk)))
                 .update_expression(format!(
                     "SET progress = :p, pv = :next_version, stalls = :zero, expires_at = :exp \
                      ADD settled_ok :ok, settled_failed :failed, batches_final :final{}",
@@ -1009,6 +1019,195 @@ impl DynamoDelivery {
                     ));
                 }
             }
+        }
+    }
+
+    /// The record a checkpoint of `meta` writes to (key and sort key) as this instance knows it
+    /// (`trust_known`) or reads it: the dispatch's `META` item, or for a one-user dispatch
+    /// opened by its claim its only batch's item. `None` for such a dispatch whose batch was
+    /// never claimed.
+    async fn record_of(
+        &self,
+        meta: &DispatchMeta,
+        advance: &Advance<'_>,
+        trust_known: bool,
+    ) -> Result<Option<(String, &'static str, Known)>, StoreError> {
+        let dispatch = dispatch_pk(meta.project_id, &meta.dispatch_id);
+        let only = (advance.batches == 1).then(|| {
+            batch_pk(
+                meta.project_id,
+                &order_no(meta.project_id, &meta.dispatch_id, 0),
+            )
+        });
+        if trust_known {
+            if let Some(known) = self.recall(&dispatch) {
+                return Ok(Some((dispatch, "META", known)));
+            }
+            if let Some(known) = only.as_ref().and_then(|b| self.recall(b)) {
+                return Ok(only.map(|b| (b, "B", known)));
+            }
+        }
+        let Some(only) = only else {
+            let item = self.get(dispatch.clone(), "META").await?;
+            return Ok(Some((
+                dispatch,
+                "META",
+                Known::of(&item.ok_or_else(|| missing("META"))?)?,
+            )));
+        };
+        let (head, batch) = self.dispatch_items(&dispatch, &only).await?;
+        Ok(match (head, batch) {
+            (Some(item), _) => Some((dispatch, "META", Known::of(&item)?)),
+            (None, Some(item)) if item.contains_key(OPENED_BY_CLAIM) => {
+                Some((only, "B", Known::of(&item)?))
+            }
+            (None, Some(_)) => return Err(missing("META")),
+            (None, None) => None,
+        })
+    }
+
+    /// A dispatch's `META` item and its first batch's item, in one read.
+    async fn dispatch_items(
+        &self,
+        dispatch: &str,
+        first: &str,
+    ) -> Result<(Option<Item>, Option<Item>), StoreError> {
+        // What a dispatch's view and its checkpoint read of either, not a batch's results.
+        let keys = KeysAndAttributes::builder()
+            .consistent_read(true)
+            .keys(key(dispatch.to_owned(), "META"))
+            .keys(key(first.to_owned(), "B"))
+            .projection_expression(
+                "sk, meta, #users, batch_size, rejected, received_at, settled_ok, settled_failed, \
+                 batches_final, opened_by_claim, succeeded, failed, #state, pv, progress, unsent",
+            )
+            .expression_attribute_names("#users", "users")
+            .expression_attribute_names("#state", "state")
+            .build()
+            .map_err(build_err)?;
+        let (mut head, mut batch) = (None, None);
+        for item in self.batch_get(keys).await? {
+            match get_s(&item, "sk").as_deref() {
+                Some("META") => head = Some(item),
+                Some("B") => batch = Some(item),
+                _ => {}
+            }
+        }
+        Ok((head, batch))
+    }
+
+    /// A batch's item as its first claim writes it.
+    fn claim_item(
+        &self,
+        meta: &DispatchMeta,
+        index: usize,
+        order: &OrderNo,
+        users: u32,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Item, StoreError> {
+        let mut item = key(batch_pk(meta.project_id, order), "B");
+        for (k, v) in [
+            ("order_no", s(order)),
+            ("project", n(meta.project_id)),
+            ("dispatch_id", s(&meta.dispatch_id)),
+            ("batch_index", n(index)),
+            ("touchpoint_id", s(&meta.touchpoint_id)),
+            ("campaign_id", s(&meta.campaign_id)),
+            ("meta", json_s(meta)?),
+            ("users", n(users)),
+            ("state", s("in_flight")),
+            ("attempts", n(1)),
+            ("lease_until", n(lease_until)),
+            ("sent_at", n(now)),
+            ("succeeded", n(0)),
+            ("failed", n(0)),
+            ("polls", n(0)),
+            ("expires_at", self.expires_at(now)),
+        ] {
+            item.insert(k.into(), v);
+        }
+        Ok(item)
+    }
+
+    /// Writes a batch's first claim; false when the batch was claimed before.
+    async fn put_claim(&self, item: Item) -> Result<bool, StoreError> {
+        let put = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(e) if conditional(&e) => Ok(false),
+            Err(e) => Err(aws_err(e)),
+        }
+    }
+
+    /// Claims a batch claimed before, as [`decide_claim`] says from what the ledger holds.
+    async fn claim_existing(
+        &self,
+        meta: &DispatchMeta,
+        order: &OrderNo,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError> {
+        let Some(current) = self.get_batch(meta.project_id, order).await? else {
+            return Ok(Claim::NotBefore(now + 1_000));
+        };
+        let record = BatchRecord {
+            state: get_s(&current, "state")
+                .and_then(|s| BatchState::parse(&s))
+                .ok_or_else(|| missing("state"))?,
+            attempts: get_n(&current, "attempts").unwrap_or_default(),
+            lease_until: get_n(&current, "lease_until"),
+            next_attempt_at: get_n(&current, "next_attempt_at"),
+            sent_at: get_n(&current, "sent_at"),
+            lost: get_n(&current, "lost").unwrap_or_default(),
+        };
+        let decision = decide_claim(Some(&record), now);
+        let ClaimDecision::Take { attempt, lost, .. } = decision else {
+            if decision == ClaimDecision::Done {
+                // Receipt results of an earlier poll that never reached the queue go out now;
+                // the batch's own outcome goes to the checkpoint, which counts and publishes
+                // it unless that was done.
+                self.publish(&current).await?;
+                if let Some(settled) = settled_of_item(&current)? {
+                    return Ok(Claim::Settled(settled));
+                }
+            }
+            return Ok(decision.claim(now));
+        };
+        let taken = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(batch_pk(meta.project_id, order), "B")))
+            .update_expression(
+                "SET #state = :in_flight, attempts = :next, lease_until = :lease, lost = :lost",
+            )
+            .condition_expression("attempts = :seen AND #state IN (:in_flight, :retry)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":in_flight", s("in_flight"))
+            .expression_attribute_values(":retry", s("retry_wait"))
+            .expression_attribute_values(":next", n(attempt))
+            .expression_attribute_values(":seen", n(record.attempts))
+            .expression_attribute_values(":lease", n(lease_until))
+            .expression_attribute_values(":lost", n(lost))
+            .send()
+            .await;
+        match taken {
+            Ok(_) => Ok(decision.claim(now)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Claim::NotBefore(now + 1_000))
+            }
+            Err(e) => Err(aws_err(e)),
         }
     }
 
@@ -1268,6 +1467,16 @@ impl DeliveryLedger for DynamoDelivery {
         batch_size: u32,
         now: Millis,
     ) -> Result<Opened, StoreError> {
+        if users == 1 {
+            // Opened by its only batch's claim (`claim_opening`): one write, not two.
+            return Ok(Opened {
+                new: true,
+                batch_size,
+                progress: Progress::default(),
+                stalls: 0,
+                by_claim: true,
+            });
+        }
         let pk = dispatch_pk(meta.project_id, &meta.dispatch_id);
         let mut item = key(pk.clone(), "META");
         item.insert("meta".into(), json_s(meta)?);
@@ -1302,6 +1511,7 @@ impl DeliveryLedger for DynamoDelivery {
                     batch_size,
                     progress: Progress::default(),
                     stalls: 0,
+                    by_claim: false,
                 })
             }
             Err(e) if !conditional(&e) => Err(aws_err(e)),
@@ -1330,6 +1540,7 @@ impl DeliveryLedger for DynamoDelivery {
                     batch_size: get_n(&item, "batch_size").unwrap_or(batch_size),
                     progress,
                     stalls: get_n(&item, "stalls").unwrap_or_default(),
+                    by_claim: false,
                 })
             }
         }
@@ -1484,102 +1695,46 @@ impl DeliveryLedger for DynamoDelivery {
         now: Millis,
         lease_until: Millis,
     ) -> Result<Claim, StoreError> {
-        let mut item = key(batch_pk(meta.project_id, order), "B");
+        let item = self.claim_item(meta, index, order, users, now, lease_until)?;
+        if self.put_claim(item).await? {
+            return Ok(first_send(now));
+        }
+        self.claim_existing(meta, order, now, lease_until).await
+    }
+
+    async fn claim_opening(
+        &self,
+        meta: &DispatchMeta,
+        order: &OrderNo,
+        batch_size: u32,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError> {
+        // The batch item is the dispatch's record too (see `dispatch_items`): what `META`
+        // would hold, in the claim's one write.
+        let mut item = self.claim_item(meta, 0, order, 1, now, lease_until)?;
         for (k, v) in [
-            ("order_no", s(order)),
-            ("project", n(meta.project_id)),
-            ("dispatch_id", s(&meta.dispatch_id)),
-            ("batch_index", n(index)),
-            ("touchpoint_id", s(&meta.touchpoint_id)),
-            ("campaign_id", s(&meta.campaign_id)),
-            ("meta", json_s(meta)?),
-            ("users", n(users)),
-            ("state", s("in_flight")),
-            ("attempts", n(1)),
-            ("lease_until", n(lease_until)),
-            ("sent_at", n(now)),
-            ("succeeded", n(0)),
-            ("failed", n(0)),
-            ("polls", n(0)),
-            ("expires_at", self.expires_at(now)),
+            (OPENED_BY_CLAIM, n(1)),
+            ("batch_size", n(batch_size)),
+            ("received_at", n(now)),
+            ("unsent", n(1)),
+            ("expires_at", self.meta_expires_at(now)),
         ] {
             item.insert(k.into(), v);
         }
-        let put = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => {
-                return Ok(Claim::Send {
-                    attempt: 1,
-                    sent_at: now,
-                    counted: 1,
-                });
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) => {}
-            Err(e) => return Err(aws_err(e)),
+        if self.put_claim(item).await? {
+            self.remember(
+                &batch_pk(meta.project_id, order),
+                Known {
+                    version: 0,
+                    progress: Progress::default(),
+                    unsent: Some((1, now)),
+                    single: true,
+                },
+            );
+            return Ok(first_send(now));
         }
-        let Some(current) = self.get_batch(meta.project_id, order).await? else {
-            return Ok(Claim::NotBefore(now + 1_000));
-        };
-        let record = BatchRecord {
-            state: get_s(&current, "state")
-                .and_then(|s| BatchState::parse(&s))
-                .ok_or_else(|| missing("state"))?,
-            attempts: get_n(&current, "attempts").unwrap_or_default(),
-            lease_until: get_n(&current, "lease_until"),
-            next_attempt_at: get_n(&current, "next_attempt_at"),
-            sent_at: get_n(&current, "sent_at"),
-            lost: get_n(&current, "lost").unwrap_or_default(),
-        };
-        let decision = decide_claim(Some(&record), now);
-        let ClaimDecision::Take { attempt, lost, .. } = decision else {
-            if decision == ClaimDecision::Done {
-                // Receipt results of an earlier poll that never reached the queue go out now;
-                // the batch's own outcome goes to the checkpoint, which counts and publishes
-                // it unless that was done.
-                self.publish(&current).await?;
-                if let Some(settled) = settled_of_item(&current)? {
-                    return Ok(Claim::Settled(settled));
-                }
-            }
-            return Ok(decision.claim(now));
-        };
-        let taken = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(batch_pk(meta.project_id, order), "B")))
-            .update_expression(
-                "SET #state = :in_flight, attempts = :next, lease_until = :lease, lost = :lost",
-            )
-            .condition_expression("attempts = :seen AND #state IN (:in_flight, :retry)")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":in_flight", s("in_flight"))
-            .expression_attribute_values(":retry", s("retry_wait"))
-            .expression_attribute_values(":next", n(attempt))
-            .expression_attribute_values(":seen", n(record.attempts))
-            .expression_attribute_values(":lease", n(lease_until))
-            .expression_attribute_values(":lost", n(lost))
-            .send()
-            .await;
-        match taken {
-            Ok(_) => Ok(decision.claim(now)),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Claim::NotBefore(now + 1_000))
-            }
-            Err(e) => Err(aws_err(e)),
-        }
+        self.claim_existing(meta, order, now, lease_until).await
     }
 
     async fn hand_back(
@@ -1774,8 +1929,31 @@ impl DeliveryReports for DynamoDelivery {
         project: ProjectId,
         dispatch_id: &DispatchId,
     ) -> Result<Option<DispatchView>, StoreError> {
-        let Some(item) = self.get(dispatch_pk(project, dispatch_id), "META").await? else {
-            return Ok(None);
+        let first = batch_pk(project, &order_no(project, dispatch_id, 0));
+        let item = match self
+            .dispatch_items(&dispatch_pk(project, dispatch_id), &first)
+            .await?
+        {
+            (Some(item), _) => item,
+            (None, Some(batch)) if batch.contains_key(OPENED_BY_CLAIM) => {
+                // A one-user dispatch opened by its claim: its batch is its record.
+                let finished = get_s(&batch, "state").as_deref() == Some("final");
+                return Ok(Some(DispatchView {
+                    meta: serde_json::from_str(
+                        &get_s(&batch, "meta").ok_or_else(|| missing("meta"))?,
+                    )
+                    .map_err(StoreError::backend)?,
+                    users: 1,
+                    batches: 1,
+                    batch_size: get_n(&batch, "batch_size").unwrap_or(1),
+                    rejected: None,
+                    received_at: get_n(&batch, "received_at").unwrap_or_default(),
+                    succeeded: get_n(&batch, "succeeded").unwrap_or_default(),
+                    failed: get_n(&batch, "failed").unwrap_or_default(),
+                    batches_finished: u32::from(finished),
+                }));
+            }
+            _ => return Ok(None),
         };
         let users: u32 = get_n(&item, "users").unwrap_or_default();
         let batch_size: u32 = get_n(&item, "batch_size").unwrap_or_default();
@@ -2114,8 +2292,9 @@ impl ReceiptLedger for DynamoDelivery {
             .map_err(build_err)?;
         let mut items = vec![TransactWriteItem::builder().update(update).build()];
         let (s_ok, s_failed) = counts(&settled);
-        if s_ok + s_failed > 0 {
-            // The dispatch's own counters (its record outlives the receipt deadline).
+        if s_ok + s_failed > 0 && !item.contains_key(OPENED_BY_CLAIM) {
+            // The dispatch's own counters (its record outlives the receipt deadline); a
+            // one-user dispatch opened by its claim counts from this very item.
             let dispatch: String = get_s(&item, "dispatch_id").unwrap_or_default();
             items.push(
                 TransactWriteItem::builder()
@@ -2134,6 +2313,8 @@ impl ReceiptLedger for DynamoDelivery {
                     )
                     .build(),
             );
+        }
+        if s_ok + s_failed > 0 {
             let project: ProjectId = get_n(&item, "project").unwrap_or_default();
             let campaign = get_s(&item, "campaign_id").unwrap_or_default();
             let touchpoint = get_s(&item, "touchpoint_id").unwrap_or_default();

@@ -268,7 +268,7 @@ impl DeliveryLedger for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .map_err(backend)?;
-            Ok(Opened { new, batch_size, progress: parse_json(progress)?, stalls })
+            Ok(Opened { new, batch_size, progress: parse_json(progress)?, stalls, by_claim: false })
         })
         .await
     }
@@ -428,6 +428,18 @@ impl DeliveryLedger for SqliteStore {
             Ok(decision.claim(now))
         })
         .await
+    }
+
+    async fn claim_opening(
+        &self,
+        meta: &DispatchMeta,
+        order: &OrderNo,
+        _batch_size: u32,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError> {
+        // Every dispatch was opened at `open_dispatch` (one local transaction each).
+        self.claim_batch(meta, 0, order, 1, now, lease_until).await
     }
 
     async fn hand_back(

@@ -71,6 +71,11 @@ pub struct Opened {
     /// Deliveries in a row before this one that made no progress (each crashed or failed on
     /// storage before it recorded anything).
     pub stalls: u32,
+    /// Nothing was written: the store opens this one-user dispatch with its only batch's claim
+    /// ([`DeliveryLedger::claim_opening`]), one write instead of two. Its redeliveries are
+    /// told apart from its first delivery by that claim, not here (`new` stays true, `stalls`
+    /// 0): a delivery that dies before the claim is bounded by its message's receive count.
+    pub by_claim: bool,
 }
 
 /// The answer to a claim.
@@ -476,6 +481,20 @@ pub trait DeliveryLedger: Send + Sync {
     /// already recorded by this very attempt (a write that timed out but took effect), so that
     /// it is never lost between the two.
     async fn record_attempt(&self, record: &AttemptRecord) -> Result<Option<Settled>, StoreError>;
+
+    /// Claims the only batch of a one-user dispatch that [`Self::open_dispatch`] left to be
+    /// opened by it ([`Opened::by_claim`]): the dispatch is recorded (with `batch_size`) in the
+    /// same write as the claim, and [`DeliveryReports::dispatch`] finds it from then on. A
+    /// store that opens every dispatch at `open_dispatch` answers as [`Self::claim_batch`] of
+    /// batch 0 (no default, so that a wrapper cannot forget to pass it on).
+    async fn claim_opening(
+        &self,
+        meta: &DispatchMeta,
+        order_no: &OrderNo,
+        batch_size: u32,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Claim, StoreError>;
 
     /// Ends at once the claim of a batch that `attempt` sent nothing under (no slot or pace
     /// came in time): the next claim takes it without waiting for the lease to run out, and as a

@@ -587,9 +587,9 @@ async fn one_user_dispatches_checkpointed_together_share_a_transaction_and_count
         .collect();
     let mut settled = Vec::new();
     for m in &metas {
-        assert!(one.open_dispatch(m, 1, 10, 1_000).await.unwrap().new);
+        assert!(one.open_dispatch(m, 1, 10, 1_000).await.unwrap().by_claim);
         let order = touchpoint::dispatch::order_no(1, &m.dispatch_id, 0);
-        one.claim_batch(m, 0, &order, 1, 2_000, 60_000)
+        one.claim_opening(m, &order, 10, 2_000, 60_000)
             .await
             .unwrap();
         let record = AttemptRecord {
@@ -608,12 +608,13 @@ async fn one_user_dispatches_checkpointed_together_share_a_transaction_and_count
     }
     // Another instance checkpoints the first dispatch (a redelivery that looked at its batch):
     // this instance's memory of that record is stale.
-    assert!(
-        !two.open_dispatch(&metas[0], 1, 10, 1_500)
+    let first = touchpoint::dispatch::order_no(1, &metas[0].dispatch_id, 0);
+    assert!(matches!(
+        two.claim_opening(&metas[0], &first, 10, 1_500, 61_500)
             .await
-            .unwrap()
-            .new
-    );
+            .unwrap(),
+        Claim::Settled(_)
+    ));
     let looked = Advance {
         batches: 1,
         looked: &[0],
@@ -701,4 +702,190 @@ async fn a_claim_handed_back_unsent_is_taken_again_at_once_without_using_an_atte
             .unwrap(),
         Claim::NotBefore(121_600)
     );
+}
+
+/// A one-user dispatch is opened by its only batch's claim: nothing is written before it, one
+/// conditional write records both, a redelivery's claim sends nothing twice, and the dispatch's
+/// view, batches, receipt polls and counters read from that one item.
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_one_user_dispatch_is_opened_by_its_claim_in_one_write() {
+    let clients = support::clients().await;
+    let names = support::provision(&clients).await;
+    let ledger = DynamoDelivery::new(&clients, &names);
+    let other = DynamoDelivery::new(&clients, &names);
+    let mut m = meta();
+    m.dispatch_id = "one-user".into();
+    m.campaign_id = "c-one-user".into();
+    m.touchpoint_id = "tp_one_user".into();
+    let order = touchpoint::dispatch::order_no(1, &m.dispatch_id, 0);
+    let items = || async {
+        clients
+            .dynamodb
+            .scan()
+            .table_name(&names.delivery_table)
+            .filter_expression("dispatch_id = :d OR begins_with(pk, :p)")
+            .expression_attribute_values(
+                ":d",
+                aws_sdk_dynamodb::types::AttributeValue::S("one-user".into()),
+            )
+            .expression_attribute_values(
+                ":p",
+                aws_sdk_dynamodb::types::AttributeValue::S("P#1#D#one-user".into()),
+            )
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default()
+    };
+    let opened = ledger.open_dispatch(&m, 1, 10, 1_000).await.unwrap();
+    assert!(opened.by_claim && opened.new, "{opened:?}");
+    assert!(items().await.is_empty(), "nothing written before the claim");
+    assert_eq!(ledger.dispatch(1, &m.dispatch_id).await.unwrap(), None);
+
+    let claim = ledger
+        .claim_opening(&m, &order, 10, 2_000, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim,
+        Claim::Send {
+            attempt: 1,
+            sent_at: 2_000,
+            counted: 1
+        }
+    );
+    let written = items().await;
+    assert_eq!(written.len(), 1, "one item: {written:?}");
+    let view = other.dispatch(1, &m.dispatch_id).await.unwrap().unwrap();
+    assert_eq!(
+        (view.users, view.batches, view.batch_size, view.received_at),
+        (1, 1, 10, 2_000)
+    );
+    assert_eq!(
+        (view.succeeded, view.failed, view.batches_finished),
+        (0, 0, 0)
+    );
+    // A redelivery, on another instance, while the first sender holds the claim.
+    assert!(
+        other
+            .open_dispatch(&m, 1, 10, 2_500)
+            .await
+            .unwrap()
+            .by_claim
+    );
+    assert_eq!(
+        other
+            .claim_opening(&m, &order, 10, 2_500, 62_500)
+            .await
+            .unwrap(),
+        Claim::NotBefore(60_000),
+        "not sent twice"
+    );
+
+    let accepted = AttemptRecord {
+        meta: m.clone(),
+        order_no: order.clone(),
+        batch_index: 0,
+        sent_at: 2_000,
+        attempt: 1,
+        http_status: Some(200),
+        error: None,
+        response_excerpt: None,
+        at: 3_000,
+        outcome: AttemptOutcome::Accepted {
+            results: Vec::new(),
+            pending: vec![7],
+            receipt_url: "https://x.example.com/receipt".into(),
+            deadline: 400_000,
+            next_poll_at: 4_000,
+        },
+    };
+    let settled = ledger.record_attempt(&accepted).await.unwrap().unwrap();
+    let advance = Advance {
+        batches: 1,
+        looked: &[0],
+        finished: &[0],
+        abandoned: None,
+        settled: std::slice::from_ref(&settled),
+    };
+    assert!(
+        ledger
+            .checkpoint(&m, &advance, 3_000)
+            .await
+            .unwrap()
+            .is_finished(0)
+    );
+    let stats = || async {
+        other
+            .stats(1, StatsScope::Campaign, "c-one-user")
+            .await
+            .unwrap()
+    };
+    let s = stats().await;
+    assert_eq!((s.sent, s.succeeded, s.pending), (1, 0, 1), "{s:?}");
+    // The receipt comes through the poller, which moves this very item.
+    let due = other
+        .due_polls(Some((1, &m.touchpoint_id)), 4_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    other
+        .lease_poll(1, &order, 4_000, 60_000)
+        .await
+        .unwrap()
+        .expect("leased");
+    other
+        .record_poll(&PollRecord {
+            project_id: 1,
+            order_no: order.clone(),
+            at: 4_100,
+            settled: ok(&[7]),
+            next_poll_at: 304_100,
+            http_status: Some(200),
+            error: None,
+        })
+        .await
+        .unwrap();
+    let view = ledger.dispatch(1, &m.dispatch_id).await.unwrap().unwrap();
+    assert_eq!(
+        (view.succeeded, view.failed, view.batches_finished),
+        (1, 0, 1)
+    );
+    let s = stats().await;
+    assert_eq!((s.sent, s.succeeded, s.pending), (1, 1, 0), "{s:?}");
+    // A later delivery finds it final, and its checkpoint counts nothing twice.
+    let again = other
+        .claim_opening(&m, &order, 10, 90_000, 150_000)
+        .await
+        .unwrap();
+    let handed: Vec<Settled> = match again {
+        Claim::Settled(s) => vec![s],
+        Claim::Done => Vec::new(),
+        other => panic!("{other:?}"),
+    };
+    other
+        .checkpoint(
+            &m,
+            &Advance {
+                batches: 1,
+                looked: &[0],
+                finished: &[0],
+                abandoned: None,
+                settled: &handed,
+            },
+            90_000,
+        )
+        .await
+        .unwrap();
+    let s = stats().await;
+    assert_eq!((s.sent, s.succeeded, s.pending), (1, 1, 0), "{s:?}");
+    let pages = other.dispatch_batches(1, &m.dispatch_id).await.unwrap();
+    assert_eq!(pages.len(), 1);
+    assert_eq!(
+        (pages[0].order_no.as_str(), pages[0].state),
+        (order.as_str(), BatchState::Final)
+    );
+    assert_eq!(items().await.len(), 1, "still one item");
 }
