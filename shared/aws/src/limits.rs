@@ -2,7 +2,8 @@
 //! delivery table: one partition per touchpoint, `P#{project}#LIM#{touchpoint}`, with an item
 //! per slot (`S#nn`: `lease`, `until`, `free_at`) and one for the back-pressure (`R`:
 //! `cut_to`, `cut_from`, `cut_at`, `paused_until`). Every change is one conditional
-//! `UpdateItem`; one consistent `Query` reads them all (at most 65 small items). Items expire
+//! `UpdateItem`; one consistent `Query` reads them all (at most 65 small items), a `GetItem` the
+//! back-pressure alone (what every sending instance reads every 250 ms). Items expire
 //! a day after their last use (`expires_at`).
 
 use async_trait::async_trait;
@@ -34,6 +35,21 @@ fn slot_sk(slot: u16) -> String {
 }
 
 const PRESSURE_SK: &str = "R";
+
+/// The back-pressure an `R` item holds.
+fn pressure_of(item: &crate::item::Item) -> Pressure {
+    Pressure {
+        cut: match (
+            get_n::<f64>(item, "cut_to"),
+            get_n::<f64>(item, "cut_from"),
+            get_n::<Millis>(item, "cut_at"),
+        ) {
+            (Some(to), Some(from), Some(at)) => Some(Cut { to, from, at }),
+            _ => None,
+        },
+        paused_until: get_n(item, "paused_until").unwrap_or(0),
+    }
+}
 
 fn expires(at: Millis) -> aws_sdk_dynamodb::types::AttributeValue {
     n(at.div_euclid(1000) + KEEP_SECS)
@@ -101,17 +117,7 @@ impl SharedLimits for DynamoLimits {
         for item in &items {
             let sk = get_s(item, "sk").unwrap_or_default();
             if sk == PRESSURE_SK {
-                state.pressure = Pressure {
-                    cut: match (
-                        get_n::<f64>(item, "cut_to"),
-                        get_n::<f64>(item, "cut_from"),
-                        get_n::<Millis>(item, "cut_at"),
-                    ) {
-                        (Some(to), Some(from), Some(at)) => Some(Cut { to, from, at }),
-                        _ => None,
-                    },
-                    paused_until: get_n(item, "paused_until").unwrap_or(0),
-                };
+                state.pressure = pressure_of(item);
             } else if let Some(slot) = sk.strip_prefix("S#").and_then(|x| x.parse().ok()) {
                 state.slots.push(SlotState {
                     slot,
@@ -121,6 +127,24 @@ impl SharedLimits for DynamoLimits {
             }
         }
         Ok(state)
+    }
+
+    async fn pressure(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+    ) -> Result<Pressure, StoreError> {
+        let item = self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk(project, tp), PRESSURE_SK)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws_err)?
+            .item;
+        Ok(item.as_ref().map(pressure_of).unwrap_or_default())
     }
 
     async fn take(

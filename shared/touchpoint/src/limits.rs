@@ -59,6 +59,11 @@ pub trait SharedLimits: Send + Sync {
     async fn state(&self, project: ProjectId, tp: &TouchpointId)
     -> Result<LimitsState, StoreError>;
 
+    /// The back-pressure alone: what every sending process reads again every few hundred
+    /// milliseconds, one small item instead of every slot.
+    async fn pressure(&self, project: ProjectId, tp: &TouchpointId)
+    -> Result<Pressure, StoreError>;
+
     /// Takes `slot` for `lease` until `until` if it is free at `now`; answers when its pace lets
     /// the next request go (the previous holder's last request plus one interval), or `None`
     /// when another lease holds it.

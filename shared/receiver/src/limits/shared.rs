@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use touchpoint::clock::{Clock, Millis};
 use touchpoint::ids::TouchpointId;
-use touchpoint::limits::{Cut, LimitsState, Pressure, SharedLimits};
+use touchpoint::limits::{Cut, Pressure, SharedLimits};
 use touchpoint::model::{ProjectId, Touchpoint};
 
 use super::{INCREASE, MAX_PAUSE, MIN_RATE};
@@ -339,16 +339,15 @@ impl SharedGate {
             }
             g.refreshed.replace(Instant::now())
         };
-        match self.ctx.store.state(self.project, &self.tp).await {
-            Ok(state) => self.merge(&state),
+        match self.ctx.store.pressure(self.project, &self.tp).await {
+            Ok(pressure) => self.merge(&pressure),
             Err(_) => self.lock().refreshed = before,
         }
     }
 
-    fn merge(&self, state: &LimitsState) {
+    fn merge(&self, stored: &Pressure) {
         let mut g = self.lock();
         g.refreshed = Some(Instant::now());
-        let stored = &state.pressure;
         if stored.cut.map(|c| c.at) >= g.pressure.cut.map(|c| c.at) {
             g.pressure.cut = stored.cut;
         }
@@ -376,7 +375,7 @@ impl SharedGate {
                 return 0;
             }
         };
-        self.merge(&state);
+        self.merge(&state.pressure);
         let now = self.ctx.clock.now_ms();
         // Counted after the read: the requests that came meanwhile are served by it too.
         let (mut free, want) = {
@@ -756,7 +755,7 @@ mod tests {
     use std::collections::HashMap;
 
     use async_trait::async_trait;
-    use touchpoint::limits::SlotState;
+    use touchpoint::limits::{LimitsState, SlotState};
     use touchpoint::ports::StoreError;
 
     use super::super::tests::touchpoint;
@@ -796,6 +795,13 @@ mod tests {
                     .collect(),
                 pressure: self.pressure.lock().unwrap().clone(),
             })
+        }
+        async fn pressure(&self, _: ProjectId, _: &TouchpointId) -> Result<Pressure, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
+            Ok(self.pressure.lock().unwrap().clone())
         }
         async fn take(
             &self,
