@@ -979,24 +979,29 @@ async fn scenario_transactions_cancelled_by_conflicts_and_lost_answers_resend_no
         w.send(id, &tp, *n).await;
     }
     // One transaction in five cancelled; one outcome record in seven applied with its answer
-    // lost. Four instances side by side.
-    let faults = sim::Faults::new(5, 7);
+    // lost, one in eleven refused because a transaction on its item was under way. Four
+    // instances side by side.
+    let faults = sim::Faults::refusing_records(5, 7, 11);
     let esm = w.esm_on(&faults.clients(&w.clients), 4);
     let elapsed = sim::until_final(&*w.ledger, &dispatches, Duration::from_secs(240)).await;
     let stats = esm.stop().await;
     let f = w.figures(&dispatches, &tracked, &stats).await;
-    let (conflicts, lost) = (
+    let (conflicts, lost, refused) = (
         faults.conflicts.load(Ordering::SeqCst),
         faults.lost_answers.load(Ordering::SeqCst),
+        faults.refused_records.load(Ordering::SeqCst),
     );
     f.print(
-        &format!("{conflicts} transactions cancelled by a conflict, {lost} records' answers lost"),
+        &format!(
+            "{conflicts} transactions cancelled by a conflict, {lost} records' answers lost, \
+             {refused} records refused by a conflict"
+        ),
         elapsed,
         w.template.factor,
     );
     assert!(
-        conflicts >= 5 && lost >= 5,
-        "the faults happened: {conflicts} {lost}"
+        conflicts >= 5 && lost >= 5 && refused >= 5,
+        "the faults happened: {conflicts} {lost} {refused}"
     );
     let users = total(&dispatches);
     assert_eq!(f.succeeded, users, "{f:?}");

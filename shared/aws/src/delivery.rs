@@ -73,6 +73,8 @@ const META_MARGIN_SECS: i64 = 8 * 86_400;
 const CHECKPOINT_HOURS: usize = 6;
 /// Rounds of a checkpoint against other deliveries of the same dispatch writing at once.
 const CHECKPOINT_ROUNDS: u32 = 20;
+/// Tries of an outcome's write that a transaction on the same item refused.
+const RECORD_TRIES: u32 = 8;
 
 #[derive(Clone, Debug)]
 pub struct DynamoDelivery {
@@ -933,28 +935,36 @@ impl DynamoDelivery {
                 let (o, f) = counts(&s.results);
                 (ok + o, failed + f)
             });
+            let remove_unsent = if record.unsent.is_some() {
+                " REMOVE unsent"
+            } else {
+                ""
+            };
             let mut head = Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(key(pk.clone(), sk)))
-                .update_expression(format!(
+                .expression_attribute_values(":p", json_s(&next)?)
+                .expression_attribute_values(":next_version", n(version + 1));
+            head = if sk == "META" {
+                head.update_expression(format!(
                     "SET progress = :p, pv = :next_version, stalls = :zero, expires_at = :exp \
-                     ADD settled_ok :ok, settled_failed :failed, batches_final :final{}",
-                    if record.unsent.is_some() {
-                        " REMOVE unsent"
-                    } else {
-                        ""
-                    }
+                     ADD settled_ok :ok, settled_failed :failed, batches_final :final{remove_unsent}"
                 ))
                 .expression_attribute_values(
                     ":final",
                     n(fresh.iter().filter(|s| s.complete).count()),
                 )
-                .expression_attribute_values(":p", json_s(&next)?)
-                .expression_attribute_values(":next_version", n(version + 1))
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":exp", self.meta_expires_at(now))
                 .expression_attribute_values(":ok", n(ok))
-                .expression_attribute_values(":failed", n(failed));
+                .expression_attribute_values(":failed", n(failed))
+            } else {
+                // A one-user dispatch's batch item: its counts are the batch's own, and it
+                // expires as a batch does (its record and its receipt deadline set that).
+                head.update_expression(format!(
+                    "SET progress = :p, pv = :next_version{remove_unsent}"
+                ))
+            };
             head = if version == 0 {
                 head.condition_expression("attribute_exists(pk) AND attribute_not_exists(pv)")
             } else {
@@ -1061,8 +1071,10 @@ impl DynamoDelivery {
             (None, Some(item)) if item.contains_key(OPENED_BY_CLAIM) => {
                 Some((only, "B", Known::of(&item)?))
             }
-            (None, Some(_)) => return Err(missing("META")),
-            (None, None) => None,
+            // A one-user dispatch whose batch was never claimed has nothing to save; anything
+            // else without a record is a fault.
+            (None, None) if advance.settled.is_empty() && advance.abandoned.is_none() => None,
+            _ => return Err(missing("META")),
         })
     }
 
@@ -1094,6 +1106,20 @@ impl DynamoDelivery {
             }
         }
         Ok((head, batch))
+    }
+
+    /// A transaction's put of an item that must not exist yet.
+    fn put_new(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build_err)?,
+            )
+            .build())
     }
 
     /// A batch's item as its first claim writes it.
@@ -1660,16 +1686,7 @@ impl DeliveryLedger for DynamoDelivery {
             now,
         )?;
         let head = [
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(item))
-                        .condition_expression("attribute_not_exists(pk)")
-                        .build()
-                        .map_err(build_err)?,
-                )
-                .build(),
+            self.put_new(item)?,
             TransactWriteItem::builder()
                 .put(
                     Put::builder()
@@ -1680,8 +1697,40 @@ impl DeliveryLedger for DynamoDelivery {
                 )
                 .build(),
         ];
-        // Refused by its first condition: refused before, the users' outcomes are there.
-        self.transact(head.into_iter().chain(counters).collect())
+        // A one-user dispatch is opened by its only batch's claim, which does not look for a
+        // refusal's record: that batch's place is taken by a final, uncounted mark, so a later
+        // delivery's claim finds it done. Refused because the batch is there, the dispatch was
+        // claimed first and its delivery gives the user an outcome.
+        let tombstone = match gids {
+            [_] => {
+                let first = order_no(meta.project_id, &meta.dispatch_id, 0);
+                let mut mark = key(batch_pk(meta.project_id, &first), "B");
+                for (k, v) in [
+                    ("order_no", s(&first)),
+                    ("project", n(meta.project_id)),
+                    ("dispatch_id", s(&meta.dispatch_id)),
+                    ("batch_index", n(REJECTED_INDEX)),
+                    ("touchpoint_id", s(&meta.touchpoint_id)),
+                    ("campaign_id", s(&meta.campaign_id)),
+                    ("meta", json_s(meta)?),
+                    ("users", n(1)),
+                    ("state", s("final")),
+                    ("attempts", n(0)),
+                    ("succeeded", n(0)),
+                    ("failed", n(0)),
+                    ("last_error", s(reason)),
+                    ("resolved_at", n(now)),
+                    ("expires_at", self.expires_at(now)),
+                ] {
+                    mark.insert(k.into(), v);
+                }
+                Some(self.put_new(mark)?)
+            }
+            _ => None,
+        };
+        // Refused by a condition: refused before (the users' outcomes are there), or a
+        // one-user dispatch claimed first.
+        self.transact(head.into_iter().chain(tombstone).chain(counters).collect())
             .await?;
         self.publish_order(meta.project_id, &order).await
     }
@@ -1718,7 +1767,6 @@ impl DeliveryLedger for DynamoDelivery {
             ("batch_size", n(batch_size)),
             ("received_at", n(now)),
             ("unsent", n(1)),
-            ("expires_at", self.meta_expires_at(now)),
         ] {
             item.insert(k.into(), v);
         }
@@ -1893,7 +1941,27 @@ impl DeliveryLedger for DynamoDelivery {
                 Some(results)
             }
         };
-        let written = update.update_expression(expr.expression()).send().await;
+        let update = update.update_expression(expr.expression());
+        // A checkpoint transaction naming this batch (a one-user dispatch's item is its
+        // record too) refuses plain writes to it while it runs: the outcome is written once
+        // it is over, never dropped for it (the receiver has answered).
+        let mut wait = std::time::Duration::from_millis(20);
+        let mut tries = 0;
+        let written = loop {
+            tries += 1;
+            let sent = update.clone().send().await;
+            match &sent {
+                Err(e)
+                    if tries < RECORD_TRIES
+                        && e.as_service_error()
+                            .is_some_and(|se| se.is_transaction_conflict_exception()) =>
+                {
+                    tokio::time::sleep(jittered(wait)).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(1));
+                }
+                _ => break sent,
+            }
+        };
         match written {
             Ok(_) => Ok(settled.map(|results| Settled {
                 complete: matches!(record.outcome, AttemptOutcome::Final(_)),

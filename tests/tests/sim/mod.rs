@@ -823,15 +823,19 @@ impl Figures {
 /// `TransactionConflict` (sent to moto as a harmless `ListTables` instead, so nothing of it is
 /// applied, as with a real cancellation), and every `lost_every`-th `UpdateItem` that records a
 /// batch's final outcome is applied but answered with HTTP 500, as a write that timed out after
-/// taking effect (the SDK tries it again and meets its own write).
+/// taking effect (the SDK tries it again and meets its own write), and every n-th of those
+/// records is refused, not applied, with `TransactionConflictException` (a transaction naming
+/// the same item was under way).
 #[derive(Debug)]
 pub struct Faults {
     conflict_every: usize,
     lost_every: usize,
+    refuse_every: usize,
     transactions: AtomicUsize,
     records: AtomicUsize,
     pub conflicts: AtomicUsize,
     pub lost_answers: AtomicUsize,
+    pub refused_records: AtomicUsize,
 }
 
 /// The config bag carries an attempt's injected fault from signing to deserialization (the
@@ -844,14 +848,22 @@ fn mark(cfg: &mut aws_sdk_dynamodb::config::ConfigBag, fault: &str) {
 }
 
 impl Faults {
-    pub fn new(conflict_every: usize, lost_every: usize) -> Arc<Faults> {
+    /// Every `conflict_every`-th transaction cancelled, every `lost_every`-th outcome record's
+    /// answer lost, and every `refuse_every`-th outcome record refused with a conflict.
+    pub fn refusing_records(
+        conflict_every: usize,
+        lost_every: usize,
+        refuse_every: usize,
+    ) -> Arc<Faults> {
         Arc::new(Faults {
             conflict_every,
             lost_every,
+            refuse_every,
             transactions: AtomicUsize::new(0),
             records: AtomicUsize::new(0),
             conflicts: AtomicUsize::new(0),
             lost_answers: AtomicUsize::new(0),
+            refused_records: AtomicUsize::new(0),
         })
     }
 
@@ -869,6 +881,16 @@ impl Faults {
             ..clients.clone()
         }
     }
+}
+
+/// Sends a harmless `ListTables` instead of the request, so that nothing of it is applied (its
+/// answer is replaced by the fault's).
+fn swallow(request: &mut aws_sdk_dynamodb::config::http::HttpRequest) {
+    request
+        .headers_mut()
+        .insert("x-amz-target", "DynamoDB_20120810.ListTables");
+    request.headers_mut().insert("content-length", "2");
+    *request.body_mut() = "{}".into();
 }
 
 #[derive(Debug)]
@@ -899,21 +921,23 @@ impl aws_sdk_dynamodb::config::Intercept for FaultInterceptor {
                 == f.conflict_every - 1
         {
             f.conflicts.fetch_add(1, Ordering::SeqCst);
-            request
-                .headers_mut()
-                .insert("x-amz-target", "DynamoDB_20120810.ListTables");
-            request.headers_mut().insert("content-length", "2");
-            *request.body_mut() = "{}".into();
+            swallow(request);
             mark(cfg, "conflict");
         } else if target.ends_with(".UpdateItem")
             && request
                 .body()
                 .bytes()
                 .is_some_and(|b| String::from_utf8_lossy(b).contains("first_results = :first"))
-            && f.records.fetch_add(1, Ordering::SeqCst) % f.lost_every == f.lost_every - 1
         {
-            f.lost_answers.fetch_add(1, Ordering::SeqCst);
-            mark(cfg, "lost");
+            let n = f.records.fetch_add(1, Ordering::SeqCst);
+            if n % f.refuse_every == f.refuse_every - 1 {
+                f.refused_records.fetch_add(1, Ordering::SeqCst);
+                swallow(request);
+                mark(cfg, "record-conflict");
+            } else if n % f.lost_every == f.lost_every - 1 {
+                f.lost_answers.fetch_add(1, Ordering::SeqCst);
+                mark(cfg, "lost");
+            }
         }
         Ok(())
     }
@@ -935,6 +959,10 @@ impl aws_sdk_dynamodb::config::Intercept for FaultInterceptor {
             Some("conflict") => (
                 400u16,
                 r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","Message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"}]}"#,
+            ),
+            Some("record-conflict") => (
+                400,
+                r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#,
             ),
             Some("lost") => (
                 500,

@@ -889,3 +889,90 @@ async fn a_one_user_dispatch_is_opened_by_its_claim_in_one_write() {
     );
     assert_eq!(items().await.len(), 1, "still one item");
 }
+
+/// A refused one-user dispatch stays refused: a later delivery (its touchpoint fixed since)
+/// opens it with its only batch's claim, which reads no dispatch record first, and finds that
+/// batch done. And a refusal that comes after another delivery claimed the batch changes
+/// nothing: that delivery gives the user its outcome.
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_refused_one_user_dispatch_is_never_sent_by_a_later_delivery() {
+    let clients = support::clients().await;
+    let names = support::provision(&clients).await;
+    let ledger = DynamoDelivery::new(&clients, &names);
+    let mut m = meta();
+    m.dispatch_id = "refused-one".into();
+    m.campaign_id = "c-refused-one".into();
+    let order = touchpoint::dispatch::order_no(1, &m.dispatch_id, 0);
+    ledger
+        .reject_dispatch(&m, &[7], "touchpoint tp_1 is disabled", 1_000)
+        .await
+        .unwrap();
+    assert!(
+        ledger
+            .open_dispatch(&m, 1, 10, 2_000)
+            .await
+            .unwrap()
+            .by_claim
+    );
+    assert_eq!(
+        ledger
+            .claim_opening(&m, &order, 10, 2_000, 60_000)
+            .await
+            .unwrap(),
+        Claim::Done,
+        "not sent"
+    );
+    ledger
+        .checkpoint(
+            &m,
+            &Advance {
+                batches: 1,
+                looked: &[0],
+                finished: &[0],
+                abandoned: None,
+                settled: &[],
+            },
+            2_000,
+        )
+        .await
+        .unwrap();
+    let view = ledger.dispatch(1, &m.dispatch_id).await.unwrap().unwrap();
+    assert_eq!(
+        (view.rejected.as_deref(), view.failed, view.batches),
+        (Some("touchpoint tp_1 is disabled"), 1, 0)
+    );
+    let s = ledger
+        .stats(1, StatsScope::Campaign, "c-refused-one")
+        .await
+        .unwrap();
+    assert_eq!((s.sent, s.succeeded, s.failed), (1, 0, 1), "{s:?}");
+
+    // Claimed first, refused after: the refusal writes and counts nothing.
+    let mut late = meta();
+    late.dispatch_id = "refused-late".into();
+    late.campaign_id = "c-refused-late".into();
+    let first = touchpoint::dispatch::order_no(1, &late.dispatch_id, 0);
+    assert!(matches!(
+        ledger
+            .claim_opening(&late, &first, 10, 3_000, 60_000)
+            .await
+            .unwrap(),
+        Claim::Send { attempt: 1, .. }
+    ));
+    ledger
+        .reject_dispatch(&late, &[8], "touchpoint tp_1 is disabled", 3_100)
+        .await
+        .unwrap();
+    let view = ledger
+        .dispatch(1, &late.dispatch_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((view.rejected, view.batches, view.failed), (None, 1, 0));
+    let s = ledger
+        .stats(1, StatsScope::Campaign, "c-refused-late")
+        .await
+        .unwrap();
+    assert_eq!((s.sent, s.failed), (0, 0), "{s:?}");
+}
