@@ -22,6 +22,8 @@ pub const BYTES_IN_HAND: usize = 16 << 20;
 const RECEIVE_AT_ONCE: usize = 32;
 /// How long a received message stays hidden while it is handled.
 const VISIBILITY_MS: i64 = 10 * 60 * 1000;
+/// How long the results publisher lets outcomes gather after a round that was not full.
+const GATHER_RESULTS: Duration = Duration::from_millis(10);
 /// Longest sleep when nothing is queued (a submit wakes the worker at once).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -146,7 +148,17 @@ pub async fn publish_results(
     let wake = store.results_ready();
     loop {
         match results.publish_pending().await {
-            Ok(n) if n > 0 => continue,
+            Ok(n) if n >= touchpoint_embedded::PUBLISH_ROUND => continue,
+            Ok(n) if n > 0 => {
+                // Outcomes arriving one by one (one-user dispatches) are published a few
+                // milliseconds later in one round instead of a round each: a round costs a
+                // transaction and a write of the file whatever it carries.
+                tokio::select! {
+                    () = tokio::time::sleep(GATHER_RESULTS) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cannot publish results"),
         }

@@ -1153,7 +1153,7 @@ pub struct ResultsFile {
 }
 
 /// Batches published per round at most.
-const PUBLISH_ROUND: i64 = 256;
+pub const PUBLISH_ROUND: usize = 256;
 
 impl ResultsFile {
     pub fn new(store: SqliteStore, path: PathBuf) -> ResultsFile {
@@ -1185,7 +1185,7 @@ impl ResultsFile {
                     )
                     .map_err(backend)?;
                 let rows = stmt
-                    .query_map(params![PUBLISH_ROUND], |r| {
+                    .query_map(params![PUBLISH_ROUND as i64], |r| {
                         Ok((
                             r.get::<_, i64>(0)?,
                             r.get::<_, String>(1)?,

@@ -11,5 +11,5 @@ mod delivery;
 mod schema;
 mod store;
 
-pub use delivery::{QueuedDispatch, ResultsFile};
+pub use delivery::{PUBLISH_ROUND, QueuedDispatch, ResultsFile};
 pub use store::{Durability, SqliteStore};
