@@ -1156,8 +1156,9 @@ impl DynamoDelivery {
         Ok(item)
     }
 
-    /// Writes a batch's first claim; false when the batch was claimed before.
-    async fn put_claim(&self, item: Item) -> Result<bool, StoreError> {
+    /// Puts an item that must not exist yet (a dispatch's open, a batch's first claim); false
+    /// when it was there.
+    async fn put_if_new(&self, item: Item) -> Result<bool, StoreError> {
         let put = self
             .ddb
             .put_item()
@@ -1513,63 +1514,50 @@ impl DeliveryLedger for DynamoDelivery {
         item.insert("expires_at".into(), self.meta_expires_at(now));
         // Counted as sent by the first checkpoint, with its outcomes (see `Known::unsent`).
         item.insert("unsent".into(), n(users));
-        let put = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => {
-                self.remember(
-                    &pk,
-                    Known {
-                        version: 0,
-                        progress: Progress::default(),
-                        unsent: Some((i64::from(users), now)),
-                        single: one_batch(users, batch_size),
-                    },
-                );
-                Ok(Opened {
-                    new: true,
-                    batch_size,
+        if self.put_if_new(item).await? {
+            self.remember(
+                &pk,
+                Known {
+                    version: 0,
                     progress: Progress::default(),
-                    stalls: 0,
-                    by_claim: false,
-                })
-            }
-            Err(e) if !conditional(&e) => Err(aws_err(e)),
-            Err(_) => {
-                // Opened before: one more delivery, and its batch size and progress as
-                // recorded (the item as it was before this update).
-                let item = self
-                    .ddb
-                    .update_item()
-                    .table_name(&self.table)
-                    .set_key(Some(key(pk.clone(), "META")))
-                    .update_expression("ADD stalls :one")
-                    .condition_expression("attribute_exists(pk)")
-                    .expression_attribute_values(":one", n(1))
-                    .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
-                    .send()
-                    .await
-                    .map_err(aws_err)?
-                    .attributes
-                    .ok_or_else(|| missing("META"))?;
-                let record = Known::of(&item)?;
-                let progress = record.progress.clone();
-                self.remember(&pk, record);
-                Ok(Opened {
-                    new: false,
-                    batch_size: get_n(&item, "batch_size").unwrap_or(batch_size),
-                    progress,
-                    stalls: get_n(&item, "stalls").unwrap_or_default(),
-                    by_claim: false,
-                })
-            }
+                    unsent: Some((i64::from(users), now)),
+                    single: one_batch(users, batch_size),
+                },
+            );
+            return Ok(Opened {
+                new: true,
+                batch_size,
+                progress: Progress::default(),
+                stalls: 0,
+                by_claim: false,
+            });
         }
+        // Opened before: one more delivery, and its batch size and progress as
+        // recorded (the item as it was before this update).
+        let item = self
+            .ddb
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), "META")))
+            .update_expression("ADD stalls :one")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":one", n(1))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(aws_err)?
+            .attributes
+            .ok_or_else(|| missing("META"))?;
+        let record = Known::of(&item)?;
+        let progress = record.progress.clone();
+        self.remember(&pk, record);
+        Ok(Opened {
+            new: false,
+            batch_size: get_n(&item, "batch_size").unwrap_or(batch_size),
+            progress,
+            stalls: get_n(&item, "stalls").unwrap_or_default(),
+            by_claim: false,
+        })
     }
 
     async fn checkpoint(
@@ -1745,7 +1733,7 @@ impl DeliveryLedger for DynamoDelivery {
         lease_until: Millis,
     ) -> Result<Claim, StoreError> {
         let item = self.claim_item(meta, index, order, users, now, lease_until)?;
-        if self.put_claim(item).await? {
+        if self.put_if_new(item).await? {
             return Ok(first_send(now));
         }
         self.claim_existing(meta, order, now, lease_until).await
@@ -1770,7 +1758,7 @@ impl DeliveryLedger for DynamoDelivery {
         ] {
             item.insert(k.into(), v);
         }
-        if self.put_claim(item).await? {
+        if self.put_if_new(item).await? {
             self.remember(
                 &batch_pk(meta.project_id, order),
                 Known {
