@@ -336,7 +336,7 @@ async fn limit(
                 data_list: &b.users,
             })
             .expect("json");
-            let headers = signature_headers(TOKEN, &b.order_no, now / 1000, &body);
+            let headers = signature_headers([TOKEN], &b.order_no, now / 1000, &body);
             bodies.push((body, headers, b.users.len()));
         }
     }

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sim::{Esm, Figures, Scheduler, Template};
 use support::{Receiver, Reply, Seen};
+use touchpoint::audit::{AuditEntry, AuditFilter};
 use touchpoint::clock::{Clock, SystemClock};
 use touchpoint::ids::TouchpointId;
 use touchpoint::ledger::RetryPolicy;
@@ -117,10 +118,7 @@ impl World {
         let template = Template::read(factor);
         let dlq = sim::configure_queues(&clients, &names, &template).await;
         let ledger = Arc::new(DynamoDelivery::new(&clients, &names));
-        let touchpoints = Arc::new(DynamoTouchpoints::new(
-            clients.dynamodb.clone(),
-            &names.touchpoints_table,
-        ));
+        let touchpoints = Arc::new(DynamoTouchpoints::new(clients.dynamodb.clone(), &names));
         let admin = Services::aws(&clients, &names, Outbound::new(true).unwrap(), plain_http())
             .unwrap()
             .touchpoints;
@@ -685,8 +683,8 @@ struct PanicOnce {
 
 #[async_trait]
 impl TouchpointStore for PanicOnce {
-    async fn insert(&self, tp: &Touchpoint) -> Result<(), StoreError> {
-        self.inner.insert(tp).await
+    async fn insert(&self, tp: &Touchpoint, a: &AuditEntry) -> Result<(), StoreError> {
+        self.inner.insert(tp, a).await
     }
     async fn get(
         &self,
@@ -708,11 +706,23 @@ impl TouchpointStore for PanicOnce {
     async fn list_for_space(&self, p: ProjectId, s: &str) -> Result<Vec<Touchpoint>, StoreError> {
         self.inner.list_for_space(p, s).await
     }
-    async fn update(&self, n: &Touchpoint, v: u64, g: UpdateGuard) -> Result<(), StoreError> {
-        self.inner.update(n, v, g).await
+    async fn update(
+        &self,
+        n: &Touchpoint,
+        v: u64,
+        g: UpdateGuard,
+        a: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.inner.update(n, v, g, a).await
     }
-    async fn delete(&self, p: ProjectId, id: &TouchpointId, v: u64) -> Result<(), StoreError> {
-        self.inner.delete(p, id, v).await
+    async fn delete(
+        &self,
+        p: ProjectId,
+        id: &TouchpointId,
+        v: u64,
+        a: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.inner.delete(p, id, v, a).await
     }
     async fn campaigns(
         &self,
@@ -726,16 +736,25 @@ impl TouchpointStore for PanicOnce {
         p: ProjectId,
         id: &TouchpointId,
         c: &CampaignRef,
+        a: &AuditEntry,
     ) -> Result<(), StoreError> {
-        self.inner.put_campaign(p, id, c).await
+        self.inner.put_campaign(p, id, c, a).await
     }
     async fn delete_campaign(
         &self,
         p: ProjectId,
         id: &TouchpointId,
         c: &str,
+        a: &AuditEntry,
     ) -> Result<bool, StoreError> {
-        self.inner.delete_campaign(p, id, c).await
+        self.inner.delete_campaign(p, id, c, a).await
+    }
+    async fn audit_log(
+        &self,
+        p: ProjectId,
+        f: &AuditFilter,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit_log(p, f).await
     }
 }
 
@@ -1769,5 +1788,206 @@ async fn scenario_a_batch_size_edited_during_a_retry_wait_sends_no_user_under_tw
     assert_eq!(d["counts"]["succeeded"], 1_000, "{}", d["counts"]);
     assert_eq!(twice, 0);
     assert_eq!(rx.requests(), 15, "ten batches of 100, five of them twice");
+    service.terminate();
+}
+
+/// What a rotation scenario saw: the requests signed before the rotation, during its overlap
+/// and after it.
+#[derive(Debug, Default)]
+struct RotationSeen {
+    before: usize,
+    overlap: usize,
+    after: usize,
+    /// Sent while the dispatcher may still have held the old tokens (within [`KEYS_LAG`] of the
+    /// rotation); they carry either.
+    turning: usize,
+}
+
+/// How long after a rotation a delivery under way may still sign with the old tokens: the
+/// dispatcher's freshness bound, and a loaded machine's read.
+const KEYS_LAG: i64 = 2_500;
+
+/// Checks every touch request against a rotation from `old` to `new` made between `rotating`
+/// and `rotated` (wall milliseconds) whose overlap ended between `until.0` and `until.1` (an
+/// instant known to the second is a range): before it, the old token
+/// alone; from the lag after it, `webhook-signature` verifies with the new token and, until
+/// the overlap ends, with the old one too, while `sign` keeps the old token; from the end of
+/// the overlap, the new token alone.
+fn check_rotation(
+    seen: &[Seen],
+    (old, new): (&str, &str),
+    (rotating, rotated, until): (i64, i64, (i64, i64)),
+) -> RotationSeen {
+    use touchpoint::protocol::{sign, verify_webhook_signature};
+    let mut out = RotationSeen::default();
+    for s in seen {
+        let t = s.body["timeStamp"].as_i64().unwrap();
+        let header = |n: &str| s.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let seconds: i64 = header("webhook-timestamp").parse().unwrap();
+        assert_eq!(header("webhook-id"), s.order_no);
+        let verifies = |token: &str| {
+            verify_webhook_signature(
+                token,
+                &s.order_no,
+                seconds,
+                &s.raw,
+                header("webhook-signature"),
+            )
+        };
+        let signed = |token: &str| s.body["sign"] == sign(token, t, &s.order_no);
+        let (old_ok, new_ok) = (verifies(old), verifies(new));
+        assert!(old_ok || new_ok, "no valid signature at {t}");
+        assert!(signed(old) || signed(new), "no valid sign at {t}");
+        if t < rotating {
+            assert!(
+                old_ok && !new_ok && signed(old),
+                "before the rotation at {t}"
+            );
+            out.before += 1;
+        } else if t < rotated + KEYS_LAG || (until.0..until.1).contains(&t) {
+            out.turning += 1;
+        } else if t < until.0 {
+            assert!(
+                old_ok && new_ok && signed(old),
+                "during the overlap at {t}: old {old_ok}, new {new_ok}, sign {}",
+                s.body["sign"]
+            );
+            out.overlap += 1;
+        } else {
+            assert!(
+                new_ok && !old_ok && signed(new),
+                "after the overlap at {t}: old {old_ok}, new {new_ok}"
+            );
+            out.after += 1;
+        }
+    }
+    out
+}
+
+fn wall_ms() -> i64 {
+    SystemClock.now_ms()
+}
+
+/// Issue 17, item 4, on AWS: a token rotated while a dispatch is being delivered by two
+/// instances signs its next batches with both tokens, and `sign` moves to the new token when the
+/// overlap ends; nobody is failed or sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn scenario_a_token_rotated_during_a_dispatch_signs_with_both_until_the_overlap_ends() {
+    let _heavy = HEAVY.acquire().await.unwrap();
+    let w = World::new(10.0).await;
+    let (rx, tracked) = slow_receiver(Duration::from_millis(150)).await;
+    let tp = w
+        .touchpoint(
+            "rotation",
+            json!({"url": rx.url(), "batchSize": 10, "token": "old-sim-token"}),
+        )
+        .await;
+    let dispatches = vec![
+        ("rotation-0".to_owned(), 2_500usize),
+        ("rotation-1".to_owned(), 2_500),
+    ];
+    for (id, n) in &dispatches {
+        w.send(id, &tp, *n).await;
+    }
+    let esm = w.esm(2, None);
+    while rx.requests() < 40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rotating = wall_ms();
+    // The admin's clock is not compressed: a 5-second overlap.
+    let rotated = w
+        .admin
+        .rotate_token(
+            1,
+            &tp.as_str().into(),
+            &json!({"token": "new-sim-token", "overlapHours": 5.0 / 3600.0}),
+        )
+        .await
+        .unwrap();
+    let done_at = wall_ms();
+    let until = rotated.rotation.as_ref().unwrap().until;
+    sim::until_final(&*w.ledger, &dispatches, Duration::from_secs(300)).await;
+    let stats = esm.stop().await;
+    let seen = check_rotation(
+        &rx.seen_at("/touch"),
+        ("old-sim-token", "new-sim-token"),
+        (rotating, done_at, (until, until)),
+    );
+    let f = w.figures(&dispatches, &tracked, &stats).await;
+    eprintln!(
+        "scenario token rotation, 2 instances, 500 batches: requests signed with the old token {}, \
+         while turning {}, with both {}, with the new one {}; succeeded {}, sent twice {}",
+        seen.before, seen.turning, seen.overlap, seen.after, f.succeeded, f.sent_twice
+    );
+    assert_eq!(f.succeeded, 5_000);
+    assert_eq!(f.sent_twice, 0);
+    assert!(
+        seen.before > 0 && seen.overlap > 0 && seen.after > 0,
+        "requests in every phase: {seen:?}"
+    );
+}
+
+/// Issue 17, item 4, in the local binary: the same, through its admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_the_local_binary_signs_with_both_tokens_during_a_rotations_overlap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rx, tracked) = slow_receiver(Duration::from_millis(100)).await;
+    let service = local(&tmp.path().join("data"), &[]);
+    let body = json!({
+        "name": "rotation", "kind": "notification", "url": rx.url(), "batchSize": 10,
+        "token": "old-local-token",
+        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
+        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
+    });
+    let tp = service.register(ADMIN, body, &["space-a"]).await;
+    let (status, _) = service
+        .call(
+            reqwest::Method::POST,
+            "/v1/dispatches",
+            CAMPAIGN,
+            Some(local_dispatch("rotation-local", &tp, 5_000)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    while rx.requests() < 40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rotating = wall_ms();
+    let (status, rotated) = service
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/touchpoints/{tp}/token/rotate"),
+            ADMIN,
+            Some(json!({"token": "new-local-token", "overlapHours": 5.0 / 3600.0})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let done_at = wall_ms();
+    let until =
+        touchpoint::clock::parse_rfc3339(rotated["tokenOverlapUntil"].as_str().unwrap()).unwrap();
+    let d = local_completed(&service, "rotation-local", Duration::from_secs(120)).await;
+    // The view shows whole seconds.
+    let seen = check_rotation(
+        &rx.seen_at("/touch"),
+        ("old-local-token", "new-local-token"),
+        (rotating, done_at, (until, until + 1_000)),
+    );
+    eprintln!(
+        "scenario local token rotation, 500 batches: requests signed with the old token {}, \
+         while turning {}, with both {}, with the new one {}; succeeded {}, sent twice {}",
+        seen.before,
+        seen.turning,
+        seen.overlap,
+        seen.after,
+        d["counts"]["succeeded"],
+        tracked.sent_twice()
+    );
+    assert_eq!(d["counts"]["succeeded"], 5_000);
+    assert_eq!(tracked.sent_twice(), 0);
+    assert!(
+        seen.before > 0 && seen.overlap > 0 && seen.after > 0,
+        "requests in every phase: {seen:?}"
+    );
     service.terminate();
 }

@@ -3,7 +3,8 @@
 //!
 //! Claim names (environment, defaults): `CLAIM_PROJECT` (`custom:project_id`), `CLAIM_ROLE`
 //! (`custom:role`: `admin`, `operator` or `campaign`), `CLAIM_SPACES` (`custom:spaces`: space ids
-//! separated by commas or spaces, for operators).
+//! separated by commas or spaces, for operators), `CLAIM_SUBJECT` (`sub`: who the audit log
+//! records; `client_id` when the token has no such claim).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub struct JwtClaims {
     pub project: String,
     pub role: String,
     pub spaces: String,
+    pub subject: String,
 }
 
 impl Default for JwtClaims {
@@ -30,6 +32,7 @@ impl Default for JwtClaims {
             project: "custom:project_id".into(),
             role: "custom:role".into(),
             spaces: "custom:spaces".into(),
+            subject: "sub".into(),
         }
     }
 }
@@ -43,6 +46,7 @@ impl JwtClaims {
             project: var("CLAIM_PROJECT", d.project),
             role: var("CLAIM_ROLE", d.role),
             spaces: var("CLAIM_SPACES", d.spaces),
+            subject: var("CLAIM_SUBJECT", d.subject),
         }
     }
 }
@@ -90,7 +94,16 @@ impl Authenticator for JwtClaims {
                 )));
             }
         };
-        Ok(Principal { project_id, role })
+        let actor = [self.subject.as_str(), "client_id"]
+            .iter()
+            .find_map(|c| claims.get(*c).map(|s| s.trim()).filter(|s| !s.is_empty()))
+            .unwrap_or("unknown")
+            .to_owned();
+        Ok(Principal {
+            project_id,
+            role,
+            actor,
+        })
     }
 }
 

@@ -40,9 +40,16 @@ impl Role {
 pub struct Principal {
     pub project_id: ProjectId,
     pub role: Role,
+    /// Who the audit log records: the API key's id locally, the token's subject on AWS.
+    pub actor: String,
 }
 
 impl Principal {
+    /// The caller as the audit log names it.
+    pub fn actor(&self) -> touchpoint::audit::Actor {
+        touchpoint::audit::Actor(self.actor.clone())
+    }
+
     /// Refuses with 403 unless the caller has one of `roles` (by name).
     fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
         if roles.contains(&self.role.name()) {
@@ -132,8 +139,17 @@ impl ApiKeys {
             if parts.next().is_some() {
                 return Err(format!("entry {n}: too many ':' fields"));
             }
+            let digest = digest(key);
+            let actor = key_id(&digest);
             if by_digest
-                .insert(digest(key), Principal { project_id, role })
+                .insert(
+                    digest,
+                    Principal {
+                        project_id,
+                        role,
+                        actor,
+                    },
+                )
                 .is_some()
             {
                 return Err(format!("entry {n}: the same key appears twice"));
@@ -156,6 +172,12 @@ impl ApiKeys {
 
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
+}
+
+/// A key's id in the audit log: `key-` and the first 8 hex digits of its SHA-256 (what
+/// `printf %s KEY | sha256sum | cut -c1-8` prints), which names the key without revealing it.
+pub fn key_id(digest: &[u8; 32]) -> String {
+    format!("key-{}", hex::encode(&digest[..4]))
 }
 
 impl Authenticator for ApiKeys {
@@ -228,6 +250,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(keys.len(), 3);
+        // `printf %s bbbbbbbbbbbbbbbb | sha256sum | cut -c1-8` prints 2e61afd2.
+        let actor = &keys.by_digest[&digest("bbbbbbbbbbbbbbbb")].actor;
+        assert_eq!(actor, "key-2e61afd2");
+        assert!(actor.starts_with("key-") && actor.len() == 12, "{actor}");
+        assert!(!actor.contains("bbbb"));
         assert_eq!(
             keys.by_digest[&digest("bbbbbbbbbbbbbbbb")].role,
             Role::Operator {

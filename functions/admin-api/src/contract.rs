@@ -144,6 +144,28 @@ fn receipt_timeout() -> Object {
     .default(Some(DEFAULT_RECEIPT_TIMEOUT_MINUTES.into()))
     .build()
 }
+fn new_token() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_TOKEN_CHARS))
+        .pattern(Some(r"^[^\u0000-\u001F\u007F-\u009F]+$"))
+        .write_only(true)
+        .description(Some("the new signing secret; never returned"))
+        .build()
+}
+fn overlap_hours() -> Object {
+    ObjectBuilder::new()
+        .schema_type(types(Type::Number, true))
+        .minimum(Some(0.0))
+        .maximum(Some(MAX_OVERLAP_HOURS))
+        .default(Some(DEFAULT_OVERLAP_HOURS.into()))
+        .description(Some(
+            "hours during which `sign` keeps the old token and `webhook-signature` carries both; \
+             0 switches at once",
+        ))
+        .build()
+}
 fn version() -> Object {
     integer(1, i64::MAX as u64, true)
         .description(Some("the version the change is based on"))
@@ -436,6 +458,19 @@ pub struct VersionInput {
     pub version: Option<u64>,
 }
 
+/// A new token, and how long the old one stays in use beside it.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotateInput {
+    #[schema(schema_with = new_token)]
+    pub token: String,
+    #[schema(schema_with = overlap_hours)]
+    pub overlap_hours: Option<f64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(schema_with = version)]
+    pub version: Option<u64>,
+}
+
 /// The spaces authorized to use the touchpoint, replacing the current set.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -616,6 +651,22 @@ pub struct ListQuery {
     pub q: Option<String>,
 }
 
+/// `?touchpointId=&since=&limit=&cursor=` of the audit log.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditQuery {
+    /// Only this touchpoint's entries.
+    pub touchpoint_id: Option<String>,
+    /// Only entries at or after this time (RFC 3339, or a date).
+    pub since: Option<String>,
+    /// Page size.
+    #[param(schema_with = page_limit)]
+    pub limit: Option<String>,
+    /// From the previous page's `nextCursor`.
+    pub cursor: Option<String>,
+}
+
 /// `?hours=` of the statistics routes.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -670,6 +721,15 @@ pub struct Health {
 #[serde(rename_all = "camelCase")]
 pub struct TouchpointPage<'a> {
     pub items: Vec<TouchpointView<'a>>,
+    /// Pass as `?cursor=` for the next page; null on the last.
+    pub next_cursor: Option<&'a str>,
+}
+
+/// A page of audit entries, newest first.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPage<'a> {
+    pub items: Vec<touchpoint::audit::AuditView<'a>>,
     /// Pass as `?cursor=` for the next page; null on the last.
     pub next_cursor: Option<&'a str>,
 }

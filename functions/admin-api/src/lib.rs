@@ -59,6 +59,8 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(enable_touchpoint))
         .routes(routes!(disable_touchpoint))
         .routes(routes!(set_spaces))
+        .routes(routes!(rotate_token))
+        .routes(routes!(audit_log))
         .routes(routes!(list_campaigns))
         .routes(routes!(put_campaign, delete_campaign))
         .routes(routes!(space_touchpoints))

@@ -23,6 +23,7 @@ use crate::contract::*;
         (name = "operators", description = "What operators of a space pick from"),
         (name = "campaigns", description = "The campaign system's references and statistics"),
         (name = "dispatches", description = "Hand in dispatches and follow their delivery"),
+        (name = "audit", description = "Who changed what, and when (admins)"),
         (name = "service", description = "The service itself"),
     ),
     components(schemas(

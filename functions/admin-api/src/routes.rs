@@ -56,7 +56,11 @@ pub async fn create_touchpoint(
     Admin(who): Admin,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let tp = state.touchpoints.create(who.project_id, &body).await?;
+    let tp = state
+        .touchpoints
+        .by(who.actor())
+        .create(who.project_id, &body)
+        .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, "touchpoint created");
     let location = format!("/v1/touchpoints/{}", tp.id);
     Ok((
@@ -129,7 +133,11 @@ pub async fn replace_touchpoint(
     PathParams(id): PathParams<TouchpointId>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let tp = state.touchpoints.update(who.project_id, &id, &body).await?;
+    let tp = state
+        .touchpoints
+        .by(who.actor())
+        .update(who.project_id, &id, &body)
+        .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, version = tp.version, "touchpoint edited");
     Ok(touchpoint_json(&tp).into_response())
 }
@@ -161,6 +169,7 @@ pub async fn delete_touchpoint(
     };
     state
         .touchpoints
+        .by(who.actor())
         .delete(who.project_id, &id, version)
         .await?;
     tracing::info!(project = who.project_id, touchpoint = %id, "touchpoint deleted");
@@ -187,6 +196,7 @@ pub async fn enable_touchpoint(
     let version = body.unwrap_or_default().version;
     let tp = state
         .touchpoints
+        .by(who.actor())
         .enable(who.project_id, &id, version)
         .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, "touchpoint enabled");
@@ -213,6 +223,7 @@ pub async fn disable_touchpoint(
     let version = body.unwrap_or_default().version;
     let tp = state
         .touchpoints
+        .by(who.actor())
         .disable(who.project_id, &id, version)
         .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, "touchpoint disabled");
@@ -238,10 +249,66 @@ pub async fn set_spaces(
 ) -> Result<Response, ApiError> {
     let tp = state
         .touchpoints
+        .by(who.actor())
         .set_spaces(who.project_id, &id, body.space_ids, body.version)
         .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, spaces = tp.space_ids.len(), "spaces authorized");
     Ok(touchpoint_json(&tp).into_response())
+}
+
+/// Replace the token, also while enabled: during the overlap `webhook-signature` carries a
+/// signature with the new token and one with the old, and `sign` keeps the old token; from its
+/// end, only the new one is used.
+#[utoipa::path(post, path = "/v1/touchpoints/{id}/token/rotate", tag = "touchpoints",
+    params(("id" = String, Path, description = "the touchpoint's id")),
+    request_body = RotateInput,
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Rotated (`tokenOverlapUntil` says when the old token stops)", body = TouchpointView),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+        (status = 409, description = "The version is not the current one", body = ErrorBody),
+        (status = 422, description = "Invalid token, overlap or version", body = ErrorBody),
+    ))]
+pub async fn rotate_token(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+    PathParams(id): PathParams<TouchpointId>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let tp = state
+        .touchpoints
+        .by(who.actor())
+        .rotate_token(who.project_id, &id, &body)
+        .await?;
+    tracing::info!(project = tp.project_id, touchpoint = %tp.id, "token rotated");
+    Ok(touchpoint_json(&tp).into_response())
+}
+
+/// The audit log: every admin mutation with its actor, time and changed fields, newest first.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(AuditQuery),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "A page of entries", body = AuditPage),
+        (status = 422, description = "A query parameter is invalid", body = ErrorBody),
+    ))]
+pub async fn audit_log(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+    QueryParams(query): QueryParams<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let params = touchpoint::service::AuditParams {
+        touchpoint_id: query.touchpoint_id,
+        since: query.since,
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let page = state.touchpoints.audit_log(who.project_id, &params).await?;
+    Ok(Json(AuditPage {
+        items: page.items.iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor.as_deref(),
+    })
+    .into_response())
 }
 
 /// What operators of a space may pick, with each parameter's input.
@@ -310,6 +377,7 @@ pub async fn put_campaign(
 ) -> Result<Response, ApiError> {
     let campaign = state
         .touchpoints
+        .by(who.actor())
         .put_campaign(
             who.project_id,
             &id,
@@ -336,6 +404,7 @@ pub async fn delete_campaign(
 ) -> Result<StatusCode, ApiError> {
     state
         .touchpoints
+        .by(who.actor())
         .delete_campaign(who.project_id, &id, &campaign_id)
         .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -25,10 +25,13 @@ use touchpoint::ledger::{exhausted_reason, may_claim, next_round, stalled};
 use touchpoint::model::{EnumSource, Receipt, Touchpoint};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::UserStatus;
+use touchpoint::protocol::touch_request;
 use touchpoint_outbound::Outbound;
 use touchpoint_receiver::limits::{Answer, ReceiverLimits, Reservation};
-use touchpoint_receiver::{EnumOptions, Verdict, exchange, touch};
+use touchpoint_receiver::{EnumOptions, Verdict, exchange};
 use tracing::Instrument;
+
+pub mod keys;
 
 pub use touchpoint::ledger::{RetryPolicy, parse_duration};
 
@@ -126,6 +129,8 @@ type TouchpointReads = Mutex<
 pub struct Dispatcher {
     touchpoints: Arc<dyn TouchpointStore>,
     reads: TouchpointReads,
+    /// The tokens batches are signed with, kept fresh (see [`keys`]).
+    keys: Arc<keys::Keys>,
     ledger: Arc<dyn DeliveryStore>,
     outbound: Outbound,
     clock: Arc<dyn Clock>,
@@ -175,6 +180,7 @@ impl Dispatcher {
         cfg: DispatcherConfig,
     ) -> Dispatcher {
         Dispatcher {
+            keys: Arc::new(keys::Keys::new(Arc::clone(&touchpoints))),
             touchpoints,
             reads: Mutex::default(),
             ledger,
@@ -406,6 +412,9 @@ impl Dispatcher {
                     .get(project, id)
                     .await
                     .map_err(|e| e.to_string());
+                if let Ok(Some(tp)) = &read {
+                    self.keys.note(tp);
+                }
                 // Whoever asks from now on reads afresh.
                 let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
                 if reads.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
@@ -730,6 +739,7 @@ impl Dispatcher {
                     reserved: Some(reserved),
                     send_by: deadline - budget.as_millis() as i64,
                     shared: Arc::clone(&shared),
+                    keys: Arc::clone(&self.keys),
                     batch,
                     ledger: Arc::clone(&self.ledger),
                     outbound: self.outbound.clone(),
@@ -850,6 +860,7 @@ struct BatchJob {
     /// The latest a request may go out at and still be recorded before the delivery's deadline.
     send_by: Millis,
     shared: Arc<(Touchpoint, DispatchMeta)>,
+    keys: Arc<keys::Keys>,
     batch: PlannedBatch,
     ledger: Arc<dyn DeliveryStore>,
     outbound: Outbound,
@@ -919,8 +930,15 @@ impl BatchJob {
             },
             None => None,
         };
+        // The tokens as they are now: a rotation during the delivery signs this batch.
+        let keys = self.keys.current(tp).await;
         let sent_at = self.clock.now_ms();
-        let signed = touch(tp, &batch.order_no, sent_at, &batch.users);
+        let signed = touch_request(
+            &keys.signing(sent_at),
+            &batch.order_no,
+            sent_at,
+            &batch.users,
+        );
         let (body, headers) = (signed.body, signed.headers);
         let gids: Vec<i64> = batch.users.iter().map(|u| u.gid).collect();
         let ex = exchange(

@@ -294,8 +294,9 @@ impl ReceiptPoller {
         // At (or after) the deadline the batch is polled once more, then what is still
         // pending times out.
         let last = decide_poll(now, b.deadline) == PollDecision::FinalPoll;
-        let token = tp.and_then(|t| t.token.as_ref()).map(|t| t.expose());
-        let request = receipt_poll(token, &b.order_no, self.clock.now_ms());
+        let sent_at = self.clock.now_ms();
+        let signing = tp.map(|t| t.signing(sent_at)).unwrap_or_default();
+        let request = receipt_poll(&signing, &b.order_no, sent_at);
         let timeout = self.timeout(tp);
         let reply = self
             .outbound

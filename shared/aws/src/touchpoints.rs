@@ -6,10 +6,13 @@
 //! | name claim (uniqueness) | `P#{project}` | `NAME#{name}` |
 //! | space grant | `P#{project}#SPACE#{space}` | `TP#{id}` |
 //! | campaign reference | `P#{project}` | `CR#{id}#{campaign}` |
+//! | audit entry (delivery table, with its TTL) | `AUDIT#{project}` | entry id (time first) |
 //!
 //! Every change is a conditional write on the touchpoint's `version`; the touchpoint keeps a
 //! `blocking` count of campaign references in a blocking state, so "disable unless a live
-//! campaign uses it" is one condition (`blocking = 0`) checked by the same write.
+//! campaign uses it" is one condition (`blocking = 0`) checked by the same write. Each change's
+//! audit entry is a put in the same transaction (in the delivery table, so it expires with the
+//! delivery records).
 
 use std::collections::HashMap;
 
@@ -22,8 +25,9 @@ use aws_sdk_dynamodb::types::{
     WriteRequest,
 };
 use touchpoint::ProjectId;
+use touchpoint::audit::{AuditAction, AuditEntry, AuditFilter};
 use touchpoint::ids::TouchpointId;
-use touchpoint::model::{CampaignRef, CampaignState, Token, Touchpoint};
+use touchpoint::model::{CampaignRef, CampaignState, Token, TokenRotation, Touchpoint};
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 
 use crate::item::*;
@@ -32,6 +36,13 @@ use crate::item::*;
 pub struct DynamoTouchpoints {
     client: Client,
     table: String,
+    /// The delivery table, where audit entries are kept for the delivery records' retention.
+    audit_table: String,
+    retention_secs: i64,
+}
+
+fn audit_pk(project: ProjectId) -> String {
+    format!("AUDIT#{project}")
 }
 
 fn project_pk(project: ProjectId) -> String {
@@ -77,6 +88,12 @@ fn to_item(tp: &Touchpoint, blocking: i64) -> Result<Item, StoreError> {
     if let Some(token) = &tp.token {
         item.insert("token".into(), s(token.expose()));
     }
+    if let Some(r) = &tp.rotation {
+        item.insert("overlap_until".into(), n(r.until));
+        if let Some(previous) = &r.previous {
+            item.insert("previous_token".into(), s(previous.expose()));
+        }
+    }
     Ok(item)
 }
 
@@ -87,6 +104,10 @@ fn from_item(item: &Item) -> Result<Touchpoint, StoreError> {
         project_id: get_n(item, "project").ok_or_else(|| missing("project"))?,
         spec: serde_json::from_str(&spec).map_err(StoreError::backend)?,
         token: get_s(item, "token").map(Token::new),
+        rotation: get_n(item, "overlap_until").map(|until| TokenRotation {
+            previous: get_s(item, "previous_token").map(Token::new),
+            until,
+        }),
         enabled: get_b(item, "enabled").unwrap_or(false),
         space_ids: item
             .get("spaces")
@@ -121,12 +142,63 @@ fn cancelled(e: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>) -> Opt
     }
 }
 
+fn audit_from_item(project: ProjectId, item: &Item) -> Result<AuditEntry, StoreError> {
+    let id = get_s(item, "sk").ok_or_else(|| missing("sk"))?;
+    let action = get_s(item, "action").ok_or_else(|| missing("action"))?;
+    Ok(AuditEntry {
+        project_id: project,
+        at: get_n(item, "at").ok_or_else(|| missing("at"))?,
+        seq: id
+            .split_once('-')
+            .and_then(|(_, seq)| u64::from_str_radix(seq, 16).ok())
+            .unwrap_or_default(),
+        actor: get_s(item, "actor").unwrap_or_default(),
+        action: AuditAction::parse(&action).ok_or_else(|| missing("a known action"))?,
+        touchpoint_id: get_s(item, "touchpoint").map(Into::into),
+        target: get_s(item, "target"),
+        changes: serde_json::from_str(&get_s(item, "changes").unwrap_or_else(|| "[]".into()))
+            .map_err(StoreError::backend)?,
+    })
+}
+
 impl DynamoTouchpoints {
-    pub fn new(client: Client, table: impl Into<String>) -> DynamoTouchpoints {
+    /// The store on the touchpoints table, with audit entries in the delivery table.
+    pub fn new(client: Client, names: &crate::AwsNames) -> DynamoTouchpoints {
         DynamoTouchpoints {
             client,
-            table: table.into(),
+            table: names.touchpoints_table.clone(),
+            audit_table: names.delivery_table.clone(),
+            retention_secs: names.retention.as_secs() as i64,
         }
+    }
+
+    /// The audit entry's put, for the transaction of the change it describes.
+    fn audit(&self, e: &AuditEntry) -> Result<TransactWriteItem, StoreError> {
+        let mut item = key(audit_pk(e.project_id), e.id());
+        item.insert("at".into(), n(e.at));
+        item.insert("actor".into(), s(&e.actor));
+        item.insert("action".into(), s(e.action.as_str()));
+        if let Some(tp) = &e.touchpoint_id {
+            item.insert("touchpoint".into(), s(tp));
+        }
+        if let Some(t) = &e.target {
+            item.insert("target".into(), s(t));
+        }
+        item.insert(
+            "changes".into(),
+            s(serde_json::to_string(&e.changes).map_err(StoreError::backend)?),
+        );
+        item.insert("expires_at".into(), n(e.at / 1000 + self.retention_secs));
+        Ok(TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.audit_table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build_err)?,
+            )
+            .build())
     }
 
     fn put(&self, item: Item, condition: &str) -> Result<TransactWriteItem, StoreError> {
@@ -291,6 +363,7 @@ impl DynamoTouchpoints {
         id: &TouchpointId,
         campaign: &str,
         next: Option<&CampaignRef>,
+        audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
         for _ in 0..5 {
             let old = self.get_ref(project, id, campaign).await?;
@@ -363,6 +436,7 @@ impl DynamoTouchpoints {
                         .update(update.build().map_err(build_err)?)
                         .build(),
                 )
+                .transact_items(self.audit(audit)?)
                 .send()
                 .await;
             match result {
@@ -388,7 +462,7 @@ impl DynamoTouchpoints {
 
 #[async_trait]
 impl TouchpointStore for DynamoTouchpoints {
-    async fn insert(&self, tp: &Touchpoint) -> Result<(), StoreError> {
+    async fn insert(&self, tp: &Touchpoint, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut claim = key(project_pk(tp.project_id), name_sk(&tp.spec.name));
         claim.insert("id".into(), s(&tp.id));
         let result = self
@@ -396,6 +470,7 @@ impl TouchpointStore for DynamoTouchpoints {
             .transact_write_items()
             .transact_items(self.put(to_item(tp, 0)?, "attribute_not_exists(pk)")?)
             .transact_items(self.put(claim, "attribute_not_exists(pk)")?)
+            .transact_items(self.audit(audit)?)
             .send()
             .await;
         match result {
@@ -520,6 +595,7 @@ impl TouchpointStore for DynamoTouchpoints {
         next: &Touchpoint,
         expected_version: u64,
         guard: UpdateGuard,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let Some(current_item) = self.raw(next.project_id, &next.id).await? else {
             return Err(StoreError::NotFound);
@@ -560,6 +636,7 @@ impl TouchpointStore for DynamoTouchpoints {
                     self.delete(project_pk(next.project_id), name_sk(&current.spec.name))?,
                 );
         }
+        tx = tx.transact_items(self.audit(audit)?);
         if let Err(e) = tx.send().await {
             return Err(match cancelled(&e) {
                 Some(r) if r[0] == "ConditionalCheckFailed" => {
@@ -598,6 +675,7 @@ impl TouchpointStore for DynamoTouchpoints {
         project: ProjectId,
         id: &TouchpointId,
         expected_version: u64,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let Some(item) = self.raw(project, id).await? else {
             return Err(StoreError::NotFound);
@@ -616,6 +694,7 @@ impl TouchpointStore for DynamoTouchpoints {
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().delete(del).build())
             .transact_items(self.delete(project_pk(project), name_sk(&current.spec.name))?)
+            .transact_items(self.audit(audit)?)
             .send()
             .await;
         if let Err(e) = result {
@@ -679,8 +758,9 @@ impl TouchpointStore for DynamoTouchpoints {
         project: ProjectId,
         id: &TouchpointId,
         campaign: &CampaignRef,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        self.change_ref(project, id, &campaign.campaign_id, Some(campaign))
+        self.change_ref(project, id, &campaign.campaign_id, Some(campaign), audit)
             .await
             .map(|_| ())
     }
@@ -690,7 +770,57 @@ impl TouchpointStore for DynamoTouchpoints {
         project: ProjectId,
         id: &TouchpointId,
         campaign_id: &str,
+        audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
-        self.change_ref(project, id, campaign_id, None).await
+        self.change_ref(project, id, campaign_id, None, audit).await
+    }
+
+    /// One partition per project, newest first; a touchpoint's entries are filtered from the
+    /// project's (a read covers every entry in the time range it passes, so a narrow `since`
+    /// keeps it cheap).
+    async fn audit_log(
+        &self,
+        project: ProjectId,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = filter
+            .before_id
+            .as_ref()
+            .map(|before| key(audit_pk(project), before.clone()));
+        let mut values = HashMap::from([(":pk".to_owned(), s(audit_pk(project)))]);
+        let mut condition = String::from("pk = :pk");
+        if let Some(since) = filter.since {
+            condition.push_str(" AND sk >= :since");
+            values.insert(":since".into(), s(format!("{:013}", since.max(0))));
+        }
+        if let Some(tp) = &filter.touchpoint_id {
+            values.insert(":tp".into(), s(tp));
+        }
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.audit_table)
+                .key_condition_expression(&condition)
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start.take())
+                .limit(filter.limit.clamp(1, 1000) as i32);
+            if filter.touchpoint_id.is_some() {
+                query = query.filter_expression("touchpoint = :tp");
+            }
+            let page = query.send().await.map_err(aws_err)?;
+            for item in page.items() {
+                out.push(audit_from_item(project, item)?);
+                if out.len() >= filter.limit {
+                    return Ok(out);
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
     }
 }

@@ -154,6 +154,21 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE dispatches ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0;",
     // 7: attempts of a batch lost to a dead sender (they do not count against its retries).
     "ALTER TABLE batches ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;",
+    // 8: the audit log, and a token rotation's previous token and the end of its overlap.
+    "CREATE TABLE audit_log (
+         project_id    INTEGER NOT NULL,
+         entry_id      TEXT    NOT NULL,
+         at            INTEGER NOT NULL,
+         actor         TEXT    NOT NULL,
+         action        TEXT    NOT NULL,
+         touchpoint_id TEXT,
+         target        TEXT,
+         changes       TEXT    NOT NULL,
+         PRIMARY KEY (project_id, entry_id)
+     ) WITHOUT ROWID;
+     CREATE INDEX audit_by_touchpoint ON audit_log (project_id, touchpoint_id, entry_id);
+     ALTER TABLE touchpoints ADD COLUMN previous_token TEXT;
+     ALTER TABLE touchpoints ADD COLUMN overlap_until INTEGER;",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

@@ -7,8 +7,11 @@ use std::sync::atomic::AtomicU64;
 use async_trait::async_trait;
 use rusqlite::{Connection, Transaction, params};
 use touchpoint::ProjectId;
+use touchpoint::audit::{AuditAction, AuditEntry, AuditFilter};
 use touchpoint::ids::TouchpointId;
-use touchpoint::model::{CampaignRef, CampaignState, Token, Touchpoint, TouchpointSpec};
+use touchpoint::model::{
+    CampaignRef, CampaignState, Token, TokenRotation, Touchpoint, TouchpointSpec,
+};
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 
 use crate::schema;
@@ -233,7 +236,7 @@ fn run_group(conn: &mut Connection, group: Vec<Job>) {
     }
 }
 
-const COLUMNS: &str = "project_id, id, enabled, version, spec, token, created_at, updated_at";
+const COLUMNS: &str = "project_id, id, enabled, version, spec, token, created_at, updated_at, previous_token, overlap_until";
 
 /// Statements through the connection's statement cache. The ledger runs the same SQL for
 /// every batch; parsing it again each time was about a sixth of the CPU at batch size 1.
@@ -279,10 +282,103 @@ fn row_to_touchpoint(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Touchpo
         version: row.get::<_, i64>(3)? as u64,
         spec,
         token: token.map(Token::new),
+        rotation: row
+            .get::<_, Option<i64>>(9)?
+            .map(|until| -> rusqlite::Result<TokenRotation> {
+                Ok(TokenRotation {
+                    previous: row.get::<_, Option<String>>(8)?.map(Token::new),
+                    until,
+                })
+            })
+            .transpose()?,
         space_ids: Vec::new(),
         created_at: row.get(6)?,
         updated_at: row.get(7)?,
     }))
+}
+
+/// Writes an audit entry in the unit of work of the change it describes.
+fn write_audit(tx: &Transaction<'_>, e: &AuditEntry) -> Result<(), StoreError> {
+    let changes = serde_json::to_string(&e.changes).map_err(StoreError::backend)?;
+    tx.execute_cached(
+        "INSERT INTO audit_log (project_id, entry_id, at, actor, action, touchpoint_id, target, changes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            e.project_id,
+            e.id(),
+            e.at,
+            e.actor,
+            e.action.as_str(),
+            e.touchpoint_id.as_deref(),
+            e.target,
+            changes
+        ],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn audit_rows(
+    tx: &Transaction<'_>,
+    project: ProjectId,
+    filter: &AuditFilter,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT at, entry_id, actor, action, touchpoint_id, target, changes FROM audit_log
+             WHERE project_id = ?1
+               AND (?2 IS NULL OR touchpoint_id = ?2)
+               AND (?3 IS NULL OR at >= ?3)
+               AND (?4 IS NULL OR entry_id < ?4)
+             ORDER BY entry_id DESC LIMIT ?5",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(
+            params![
+                project,
+                filter.touchpoint_id.as_deref(),
+                filter.since,
+                filter.before_id,
+                filter.limit as i64
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            },
+        )
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    rows.into_iter()
+        .map(
+            |(at, entry_id, actor, action, touchpoint_id, target, changes)| {
+                let seq = entry_id
+                    .split_once('-')
+                    .and_then(|(_, seq)| u64::from_str_radix(seq, 16).ok())
+                    .unwrap_or_default();
+                Ok(AuditEntry {
+                    project_id: project,
+                    at,
+                    seq,
+                    actor,
+                    action: AuditAction::parse(&action).ok_or_else(|| {
+                        StoreError::Backend(format!("unknown audit action {action:?}").into())
+                    })?,
+                    touchpoint_id: touchpoint_id.map(Into::into),
+                    target,
+                    changes: serde_json::from_str(&changes).map_err(StoreError::backend)?,
+                })
+            },
+        )
+        .collect()
 }
 
 fn load_spaces(tx: &Transaction<'_>, tp: &mut Touchpoint) -> Result<(), StoreError> {
@@ -396,13 +492,14 @@ fn campaigns_of(
 
 #[async_trait]
 impl TouchpointStore for SqliteStore {
-    async fn insert(&self, tp: &Touchpoint) -> Result<(), StoreError> {
+    async fn insert(&self, tp: &Touchpoint, audit: &AuditEntry) -> Result<(), StoreError> {
         let tp = tp.clone();
+        let audit = audit.clone();
         self.tx(move |tx| {
             let spec = spec_json(&tp)?;
             tx.execute_cached(
-                "INSERT INTO touchpoints (project_id, id, name, kind, enabled, version, spec, token, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO touchpoints (project_id, id, name, kind, enabled, version, spec, token, created_at, updated_at, previous_token, overlap_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     tp.project_id,
                     tp.id.as_str(),
@@ -413,7 +510,9 @@ impl TouchpointStore for SqliteStore {
                     spec,
                     tp.token.as_ref().map(Token::expose),
                     tp.created_at,
-                    tp.updated_at
+                    tp.updated_at,
+                    previous_token(&tp),
+                    tp.rotation.as_ref().map(|r| r.until)
                 ],
             )
             .map_err(|e| {
@@ -423,7 +522,8 @@ impl TouchpointStore for SqliteStore {
                     backend(e)
                 }
             })?;
-            write_spaces(tx, &tp)
+            write_spaces(tx, &tp)?;
+            write_audit(tx, &audit)
         })
         .await
     }
@@ -499,8 +599,10 @@ impl TouchpointStore for SqliteStore {
         next: &Touchpoint,
         expected_version: u64,
         guard: UpdateGuard,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let next = next.clone();
+        let audit = audit.clone();
         self.tx(move |tx| {
             let current = get_row(tx, next.project_id, &next.id)?.ok_or(StoreError::NotFound)?;
             if current.version != expected_version {
@@ -525,7 +627,7 @@ impl TouchpointStore for SqliteStore {
             let spec = spec_json(&next)?;
             tx.execute_cached(
                 "UPDATE touchpoints SET name = ?3, kind = ?4, enabled = ?5, version = ?6, spec = ?7,
-                        token = ?8, updated_at = ?9
+                        token = ?8, updated_at = ?9, previous_token = ?10, overlap_until = ?11
                  WHERE project_id = ?1 AND id = ?2",
                 params![
                     next.project_id,
@@ -536,7 +638,9 @@ impl TouchpointStore for SqliteStore {
                     next.version as i64,
                     spec,
                     next.token.as_ref().map(Token::expose),
-                    next.updated_at
+                    next.updated_at,
+                    previous_token(&next),
+                    next.rotation.as_ref().map(|r| r.until)
                 ],
             )
             .map_err(|e| {
@@ -549,7 +653,7 @@ impl TouchpointStore for SqliteStore {
             if current.space_ids != next.space_ids {
                 write_spaces(tx, &next)?;
             }
-            Ok(())
+            write_audit(tx, &audit)
         })
         .await
     }
@@ -559,8 +663,10 @@ impl TouchpointStore for SqliteStore {
         project: ProjectId,
         id: &TouchpointId,
         expected_version: u64,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
+        let audit = audit.clone();
         self.tx(move |tx| {
             let current = get_row(tx, project, &id)?.ok_or(StoreError::NotFound)?;
             if current.version != expected_version {
@@ -576,7 +682,7 @@ impl TouchpointStore for SqliteStore {
                 params![project, id.as_str()],
             )
             .map_err(backend)?;
-            Ok(())
+            write_audit(tx, &audit)
         })
         .await
     }
@@ -595,9 +701,11 @@ impl TouchpointStore for SqliteStore {
         project: ProjectId,
         id: &TouchpointId,
         campaign: &CampaignRef,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
         let campaign = campaign.clone();
+        let audit = audit.clone();
         self.tx(move |tx| {
             let current = get_row(tx, project, &id)?.ok_or(StoreError::NotFound)?;
             if !current.enabled && campaign.state.blocks_disable() {
@@ -611,7 +719,7 @@ impl TouchpointStore for SqliteStore {
                 params![project, id.as_str(), campaign.campaign_id, campaign.name, campaign.state.as_str(), campaign.updated_at],
             )
             .map_err(backend)?;
-            Ok(())
+            write_audit(tx, &audit)
         })
         .await
     }
@@ -621,8 +729,10 @@ impl TouchpointStore for SqliteStore {
         project: ProjectId,
         id: &TouchpointId,
         campaign_id: &str,
+        audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
         let (id, campaign_id) = (id.to_owned(), campaign_id.to_owned());
+        let audit = audit.clone();
         self.tx(move |tx| {
             let n = tx
                 .execute_cached(
@@ -630,10 +740,29 @@ impl TouchpointStore for SqliteStore {
                     params![project, id.as_str(), campaign_id],
                 )
                 .map_err(backend)?;
+            if n > 0 {
+                write_audit(tx, &audit)?;
+            }
             Ok(n > 0)
         })
         .await
     }
+
+    async fn audit_log(
+        &self,
+        project: ProjectId,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let filter = filter.clone();
+        self.tx(move |tx| audit_rows(tx, project, &filter)).await
+    }
+}
+
+fn previous_token(tp: &Touchpoint) -> Option<&str> {
+    tp.rotation
+        .as_ref()
+        .and_then(|r| r.previous.as_ref())
+        .map(Token::expose)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! durability across reopening the same data directory.
 
 use serde_json::json;
+use touchpoint::audit::{Actor, AuditAction, AuditEntry, AuditFilter};
 use touchpoint::model::*;
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 use touchpoint_embedded::SqliteStore;
@@ -36,12 +37,18 @@ fn touchpoint(id: &str, name: &str) -> Touchpoint {
             max_requests_per_second: None,
         },
         token: Some(Token::new("abc123")),
+        rotation: None,
         enabled: true,
         space_ids: vec!["space-a".into()],
         version: 1,
         created_at: 1,
         updated_at: 1,
     }
+}
+
+/// An entry for the store's own writes (what it says does not matter here).
+fn audit() -> AuditEntry {
+    AuditEntry::new(1, &Actor::system(), AuditAction::Edit, None, 1)
 }
 
 fn running(id: &str) -> CampaignRef {
@@ -57,18 +64,18 @@ fn running(id: &str) -> CampaignRef {
 async fn guards_hold_at_the_moment_of_the_write() {
     let store = SqliteStore::in_memory().unwrap();
     let tp = touchpoint("tp_1", "sms");
-    store.insert(&tp).await.unwrap();
+    store.insert(&tp, &audit()).await.unwrap();
 
     // A live campaign arrives after the use case looked: the disabling write still refuses.
     store
-        .put_campaign(1, &("tp_1").into(), &running("cmp-42"))
+        .put_campaign(1, &("tp_1").into(), &running("cmp-42"), &audit())
         .await
         .unwrap();
     let mut off = tp.clone();
     off.enabled = false;
     off.version = 2;
     match store
-        .update(&off, 1, UpdateGuard::NoBlockingCampaigns)
+        .update(&off, 1, UpdateGuard::NoBlockingCampaigns, &audit())
         .await
     {
         Err(StoreError::InUse(refs)) => assert_eq!(refs[0].campaign_id, "cmp-42"),
@@ -76,35 +83,40 @@ async fn guards_hold_at_the_moment_of_the_write() {
     }
     // Edits need a disabled touchpoint at write time.
     assert!(matches!(
-        store.update(&off, 1, UpdateGuard::MustBeDisabled).await,
+        store
+            .update(&off, 1, UpdateGuard::MustBeDisabled, &audit())
+            .await,
         Err(StoreError::Enabled)
     ));
     // A stale version loses.
     assert!(matches!(
-        store.update(&off, 7, UpdateGuard::None).await,
+        store.update(&off, 7, UpdateGuard::None, &audit()).await,
         Err(StoreError::VersionConflict { current: 1 })
     ));
     store
-        .delete_campaign(1, &("tp_1").into(), "cmp-42")
+        .delete_campaign(1, &("tp_1").into(), "cmp-42", &audit())
         .await
         .unwrap();
     store
-        .update(&off, 1, UpdateGuard::NoBlockingCampaigns)
+        .update(&off, 1, UpdateGuard::NoBlockingCampaigns, &audit())
         .await
         .unwrap();
     // Once disabled, a live campaign cannot attach.
     assert!(matches!(
         store
-            .put_campaign(1, &("tp_1").into(), &running("cmp-43"))
+            .put_campaign(1, &("tp_1").into(), &running("cmp-43"), &audit())
             .await,
         Err(StoreError::Disabled)
     ));
     // Deleting checks the version, and removes the references too.
     assert!(matches!(
-        store.delete(1, &("tp_1").into(), 1).await,
+        store.delete(1, &("tp_1").into(), 1, &audit()).await,
         Err(StoreError::VersionConflict { current: 2 })
     ));
-    store.delete(1, &("tp_1").into(), 2).await.unwrap();
+    store
+        .delete(1, &("tp_1").into(), 2, &audit())
+        .await
+        .unwrap();
     assert!(store.get(1, &("tp_1").into()).await.unwrap().is_none());
     assert!(
         store
@@ -116,16 +128,160 @@ async fn guards_hold_at_the_moment_of_the_write() {
 }
 
 #[tokio::test]
+async fn an_audit_entry_is_written_with_its_change_and_never_without_it() {
+    let store = SqliteStore::in_memory().unwrap();
+    let mut tp = touchpoint("tp_1", "sms");
+    tp.rotation = Some(TokenRotation {
+        previous: Some(Token::new("old-secret")),
+        until: 5_000,
+    });
+    let entry = |at: i64, action: AuditAction, tp: &str| {
+        AuditEntry::new(
+            1,
+            &Actor("key-0123abcd".into()),
+            action,
+            Some(&tp.into()),
+            at,
+        )
+    };
+    store
+        .insert(&tp, &entry(10, AuditAction::Create, "tp_1"))
+        .await
+        .unwrap();
+    // The rotation round-trips with the touchpoint.
+    assert_eq!(
+        store.get(1, &("tp_1").into()).await.unwrap(),
+        Some(tp.clone())
+    );
+    let mut off = tp.clone();
+    off.enabled = false;
+    off.version = 2;
+    // Refused writes leave no entry.
+    assert!(
+        store
+            .update(
+                &off,
+                9,
+                UpdateGuard::None,
+                &entry(20, AuditAction::Disable, "tp_1")
+            )
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .insert(
+                &touchpoint("tp_2", "sms"),
+                &entry(21, AuditAction::Create, "tp_2")
+            )
+            .await
+            .is_err()
+    );
+    store
+        .update(
+            &off,
+            1,
+            UpdateGuard::None,
+            &entry(30, AuditAction::Disable, "tp_1"),
+        )
+        .await
+        .unwrap();
+    store
+        .insert(
+            &touchpoint("tp_3", "other"),
+            &entry(40, AuditAction::Create, "tp_3"),
+        )
+        .await
+        .unwrap();
+    let list = |filter: AuditFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .audit_log(1, &filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.at, e.action, e.actor))
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = list(AuditFilter {
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    let actor = || "key-0123abcd".to_owned();
+    assert_eq!(
+        all,
+        [
+            (40, AuditAction::Create, actor()),
+            (30, AuditAction::Disable, actor()),
+            (10, AuditAction::Create, actor())
+        ],
+        "newest first, nothing from the refused writes"
+    );
+    let of_tp1 = list(AuditFilter {
+        touchpoint_id: Some("tp_1".into()),
+        since: Some(20),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(of_tp1, [(30, AuditAction::Disable, actor())]);
+    let first = store
+        .audit_log(
+            1,
+            &AuditFilter {
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let rest = list(AuditFilter {
+        before_id: Some(first[0].id()),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(rest.len(), 2, "the page after the first");
+    assert!(
+        list(AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .len()
+            == 3
+            && store
+                .audit_log(
+                    2,
+                    &AuditFilter {
+                        limit: 10,
+                        ..Default::default()
+                    }
+                )
+                .await
+                .unwrap()
+                .is_empty(),
+        "projects do not see each other's entries"
+    );
+}
+
+#[tokio::test]
 async fn names_are_unique_per_project() {
     let store = SqliteStore::in_memory().unwrap();
-    store.insert(&touchpoint("tp_1", "sms")).await.unwrap();
+    store
+        .insert(&touchpoint("tp_1", "sms"), &audit())
+        .await
+        .unwrap();
     assert!(matches!(
-        store.insert(&touchpoint("tp_2", "sms")).await,
+        store.insert(&touchpoint("tp_2", "sms"), &audit()).await,
         Err(StoreError::NameTaken(_))
     ));
     let mut other = touchpoint("tp_3", "sms");
     other.project_id = 2;
-    store.insert(&other).await.unwrap();
+    store.insert(&other, &audit()).await.unwrap();
     assert!(
         store.get(1, &("tp_3").into()).await.unwrap().is_none(),
         "projects do not see each other"
@@ -138,9 +294,9 @@ async fn everything_survives_reopening_the_data_directory() {
     let tp = touchpoint("tp_1", "sms");
     {
         let store = SqliteStore::open(dir.path()).unwrap();
-        store.insert(&tp).await.unwrap();
+        store.insert(&tp, &audit()).await.unwrap();
         store
-            .put_campaign(1, &("tp_1").into(), &running("cmp-42"))
+            .put_campaign(1, &("tp_1").into(), &running("cmp-42"), &audit())
             .await
             .unwrap();
     }

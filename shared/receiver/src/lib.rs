@@ -41,14 +41,14 @@ pub enum Verdict {
     Retry(Option<Duration>),
 }
 
-/// A touch request (protocol §1) for `users`, signed with the touchpoint's token.
+/// A touch request (protocol §1) for `users`, signed with the touchpoint's tokens at `now`.
 pub fn touch(
     tp: &Touchpoint,
     order_no: &str,
     now: touchpoint::clock::Millis,
     users: &[UserData],
 ) -> touchpoint::protocol::SignedRequest {
-    touch_request(tp.token.as_ref().map(|t| t.expose()), order_no, now, users)
+    touch_request(&tp.signing(now), order_no, now, users)
 }
 
 /// Sends one touch request and decides what the answer means for the batch (protocol §2.1,

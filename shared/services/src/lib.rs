@@ -92,7 +92,8 @@ impl Services {
             limits: shared_limits,
         } = ports;
         let touchpoints = Touchpoints::new(store.clone(), clock.clone(), settings.urls)
-            .with_receipt_schedule(schedule.clone(), delivery.clone());
+            .with_receipt_schedule(schedule.clone(), delivery.clone())
+            .with_time_scale(settings.dispatcher.time_scale);
         let test_send = TestSend::new(
             outbound.clone(),
             clock.clone(),
@@ -187,7 +188,7 @@ impl Services {
             Ports {
                 touchpoints: Arc::new(touchpoint_aws::DynamoTouchpoints::new(
                     clients.dynamodb.clone(),
-                    &names.touchpoints_table,
+                    names,
                 )),
                 delivery: delivery.clone(),
                 intake: delivery,

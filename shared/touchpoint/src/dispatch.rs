@@ -615,6 +615,7 @@ mod tests {
             project_id: 1,
             spec: input.spec,
             token: None,
+            rotation: None,
             enabled: true,
             space_ids: vec!["space-a".into()],
             version: 1,

@@ -50,10 +50,11 @@ pub const MAX_OPTION_CHARS: usize = 100;
 pub const MAX_TEXT_CHARS: usize = 10_000;
 /// Fields the API returns but a client cannot set; accepted and ignored so a fetched
 /// touchpoint can be edited and sent back as it is.
-const READ_ONLY_FIELDS: [&str; 7] = [
+const READ_ONLY_FIELDS: [&str; 8] = [
     "id",
     "projectId",
     "tokenSet",
+    "tokenOverlapUntil",
     "enabled",
     "spaceIds",
     "createdAt",
@@ -470,7 +471,7 @@ pub fn parse_touchpoint(
     }
 }
 
-fn check_token(s: &str) -> Result<(), String> {
+pub fn check_token(s: &str) -> Result<(), String> {
     let chars = s.chars().count();
     if chars == 0 {
         return Err("must not be empty; send null to remove the token".into());

@@ -6,6 +6,7 @@
 //! cases in [`service`].
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod clock;
 pub mod delivery;
 pub mod dispatch;

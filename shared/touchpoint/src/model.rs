@@ -239,6 +239,68 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// Longest and default overlap of a token rotation, in hours.
+pub const MAX_OVERLAP_HOURS: f64 = 168.0;
+pub const DEFAULT_OVERLAP_HOURS: f64 = 24.0;
+
+/// A token rotation within its overlap: the token it replaced stays in use until `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRotation {
+    /// The token before the rotation (`None`: there was none). The GrowingIO `sign` keeps
+    /// using it, and `webhook-signature` carries a signature with it after the new token's.
+    pub previous: Option<Token>,
+    /// When the overlap ends (epoch milliseconds): from then on only the new token is used.
+    pub until: Millis,
+}
+
+/// What a request sent at some moment is signed with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signing<'a> {
+    /// The token of the GrowingIO `sign` (none: no `sign`).
+    pub sign: Option<&'a str>,
+    /// The tokens of the `webhook-signature` header, newest first (none: no signature
+    /// headers).
+    pub signatures: [Option<&'a str>; 2],
+}
+
+impl<'a> Signing<'a> {
+    /// What a token and a rotation sign with at `now` (see [`Touchpoint::signing`]).
+    pub fn of(
+        token: Option<&'a Token>,
+        rotation: Option<&'a TokenRotation>,
+        now: Millis,
+    ) -> Signing<'a> {
+        let token = token.map(Token::expose);
+        match rotation {
+            Some(r) if now < r.until => {
+                let previous = r.previous.as_ref().map(Token::expose);
+                Signing {
+                    sign: previous,
+                    signatures: if token == previous {
+                        [token, None]
+                    } else {
+                        [token, previous]
+                    },
+                }
+            }
+            _ => Signing::single(token),
+        }
+    }
+
+    /// One token for both (or none).
+    pub fn single(token: Option<&'a str>) -> Signing<'a> {
+        Signing {
+            sign: token,
+            signatures: [token, None],
+        }
+    }
+
+    /// The `webhook-signature` tokens, newest first.
+    pub fn signature_tokens(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.signatures.into_iter().flatten()
+    }
+}
+
 /// A registered touchpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Touchpoint {
@@ -246,6 +308,8 @@ pub struct Touchpoint {
     pub project_id: ProjectId,
     pub spec: TouchpointSpec,
     pub token: Option<Token>,
+    /// A token rotation in its overlap, if any (see [`Touchpoint::signing`]).
+    pub rotation: Option<TokenRotation>,
     pub enabled: bool,
     /// Spaces whose operators may use it, sorted and unique.
     pub space_ids: Vec<String>,
@@ -253,6 +317,20 @@ pub struct Touchpoint {
     pub version: u64,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+impl Touchpoint {
+    /// The tokens a request sent at `now` is signed with: during a rotation's overlap, `sign`
+    /// uses the previous token and `webhook-signature` carries the new token's signature and
+    /// the previous one's; otherwise the token alone.
+    pub fn signing(&self, now: Millis) -> Signing<'_> {
+        Signing::of(self.token.as_ref(), self.rotation.as_ref(), now)
+    }
+
+    /// The rotation, if its overlap has not ended at `now`.
+    pub fn rotation_at(&self, now: Millis) -> Option<&TokenRotation> {
+        self.rotation.as_ref().filter(|r| now < r.until)
+    }
 }
 
 /// The state of a campaign that references a touchpoint, as the campaign system reports it.
@@ -350,6 +428,58 @@ mod tests {
         assert_eq!(Kind::ALL.len(), 3);
         assert_eq!(ParamType::ALL.len(), 4);
         assert_eq!(CampaignState::ALL.len(), 7);
+    }
+
+    #[test]
+    fn a_rotation_signs_with_both_tokens_until_its_overlap_ends() {
+        let mut tp = Touchpoint {
+            id: "tp_1".into(),
+            project_id: 1,
+            spec: TouchpointSpec {
+                name: "n".into(),
+                kind: Kind::Other,
+                description: None,
+                url: "https://x".into(),
+                batch_size: 1,
+                receipt: Receipt::Sync,
+                user_attributes: vec![],
+                template_params: vec![],
+                request_timeout_seconds: None,
+                max_concurrency: None,
+                max_requests_per_second: None,
+            },
+            token: Some(Token::new("new")),
+            rotation: Some(TokenRotation {
+                previous: Some(Token::new("old")),
+                until: 1_000,
+            }),
+            enabled: true,
+            space_ids: vec![],
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let during = tp.signing(999);
+        assert_eq!(during.sign, Some("old"));
+        assert_eq!(
+            during.signature_tokens().collect::<Vec<_>>(),
+            ["new", "old"]
+        );
+        let after = tp.signing(1_000);
+        assert_eq!(after.sign, Some("new"));
+        assert_eq!(after.signature_tokens().collect::<Vec<_>>(), ["new"]);
+        assert!(tp.rotation_at(1_000).is_none());
+        // A token added by a rotation: no `sign` until the overlap ends.
+        tp.rotation = Some(TokenRotation {
+            previous: None,
+            until: 1_000,
+        });
+        assert_eq!(tp.signing(10).sign, None);
+        assert_eq!(
+            tp.signing(10).signature_tokens().collect::<Vec<_>>(),
+            ["new"]
+        );
+        assert_eq!(tp.signing(1_000).sign, Some("new"));
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! Every method takes the project, and every mutation names the version it was based on, so an
 //! adapter can make each one a single conditional write. The lifecycle guards that must hold at
 //! the moment of the write (not just when the use case looked) are passed down as
-//! [`UpdateGuard`]s and enforced atomically by the adapter.
+//! [`UpdateGuard`]s and enforced atomically by the adapter. Each mutation also takes its audit
+//! entry, which the adapter writes in the same atomic step (none when the mutation changes
+//! nothing).
 
 use async_trait::async_trait;
 
+use crate::audit::{AuditEntry, AuditFilter};
 use crate::ids::TouchpointId;
 use crate::model::{CampaignRef, Kind, ProjectId, Touchpoint};
 
@@ -60,7 +63,7 @@ impl StoreError {
 #[async_trait]
 pub trait TouchpointStore: Send + Sync {
     /// Stores a new touchpoint; its name must be free in its project.
-    async fn insert(&self, tp: &Touchpoint) -> Result<(), StoreError>;
+    async fn insert(&self, tp: &Touchpoint, audit: &AuditEntry) -> Result<(), StoreError>;
 
     async fn get(
         &self,
@@ -89,6 +92,7 @@ pub trait TouchpointStore: Send + Sync {
         next: &Touchpoint,
         expected_version: u64,
         guard: UpdateGuard,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError>;
 
     /// Deletes a disabled touchpoint at `expected_version`, with its campaign references.
@@ -97,6 +101,7 @@ pub trait TouchpointStore: Send + Sync {
         project: ProjectId,
         id: &TouchpointId,
         expected_version: u64,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError>;
 
     /// Campaign references of a touchpoint, by campaign id.
@@ -113,6 +118,7 @@ pub trait TouchpointStore: Send + Sync {
         project: ProjectId,
         id: &TouchpointId,
         campaign: &CampaignRef,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError>;
 
     /// Removes a campaign reference; false when there was none.
@@ -121,5 +127,13 @@ pub trait TouchpointStore: Send + Sync {
         project: ProjectId,
         id: &TouchpointId,
         campaign_id: &str,
+        audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
+
+    /// Audit entries of a project, newest first, filtered; at most `filter.limit`.
+    async fn audit_log(
+        &self,
+        project: ProjectId,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::model::Signing;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
@@ -55,18 +56,18 @@ pub struct SignedRequest {
     pub headers: Vec<(&'static str, String)>,
 }
 
-/// Builds the body with `sign` (when there is a token) and signs it for the headers.
+/// Builds the body with `sign` (when there is a token for it) and signs it for the headers.
 fn signed(
-    token: Option<&str>,
+    signing: &Signing<'_>,
     order_no: &str,
     now: i64,
     body: impl FnOnce(Option<String>) -> Vec<u8>,
 ) -> SignedRequest {
-    let body = body(token.map(|t| sign(t, now, order_no)));
+    let body = body(signing.sign.map(|t| sign(t, now, order_no)));
     let mut headers = vec![("user-agent", USER_AGENT.to_owned())];
-    if let Some(token) = token {
+    if signing.signature_tokens().next().is_some() {
         headers.extend(signature_headers(
-            token,
+            signing.signature_tokens(),
             order_no,
             now.div_euclid(1000),
             &body,
@@ -75,14 +76,14 @@ fn signed(
     SignedRequest { body, headers }
 }
 
-/// The touch request of a batch (§1), signed with the touchpoint's token if it has one.
+/// The touch request of a batch (§1), signed with the touchpoint's tokens of the moment.
 pub fn touch_request(
-    token: Option<&str>,
+    signing: &Signing<'_>,
     order_no: &str,
     now: i64,
     users: &[UserData],
 ) -> SignedRequest {
-    signed(token, order_no, now, |sign| {
+    signed(signing, order_no, now, |sign| {
         serde_json::to_vec(&TouchRequest {
             time_stamp: now,
             order_no,
@@ -94,8 +95,8 @@ pub fn touch_request(
 }
 
 /// The receipt poll of an accepted batch (§3), signed like a touch request.
-pub fn receipt_poll(token: Option<&str>, order_no: &str, now: i64) -> SignedRequest {
-    signed(token, order_no, now, |sign| {
+pub fn receipt_poll(signing: &Signing<'_>, order_no: &str, now: i64) -> SignedRequest {
+    signed(signing, order_no, now, |sign| {
         serde_json::to_vec(&ReceiptRequest {
             time_stamp: now,
             order_no,
@@ -133,20 +134,22 @@ pub fn webhook_signature(key: &[u8], id: &str, seconds: i64, body: &[u8]) -> Str
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// The headers a signed request carries, as (name, value) pairs.
-pub fn signature_headers(
-    token: &str,
+/// The headers a signed request carries, as (name, value) pairs: `webhook-signature` lists a
+/// signature per token, space-separated, in the order given.
+pub fn signature_headers<'t>(
+    tokens: impl IntoIterator<Item = &'t str>,
     order_no: &str,
     seconds: i64,
     body: &[u8],
 ) -> [(&'static str, String); 3] {
+    let signatures: Vec<String> = tokens
+        .into_iter()
+        .map(|t| webhook_signature(&signing_key(t), order_no, seconds, body))
+        .collect();
     [
         ("webhook-id", order_no.to_owned()),
         ("webhook-timestamp", seconds.to_string()),
-        (
-            "webhook-signature",
-            webhook_signature(&signing_key(token), order_no, seconds, body),
-        ),
+        ("webhook-signature", signatures.join(" ")),
     ]
 }
 
@@ -383,6 +386,59 @@ mod tests {
             &tampered,
             expected
         ));
+    }
+
+    #[test]
+    fn during_a_rotation_sign_keeps_the_old_token_and_the_header_signs_with_both() {
+        let users = [UserData {
+            gid: 1,
+            dynamic_data: Map::new(),
+            tem_data: Map::new(),
+        }];
+        let now = 1_664_590_280_000;
+        let rotating = Signing {
+            sign: Some("old-token"),
+            signatures: [Some("new-token"), Some("old-token")],
+        };
+        let req = touch_request(&rotating, ORDER, now, &users);
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(body["sign"], sign("old-token", now, ORDER));
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let signatures = header("webhook-signature");
+        let listed: Vec<&str> = signatures.split(' ').collect();
+        assert_eq!(listed.len(), 2, "{signatures}");
+        // The new token's first.
+        assert_eq!(
+            listed[0],
+            webhook_signature(&signing_key("new-token"), ORDER, now / 1000, &req.body)
+        );
+        for token in ["new-token", "old-token"] {
+            assert!(verify_webhook_signature(
+                token,
+                ORDER,
+                now / 1000,
+                &req.body,
+                &signatures
+            ));
+        }
+        assert!(!verify_webhook_signature(
+            "other",
+            ORDER,
+            now / 1000,
+            &req.body,
+            &signatures
+        ));
+        // No token at all: neither `sign` nor the headers.
+        let bare = touch_request(&Signing::single(None), ORDER, now, &users);
+        assert!(bare.headers.iter().all(|(n, _)| !n.starts_with("webhook-")));
+        let body: Value = serde_json::from_slice(&bare.body).unwrap();
+        assert!(body.get("sign").is_none());
     }
 
     #[test]

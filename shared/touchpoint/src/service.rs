@@ -7,13 +7,16 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-use crate::clock::Clock;
+use crate::audit::{
+    Actor, AuditAction, AuditEntry, AuditFilter, FieldChange, is_entry_id, touchpoint_changes,
+};
+use crate::clock::{Clock, Millis};
 use crate::delivery::{ReceiptLedger, ReceiptSchedule};
 use crate::error::{DomainError, FieldError};
 use crate::ids::TouchpointId;
 use crate::ids::{is_touchpoint_id, new_touchpoint_id};
 pub use crate::input::UrlPolicy;
-use crate::input::{TokenPatch, parse_touchpoint};
+use crate::input::{TokenPatch, check_token, parse_touchpoint};
 use crate::model::*;
 use crate::ports::{ListFilter, TouchpointStore, UpdateGuard};
 
@@ -48,6 +51,20 @@ pub struct Touchpoints {
     clock: Arc<dyn Clock>,
     urls: UrlPolicy,
     receipts: Option<(Arc<dyn ReceiptSchedule>, Arc<dyn ReceiptLedger>)>,
+    /// Who the mutations are recorded as made by (see [`Touchpoints::by`]).
+    actor: Actor,
+    /// Divides a rotation's overlap (1 in production; compressed time in the delivery
+    /// scenarios).
+    time_scale: f64,
+}
+
+/// An audit listing request as it arrives (query-string values, unchecked).
+#[derive(Clone, Debug, Default)]
+pub struct AuditParams {
+    pub touchpoint_id: Option<String>,
+    pub since: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
 }
 
 impl Touchpoints {
@@ -57,7 +74,27 @@ impl Touchpoints {
             clock,
             urls,
             receipts: None,
+            actor: Actor::system(),
+            time_scale: 1.0,
         }
+    }
+
+    /// The same use cases, recording their changes as made by `actor`.
+    pub fn by(&self, actor: Actor) -> Touchpoints {
+        Touchpoints {
+            actor,
+            ..self.clone()
+        }
+    }
+
+    /// Compressed time (the delivery scenarios): a rotation's overlap is divided by `scale`.
+    pub fn with_time_scale(mut self, scale: f64) -> Touchpoints {
+        self.time_scale = scale.max(f64::MIN_POSITIVE);
+        self
+    }
+
+    fn entry(&self, project: ProjectId, action: AuditAction, id: &TouchpointId) -> AuditEntry {
+        AuditEntry::new(project, &self.actor, action, Some(id), self.clock.now_ms())
     }
 
     /// Keeps receipt polling schedules in step with the touchpoints: ensured when an async
@@ -115,13 +152,17 @@ impl Touchpoints {
                 TokenPatch::Set(t) => Some(t),
                 TokenPatch::Keep | TokenPatch::Clear => None,
             },
+            rotation: None,
             enabled: true,
             space_ids: Vec::new(),
             version: 1,
             created_at: now,
             updated_at: now,
         };
-        self.store.insert(&tp).await?;
+        let audit = self
+            .entry(project, AuditAction::Create, &tp.id)
+            .with_changes(touchpoint_changes(None, Some(&tp)));
+        self.store.insert(&tp, &audit).await?;
         self.sync_schedule(None, Some(&tp)).await?;
         Ok(tp)
     }
@@ -146,29 +187,8 @@ impl Touchpoints {
         params: &ListParams,
     ) -> Result<Page<Touchpoint>, DomainError> {
         let mut errors = Vec::new();
-        let limit = match params.limit.as_deref() {
-            None => DEFAULT_PAGE_SIZE,
-            Some(s) => match s.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-                _ => {
-                    errors.push(FieldError::new(
-                        "limit",
-                        format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
-                    ));
-                    DEFAULT_PAGE_SIZE
-                }
-            },
-        };
-        let after_id = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
-            None => None,
-            Some(c) => match decode_cursor(c) {
-                Some(id) => Some(id),
-                None => {
-                    errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
-                    None
-                }
-            },
-        };
+        let limit = page_limit(params.limit.as_deref(), &mut errors);
+        let after_id = read_cursor(params.cursor.as_deref(), is_touchpoint_id, &mut errors);
         let kind = match params.kind.as_deref() {
             None => None,
             Some(k) => Kind::parse(k).or_else(|| {
@@ -210,16 +230,8 @@ impl Touchpoints {
             after_id,
             limit: limit + 1,
         };
-        let mut items = self.store.list(project, &filter).await?;
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items
-                .last()
-                .map(|tp| URL_SAFE_NO_PAD.encode(tp.id.as_str()))
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        let items = self.store.list(project, &filter).await?;
+        Ok(paged(items, limit, |tp| tp.id.to_string()))
     }
 
     /// Replaces the editable fields of a disabled touchpoint; the kind never changes.
@@ -247,13 +259,27 @@ impl Touchpoints {
         }
         let mut next = current.clone();
         next.spec = input.spec;
+        // A token written by an edit replaces every token at once (a rotation in its overlap
+        // ends).
         match input.token {
             TokenPatch::Keep => {}
-            TokenPatch::Clear => next.token = None,
-            TokenPatch::Set(t) => next.token = Some(t),
+            TokenPatch::Clear => {
+                next.token = None;
+                next.rotation = None;
+            }
+            TokenPatch::Set(t) => {
+                next.token = Some(t);
+                next.rotation = None;
+            }
         }
         let next = self
-            .commit(next, expected, UpdateGuard::MustBeDisabled)
+            .commit(
+                &current,
+                next,
+                expected,
+                UpdateGuard::MustBeDisabled,
+                AuditAction::Edit,
+            )
             .await?;
         self.sync_schedule(Some(&current), Some(&next)).await?;
         Ok(next)
@@ -273,10 +299,17 @@ impl Touchpoints {
             self.sync_schedule(None, Some(&current)).await?;
             return Ok(current);
         }
-        let version = current.version;
-        let mut next = current;
+        let mut next = current.clone();
         next.enabled = true;
-        let next = self.commit(next, version, UpdateGuard::None).await?;
+        let next = self
+            .commit(
+                &current,
+                next,
+                current.version,
+                UpdateGuard::None,
+                AuditAction::Enable,
+            )
+            .await?;
         self.sync_schedule(None, Some(&next)).await?;
         Ok(next)
     }
@@ -303,11 +336,16 @@ impl Touchpoints {
         if !blocking.is_empty() {
             return Err(DomainError::InUse(blocking));
         }
-        let version = current.version;
-        let mut next = current;
+        let mut next = current.clone();
         next.enabled = false;
-        self.commit(next, version, UpdateGuard::NoBlockingCampaigns)
-            .await
+        self.commit(
+            &current,
+            next,
+            current.version,
+            UpdateGuard::NoBlockingCampaigns,
+            AuditAction::Disable,
+        )
+        .await
     }
 
     /// Replaces the set of spaces authorized to use the touchpoint (`expected`: the version
@@ -325,10 +363,16 @@ impl Touchpoints {
         if current.space_ids == spaces {
             return Ok(current);
         }
-        let version = current.version;
-        let mut next = current;
+        let mut next = current.clone();
         next.space_ids = spaces;
-        self.commit(next, version, UpdateGuard::None).await
+        self.commit(
+            &current,
+            next,
+            current.version,
+            UpdateGuard::None,
+            AuditAction::Spaces,
+        )
+        .await
     }
 
     /// Deletes a disabled touchpoint.
@@ -343,7 +387,12 @@ impl Touchpoints {
         if current.enabled {
             return Err(DomainError::TouchpointEnabled);
         }
-        self.store.delete(project, id, current.version).await?;
+        let audit = self
+            .entry(project, AuditAction::Delete, id)
+            .with_changes(touchpoint_changes(Some(&current), None));
+        self.store
+            .delete(project, id, current.version, &audit)
+            .await?;
         self.sync_schedule(Some(&current), None).await?;
         Ok(())
     }
@@ -382,7 +431,19 @@ impl Touchpoints {
         if !current.enabled && campaign.state.blocks_disable() {
             return Err(DomainError::TouchpointDisabled);
         }
-        self.store.put_campaign(project, id, &campaign).await?;
+        let before = self
+            .store
+            .campaigns(project, id)
+            .await?
+            .into_iter()
+            .find(|c| c.campaign_id == campaign.campaign_id);
+        let audit = self
+            .entry(project, AuditAction::PutCampaign, id)
+            .with_target(&campaign.campaign_id)
+            .with_changes(campaign_changes(before.as_ref(), Some(&campaign)));
+        self.store
+            .put_campaign(project, id, &campaign, &audit)
+            .await?;
         Ok(campaign)
     }
 
@@ -393,23 +454,228 @@ impl Touchpoints {
         campaign_id: &str,
     ) -> Result<(), DomainError> {
         self.get(project, id).await?;
-        if self.store.delete_campaign(project, id, campaign_id).await? {
+        let before = self
+            .store
+            .campaigns(project, id)
+            .await?
+            .into_iter()
+            .find(|c| c.campaign_id == campaign_id);
+        let audit = self
+            .entry(project, AuditAction::DeleteCampaign, id)
+            .with_target(campaign_id)
+            .with_changes(campaign_changes(before.as_ref(), None));
+        if self
+            .store
+            .delete_campaign(project, id, campaign_id, &audit)
+            .await?
+        {
             Ok(())
         } else {
             Err(DomainError::NotFound("campaign reference"))
         }
     }
 
+    /// Replaces the token of an enabled or disabled touchpoint. During the overlap (hours,
+    /// default 24, at most 168; 0 ends it at once) `webhook-signature` carries a signature with
+    /// the new token and one with the old, and the GrowingIO `sign` keeps the old token; from
+    /// its end, only the new one is used. A rotation during another's overlap replaces the
+    /// newer token and keeps the older (the one `sign` uses) until the new overlap ends.
+    pub async fn rotate_token(
+        &self,
+        project: ProjectId,
+        id: &TouchpointId,
+        body: &Value,
+    ) -> Result<Touchpoint, DomainError> {
+        let (token, overlap_ms, expected) = read_rotation(body, self.time_scale)?;
+        let current = self.get(project, id).await?;
+        check_version(&current, expected)?;
+        let now = self.clock.now_ms();
+        let mut next = current.clone();
+        // The token `sign` uses now: the previous one while an overlap runs.
+        let signing = match current.rotation_at(now) {
+            Some(r) => r.previous.clone(),
+            None => current.token.clone(),
+        };
+        next.token = Some(token);
+        next.rotation = (overlap_ms > 0).then(|| crate::model::TokenRotation {
+            previous: signing,
+            until: now.saturating_add(overlap_ms),
+        });
+        self.commit(
+            &current,
+            next,
+            current.version,
+            UpdateGuard::None,
+            AuditAction::RotateToken,
+        )
+        .await
+    }
+
+    /// The project's audit log, newest first, a page at a time.
+    pub async fn audit_log(
+        &self,
+        project: ProjectId,
+        params: &AuditParams,
+    ) -> Result<Page<AuditEntry>, DomainError> {
+        let mut errors = Vec::new();
+        let limit = page_limit(params.limit.as_deref(), &mut errors);
+        let touchpoint_id = params
+            .touchpoint_id
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .and_then(|t| {
+                if is_touchpoint_id(t) {
+                    Some(TouchpointId::from(t))
+                } else {
+                    errors.push(FieldError::new("touchpointId", "is not a touchpoint id"));
+                    None
+                }
+            });
+        let since = params
+            .since
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .and_then(|s| match crate::clock::parse_rfc3339(s) {
+                Some(ms) => Some(ms),
+                None => {
+                    errors.push(FieldError::new(
+                        "since",
+                        "must be an RFC 3339 time such as 2026-12-01T10:00:00Z",
+                    ));
+                    None
+                }
+            });
+        let before_id = read_cursor(params.cursor.as_deref(), is_entry_id, &mut errors);
+        if !errors.is_empty() {
+            return Err(DomainError::Validation(errors));
+        }
+        let filter = AuditFilter {
+            touchpoint_id,
+            since,
+            before_id,
+            limit: limit + 1,
+        };
+        let items = self.store.audit_log(project, &filter).await?;
+        Ok(paged(items, limit, AuditEntry::id))
+    }
+
     async fn commit(
         &self,
+        before: &Touchpoint,
         mut next: Touchpoint,
         expected: u64,
         guard: UpdateGuard,
+        action: AuditAction,
     ) -> Result<Touchpoint, DomainError> {
         next.version = expected + 1;
         next.updated_at = self.clock.now_ms().max(next.updated_at);
-        self.store.update(&next, expected, guard).await?;
+        let audit = self
+            .entry(next.project_id, action, &next.id)
+            .with_changes(touchpoint_changes(Some(before), Some(&next)));
+        self.store.update(&next, expected, guard, &audit).await?;
         Ok(next)
+    }
+}
+
+/// A campaign reference's name and state before and after.
+fn campaign_changes(before: Option<&CampaignRef>, after: Option<&CampaignRef>) -> Vec<FieldChange> {
+    let name = |c: Option<&CampaignRef>| c.map(|c| Value::from(c.name.as_str()));
+    let state = |c: Option<&CampaignRef>| c.map(|c| Value::from(c.state.as_str()));
+    [
+        ("name", name(before), name(after)),
+        ("state", state(before), state(after)),
+    ]
+    .into_iter()
+    .filter(|(_, b, a)| b != a)
+    .map(|(field, before, after)| FieldChange {
+        field: field.into(),
+        before,
+        after,
+    })
+    .collect()
+}
+
+/// Reads `{"token", "overlapHours"?, "version"?}`: the new token, the overlap in (scaled)
+/// milliseconds, and the version the rotation is based on.
+fn read_rotation(
+    body: &Value,
+    time_scale: f64,
+) -> Result<(Token, Millis, Option<u64>), DomainError> {
+    let Value::Object(m) = body else {
+        return Err(DomainError::field("", "must be an object"));
+    };
+    let mut errors = Vec::new();
+    for k in m.keys() {
+        if !["token", "overlapHours", "version"].contains(&k.as_str()) {
+            errors.push(FieldError::new(k.as_str(), "is not a field of a rotation"));
+        }
+    }
+    let token = match m.get("token") {
+        Some(Value::String(t)) => match check_token(t) {
+            Ok(()) => Some(Token::new(t.as_str())),
+            Err(e) => {
+                errors.push(FieldError::new("token", e));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new("token", "must be a string"));
+            None
+        }
+        None => {
+            errors.push(FieldError::new("token", "is required"));
+            None
+        }
+    };
+    let hours = match m.get("overlapHours") {
+        None | Some(Value::Null) => crate::model::DEFAULT_OVERLAP_HOURS,
+        Some(v) => match v.as_f64() {
+            Some(h) if (0.0..=crate::model::MAX_OVERLAP_HOURS).contains(&h) => h,
+            _ => {
+                errors.push(FieldError::new(
+                    "overlapHours",
+                    format!(
+                        "must be a number of hours from 0 to {}",
+                        crate::model::MAX_OVERLAP_HOURS
+                    ),
+                ));
+                0.0
+            }
+        },
+    };
+    let version = match m.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().filter(|v| *v >= 1) {
+            Some(v) => Some(v),
+            None => {
+                errors.push(FieldError::new("version", "must be a positive integer"));
+                None
+            }
+        },
+    };
+    match token {
+        Some(token) if errors.is_empty() => Ok((
+            token,
+            (hours * 3_600_000.0 / time_scale).round() as Millis,
+            version,
+        )),
+        _ => Err(DomainError::Validation(errors)),
+    }
+}
+
+fn page_limit(limit: Option<&str>, errors: &mut Vec<FieldError>) -> usize {
+    match limit {
+        None => DEFAULT_PAGE_SIZE,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                errors.push(FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                ));
+                DEFAULT_PAGE_SIZE
+            }
+        },
     }
 }
 
@@ -422,10 +688,34 @@ fn check_version(current: &Touchpoint, expected: Option<u64>) -> Result<(), Doma
     }
 }
 
-fn decode_cursor(cursor: &str) -> Option<String> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    let id = String::from_utf8(bytes).ok()?;
-    is_touchpoint_id(&id).then_some(id)
+/// The key in an opaque cursor this API issued (`valid` checks it), or an error for `cursor`.
+fn read_cursor(
+    cursor: Option<&str>,
+    valid: impl Fn(&str) -> bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let cursor = cursor.filter(|c| !c.is_empty())?;
+    let key = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|k| valid(k));
+    if key.is_none() {
+        errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
+    }
+    key
+}
+
+/// A page of at most `limit` of `items` (read with one more, to know whether a next page
+/// exists), with the cursor of the next one.
+fn paged<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|last| URL_SAFE_NO_PAD.encode(key(last)))
+    } else {
+        None
+    };
+    Page { items, next_cursor }
 }
 
 fn check_space_id(space: &str, path: &str) -> Result<(), DomainError> {

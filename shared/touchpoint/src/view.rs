@@ -20,6 +20,11 @@ pub struct TouchpointView<'a> {
     pub description: Option<&'a str>,
     pub url: &'a str,
     pub token_set: bool,
+    /// After a token rotation with an overlap: when the overlap ends (or ended). Until then
+    /// `sign` uses the previous token and `webhook-signature` carries both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub token_overlap_until: Option<String>,
     pub batch_size: u16,
     pub receipt: &'a Receipt,
     pub user_attributes: &'a [UserAttribute],
@@ -49,6 +54,7 @@ impl<'a> From<&'a Touchpoint> for TouchpointView<'a> {
             description: tp.spec.description.as_deref(),
             url: &tp.spec.url,
             token_set: tp.token.is_some(),
+            token_overlap_until: tp.rotation.as_ref().map(|r| rfc3339(r.until)),
             batch_size: tp.spec.batch_size,
             receipt: &tp.spec.receipt,
             user_attributes: &tp.spec.user_attributes,

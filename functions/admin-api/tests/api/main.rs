@@ -6,5 +6,6 @@
 
 mod common;
 
+mod audit;
 mod hostile_input;
 mod routes;

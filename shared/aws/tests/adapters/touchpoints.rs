@@ -5,17 +5,25 @@ use crate::support;
 use std::sync::Arc;
 
 use serde_json::json;
+use touchpoint::audit::{Actor, AuditAction, AuditEntry};
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 use touchpoint::{DomainError, SystemClock, Touchpoints, UrlPolicy};
 use touchpoint_aws::DynamoTouchpoints;
 
 async fn service() -> (Touchpoints, Arc<DynamoTouchpoints>) {
+    let (tp, store, _, _) = service_on().await;
+    (tp, store)
+}
+
+async fn service_on() -> (
+    Touchpoints,
+    Arc<DynamoTouchpoints>,
+    touchpoint_aws::Clients,
+    touchpoint_aws::AwsNames,
+) {
     let clients = support::clients().await;
     let names = support::provision(&clients).await;
-    let store = Arc::new(DynamoTouchpoints::new(
-        clients.dynamodb.clone(),
-        names.touchpoints_table,
-    ));
+    let store = Arc::new(DynamoTouchpoints::new(clients.dynamodb.clone(), &names));
     let touchpoints = Touchpoints::new(
         store.clone(),
         Arc::new(SystemClock),
@@ -23,7 +31,11 @@ async fn service() -> (Touchpoints, Arc<DynamoTouchpoints>) {
             allow_plain_http: true,
         },
     );
-    (touchpoints, store)
+    (touchpoints, store, clients, names)
+}
+
+fn no_audit() -> AuditEntry {
+    AuditEntry::new(1, &Actor::system(), AuditAction::Edit, None, 1)
 }
 
 fn body(name: &str, kind: &str) -> serde_json::Value {
@@ -149,7 +161,12 @@ async fn lifecycle_guards_hold_at_write_time() {
     off.version = a.version + 1;
     assert!(matches!(
         store
-            .update(&off, a.version, UpdateGuard::NoBlockingCampaigns)
+            .update(
+                &off,
+                a.version,
+                UpdateGuard::NoBlockingCampaigns,
+                &no_audit()
+            )
             .await,
         Err(StoreError::InUse(_))
     ));
@@ -168,7 +185,9 @@ async fn lifecycle_guards_hold_at_write_time() {
         Err(DomainError::TouchpointDisabled)
     ));
     assert!(matches!(
-        store.update(&a, a.version - 1, UpdateGuard::None).await,
+        store
+            .update(&a, a.version - 1, UpdateGuard::None, &no_audit())
+            .await,
         Err(StoreError::VersionConflict { .. })
     ));
 
@@ -186,4 +205,163 @@ async fn lifecycle_guards_hold_at_write_time() {
     tp.create(1, &body("券中心2", "benefit"))
         .await
         .expect("a deleted touchpoint frees its name");
+}
+
+#[tokio::test]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn every_change_is_audited_in_its_own_transaction_and_no_token_is_stored_in_the_log() {
+    let (tp, _store, clients, names) = service_on().await;
+    let admin = tp.by(Actor("key-0a1b2c3d".into()));
+    let campaigns = tp.by(Actor("campaign-system".into()));
+    let a = admin
+        .create(1, &body("审计", "notification"))
+        .await
+        .unwrap();
+    let a = admin
+        .set_spaces(1, &a.id, vec!["space-a".into()], None)
+        .await
+        .unwrap();
+    campaigns
+        .put_campaign(
+            1,
+            &a.id,
+            "cmp-1",
+            touchpoint::CampaignState::Running,
+            Some("双十二"),
+        )
+        .await
+        .unwrap();
+    // A refused change writes no entry.
+    assert!(admin.disable(1, &a.id, None).await.is_err());
+    campaigns
+        .put_campaign(1, &a.id, "cmp-1", touchpoint::CampaignState::Ended, None)
+        .await
+        .unwrap();
+    let a = admin
+        .rotate_token(
+            1,
+            &a.id,
+            &json!({"token": "rotated-secret", "overlapHours": 2}),
+        )
+        .await
+        .unwrap();
+    let rotation = a.rotation.clone().expect("in its overlap");
+    assert_eq!(
+        rotation.previous.as_ref().map(|t| t.expose()),
+        Some("abc123")
+    );
+    assert_eq!(
+        tp.get(1, &a.id).await.unwrap().rotation,
+        Some(rotation),
+        "the rotation is stored"
+    );
+    admin.disable(1, &a.id, None).await.unwrap();
+    admin.delete(1, &a.id, None).await.unwrap();
+
+    let page = tp
+        .audit_log(
+            1,
+            &touchpoint::service::AuditParams {
+                touchpoint_id: Some(a.id.to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str)> = page
+        .items
+        .iter()
+        .map(|e| (e.action.as_str(), e.actor.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("touchpoint.delete", "key-0a1b2c3d"),
+            ("touchpoint.disable", "key-0a1b2c3d"),
+            ("touchpoint.token.rotate", "key-0a1b2c3d"),
+            ("campaign.put", "campaign-system"),
+            ("campaign.put", "campaign-system"),
+            ("touchpoint.spaces", "key-0a1b2c3d"),
+            ("touchpoint.create", "key-0a1b2c3d"),
+        ]
+    );
+    let rotate = &page.items[2];
+    let token_change = rotate.changes.iter().find(|c| c.field == "token").unwrap();
+    assert_eq!(token_change.after, Some(json!("changed")));
+    assert!(
+        rotate
+            .changes
+            .iter()
+            .any(|c| c.field == "tokenOverlapUntil")
+    );
+    let ended = &page.items[3];
+    assert_eq!(ended.target.as_deref(), Some("cmp-1"));
+    let state = ended.changes.iter().find(|c| c.field == "state").unwrap();
+    assert_eq!(state.before, Some(json!("running")));
+    assert_eq!(state.after, Some(json!("ended")));
+
+    // Paged by cursor, and bounded by time.
+    let first = tp
+        .audit_log(
+            1,
+            &touchpoint::service::AuditParams {
+                limit: Some("3".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 3);
+    let second = tp
+        .audit_log(
+            1,
+            &touchpoint::service::AuditParams {
+                limit: Some("10".into()),
+                cursor: first.next_cursor.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.items.len(), 4);
+    assert!(second.next_cursor.is_none());
+    assert!(
+        tp.audit_log(
+            1,
+            &touchpoint::service::AuditParams {
+                since: Some("2999-01-01T00:00:00Z".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    );
+
+    // The entries expire with the delivery records, and hold no token.
+    let items = clients
+        .dynamodb
+        .scan()
+        .table_name(&names.delivery_table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let audit: Vec<_> = items
+        .iter()
+        .filter(|i| i["pk"].as_s().is_ok_and(|pk| pk == "AUDIT#1"))
+        .collect();
+    assert_eq!(audit.len(), 7);
+    for item in audit {
+        let text = format!("{item:?}");
+        assert!(
+            !text.contains("abc123") && !text.contains("rotated-secret"),
+            "{text}"
+        );
+        let expires: i64 = item["expires_at"].as_n().unwrap().parse().unwrap();
+        let at: i64 = item["at"].as_n().unwrap().parse().unwrap();
+        assert_eq!(expires, at / 1000 + names.retention.as_secs() as i64);
+    }
 }

@@ -436,6 +436,7 @@ pub(crate) mod tests {
                 max_requests_per_second: rps,
             },
             token: None,
+            rotation: None,
             enabled: true,
             space_ids: Vec::new(),
             version: 1,
