@@ -7,11 +7,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createHash } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -22,6 +23,10 @@ const ADMIN = 'console-admin-key-7d1f0a';
 const CAMPAIGN = 'console-campaign-key-99b2';
 // The touchpoint token typed into the dialog: it must never come back.
 const TOKEN = 'whsec_c2VjcmV0LWJyb3dzZXItdG9rZW4tNDI=';
+// The token a rotation brings in: it must never come back either.
+const ROTATED = 'rotated-browser-token-5e1b';
+/** How the audit log names an API key: `key-` and the first 8 hex digits of its SHA-256. */
+const keyId = (key) => `key-${createHash('sha256').update(key).digest('hex').slice(0, 8)}`;
 
 // What every touchpoint created through the API here carries (at least one of each is required).
 const PARAMS = {
@@ -324,6 +329,43 @@ test('the console does everything on the product page, in English and Chinese', 
     await row(page, 'SMS gateway').locator('.badge', { hasText: 'Enabled' }).waitFor();
   });
 
+  await step(t, 'rotate the token while enabled, then read who did what in the audit log', async () => {
+    await row(page, 'SMS gateway').getByRole('button', { name: 'Rotate token' }).click();
+    await dialog.getByRole('heading', { name: 'Rotate the token' }).waitFor();
+    const hours = dialog.getByLabel(/^Overlap \(hours\)/);
+    assert.equal(await hours.inputValue(), '24', 'the API default');
+    assert.equal(await hours.getAttribute('max'), '168');
+    await dialog.getByLabel(/^New token/).fill(ROTATED);
+    await hours.fill('200');
+    await dialog.getByRole('button', { name: 'Rotate' }).click();
+    await dialog.getByText('must be a number of hours from 0 to 168').waitFor();
+    await hours.fill('2');
+    await dialog.getByRole('button', { name: 'Rotate' }).click();
+    await page.getByText(/The token of “SMS gateway” is rotated; the old one is used beside it until/).waitFor();
+    const tp = (await call('GET', `/v1/touchpoints/${id}`, ADMIN)).body;
+    assert.equal(tp.enabled, true);
+    const ahead = Date.parse(tp.tokenOverlapUntil) - Date.now();
+    assert.ok(ahead > 7_000_000 && ahead <= 7_200_000, `overlap ends in ${ahead} ms`);
+
+    await row(page, 'SMS gateway').getByRole('link', { name: 'History' }).click();
+    await page.getByRole('heading', { name: `Audit log of ${id}` }).waitFor();
+    const rows = page.locator('table.audit tbody tr');
+    await rows.first().waitFor();
+    const first = rows.first();
+    assert.equal(await first.getAttribute('data-action'), 'touchpoint.token.rotate');
+    assert.match(await first.textContent(), new RegExp(`${keyId(ADMIN)}Token rotated`));
+    assert.match(await first.locator('ul.changes').textContent(), /token: changed/);
+    const campaignRow = page.locator('table.audit tbody tr[data-action="campaign.put"]').first();
+    assert.match(await campaignRow.textContent(), new RegExp(`${keyId(CAMPAIGN)}Campaign reference recordedcmp-1111`));
+    assert.match(await campaignRow.locator('ul.changes').textContent(), /state: .*→ running/);
+    const actions = await page.locator('table.audit tbody tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.action));
+    assert.equal(actions.at(-1), 'touchpoint.create');
+    assert.ok(actions.includes('touchpoint.spaces') && actions.includes('touchpoint.disable') && actions.includes('touchpoint.edit'), actions.join());
+    await page.screenshot({ path: join(ARTIFACTS, 'audit.png'), fullPage: true });
+    await page.getByRole('link', { name: '← All touchpoints' }).click();
+    await page.getByRole('heading', { name: 'Touchpoints', exact: true }).waitFor();
+  });
+
   await step(t, 'delivery view: totals, chart, failure reasons and a batch drill-down', async () => {
     const created = await call('POST', '/v1/touchpoints', ADMIN, {
       name: 'Coupons', kind: 'benefit', url: `http://127.0.0.1:${failing.address().port}/touch`, batchSize: 30, receipt: { mode: 'sync' }, ...PARAMS,
@@ -501,9 +543,10 @@ test('the console does everything on the product page, in English and Chinese', 
 
   await step(t, 'the token never reaches the page, and nothing failed in it', async () => {
     assert.ok(bodies.length > 20, `responses seen: ${bodies.length}`);
-    const leaking = bodies.filter((b) => b.text.includes(TOKEN) || b.text.includes('c2VjcmV0LWJyb3dzZXItdG9rZW4tNDI'));
+    const leaking = bodies.filter((b) => b.text.includes(TOKEN) || b.text.includes('c2VjcmV0LWJyb3dzZXItdG9rZW4tNDI') || b.text.includes(ROTATED));
     assert.deepEqual(leaking.map((b) => b.url), []);
     assert.equal(await page.evaluate((tok) => document.documentElement.outerHTML.includes(tok), TOKEN), false);
+    assert.equal(await page.evaluate((tok) => document.documentElement.outerHTML.includes(tok), ROTATED), false);
     assert.deepEqual(errors.filter((e) => !/status of 4\d\d/.test(e)), []);
   });
 
@@ -535,4 +578,10 @@ test('the console files are served with a strict content security policy', async
   // (The module the binary embeds, read from the source tree: it imports its siblings.)
   const { I18N } = await import('../../functions/admin-api/console/i18n.js');
   assert.deepEqual(Object.keys(I18N.zh).sort(), Object.keys(I18N.en).sort());
+  // And none is written twice in a language (the later one would silently win).
+  const source = readFileSync(join(ROOT, 'functions/admin-api/console/i18n.js'), 'utf8');
+  for (const block of source.split(/^  (?:en|zh): \{$/m).slice(1)) {
+    const keys = [...block.split(/^  \},?$/m)[0].matchAll(/^    (\w+):/gm)].map((m) => m[1]);
+    assert.deepEqual(keys.filter((k, i) => keys.indexOf(k) !== i), [], 'keys written twice');
+  }
 });

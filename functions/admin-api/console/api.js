@@ -15,6 +15,8 @@ export const limits = {
   concurrencyMin: 1, concurrencyMax: 64, concurrencyDefault: 4, rateMin: 1, rateMax: 10000,
   // requestTimeoutSeconds; absent, the deployment's request timeout applies.
   requestTimeoutMin: 1, requestTimeoutMax: 60,
+  // A token rotation's overlap, in hours.
+  overlapDefault: 24, overlapMax: 168,
 };
 
 export async function loadLimits() {
@@ -39,6 +41,9 @@ export async function loadLimits() {
     limits.rateMax = pick(p.maxRequestsPerSecond?.maximum, limits.rateMax);
     limits.requestTimeoutMin = pick(p.requestTimeoutSeconds?.minimum, limits.requestTimeoutMin);
     limits.requestTimeoutMax = pick(p.requestTimeoutSeconds?.maximum, limits.requestTimeoutMax);
+    const overlap = schemas.RotateInput?.properties?.overlapHours ?? {};
+    limits.overlapDefault = pick(overlap.default, limits.overlapDefault);
+    limits.overlapMax = pick(overlap.maximum, limits.overlapMax);
   } catch (e) {
     console.warn('could not read the API limits; using built-in ones', e);
   }

@@ -1,11 +1,13 @@
 // The touchpoint list: filters, search and paging, each row's 24-hour success rate (one stats
-// request per page), and the row actions: edit, enable / disable, spaces, test, delivery, delete.
+// request per page), and the row actions: edit, enable / disable, spaces, test, rotate token,
+// delivery, history, delete.
 import { api, enc, KINDS } from './api.js';
 import { closeDialog, openDialog } from './dialog.js';
 import { field, fmtRate, h, hostOf, nextId, toast } from './dom.js';
 import { openEditor } from './editor.js';
 import { t } from './i18n.js';
 import { route } from './router.js';
+import { openRotate } from './rotate.js';
 import { openSpaces } from './spaces.js';
 import { listState, resetPaging } from './state.js';
 import { openTest } from './test-send.js';
@@ -35,6 +37,7 @@ export function renderList(main) {
   main.replaceChildren(h('section', { 'aria-labelledby': 'list-title' },
     h('div.toolbar', {},
       h('h2', { id: 'list-title', text: t('touchpoints') }),
+      h('a.button', { href: '#/audit', text: t('auditLog') }),
       h('button.primary', { type: 'button', text: t('addTouchpoint'), onclick: () => openEditor(null) })),
     h('form.filters', { role: 'search', onsubmit: (e) => e.preventDefault() },
       field(t('kind'), kind), field(t('state'), state), field(t('search'), search)),
@@ -102,7 +105,9 @@ function row(tp, rate) {
       : h('button', { type: 'button', text: t('enable'), onclick: () => enable(tp) }),
     h('button', { type: 'button', text: t('authorize'), onclick: () => openSpaces(tp) }),
     h('button', { type: 'button', text: t('testSend'), onclick: () => openTest(tp) }),
+    h('button', { type: 'button', text: t('rotateToken'), onclick: () => openRotate(tp) }),
     h('a.button', { href: `#/touchpoints/${enc(tp.id)}/delivery`, text: t('delivery') }),
+    h('a.button', { href: `#/audit?touchpoint=${enc(tp.id)}`, text: t('history') }),
     actionButton(t('delete'), tp.enabled ? t('deleteLocked') : null, () => confirmDelete(tp), 'danger'));
   return h('tr', { 'data-id': tp.id },
     h('th', { scope: 'row' },

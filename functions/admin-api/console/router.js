@@ -1,8 +1,10 @@
 // Which page shows: the sign-in form until a key is kept, then the page the address's hash
 // names (#/, #/touchpoints/{id}/delivery, #/campaigns/{id}/delivery, #/dispatches/{id},
-// #/dispatches/{id}?from={batch index}, #/batches/{orderNo}); and signing in and out. Path
+// #/dispatches/{id}?from={batch index}, #/batches/{orderNo}, #/audit, #/audit?touchpoint={id});
+// and signing in and out. Path
 // segments are URL-encoded, so a `?` in the hash starts its query.
 import { api } from './api.js';
+import { renderAudit } from './audit.js';
 import { renderBatch, renderDelivery, renderDispatch } from './delivery.js';
 import { closeDialog } from './dialog.js';
 import { field, h, showError, toast } from './dom.js';
@@ -23,6 +25,7 @@ export function route() {
   if (parts[0] === 'campaigns' && parts[2] === 'delivery') return renderDelivery(main, 'campaign', parts[1]);
   if (parts[0] === 'dispatches' && parts[1]) return renderDispatch(main, parts[1], index(query.get('from')));
   if (parts[0] === 'batches' && parts[1]) return renderBatch(main, parts[1]);
+  if (parts[0] === 'audit') return renderAudit(main, query.get('touchpoint'));
   return renderList(main);
 }
 

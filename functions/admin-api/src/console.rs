@@ -35,6 +35,8 @@ const ASSETS: &[(&str, &str, &str)] = assets![
     "spaces.js": JS,
     "test-send.js": JS,
     "delivery.js": JS,
+    "rotate.js": JS,
+    "audit.js": JS,
     "app.css": CSS,
 ];
 
