@@ -144,6 +144,11 @@ fn receipt_timeout() -> Object {
     .default(Some(DEFAULT_RECEIPT_TIMEOUT_MINUTES.into()))
     .build()
 }
+fn pause_reason() -> Object {
+    text(MAX_PAUSE_REASON_CHARS, true)
+        .description(Some("shown in the touchpoint's health"))
+        .build()
+}
 fn new_token() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
@@ -466,6 +471,17 @@ pub struct RotateInput {
     pub token: String,
     #[schema(schema_with = overlap_hours)]
     pub overlap_hours: Option<f64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(schema_with = version)]
+    pub version: Option<u64>,
+}
+
+/// Why the touchpoint is paused, and the version the pause is based on (both optional).
+#[derive(Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseInput {
+    #[schema(schema_with = pause_reason)]
+    pub reason: Option<String>,
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(schema_with = version)]
     pub version: Option<u64>,

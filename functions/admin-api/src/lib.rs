@@ -42,6 +42,9 @@ pub struct AppState {
     /// The enum-options cache (the dispatcher validates with the same one).
     pub options: Arc<EnumOptions>,
     pub clock: Arc<dyn Clock>,
+    /// The receivers' limits and health (the dispatcher's): a touchpoint's `health` comes
+    /// from them, and a resume closes its circuit breaker there.
+    pub limits: Arc<touchpoint_receiver::limits::ReceiverLimits>,
 }
 
 /// The routes with their OpenAPI annotations, and the document they make.
@@ -60,6 +63,8 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(disable_touchpoint))
         .routes(routes!(set_spaces))
         .routes(routes!(rotate_token))
+        .routes(routes!(pause_touchpoint))
+        .routes(routes!(resume_touchpoint))
         .routes(routes!(audit_log))
         .routes(routes!(list_campaigns))
         .routes(routes!(put_campaign, delete_campaign))

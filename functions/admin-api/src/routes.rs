@@ -26,8 +26,12 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-fn touchpoint_json(tp: &touchpoint::Touchpoint) -> Json<TouchpointView<'_>> {
-    Json(TouchpointView::from(tp))
+/// A touchpoint as the API answers it, with its receiver's health.
+async fn touchpoint_json<'a>(
+    state: &AppState,
+    tp: &'a touchpoint::Touchpoint,
+) -> Json<TouchpointView<'a>> {
+    Json(TouchpointView::from(tp).with_health(state.limits.health(tp).await))
 }
 
 /// Register a touchpoint (enabled, authorized for no space).
@@ -66,7 +70,7 @@ pub async fn create_touchpoint(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        touchpoint_json(&tp),
+        touchpoint_json(&state, &tp).await,
     )
         .into_response())
 }
@@ -92,8 +96,16 @@ pub async fn list_touchpoints(
         q: query.q,
     };
     let page = state.touchpoints.list(who.project_id, &params).await?;
+    // Each one's health: one read of the shared store apiece on AWS, side by side.
+    let health =
+        futures_util::future::join_all(page.items.iter().map(|tp| state.limits.health(tp))).await;
     Ok(Json(TouchpointPage {
-        items: page.items.iter().map(Into::into).collect(),
+        items: page
+            .items
+            .iter()
+            .zip(health)
+            .map(|(tp, h)| TouchpointView::from(tp).with_health(h))
+            .collect(),
         next_cursor: page.next_cursor.as_deref(),
     })
     .into_response())
@@ -113,7 +125,7 @@ pub async fn get_touchpoint(
     PathParams(id): PathParams<TouchpointId>,
 ) -> Result<Response, ApiError> {
     let tp = state.touchpoints.get(who.project_id, &id).await?;
-    Ok(touchpoint_json(&tp).into_response())
+    Ok(touchpoint_json(&state, &tp).await.into_response())
 }
 
 /// Replace the editable fields of a disabled touchpoint.
@@ -139,7 +151,7 @@ pub async fn replace_touchpoint(
         .update(who.project_id, &id, &body)
         .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, version = tp.version, "touchpoint edited");
-    Ok(touchpoint_json(&tp).into_response())
+    Ok(touchpoint_json(&state, &tp).await.into_response())
 }
 
 /// Delete a disabled touchpoint.
@@ -200,7 +212,7 @@ pub async fn enable_touchpoint(
         .enable(who.project_id, &id, version)
         .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, "touchpoint enabled");
-    Ok(touchpoint_json(&tp).into_response())
+    Ok(touchpoint_json(&state, &tp).await.into_response())
 }
 
 /// Disable, unless active campaigns use it.
@@ -227,7 +239,7 @@ pub async fn disable_touchpoint(
         .disable(who.project_id, &id, version)
         .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, "touchpoint disabled");
-    Ok(touchpoint_json(&tp).into_response())
+    Ok(touchpoint_json(&state, &tp).await.into_response())
 }
 
 /// Replace the authorized spaces.
@@ -253,7 +265,7 @@ pub async fn set_spaces(
         .set_spaces(who.project_id, &id, body.space_ids, body.version)
         .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, spaces = tp.space_ids.len(), "spaces authorized");
-    Ok(touchpoint_json(&tp).into_response())
+    Ok(touchpoint_json(&state, &tp).await.into_response())
 }
 
 /// Replace the token, also while enabled: during the overlap `webhook-signature` carries a
@@ -281,7 +293,66 @@ pub async fn rotate_token(
         .rotate_token(who.project_id, &id, &body)
         .await?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, "token rotated");
-    Ok(touchpoint_json(&tp).into_response())
+    Ok(touchpoint_json(&state, &tp).await.into_response())
+}
+
+/// Pause by hand, enabled or not: no request goes to the receiver until it is resumed; its
+/// batches wait without using up their attempts (the retry and receipt deadlines still apply).
+#[utoipa::path(post, path = "/v1/touchpoints/{id}/pause", tag = "touchpoints",
+    params(("id" = String, Path, description = "the touchpoint's id")),
+    request_body(content = Option<PauseInput>, description = "optional"),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Paused (`health.manual` is true)", body = TouchpointView),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+        (status = 409, description = "The version is not the current one", body = ErrorBody),
+        (status = 422, description = "Invalid reason or version", body = ErrorBody),
+    ))]
+pub async fn pause_touchpoint(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+    PathParams(id): PathParams<TouchpointId>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let tp = state
+        .touchpoints
+        .by(who.actor())
+        .pause(who.project_id, &id, &body)
+        .await?;
+    tracing::info!(project = tp.project_id, touchpoint = %tp.id, "touchpoint paused by hand");
+    Ok(touchpoint_json(&state, &tp).await.into_response())
+}
+
+/// Resume: ends an admin's pause and closes the circuit breaker; requests go again at once.
+#[utoipa::path(post, path = "/v1/touchpoints/{id}/resume", tag = "touchpoints",
+    params(("id" = String, Path, description = "the touchpoint's id")),
+    request_body(content = Option<VersionInput>, description = "optional"),
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "Resumed", body = TouchpointView),
+        (status = 404, description = "No such touchpoint", body = ErrorBody),
+        (status = 409, description = "The version is not the current one", body = ErrorBody),
+        (status = 422, description = "The body is not {} or {\"version\": n}", body = ErrorBody),
+    ))]
+pub async fn resume_touchpoint(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+    PathParams(id): PathParams<TouchpointId>,
+    JsonInput(body): JsonInput<Option<VersionInput>>,
+) -> Result<Response, ApiError> {
+    let version = body.unwrap_or_default().version;
+    let tp = state
+        .touchpoints
+        .by(who.actor())
+        .resume(who.project_id, &id, version)
+        .await?;
+    state
+        .limits
+        .close_breaker(&tp)
+        .await
+        .map_err(touchpoint::DomainError::from)?;
+    tracing::info!(project = tp.project_id, touchpoint = %tp.id, "touchpoint resumed by hand");
+    Ok(touchpoint_json(&state, &tp).await.into_response())
 }
 
 /// The audit log: every admin mutation with its actor, time and changed fields, newest first.

@@ -1,6 +1,6 @@
 //! The touchpoints' tokens as they are now, for signing: a token rotated while a dispatch is
 //! being delivered signs that dispatch's next batches within [`KEYS_FRESH`], not only the next
-//! dispatch's.
+//! dispatch's. An admin's pause reaches the deliveries under way the same way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,11 +15,12 @@ use touchpoint::ports::TouchpointStore;
 /// touchpoint at most, from each process with deliveries under way.
 pub const KEYS_FRESH: Duration = Duration::from_secs(1);
 
-/// A touchpoint's token and rotation.
+/// A touchpoint's token and rotation, and whether an admin paused it.
 #[derive(Clone, Debug, Default)]
 pub struct KeySet {
     token: Option<Token>,
     rotation: Option<TokenRotation>,
+    pub paused: bool,
 }
 
 impl KeySet {
@@ -27,6 +28,7 @@ impl KeySet {
         KeySet {
             token: tp.token.clone(),
             rotation: tp.rotation.clone(),
+            paused: tp.paused.is_some(),
         }
     }
 

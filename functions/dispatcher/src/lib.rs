@@ -68,6 +68,8 @@ pub struct DispatcherConfig {
     /// center at most this late, and a checkpoint (about 10 write units on DynamoDB) is
     /// shared by every batch recorded in it.
     pub checkpoint_interval: Duration,
+    /// When a receiver is taken for down and its touchpoint paused (the circuit breaker).
+    pub health: touchpoint::health::HealthPolicy,
 }
 
 /// Outcomes a delivery holds before it checkpoints, in batches.
@@ -88,6 +90,7 @@ impl Default for DispatcherConfig {
             max_stalls: 10,
             time_scale: 1.0,
             checkpoint_interval: Duration::from_secs(10),
+            health: touchpoint::health::HealthPolicy::default(),
         }
     }
 }
@@ -149,7 +152,13 @@ enum BatchStatus {
     /// Claimed, and not sent: no slot or pace came in time. Handed back at once: a later
     /// delivery sends it, and no attempt was used.
     Unsent,
+    /// Claimed, and not sent because the touchpoint is paused (by an admin or its circuit
+    /// breaker) until then at least; handed back, no attempt used.
+    Paused(Millis),
 }
+
+/// How often a delivery looks again at a touchpoint an admin paused.
+pub const PAUSE_RECHECK: Duration = Duration::from_secs(30);
 
 /// An opened dispatch whose remaining users fail.
 struct Remaining<'a> {
@@ -186,12 +195,14 @@ impl Dispatcher {
             ledger,
             options: Arc::new(EnumOptions::new(outbound.clone(), Arc::clone(&clock))),
             outbound,
-            clock,
             limits: Arc::new(
-                ReceiverLimits::new(cfg.per_touchpoint_concurrency).with_time_scale(cfg.time_scale),
+                ReceiverLimits::new(cfg.per_touchpoint_concurrency)
+                    .with_time_scale(cfg.time_scale)
+                    .with_health_policy(cfg.health.clone())
+                    .with_clock(Arc::clone(&clock)),
             ),
+            clock,
             cfg,
-
             schedules: None,
         }
     }
@@ -670,6 +681,31 @@ impl Dispatcher {
 
     async fn deliver_all(&self, plan: Plan<'_>, deadline: Millis) -> Result<Handled, StoreError> {
         let tp = plan.tp;
+        // A receiver down for longer than the retry horizon: its pause does not keep the
+        // users waiting beyond what their retries would have.
+        let horizon = self.cfg.retry.horizon().as_millis() as i64;
+        let past = |b: &touchpoint::health::Breaker| self.clock.now_ms() - b.since > horizon;
+        // What this process knows costs nothing; it is read afresh before anyone fails.
+        let down = match self.limits.breaker_known(tp) {
+            Some(b) if past(&b) => self.limits.breaker_now(tp).await.filter(past),
+            _ => None,
+        };
+        if let Some(b) = down {
+            {
+                let why = format!(
+                    "receiver down since {} ({}): paused past the retry horizon",
+                    touchpoint::clock::rfc3339(b.since),
+                    b.reason
+                );
+                let left = Remaining {
+                    meta: plan.meta,
+                    dispatch: plan.dispatch,
+                    batch_size: plan.batch_size,
+                    progress: plan.progress,
+                };
+                return self.fail_remaining(&left, &why, deadline).await;
+            }
+        }
         let limit = self.limits.concurrency(tp);
         let timeout = self.timeout(tp);
         // No batch is claimed unless it can be sent, answered and recorded before the deadline.
@@ -682,6 +718,9 @@ impl Dispatcher {
         let mut finished: Vec<u32> = Vec::new();
         let mut first_error = None;
         let mut stopped = false;
+        // The touchpoint is paused: claim nothing more, and come back then.
+        let mut paused_at: Option<Millis> = None;
+        let recheck = PAUSE_RECHECK.div_f64(self.cfg.time_scale.max(f64::MIN_POSITIVE));
         let mut marked = false;
         // Outcomes recorded but not yet counted and published (see `DeliveryLedger::checkpoint`).
         let mut held: Vec<Settled> = Vec::new();
@@ -702,7 +741,7 @@ impl Dispatcher {
         let mut pending = work.into_iter();
         loop {
             // Storage failing: claim nothing more, finish what is in flight.
-            while !stopped && first_error.is_none() && set.len() <= limit {
+            while !stopped && paused_at.is_none() && first_error.is_none() && set.len() <= limit {
                 let Some(index) = pending.next() else { break };
                 let now = self.clock.now_ms();
                 if !may_claim(now, deadline, budget) {
@@ -719,7 +758,10 @@ impl Dispatcher {
                 // A place among this process's requests to the touchpoint: the slot and the
                 // pace come once the batch is claimed.
                 let Some(reserved) = self.limits.reserve(tp, room).await else {
-                    stopped = true;
+                    match self.limits.paused_until(tp, recheck) {
+                        Some(at) => paused_at = Some(at),
+                        None => stopped = true,
+                    }
                     break;
                 };
                 if !may_claim(self.clock.now_ms(), deadline, budget) {
@@ -740,6 +782,8 @@ impl Dispatcher {
                     send_by: deadline - budget.as_millis() as i64,
                     shared: Arc::clone(&shared),
                     keys: Arc::clone(&self.keys),
+                    limits: Arc::clone(&self.limits),
+                    recheck,
                     batch,
                     ledger: Arc::clone(&self.ledger),
                     outbound: self.outbound.clone(),
@@ -767,6 +811,9 @@ impl Dispatcher {
                         BatchStatus::Finished => finished.push(index),
                         BatchStatus::Waiting(t) => waits.push(t),
                         BatchStatus::Unsent => stopped = true,
+                        BatchStatus::Paused(at) => {
+                            paused_at = Some(paused_at.map_or(at, |p| p.min(at)));
+                        }
                     }
                     if let Some(one) = one {
                         held_users += one.results.len();
@@ -831,6 +878,7 @@ impl Dispatcher {
             tracing::info!(dispatch = %plan.meta.dispatch_id, left = next.work(batches).count(), "time limit near: handing the rest back");
             return Ok(Handled::Continue);
         }
+        waits.extend(paused_at);
         Ok(match next_round(now, &waits, now - started) {
             Some(at) => Handled::RetryAt(at),
             None => Handled::Done,
@@ -861,6 +909,9 @@ struct BatchJob {
     send_by: Millis,
     shared: Arc<(Touchpoint, DispatchMeta)>,
     keys: Arc<keys::Keys>,
+    limits: Arc<ReceiverLimits>,
+    /// How soon to look again at a touchpoint an admin paused.
+    recheck: Duration,
     batch: PlannedBatch,
     ledger: Arc<dyn DeliveryStore>,
     outbound: Outbound,
@@ -925,13 +976,30 @@ impl BatchJob {
                     {
                         tracing::warn!(order_no = %batch.order_no, error = %e, "cannot hand a claimed batch back");
                     }
-                    return Ok((BatchStatus::Unsent, false, None));
+                    let status = match self.limits.paused_until(tp, self.recheck) {
+                        Some(at) => BatchStatus::Paused(at),
+                        None => BatchStatus::Unsent,
+                    };
+                    return Ok((status, false, None));
                 }
             },
             None => None,
         };
-        // The tokens as they are now: a rotation during the delivery signs this batch.
+        // The tokens as they are now: a rotation during the delivery signs this batch. An
+        // admin's pause since the delivery began sends it back unsent.
         let keys = self.keys.current(tp).await;
+        if keys.paused {
+            let now = self.clock.now_ms();
+            if let Err(e) = self
+                .ledger
+                .hand_back(meta, &batch.order_no, attempt, now)
+                .await
+            {
+                tracing::warn!(order_no = %batch.order_no, error = %e, "cannot hand a claimed batch back");
+            }
+            let recheck = now + self.recheck.as_millis() as Millis;
+            return Ok((BatchStatus::Paused(recheck), false, None));
+        }
         let sent_at = self.clock.now_ms();
         let signed = touch_request(
             &keys.signing(sent_at),
@@ -957,7 +1025,10 @@ impl BatchJob {
             _ => None,
         };
         if let Some(pass) = pass {
-            pass.answered(Answer::of(ex.http_status, retry_after));
+            pass.answered(match ex.answer {
+                Answer::Overloaded(_) => Answer::Overloaded(retry_after),
+                other => other,
+            });
         }
         let (outcome, status) = match ex.verdict {
             Verdict::Final(statuses) => (final_results(&gids, statuses), BatchStatus::Finished),

@@ -91,6 +91,20 @@ struct ServeArgs {
     /// How often async receipts are polled, at least 100ms [default: 5m; e.g. 2s for a demo].
     #[arg(long, env = "TOUCHPOINT_RECEIPT_POLL_INTERVAL", value_parser = poll_interval, value_name = "DURATION")]
     receipt_poll_interval: Option<Duration>,
+    /// The circuit breaker: the share of failed requests (transport errors, 5xx, 429) of the
+    /// last five minutes that pauses a touchpoint, above 0 and at most 1 [default: 0.9].
+    #[arg(long, env = "TOUCHPOINT_BREAKER_FAILURE_RATIO", value_parser = failure_ratio, value_name = "RATIO")]
+    breaker_failure_ratio: Option<f64>,
+    /// The circuit breaker: requests of the last five minutes the ratio needs [default: 20].
+    #[arg(long, env = "TOUCHPOINT_BREAKER_MIN_REQUESTS", value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    breaker_min_requests: Option<u32>,
+    /// The circuit breaker: connection failures in a row that pause a touchpoint [default: 10].
+    #[arg(long, env = "TOUCHPOINT_BREAKER_UNREACHABLE", value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    breaker_unreachable: Option<u32>,
+    /// The circuit breaker: the first pause before a probe, 1s to 10m; each failed probe
+    /// doubles it, up to 10m [default: 60s].
+    #[arg(long, env = "TOUCHPOINT_BREAKER_COOLDOWN", value_parser = cooldown, value_name = "DURATION")]
+    breaker_cooldown: Option<Duration>,
     /// process: a commit survives kill -9 (the last commits before a power loss may be lost);
     /// power-loss: every commit synced to disk.
     #[arg(long, env = "TOUCHPOINT_DURABILITY", value_parser = durability, default_value = "process", value_name = "LEVEL")]
@@ -152,13 +166,28 @@ fn poll_interval(s: &str) -> Result<Duration, String> {
     Ok(t)
 }
 
+fn failure_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err("must be a number above 0 and at most 1".into()),
+    }
+}
+
+fn cooldown(s: &str) -> Result<Duration, String> {
+    let t = duration(s)?;
+    if t < Duration::from_secs(1) || t > Duration::from_secs(600) {
+        return Err("must be between 1s and 10m".into());
+    }
+    Ok(t)
+}
+
 fn durability(s: &str) -> Result<Durability, String> {
     Durability::parse(s.trim()).ok_or_else(|| "must be process or power-loss".to_owned())
 }
 
 #[derive(Debug)]
 pub enum Command {
-    Serve(Config),
+    Serve(Box<Config>),
     Receiver(crate::receiver::ReceiverConfig),
 }
 
@@ -193,6 +222,19 @@ impl From<ServeArgs> for Config {
         if let Some(n) = a.max_receives {
             dispatcher.max_stalls = n;
         }
+        if let Some(r) = a.breaker_failure_ratio {
+            dispatcher.health.failure_ratio = r;
+        }
+        if let Some(n) = a.breaker_min_requests {
+            dispatcher.health.min_requests = n;
+        }
+        if let Some(n) = a.breaker_unreachable {
+            dispatcher.health.unreachable_in_a_row = n;
+        }
+        if let Some(t) = a.breaker_cooldown {
+            dispatcher.health.cooldown = t;
+            dispatcher.health.max_cooldown = dispatcher.health.max_cooldown.max(t);
+        }
         Config {
             listen: a.listen,
             data_dir: a.data_dir,
@@ -219,7 +261,9 @@ where
     let program = args.first().cloned().unwrap_or_else(|| "touchpoint".into());
     let rest = || args.iter().skip(2).cloned();
     let serve = |a: Vec<OsString>| -> Result<Command, clap::Error> {
-        Ok(Command::Serve(ServeCli::try_parse_from(a)?.serve.into()))
+        Ok(Command::Serve(Box::new(
+            ServeCli::try_parse_from(a)?.serve.into(),
+        )))
     };
     match args.get(1).and_then(|a| a.to_str()) {
         Some("receiver") => {
@@ -268,7 +312,7 @@ mod tests {
 
     fn serve(a: &[&str]) -> Config {
         match parse_args(a).unwrap() {
-            Command::Serve(c) => c,
+            Command::Serve(c) => *c,
             other => panic!("{other:?}"),
         }
     }

@@ -65,7 +65,7 @@ pub fn main_entry() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(cfg)) {
+            match runtime.block_on(serve(*cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     tracing::error!("{message}");

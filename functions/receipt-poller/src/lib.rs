@@ -305,7 +305,7 @@ impl ReceiptPoller {
         if let Some(pass) = pass {
             pass.answered(match &reply {
                 Ok(r) => touchpoint_receiver::limits::Answer::of(Some(r.status), r.retry_after),
-                Err(_) => touchpoint_receiver::limits::Answer::Served,
+                Err(e) => touchpoint_receiver::limits::Answer::of_error(e),
             });
         }
         // Users settled by this answer were resolved when it arrived, not when the round began.

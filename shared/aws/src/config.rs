@@ -15,6 +15,10 @@ pub struct AwsNames {
     pub scheduler_role_arn: Option<String>,
     /// How long delivery records are kept (DynamoDB TTL).
     pub retention: Duration,
+    /// When a receiver is taken for down and its touchpoint paused: read with the names, so
+    /// that every function (the dispatcher, the poller, the admin API's test sends) judges a
+    /// receiver alike.
+    pub breaker: touchpoint::health::HealthPolicy,
 }
 
 /// The one reader of the functions' environment: every Lambda refuses the same garbage the
@@ -76,7 +80,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 impl AwsNames {
     /// Reads `TOUCHPOINTS_TABLE`, `DELIVERY_TABLE` (required) and `DISPATCH_QUEUE_URL`,
     /// `RESULTS_QUEUE_URL`, `SCHEDULE_GROUP`, `RECEIPT_POLLER_ARN`, `SCHEDULER_ROLE_ARN`,
-    /// `RETENTION_DAYS` (default 30).
+    /// `RETENTION_DAYS` (default 30), and the circuit breaker's `BREAKER_FAILURE_RATIO` (0.9),
+    /// `BREAKER_MIN_REQUESTS` (20), `BREAKER_UNREACHABLE` (10), `BREAKER_COOLDOWN_SECONDS`
+    /// (60, at most 600).
     pub fn from_env() -> Result<AwsNames, String> {
         Self::read(&process_env())
     }
@@ -92,8 +98,34 @@ impl AwsNames {
             poller_arn: env.optional("RECEIPT_POLLER_ARN"),
             scheduler_role_arn: env.optional("SCHEDULER_ROLE_ARN"),
             retention: Duration::from_secs(days * 86_400),
+            breaker: breaker_policy(env)?,
         })
     }
+}
+
+fn breaker_policy<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<touchpoint::health::HealthPolicy, String> {
+    let mut p = touchpoint::health::HealthPolicy::default();
+    if let Some(r) = env.optional("BREAKER_FAILURE_RATIO") {
+        p.failure_ratio = r
+            .parse::<f64>()
+            .ok()
+            .filter(|r| *r > 0.0 && *r <= 1.0)
+            .ok_or("BREAKER_FAILURE_RATIO must be a number above 0 and at most 1")?;
+    }
+    let small = |name: &str, default: u32| -> Result<u32, String> {
+        u32::try_from(env.count(name, u64::from(default), 1)?)
+            .map_err(|_| format!("{name} is too large"))
+    };
+    p.min_requests = small("BREAKER_MIN_REQUESTS", p.min_requests)?;
+    p.unreachable_in_a_row = small("BREAKER_UNREACHABLE", p.unreachable_in_a_row)?;
+    let cooldown = env.count("BREAKER_COOLDOWN_SECONDS", p.cooldown.as_secs(), 1)?;
+    if cooldown > 600 {
+        return Err("BREAKER_COOLDOWN_SECONDS must be at most 600".into());
+    }
+    p.cooldown = Duration::from_secs(cooldown);
+    Ok(p)
 }
 
 /// What the functions read from their environment besides resource names.
@@ -162,6 +194,7 @@ mod tests {
         assert_eq!(s.max_receives, 10);
         assert!(s.retry.is_none() && s.dead_letter_queue_url.is_none());
         assert_eq!(s.names.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.names.breaker, touchpoint::health::HealthPolicy::default());
     }
 
     #[test]
@@ -174,6 +207,11 @@ mod tests {
             ("ALLOW_PLAIN_HTTP", "1"),
             ("RETRY_SCHEDULE", "soon"),
             ("RETENTION_DAYS", "0"),
+            ("BREAKER_FAILURE_RATIO", "1.5"),
+            ("BREAKER_FAILURE_RATIO", "0"),
+            ("BREAKER_MIN_REQUESTS", "0"),
+            ("BREAKER_UNREACHABLE", "many"),
+            ("BREAKER_COOLDOWN_SECONDS", "601"),
         ] {
             let mut pairs = TABLES.to_vec();
             pairs.push((name, value));

@@ -5,11 +5,17 @@
 //! `UpdateItem`; one consistent `Query` reads them all (at most 65 small items), a `GetItem` the
 //! back-pressure alone (what every sending instance reads every 250 ms). Items expire
 //! a day after their last use (`expires_at`).
+//!
+//! The `R` item also holds the receiver's health ([`touchpoint::health`]): five window slots
+//! (`hs{k}`: the slot's number, `hr{k}` requests, `hf{k}` failures, at `number % 5`) that every
+//! instance adds its counts to about once a second while it sends, and the breaker when open
+//! (`br_since`, `br_reason`, `br_until`, `br_probe`, `br_opened`; its cool-down is also a pause).
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::ReturnValue;
 use touchpoint::clock::Millis;
+use touchpoint::health::{Breaker, SLOTS, Window};
 use touchpoint::ids::TouchpointId;
 use touchpoint::limits::{Cut, LimitsState, Pressure, SharedLimits, SlotState};
 use touchpoint::model::ProjectId;
@@ -48,6 +54,26 @@ fn pressure_of(item: &crate::item::Item) -> Pressure {
             _ => None,
         },
         paused_until: get_n(item, "paused_until").unwrap_or(0),
+        window: {
+            let mut w = Window::default();
+            for k in 0..SLOTS {
+                if let Some(slot) = get_n::<i64>(item, &format!("hs{k}")) {
+                    w.slots[k] = (
+                        slot,
+                        get_n(item, &format!("hr{k}")).unwrap_or(0),
+                        get_n(item, &format!("hf{k}")).unwrap_or(0),
+                    );
+                }
+            }
+            w
+        },
+        breaker: get_n::<Millis>(item, "br_since").map(|since| Breaker {
+            since,
+            reason: get_s(item, "br_reason").unwrap_or_default(),
+            until: get_n(item, "br_until").unwrap_or(0),
+            probe_until: get_n(item, "br_probe").unwrap_or(0),
+            opened: get_n(item, "br_opened").unwrap_or(1),
+        }),
     }
 }
 
@@ -225,6 +251,124 @@ impl SharedLimits for DynamoLimits {
             .expression_attribute_values(":e", expires(cut.at));
         // Refused on its condition: a cut already there.
         conditionally(out).await.map(|_| ())
+    }
+
+    async fn report(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        slot: i64,
+        requests: u32,
+        failures: u32,
+    ) -> Result<Pressure, StoreError> {
+        let k = slot.rem_euclid(SLOTS as i64);
+        let (hs, hr, hf) = (format!("hs{k}"), format!("hr{k}"), format!("hf{k}"));
+        let expire = expires(slot.saturating_mul(60_000).max(0));
+        // Two tries each way: the slot is this one (add to it), or older or absent (start it);
+        // another instance may start it between the two.
+        for _ in 0..2 {
+            let add = self
+                .pressure_update(project, tp)
+                .update_expression(format!("ADD {hr} :r, {hf} :f SET expires_at = :e"))
+                .condition_expression(format!("{hs} = :s"))
+                .expression_attribute_values(":r", n(requests))
+                .expression_attribute_values(":f", n(failures))
+                .expression_attribute_values(":s", n(slot))
+                .expression_attribute_values(":e", expire.clone())
+                .return_values(ReturnValue::AllNew);
+            if let Some(out) = conditionally(add).await? {
+                return Ok(out.attributes.as_ref().map(pressure_of).unwrap_or_default());
+            }
+            let start = self
+                .pressure_update(project, tp)
+                .update_expression(format!(
+                    "SET {hs} = :s, {hr} = :r, {hf} = :f, expires_at = :e"
+                ))
+                .condition_expression(format!("attribute_not_exists({hs}) OR {hs} < :s"))
+                .expression_attribute_values(":r", n(requests))
+                .expression_attribute_values(":f", n(failures))
+                .expression_attribute_values(":s", n(slot))
+                .expression_attribute_values(":e", expire.clone())
+                .return_values(ReturnValue::AllNew);
+            if let Some(out) = conditionally(start).await? {
+                return Ok(out.attributes.as_ref().map(pressure_of).unwrap_or_default());
+            }
+        }
+        // The slot moved on past this report's (a late report): nothing to add.
+        self.pressure(project, tp).await
+    }
+
+    async fn trip(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        b: &Breaker,
+    ) -> Result<bool, StoreError> {
+        let out = self
+            .pressure_update(project, tp)
+            .update_expression(
+                "SET br_since = :since, br_reason = :reason, br_until = :until, br_opened = :opened, \
+                 paused_until = :until, expires_at = :e REMOVE br_probe",
+            )
+            .condition_expression("attribute_not_exists(br_since)")
+            .expression_attribute_values(":since", n(b.since))
+            .expression_attribute_values(":reason", s(&b.reason))
+            .expression_attribute_values(":until", n(b.until))
+            .expression_attribute_values(":opened", n(b.opened))
+            .expression_attribute_values(":e", expires(b.until));
+        Ok(conditionally(out).await?.is_some())
+    }
+
+    async fn probe(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        let out = self
+            .pressure_update(project, tp)
+            .update_expression("SET br_probe = :until")
+            .condition_expression(
+                "attribute_exists(br_since) AND br_until <= :now \
+                 AND (attribute_not_exists(br_probe) OR br_probe < :now)",
+            )
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":until", n(until));
+        Ok(conditionally(out).await?.is_some())
+    }
+
+    async fn settle(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        next: Option<&Breaker>,
+    ) -> Result<(), StoreError> {
+        let update = match next {
+            Some(b) => self
+                .pressure_update(project, tp)
+                .update_expression(
+                    "SET br_since = :since, br_reason = :reason, br_until = :until, \
+                     br_opened = :opened, paused_until = :until, expires_at = :e REMOVE br_probe",
+                )
+                .expression_attribute_values(":since", n(b.since))
+                .expression_attribute_values(":reason", s(&b.reason))
+                .expression_attribute_values(":until", n(b.until))
+                .expression_attribute_values(":opened", n(b.opened))
+                .expression_attribute_values(":e", expires(b.until)),
+            None => {
+                let window: Vec<String> = (0..SLOTS)
+                    .flat_map(|k| [format!("hs{k}"), format!("hr{k}"), format!("hf{k}")])
+                    .collect();
+                self.pressure_update(project, tp).update_expression(format!(
+                    "SET paused_until = :zero REMOVE br_since, br_reason, br_until, br_probe, br_opened, {}",
+                    window.join(", ")
+                ))
+                .expression_attribute_values(":zero", n(0))
+            }
+        };
+        update.send().await.map_err(aws_err)?;
+        Ok(())
     }
 
     async fn pause(

@@ -117,6 +117,7 @@ pub async fn provision(c: &Clients) -> AwsNames {
         poller_arn: Some("arn:aws:lambda:us-east-1:123456789012:function:receipt-poller".into()),
         scheduler_role_arn: Some("arn:aws:iam::123456789012:role/scheduler".into()),
         retention: std::time::Duration::from_secs(30 * 86_400),
+        breaker: Default::default(),
     }
 }
 

@@ -88,6 +88,12 @@ fn to_item(tp: &Touchpoint, blocking: i64) -> Result<Item, StoreError> {
     if let Some(token) = &tp.token {
         item.insert("token".into(), s(token.expose()));
     }
+    if let Some(p) = &tp.paused {
+        item.insert("paused_since".into(), n(p.since));
+        if let Some(reason) = &p.reason {
+            item.insert("paused_reason".into(), s(reason));
+        }
+    }
     if let Some(r) = &tp.rotation {
         item.insert("overlap_until".into(), n(r.until));
         if let Some(previous) = &r.previous {
@@ -107,6 +113,10 @@ fn from_item(item: &Item) -> Result<Touchpoint, StoreError> {
         rotation: get_n(item, "overlap_until").map(|until| TokenRotation {
             previous: get_s(item, "previous_token").map(Token::new),
             until,
+        }),
+        paused: get_n(item, "paused_since").map(|since| touchpoint::model::ManualPause {
+            since,
+            reason: get_s(item, "paused_reason"),
         }),
         enabled: get_b(item, "enabled").unwrap_or(false),
         space_ids: item

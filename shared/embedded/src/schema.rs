@@ -154,7 +154,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE dispatches ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0;",
     // 7: attempts of a batch lost to a dead sender (they do not count against its retries).
     "ALTER TABLE batches ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;",
-    // 8: the audit log, and a token rotation's previous token and the end of its overlap.
+    // 8: the audit log, a token rotation's previous token and the end of its overlap, and an
+    // admin's pause.
     "CREATE TABLE audit_log (
          project_id    INTEGER NOT NULL,
          entry_id      TEXT    NOT NULL,
@@ -168,7 +169,9 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      CREATE INDEX audit_by_touchpoint ON audit_log (project_id, touchpoint_id, entry_id);
      ALTER TABLE touchpoints ADD COLUMN previous_token TEXT;
-     ALTER TABLE touchpoints ADD COLUMN overlap_until INTEGER;",
+     ALTER TABLE touchpoints ADD COLUMN overlap_until INTEGER;
+     ALTER TABLE touchpoints ADD COLUMN paused_since INTEGER;
+     ALTER TABLE touchpoints ADD COLUMN paused_reason TEXT;",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

@@ -10,7 +10,7 @@ use touchpoint::ProjectId;
 use touchpoint::audit::{AuditAction, AuditEntry, AuditFilter};
 use touchpoint::ids::TouchpointId;
 use touchpoint::model::{
-    CampaignRef, CampaignState, Token, TokenRotation, Touchpoint, TouchpointSpec,
+    CampaignRef, CampaignState, ManualPause, Token, TokenRotation, Touchpoint, TouchpointSpec,
 };
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 
@@ -236,7 +236,7 @@ fn run_group(conn: &mut Connection, group: Vec<Job>) {
     }
 }
 
-const COLUMNS: &str = "project_id, id, enabled, version, spec, token, created_at, updated_at, previous_token, overlap_until";
+const COLUMNS: &str = "project_id, id, enabled, version, spec, token, created_at, updated_at, previous_token, overlap_until, paused_since, paused_reason";
 
 /// Statements through the connection's statement cache. The ledger runs the same SQL for
 /// every batch; parsing it again each time was about a sixth of the CPU at batch size 1.
@@ -288,6 +288,15 @@ fn row_to_touchpoint(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Touchpo
                 Ok(TokenRotation {
                     previous: row.get::<_, Option<String>>(8)?.map(Token::new),
                     until,
+                })
+            })
+            .transpose()?,
+        paused: row
+            .get::<_, Option<i64>>(10)?
+            .map(|since| -> rusqlite::Result<ManualPause> {
+                Ok(ManualPause {
+                    since,
+                    reason: row.get(11)?,
                 })
             })
             .transpose()?,
@@ -498,8 +507,8 @@ impl TouchpointStore for SqliteStore {
         self.tx(move |tx| {
             let spec = spec_json(&tp)?;
             tx.execute_cached(
-                "INSERT INTO touchpoints (project_id, id, name, kind, enabled, version, spec, token, created_at, updated_at, previous_token, overlap_until)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO touchpoints (project_id, id, name, kind, enabled, version, spec, token, created_at, updated_at, previous_token, overlap_until, paused_since, paused_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     tp.project_id,
                     tp.id.as_str(),
@@ -512,7 +521,9 @@ impl TouchpointStore for SqliteStore {
                     tp.created_at,
                     tp.updated_at,
                     previous_token(&tp),
-                    tp.rotation.as_ref().map(|r| r.until)
+                    tp.rotation.as_ref().map(|r| r.until),
+                    tp.paused.as_ref().map(|p| p.since),
+                    tp.paused.as_ref().and_then(|p| p.reason.as_deref())
                 ],
             )
             .map_err(|e| {
@@ -627,7 +638,8 @@ impl TouchpointStore for SqliteStore {
             let spec = spec_json(&next)?;
             tx.execute_cached(
                 "UPDATE touchpoints SET name = ?3, kind = ?4, enabled = ?5, version = ?6, spec = ?7,
-                        token = ?8, updated_at = ?9, previous_token = ?10, overlap_until = ?11
+                        token = ?8, updated_at = ?9, previous_token = ?10, overlap_until = ?11,
+                        paused_since = ?12, paused_reason = ?13
                  WHERE project_id = ?1 AND id = ?2",
                 params![
                     next.project_id,
@@ -640,7 +652,9 @@ impl TouchpointStore for SqliteStore {
                     next.token.as_ref().map(Token::expose),
                     next.updated_at,
                     previous_token(&next),
-                    next.rotation.as_ref().map(|r| r.until)
+                    next.rotation.as_ref().map(|r| r.until),
+                    next.paused.as_ref().map(|p| p.since),
+                    next.paused.as_ref().and_then(|p| p.reason.as_deref())
                 ],
             )
             .map_err(|e| {

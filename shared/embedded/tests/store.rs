@@ -38,6 +38,7 @@ fn touchpoint(id: &str, name: &str) -> Touchpoint {
         },
         token: Some(Token::new("abc123")),
         rotation: None,
+        paused: None,
         enabled: true,
         space_ids: vec!["space-a".into()],
         version: 1,

@@ -29,6 +29,8 @@ pub struct Exchange {
     /// The start of the receiver's answer (at most 1,000 characters).
     pub excerpt: Option<String>,
     pub verdict: Verdict,
+    /// What the exchange says of the receiver's health and limits (with its `Retry-After`).
+    pub answer: limits::Answer,
 }
 
 /// What an exchange means for the users of the batch, in the batch's order.
@@ -78,6 +80,7 @@ pub async fn exchange(
                 error: Some(e.to_string()),
                 excerpt: None,
                 verdict,
+                answer: limits::Answer::of_error(&e),
             }
         }
         Ok(reply) => {
@@ -126,6 +129,7 @@ pub async fn exchange(
                 error,
                 excerpt,
                 verdict,
+                answer: limits::Answer::of(Some(status), reply.retry_after),
             }
         }
     }

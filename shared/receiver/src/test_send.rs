@@ -75,15 +75,25 @@ impl TestSend {
             Some(limits) => match limits.acquire(tp, timeout).await {
                 Some(pass) => Some(pass),
                 None => {
+                    let health = limits.health(tp).await;
+                    let why = match (health.state, health.manual) {
+                        (touchpoint::health::HealthState::Paused, true) => {
+                            "not sent: the touchpoint is paused by an admin; resume it to send".to_owned()
+                        }
+                        (touchpoint::health::HealthState::Paused, false) => format!(
+                            "not sent: the touchpoint is paused because its receiver is down ({}); a probe goes at {}, or resume it to send",
+                            health.reason.as_deref().unwrap_or("failing"),
+                            health.probe_at.as_deref().unwrap_or("the end of the cool-down")
+                        ),
+                        _ => "not sent: the touchpoint's requests in flight or its rate limit left no room within its request timeout".to_owned(),
+                    };
                     return TestSendReport {
                         order_no,
                         request,
                         http_status: None,
                         latency_ms: None,
                         ok: false,
-                        error: Some(
-                            "not sent: the touchpoint's requests in flight or its rate limit left no room within its request timeout".into(),
-                        ),
+                        error: Some(why),
                         response_excerpt: None,
                         results: Vec::new(),
                     };
@@ -97,7 +107,12 @@ impl TestSend {
                 Verdict::Retry(r) => *r,
                 _ => None,
             };
-            pass.answered(crate::limits::Answer::of(exchange.http_status, retry_after));
+            pass.answered(match exchange.answer {
+                crate::limits::Answer::Overloaded(_) => {
+                    crate::limits::Answer::Overloaded(retry_after)
+                }
+                other => other,
+            });
         }
         if let Some(limits) = self.limits.as_ref().filter(|l| l.is_shared()) {
             // An admin Lambda instance keeps no slot once its request is answered.

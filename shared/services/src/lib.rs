@@ -112,6 +112,7 @@ impl Services {
             dispatcher = dispatcher.with_limits(Arc::new(
                 ReceiverLimits::new(settings.dispatcher.per_touchpoint_concurrency)
                     .with_time_scale(settings.dispatcher.time_scale)
+                    .with_health_policy(settings.dispatcher.health.clone())
                     .with_shared(shared, clock.clone()),
             ));
         }
@@ -182,6 +183,8 @@ impl Services {
         outbound: Outbound,
         settings: Settings,
     ) -> Result<(Services, Arc<touchpoint_aws::group::Groups>), String> {
+        let mut settings = settings;
+        settings.dispatcher.health = names.breaker.clone();
         let delivery = Arc::new(touchpoint_aws::DynamoDelivery::new(clients, names));
         let groups = delivery.groups();
         let services = Services::new(
@@ -222,6 +225,7 @@ impl Services {
             test_send: self.test_send.clone(),
             options: self.options.clone(),
             clock: self.clock.clone(),
+            limits: self.dispatcher.limits(),
         }
     }
 }

@@ -49,6 +49,12 @@ pub enum AuditAction {
     #[serde(rename = "touchpoint.token.rotate")]
     #[strum(serialize = "touchpoint.token.rotate")]
     RotateToken,
+    #[serde(rename = "touchpoint.pause")]
+    #[strum(serialize = "touchpoint.pause")]
+    Pause,
+    #[serde(rename = "touchpoint.resume")]
+    #[strum(serialize = "touchpoint.resume")]
+    Resume,
     #[serde(rename = "campaign.put")]
     #[strum(serialize = "campaign.put")]
     PutCampaign,
@@ -190,6 +196,19 @@ pub fn touchpoint_changes(
         .collect();
     fn token(t: Option<&Touchpoint>) -> Option<&crate::model::Token> {
         t.and_then(|t| t.token.as_ref())
+    }
+    fn paused(t: Option<&Touchpoint>) -> Option<&crate::model::ManualPause> {
+        t.and_then(|t| t.paused.as_ref())
+    }
+    if paused(before) != paused(after) {
+        let show = |p: Option<&crate::model::ManualPause>| {
+            p.map(|p| serde_json::json!({"since": rfc3339(p.since), "reason": p.reason}))
+        };
+        changes.push(FieldChange {
+            field: "paused".into(),
+            before: show(paused(before)),
+            after: show(paused(after)),
+        });
     }
     if token(before) != token(after) {
         changes.push(FieldChange {

@@ -616,6 +616,7 @@ mod tests {
             spec: input.spec,
             token: None,
             rotation: None,
+            paused: None,
             enabled: true,
             space_ids: vec!["space-a".into()],
             version: 1,

@@ -50,11 +50,12 @@ pub const MAX_OPTION_CHARS: usize = 100;
 pub const MAX_TEXT_CHARS: usize = 10_000;
 /// Fields the API returns but a client cannot set; accepted and ignored so a fetched
 /// touchpoint can be edited and sent back as it is.
-const READ_ONLY_FIELDS: [&str; 8] = [
+const READ_ONLY_FIELDS: [&str; 9] = [
     "id",
     "projectId",
     "tokenSet",
     "tokenOverlapUntil",
+    "health",
     "enabled",
     "spaceIds",
     "createdAt",

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod delivery;
 pub mod dispatch;
 pub mod error;
+pub mod health;
 pub mod ids;
 pub mod input;
 pub mod json;

@@ -11,11 +11,14 @@
 //! right pace, when its lease expires.
 //!
 //! The back-pressure is one record per touchpoint: the last cut of the rate (a 429 or 503 from
-//! the receiver) and a `Retry-After` pause, read by every process that sends to it.
+//! the receiver) and a `Retry-After` pause, read by every process that sends to it. It also
+//! holds the receiver's health: the counts of recent requests and failures every process adds
+//! to, and the circuit breaker ([`crate::health`]).
 
 use async_trait::async_trait;
 
 use crate::clock::Millis;
+use crate::health::{Breaker, Window};
 use crate::ids::TouchpointId;
 use crate::model::ProjectId;
 use crate::ports::StoreError;
@@ -37,6 +40,10 @@ pub struct Pressure {
     pub cut: Option<Cut>,
     /// Every request waits until then (a `Retry-After`); 0: none.
     pub paused_until: Millis,
+    /// Requests and failures of the recent slots, every process's.
+    pub window: Window,
+    /// The circuit breaker, when open.
+    pub breaker: Option<Breaker>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -105,6 +112,44 @@ pub trait SharedLimits: Send + Sync {
         tp: &TouchpointId,
         cut: Cut,
         unless_since: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Adds one process's requests and failures to window slot `slot` (a slot of an older
+    /// number is replaced); answers the back-pressure as it is after.
+    async fn report(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        slot: i64,
+        requests: u32,
+        failures: u32,
+    ) -> Result<Pressure, StoreError>;
+
+    /// Opens the breaker as `breaker` unless it is open; answers whether this call opened it.
+    async fn trip(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        breaker: &Breaker,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes the probe of an open breaker whose cool-down has ended at `now`, until `until`,
+    /// unless another process holds it; answers whether this one does.
+    async fn probe(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// After a probe (or an admin's resume): `Some` opens the breaker again as given, `None`
+    /// closes it and empties the window.
+    async fn settle(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        next: Option<&Breaker>,
     ) -> Result<(), StoreError>;
 
     /// Holds every request until `until`, unless a longer pause is recorded.

@@ -253,6 +253,16 @@ pub struct TokenRotation {
     pub until: Millis,
 }
 
+/// An admin's pause of a touchpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManualPause {
+    pub since: Millis,
+    pub reason: Option<String>,
+}
+
+/// Longest reason an admin may give for a pause, in characters.
+pub const MAX_PAUSE_REASON_CHARS: usize = 200;
+
 /// What a request sent at some moment is signed with.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Signing<'a> {
@@ -310,6 +320,8 @@ pub struct Touchpoint {
     pub token: Option<Token>,
     /// A token rotation in its overlap, if any (see [`Touchpoint::signing`]).
     pub rotation: Option<TokenRotation>,
+    /// Paused by an admin: no request goes to its receiver until it is resumed.
+    pub paused: Option<ManualPause>,
     pub enabled: bool,
     /// Spaces whose operators may use it, sorted and unique.
     pub space_ids: Vec<String>,
@@ -453,6 +465,7 @@ mod tests {
                 previous: Some(Token::new("old")),
                 until: 1_000,
             }),
+            paused: None,
             enabled: true,
             space_ids: vec![],
             version: 1,

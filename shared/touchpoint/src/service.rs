@@ -153,6 +153,7 @@ impl Touchpoints {
                 TokenPatch::Keep | TokenPatch::Clear => None,
             },
             rotation: None,
+            paused: None,
             enabled: true,
             space_ids: Vec::new(),
             version: 1,
@@ -511,6 +512,58 @@ impl Touchpoints {
         .await
     }
 
+    /// Pauses the touchpoint by hand, enabled or not: no request goes to its receiver until
+    /// it is resumed; its batches wait without using up their attempts. `{"reason"?,
+    /// "version"?}`. Pausing a paused touchpoint keeps its first pause (and changes nothing).
+    pub async fn pause(
+        &self,
+        project: ProjectId,
+        id: &TouchpointId,
+        body: &Value,
+    ) -> Result<Touchpoint, DomainError> {
+        let (reason, expected) = read_pause(body)?;
+        let current = self.get(project, id).await?;
+        check_version(&current, expected)?;
+        if current.paused.is_some() {
+            return Ok(current);
+        }
+        let mut next = current.clone();
+        next.paused = Some(crate::model::ManualPause {
+            since: self.clock.now_ms(),
+            reason,
+        });
+        self.commit(
+            &current,
+            next,
+            current.version,
+            UpdateGuard::None,
+            AuditAction::Pause,
+        )
+        .await
+    }
+
+    /// Ends an admin's pause (the caller also closes the circuit breaker). Recorded even when
+    /// only the breaker held the touchpoint.
+    pub async fn resume(
+        &self,
+        project: ProjectId,
+        id: &TouchpointId,
+        expected: Option<u64>,
+    ) -> Result<Touchpoint, DomainError> {
+        let current = self.get(project, id).await?;
+        check_version(&current, expected)?;
+        let mut next = current.clone();
+        next.paused = None;
+        self.commit(
+            &current,
+            next,
+            current.version,
+            UpdateGuard::None,
+            AuditAction::Resume,
+        )
+        .await
+    }
+
     /// The project's audit log, newest first, a page at a time.
     pub async fn audit_log(
         &self,
@@ -660,6 +713,54 @@ fn read_rotation(
             version,
         )),
         _ => Err(DomainError::Validation(errors)),
+    }
+}
+
+/// Reads `{"reason"?, "version"?}` of a pause.
+fn read_pause(body: &Value) -> Result<(Option<String>, Option<u64>), DomainError> {
+    let m = match body {
+        Value::Object(m) => m.clone(),
+        Value::Null => serde_json::Map::new(),
+        _ => return Err(DomainError::field("", "must be an object")),
+    };
+    let mut errors = Vec::new();
+    for k in m.keys() {
+        if !["reason", "version"].contains(&k.as_str()) {
+            errors.push(FieldError::new(k.as_str(), "is not a field of a pause"));
+        }
+    }
+    let max = crate::model::MAX_PAUSE_REASON_CHARS;
+    let reason = match m.get("reason") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r))
+            if !r.trim().is_empty()
+                && r.chars().count() <= max
+                && !r.chars().any(char::is_control) =>
+        {
+            Some(r.trim().to_owned())
+        }
+        Some(_) => {
+            errors.push(FieldError::new(
+                "reason",
+                format!("must be text of 1 to {max} characters"),
+            ));
+            None
+        }
+    };
+    let version = match m.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().filter(|v| *v >= 1) {
+            Some(v) => Some(v),
+            None => {
+                errors.push(FieldError::new("version", "must be a positive integer"));
+                None
+            }
+        },
+    };
+    if errors.is_empty() {
+        Ok((reason, version))
+    } else {
+        Err(DomainError::Validation(errors))
     }
 }
 

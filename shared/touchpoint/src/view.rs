@@ -36,6 +36,10 @@ pub struct TouchpointView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_requests_per_second: Option<u16>,
     pub enabled: bool,
+    /// How its receiver is doing: paused by an admin or by the circuit breaker, degraded, or
+    /// healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::Health>,
     pub space_ids: &'a [String],
     pub version: u64,
     #[schema(format = DateTime)]
@@ -63,11 +67,19 @@ impl<'a> From<&'a Touchpoint> for TouchpointView<'a> {
             max_concurrency: tp.spec.max_concurrency,
             max_requests_per_second: tp.spec.max_requests_per_second,
             enabled: tp.enabled,
+            health: None,
             space_ids: &tp.space_ids,
             version: tp.version,
             created_at: rfc3339(tp.created_at),
             updated_at: rfc3339(tp.updated_at),
         }
+    }
+}
+
+impl<'a> TouchpointView<'a> {
+    pub fn with_health(mut self, health: crate::health::Health) -> Self {
+        self.health = Some(health);
+        self
     }
 }
 

@@ -248,7 +248,7 @@ proptest! {
         });
         let input = parse_touchpoint(&body, &LAX, false).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         let tp = Touchpoint {
-            id: "tp_1".into(), project_id: 1, spec: input.spec.clone(), token: None, rotation: None, enabled: true,
+            id: "tp_1".into(), project_id: 1, spec: input.spec.clone(), token: None, rotation: None, paused: None, enabled: true,
             space_ids: vec![], version: 3, created_at: 0, updated_at: 0,
         };
         let view = serde_json::to_value(TouchpointView::from(&tp)).unwrap();
@@ -274,6 +274,7 @@ fn touchpoint_with_title() -> Touchpoint {
         spec,
         token: None,
         rotation: None,
+        paused: None,
         enabled: true,
         space_ids: vec![],
         version: 1,

@@ -7,5 +7,6 @@
 mod common;
 
 mod audit;
+mod health;
 mod hostile_input;
 mod routes;

@@ -9,7 +9,12 @@
 //! Where several processes send to the same receivers (Lambda instances on AWS), the limits
 //! are held in a shared store instead ([`ReceiverLimits::with_shared`], [`shared`]): the same
 //! limits, across every process.
+//!
+//! Every answer also counts towards the receiver's health, and a receiver that is down opens
+//! the touchpoint's circuit breaker ([`touchpoint::health`]): no request goes to it during the
+//! cool-down, then one probe. A touchpoint an admin paused takes no request at all.
 
+mod health;
 mod shared;
 
 pub use shared::{IDLE, LEASE, REFRESH};
@@ -21,8 +26,12 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use touchpoint::ProjectId;
+use touchpoint::clock::{Clock, Millis, SystemClock};
+use touchpoint::health::{Health, HealthPolicy};
 use touchpoint::ids::TouchpointId;
 use touchpoint::model::Touchpoint;
+
+use health::{Gating, Tracker, Turn};
 
 /// Requests a second a 429 or 503 never takes the rate below.
 pub const MIN_RATE: f64 = 0.5;
@@ -34,6 +43,10 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(300);
 /// The limits of every touchpoint this process sends to.
 pub struct ReceiverLimits {
     default_concurrency: usize,
+    /// When the circuit breaker opens.
+    policy: HealthPolicy,
+    /// The breaker's time (a clock the tests can drive).
+    clock: Arc<dyn Clock>,
     /// Divides durations and multiplies rates of the back-pressure (1 in production; compressed
     /// time in simulations, where a second is shorter).
     time_scale: f64,
@@ -47,6 +60,8 @@ struct Gate {
     /// Keyed by the limit too: an edited `maxConcurrency` takes effect at once.
     slots: Mutex<(usize, Arc<Semaphore>)>,
     pace: Mutex<Pace>,
+    health: Mutex<Tracker>,
+    clock: Arc<dyn Clock>,
 }
 
 struct Pace {
@@ -75,6 +90,8 @@ enum PassOf {
     Local {
         _slot: OwnedSemaphorePermit,
         gate: Arc<Gate>,
+        /// It is the breaker's probe.
+        probe: bool,
     },
     Shared {
         gate: Arc<shared::SharedGate>,
@@ -104,21 +121,36 @@ impl Drop for Pass {
     }
 }
 
-/// How the receiver answered, as far as its limits care.
+/// How the receiver answered, as far as its limits and its health care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// Anything but an overload (a success, a failure, no answer).
+    /// An answer that is not an overload or a server error (a 4xx counts: the receiver is up).
     Served,
     /// 429 or 503, with its `Retry-After`.
     Overloaded(Option<Duration>),
+    /// Another 5xx, a timeout or a broken exchange.
+    Failed,
+    /// No connection could be made.
+    Unreachable,
 }
 
 impl Answer {
-    /// The answer of an HTTP status and its `Retry-After`.
+    /// The answer of an HTTP status (none: no answer came) and its `Retry-After`.
     pub fn of(status: Option<u16>, retry_after: Option<Duration>) -> Answer {
         match status {
             Some(429 | 503) => Answer::Overloaded(retry_after),
-            _ => Answer::Served,
+            Some(500..=599) | None => Answer::Failed,
+            Some(_) => Answer::Served,
+        }
+    }
+
+    /// The answer of a request that got none.
+    pub fn of_error(e: &touchpoint_outbound::SendError) -> Answer {
+        match e {
+            touchpoint_outbound::SendError::Connect(_) => Answer::Unreachable,
+            // Refused before it went (the SSRF guard): nothing about the receiver's health.
+            touchpoint_outbound::SendError::Refused(_) => Answer::Served,
+            _ => Answer::Failed,
         }
     }
 }
@@ -128,6 +160,8 @@ impl ReceiverLimits {
     pub fn new(default_concurrency: usize) -> ReceiverLimits {
         ReceiverLimits {
             default_concurrency: default_concurrency.max(1),
+            policy: HealthPolicy::default(),
+            clock: Arc::new(SystemClock),
             time_scale: 1.0,
             gates: Mutex::new(HashMap::new()),
             shared: None,
@@ -142,7 +176,26 @@ impl ReceiverLimits {
         store: Arc<dyn touchpoint::limits::SharedLimits>,
         clock: Arc<dyn touchpoint::clock::Clock>,
     ) -> ReceiverLimits {
-        self.shared = Some(Arc::new(shared::Shared::new(store, clock, self.time_scale)));
+        self.clock = Arc::clone(&clock);
+        self.shared = Some(Arc::new(shared::Shared::new(
+            store,
+            clock,
+            self.time_scale,
+            self.policy.clone(),
+        )));
+        self
+    }
+
+    /// When the circuit breaker opens (set before the first request).
+    pub fn with_health_policy(mut self, policy: HealthPolicy) -> ReceiverLimits {
+        self.policy = policy;
+        self
+    }
+
+    /// The clock of the breaker's cool-downs (set before the first request; the shared limits
+    /// use the one given to [`ReceiverLimits::with_shared`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> ReceiverLimits {
+        self.clock = clock;
         self
     }
 
@@ -213,6 +266,8 @@ impl ReceiverLimits {
             .entry((tp.project_id, tp.id.clone()))
             .or_insert_with(|| {
                 Arc::new(Gate {
+                    health: Mutex::new(Tracker::new(self.policy.clone(), self.time_scale)),
+                    clock: Arc::clone(&self.clock),
                     slots: Mutex::new((0, Arc::new(Semaphore::new(0)))),
                     pace: Mutex::new(Pace {
                         ceiling: None,
@@ -265,17 +320,18 @@ impl ReceiverLimits {
         let gate = self.gate(tp);
         // Paused longer than the caller can wait (a `Retry-After` known here): nothing is
         // claimed that could not go.
+        if tp.paused.is_some() {
+            return None;
+        }
         let shared = self.shared.as_ref().map(|ctx| self.shared_gate(ctx, tp));
         let paused_for = match &shared {
-            Some(shared) => shared.paused_for(),
-            None => gate
-                .pace
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .paused_until
-                .map_or(Duration::ZERO, |p| {
-                    p.saturating_duration_since(Instant::now())
-                }),
+            Some(shared) => {
+                // A pause lifted elsewhere (a probe answered, an admin's resume) is seen here
+                // within a read's time.
+                shared.refresh().await;
+                shared.paused_for()
+            }
+            None => gate.paused_for(),
         };
         if paused_for > within {
             return None;
@@ -313,6 +369,33 @@ impl Reservation {
                 },
             });
         }
+        // The breaker: during a cool-down nothing goes; after it, one probe.
+        let mut probe = false;
+        loop {
+            let now_ms = gate.clock.now_ms();
+            let gating = {
+                let mut health = gate.health.lock().unwrap_or_else(|p| p.into_inner());
+                let gating = health.gating(now_ms);
+                if gating == Gating::Probe {
+                    health.probing_until = now_ms + health.probe_lease();
+                }
+                gating
+            };
+            match gating {
+                Gating::Go => break,
+                Gating::Probe => {
+                    probe = true;
+                    break;
+                }
+                Gating::Wait(t) => {
+                    let wait = Duration::from_millis((t - now_ms).clamp(1, 100) as u64);
+                    if Instant::now() + wait > until {
+                        return None;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
         // The time this request goes out at, reserved now so that requests waiting together
         // are spaced by the rate.
         let at = {
@@ -324,6 +407,12 @@ impl Reservation {
             }
             // A pass there at once is taken even with no time to wait.
             if at > until.max(now) {
+                if probe {
+                    gate.health
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .probing_until = 0;
+                }
                 return None;
             }
             if let Some(rate) = pace.rate {
@@ -350,12 +439,109 @@ impl Reservation {
             }
         }
         Some(Pass {
-            inner: PassOf::Local { _slot: slot, gate },
+            inner: PassOf::Local {
+                _slot: slot,
+                gate,
+                probe,
+            },
         })
     }
 }
 
+impl Gate {
+    /// How long no request may go: a `Retry-After`, or the breaker's cool-down.
+    fn paused_for(&self) -> Duration {
+        let retry_after = self
+            .pace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .paused_until
+            .map_or(Duration::ZERO, |p| {
+                p.saturating_duration_since(Instant::now())
+            });
+        let now = self.clock.now_ms();
+        let breaker = match self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .gating(now)
+        {
+            Gating::Wait(t) => Duration::from_millis((t - now).max(0) as u64),
+            Gating::Go | Gating::Probe => Duration::ZERO,
+        };
+        retry_after.max(breaker)
+    }
+}
+
 impl ReceiverLimits {
+    /// The touchpoint's health: paused by an admin, by the breaker, degraded or healthy (read
+    /// from the shared store when the limits are shared).
+    pub async fn health(&self, tp: &Touchpoint) -> Health {
+        if let Some(p) = &tp.paused {
+            return Health::manual(p.since, p.reason.as_deref());
+        }
+        if let Some(ctx) = &self.shared {
+            return self.shared_gate(ctx, tp).health().await;
+        }
+        let now = self.clock.now_ms();
+        self.gate(tp)
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .health(now)
+    }
+
+    /// When requests to the touchpoint may go again, if they may not now: an admin's pause
+    /// (looked at again after `recheck`), the breaker's cool-down or a `Retry-After`.
+    pub fn paused_until(&self, tp: &Touchpoint, recheck: Duration) -> Option<Millis> {
+        let now = self.clock.now_ms();
+        if tp.paused.is_some() {
+            return Some(now + recheck.as_millis() as Millis);
+        }
+        let paused_for = match &self.shared {
+            Some(ctx) => self.shared_gate(ctx, tp).paused_for(),
+            None => self.gate(tp).paused_for(),
+        };
+        (!paused_for.is_zero()).then(|| now + paused_for.as_millis() as Millis)
+    }
+
+    /// The touchpoint's open breaker as this process last saw it (no read).
+    pub fn breaker_known(&self, tp: &Touchpoint) -> Option<touchpoint::health::Breaker> {
+        match &self.shared {
+            Some(ctx) => self.shared_gate(ctx, tp).breaker(),
+            None => self
+                .gate(tp)
+                .health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .breaker
+                .clone(),
+        }
+    }
+
+    /// The touchpoint's open breaker, read afresh where the limits are shared.
+    pub async fn breaker_now(&self, tp: &Touchpoint) -> Option<touchpoint::health::Breaker> {
+        if let Some(ctx) = &self.shared {
+            let gate = self.shared_gate(ctx, tp);
+            gate.health().await;
+            return gate.breaker();
+        }
+        self.breaker_known(tp)
+    }
+
+    /// Closes the touchpoint's breaker (an admin's resume): requests go again at once.
+    pub async fn close_breaker(&self, tp: &Touchpoint) -> Result<(), touchpoint::StoreError> {
+        if let Some(ctx) = &self.shared {
+            return self.shared_gate(ctx, tp).close().await;
+        }
+        self.gate(tp)
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&Turn::Close);
+        Ok(())
+    }
+
     /// The rate a touchpoint's requests go out at now (`None`: unlimited), for reports.
     pub fn rate(&self, tp: &Touchpoint) -> Option<f64> {
         if let Some(ctx) = &self.shared {
@@ -373,15 +559,27 @@ impl Pass {
     /// Gives the receiver's answer back: an overload slows the whole touchpoint down, anything
     /// else lets it speed up again (additive increase, multiplicative decrease).
     pub fn answered(self, answer: Answer) {
-        let gate = match &self.inner {
-            PassOf::Shared { gate, .. } => {
+        let (gate, probe) = match &self.inner {
+            PassOf::Shared { gate, held, .. } => {
                 if let Answer::Overloaded(retry_after) = answer {
                     gate.overloaded(retry_after);
                 }
+                gate.answered(answer, held.as_ref().is_some_and(|h| h.probe));
                 return;
             }
-            PassOf::Local { gate, .. } => gate,
+            PassOf::Local { gate, probe, .. } => (gate, *probe),
         };
+        {
+            let now = gate.clock.now_ms();
+            let mut health = gate.health.lock().unwrap_or_else(|p| p.into_inner());
+            let turn = health.answered(answer, probe, now);
+            if let Turn::Trip(b) | Turn::Reopen(b) = &turn {
+                tracing::warn!(reason = %b.reason, cooldown_ms = b.until - now, "receiver down: touchpoint paused");
+            } else if turn == Turn::Close {
+                tracing::info!("receiver answered the probe: touchpoint resumed");
+            }
+            health.apply(&turn);
+        }
         let mut pace = gate.pace.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
             Answer::Overloaded(retry_after) => {
@@ -395,7 +593,7 @@ impl Pass {
                     pace.paused_until = Some(pace.paused_until.map_or(until, |p| p.max(until)));
                 }
             }
-            Answer::Served => {
+            Answer::Served | Answer::Failed | Answer::Unreachable => {
                 if let Some(rate) = pace.rate {
                     let up = rate + INCREASE * pace.scale;
                     pace.rate = match pace.ceiling {
@@ -437,6 +635,7 @@ pub(crate) mod tests {
             },
             token: None,
             rotation: None,
+            paused: None,
             enabled: true,
             space_ids: Vec::new(),
             version: 1,
@@ -489,6 +688,79 @@ pub(crate) mod tests {
             "back up to the limit, not past it"
         );
         drop(pass);
+    }
+
+    /// Wall-clock milliseconds that follow tokio's (paused) time.
+    struct TokioClock(Instant);
+    impl Clock for TokioClock {
+        fn now_ms(&self) -> Millis {
+            1_000_000_000 + self.0.elapsed().as_millis() as Millis
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receiver_down_pauses_the_touchpoint_until_a_probe_is_answered() {
+        use touchpoint::health::HealthState;
+        let limits = ReceiverLimits::new(4).with_clock(Arc::new(TokioClock(Instant::now())));
+        let tp = touchpoint(Some(4), None);
+        for _ in 0..19 {
+            limits
+                .acquire(&tp, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .answered(Answer::of(Some(502), None));
+        }
+        assert_eq!(limits.health(&tp).await.state, HealthState::Degraded);
+        limits
+            .acquire(&tp, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .answered(Answer::Failed);
+        let health = limits.health(&tp).await;
+        assert_eq!(health.state, HealthState::Paused);
+        assert_eq!(
+            health.reason.as_deref(),
+            Some("20 of the last 20 requests failed")
+        );
+        // Nothing is reserved that could not go before its caller's time is up.
+        let asked = Instant::now();
+        assert!(limits.acquire(&tp, Duration::from_secs(59)).await.is_none());
+        assert!(limits.reserve(&tp, Duration::from_secs(30)).await.is_none());
+        assert!(asked.elapsed() < Duration::from_secs(1), "refused at once");
+        // The cool-down ends: one probe, and nothing else while it is out.
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let probe = limits.acquire(&tp, Duration::from_secs(1)).await.unwrap();
+        assert!(limits.acquire(&tp, Duration::from_secs(1)).await.is_none());
+        probe.answered(Answer::Failed);
+        assert!(
+            limits
+                .acquire(&tp, Duration::from_secs(110))
+                .await
+                .is_none(),
+            "paused again, for two minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(121)).await;
+        let probe = limits.acquire(&tp, Duration::from_secs(1)).await.unwrap();
+        probe.answered(Answer::Served);
+        assert_eq!(limits.health(&tp).await.state, HealthState::Healthy);
+        for _ in 0..4 {
+            pass_served(&limits, &tp).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_touchpoint_paused_by_an_admin_takes_no_request() {
+        let limits = ReceiverLimits::new(4);
+        let mut tp = touchpoint(Some(4), None);
+        tp.paused = Some(touchpoint::model::ManualPause {
+            since: 5,
+            reason: Some("maintenance".into()),
+        });
+        assert!(limits.acquire(&tp, Duration::from_secs(10)).await.is_none());
+        let health = limits.health(&tp).await;
+        assert!(health.manual);
+        assert_eq!(health.reason.as_deref(), Some("maintenance"));
+        assert!(limits.paused_until(&tp, Duration::from_secs(30)).is_some());
     }
 
     #[tokio::test]

@@ -27,7 +27,13 @@ use touchpoint::ids::TouchpointId;
 use touchpoint::limits::{Cut, Pressure, SharedLimits};
 use touchpoint::model::{ProjectId, Touchpoint};
 
-use super::{INCREASE, MAX_PAUSE, MIN_RATE};
+use touchpoint::health::{Health, HealthPolicy};
+
+use super::health::{Gating, Tracker, Turn};
+use super::{Answer, INCREASE, MAX_PAUSE, MIN_RATE};
+
+/// How often a process that sends adds its requests and failures to the shared window.
+pub const REPORT: Duration = Duration::from_secs(1);
 
 /// How long a slot is leased for at a time (scaled by compressed time); at least three of its
 /// intervals at a slow pace.
@@ -48,10 +54,16 @@ pub(super) struct Shared {
     holder: String,
     leases: AtomicU64,
     pub scale: f64,
+    pub policy: HealthPolicy,
 }
 
 impl Shared {
-    pub fn new(store: Arc<dyn SharedLimits>, clock: Arc<dyn Clock>, scale: f64) -> Shared {
+    pub fn new(
+        store: Arc<dyn SharedLimits>,
+        clock: Arc<dyn Clock>,
+        scale: f64,
+        policy: HealthPolicy,
+    ) -> Shared {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);
         Shared {
@@ -60,6 +72,7 @@ impl Shared {
             holder: b.iter().map(|x| format!("{x:02x}")).collect(),
             leases: AtomicU64::new(0),
             scale,
+            policy,
         }
     }
 
@@ -94,6 +107,8 @@ pub(super) struct Held {
     /// When a request of this process took it from the idle ones (its pace and its exchange
     /// with the receiver follow), while it is out.
     lent_at: Option<Instant>,
+    /// Its request is the breaker's probe.
+    pub probe: bool,
 }
 
 struct Inner {
@@ -116,6 +131,13 @@ struct Inner {
     /// this process coming back rather than take another while that is the shorter wait.
     lent_ms: Option<f64>,
     take_ms: Option<f64>,
+    /// The receiver's health and the breaker, as this process knows them.
+    health: Tracker,
+    /// A breaker write of this process is under way: a read meanwhile does not undo it.
+    breaker_writing: bool,
+    /// When this process last added its counts to the shared window, and whether it is.
+    reported: Option<Instant>,
+    reporting: bool,
 }
 
 /// How much of a new measure the smoothed ones take.
@@ -194,6 +216,7 @@ pub(super) enum Prepared {
 
 impl SharedGate {
     pub fn new(ctx: Arc<Shared>, tp: &Touchpoint) -> SharedGate {
+        let health = Tracker::new(ctx.policy.clone(), ctx.scale);
         SharedGate {
             project: tp.project_id,
             tp: tp.id.clone(),
@@ -212,6 +235,10 @@ impl SharedGate {
                 returns: 0,
                 lent_ms: None,
                 take_ms: None,
+                health,
+                breaker_writing: false,
+                reported: None,
+                reporting: false,
             }),
             notify: Notify::new(),
         }
@@ -228,11 +255,164 @@ impl SharedGate {
         g.ceiling = ceiling;
     }
 
-    /// How long the touchpoint is paused for still (a `Retry-After` this process knows of).
+    /// How long the touchpoint is paused for still (a `Retry-After` or the breaker's
+    /// cool-down, as this process knows them).
     pub fn paused_for(&self) -> Duration {
-        let paused = self.lock().pressure.paused_until;
-        let left = paused - self.ctx.clock.now_ms();
+        let now = self.ctx.clock.now_ms();
+        let g = self.lock();
+        let breaker = match g.health.gating(now) {
+            Gating::Wait(t) => t,
+            Gating::Go | Gating::Probe => 0,
+        };
+        let left = g.pressure.paused_until.max(breaker) - now;
         Duration::from_millis(left.max(0) as u64)
+    }
+
+    /// The breaker as this process last saw it.
+    pub fn breaker(&self) -> Option<touchpoint::health::Breaker> {
+        self.lock().health.breaker.clone()
+    }
+
+    /// The receiver's health, read afresh from the shared store.
+    pub async fn health(&self) -> Health {
+        if let Ok(p) = self.ctx.store.pressure(self.project, &self.tp).await {
+            self.merge(&p);
+        }
+        self.lock().health.health(self.ctx.clock.now_ms())
+    }
+
+    /// Closes the breaker (an admin's resume), in the shared store and here.
+    pub async fn close(&self) -> Result<(), touchpoint::StoreError> {
+        self.ctx.store.settle(self.project, &self.tp, None).await?;
+        let mut g = self.lock();
+        g.health.apply(&Turn::Close);
+        g.pressure.paused_until = 0;
+        drop(g);
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    /// Counts an answer towards the health; opens or settles the breaker when it says so, and
+    /// adds this process's counts to the shared window within a [`REPORT`].
+    pub fn answered(self: &Arc<Self>, answer: Answer, probe: bool) {
+        let now = self.ctx.clock.now_ms();
+        let turn = {
+            let mut g = self.lock();
+            let turn = g.health.answered(answer, probe, now);
+            g.health.apply(&turn);
+            if turn != Turn::None {
+                g.breaker_writing = true;
+                if let Turn::Trip(b) | Turn::Reopen(b) = &turn {
+                    g.pressure.paused_until = g.pressure.paused_until.max(b.until);
+                }
+            }
+            turn
+        };
+        self.write_turn(turn);
+        self.report_soon();
+    }
+
+    /// Adds this process's unreported counts to the shared window: now if the last report is a
+    /// [`REPORT`] old, otherwise when it will be (one report under way or planned at a time).
+    fn report_soon(self: &Arc<Self>) {
+        let every = self.ctx.scaled(REPORT, Duration::from_millis(50));
+        let wait = {
+            let mut g = self.lock();
+            if g.reporting || g.health.unreported.is_none() {
+                return;
+            }
+            g.reporting = true;
+            g.reported
+                .map_or(Duration::ZERO, |t| every.saturating_sub(t.elapsed()))
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.lock().reporting = false;
+            return;
+        };
+        let gate = Arc::clone(self);
+        runtime.spawn(async move {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let Some((slot, requests, failures)) = gate.lock().health.unreported.take() else {
+                gate.lock().reporting = false;
+                return;
+            };
+            let reported = gate
+                .ctx
+                .store
+                .report(gate.project, &gate.tp, slot, requests, failures)
+                .await;
+            {
+                let mut g = gate.lock();
+                g.reporting = false;
+                g.reported = Some(Instant::now());
+                if reported.is_err() {
+                    // Counted again in the next report (unless its slot has passed).
+                    let w = match g.health.unreported {
+                        Some((s, r, f)) if s == slot => (s, r + requests, f + failures),
+                        Some(other) => other,
+                        None => (slot, requests, failures),
+                    };
+                    g.health.unreported = Some(w);
+                }
+            }
+            if let Ok(p) = &reported {
+                gate.merge(p);
+            }
+            let turn = {
+                let mut g = gate.lock();
+                let turn = g.health.judge(gate.ctx.clock.now_ms());
+                g.health.apply(&turn);
+                if turn != Turn::None {
+                    g.breaker_writing = true;
+                }
+                turn
+            };
+            gate.write_turn(turn);
+            // What came in meanwhile.
+            gate.report_soon();
+        });
+    }
+
+    /// Writes a change of the breaker to the shared store.
+    fn write_turn(self: &Arc<Self>, turn: Turn) {
+        if turn == Turn::None {
+            return;
+        }
+        match &turn {
+            Turn::Trip(b) | Turn::Reopen(b) => {
+                tracing::warn!(touchpoint = %self.tp, reason = %b.reason, "receiver down: touchpoint paused");
+            }
+            Turn::Close => {
+                tracing::info!(touchpoint = %self.tp, "receiver answered the probe: touchpoint resumed");
+            }
+            Turn::None => {}
+        }
+        self.notify.notify_waiters();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.lock().breaker_writing = false;
+            return;
+        };
+        let gate = Arc::clone(self);
+        runtime.spawn(async move {
+            let store = &gate.ctx.store;
+            let written = match &turn {
+                Turn::Trip(b) => store.trip(gate.project, &gate.tp, b).await.map(|_| ()),
+                Turn::Reopen(b) => store.settle(gate.project, &gate.tp, Some(b)).await,
+                Turn::Close => store.settle(gate.project, &gate.tp, None).await,
+                Turn::None => Ok(()),
+            };
+            if let Err(e) = written {
+                tracing::warn!(touchpoint = %gate.tp, error = %e, "cannot write the breaker's state");
+            }
+            // What the store holds now (another process may have opened it first).
+            let read = store.pressure(gate.project, &gate.tp).await;
+            gate.lock().breaker_writing = false;
+            if let Ok(p) = read {
+                gate.merge(&p);
+            }
+        });
     }
 
     pub fn rate(&self) -> Option<f64> {
@@ -327,7 +507,7 @@ impl SharedGate {
     }
 
     /// Reads the shared back-pressure if this process has not for a [`REFRESH`].
-    async fn refresh(&self) {
+    pub async fn refresh(&self) {
         let every = self.ctx.scaled(REFRESH, Duration::from_millis(100));
         // One read at a time: the requests that find it stale while it is under way go on
         // with the back-pressure as this process knows it (a cut or pause recorded elsewhere
@@ -352,6 +532,18 @@ impl SharedGate {
             g.pressure.cut = stored.cut;
         }
         g.pressure.paused_until = g.pressure.paused_until.max(stored.paused_until);
+        g.health.window.merge(&stored.window);
+        if !g.breaker_writing {
+            let closed = g.health.breaker.is_some() && stored.breaker.is_none();
+            g.health.breaker = stored.breaker.clone();
+            if closed {
+                // Resumed elsewhere (a probe, or an admin): the pause was the breaker's.
+                g.pressure.paused_until = g.pressure.paused_until.min(stored.paused_until);
+                g.health.window = stored.window;
+                drop(g);
+                self.notify.notify_waiters();
+            }
+        }
     }
 
     /// Takes free slots from the shared store: one read of the touchpoint's slots, then a
@@ -454,6 +646,7 @@ impl SharedGate {
                         next_at: free_at,
                         returned: 0,
                         lent_at: None,
+                        probe: false,
                     });
                 }
                 Ok(None) => {}
@@ -479,14 +672,42 @@ impl SharedGate {
             self.refresh().await;
             h.lent_at = h.lent_at.map(|t| t + reading.elapsed());
             let now = self.ctx.clock.now_ms();
-            let (rate, paused, limit) = {
+            let (rate, mut paused, limit, gating) = {
                 let g = self.lock();
                 (
                     rate_now(&g.pressure, g.ceiling, now, self.ctx.scale),
                     g.pressure.paused_until,
                     g.limit,
+                    if h.probe {
+                        Gating::Go
+                    } else {
+                        g.health.gating(now)
+                    },
                 )
             };
+            // Held by the breaker: once the wait is over, it is looked at again (the wait's end
+            // is a cool-down's end, when one probe goes, or a look at a probe's answer).
+            let held = gating != Gating::Go;
+            match gating {
+                Gating::Go => {}
+                Gating::Wait(t) => paused = paused.max(t),
+                Gating::Probe => {
+                    // One process's one request probes the receiver after a cool-down.
+                    let lease = self.lock().health.probe_lease();
+                    match self
+                        .ctx
+                        .store
+                        .probe(self.project, &self.tp, now, now + lease)
+                        .await
+                    {
+                        Ok(true) => {
+                            h.probe = true;
+                            self.lock().health.probing_until = now + lease;
+                        }
+                        _ => paused = paused.max(now + 100),
+                    }
+                }
+            }
             if usize::from(h.slot) >= limit {
                 // The limit was lowered: this slot is not one of the touchpoint's any more.
                 self.forget(h.slot);
@@ -497,8 +718,12 @@ impl SharedGate {
             let at = now.max(h.next_at).max(paused);
             let room = Shared::ms(deadline.saturating_duration_since(Instant::now()));
             if at > now + room {
-                // Not sent: no measure of a slot's time out.
+                // Not sent: no measure of a slot's time out; a probe not sent is given up.
                 h.lent_at = None;
+                if h.probe {
+                    h.probe = false;
+                    self.lock().health.probing_until = 0;
+                }
                 self.give_back(h);
                 return Prepared::TooLate;
             }
@@ -522,12 +747,13 @@ impl SharedGate {
                 }
             }
             let wait = at - self.ctx.clock.now_ms();
-            if wait <= 0 {
+            let held = held && !h.probe;
+            if wait <= 0 && !held {
                 break (at, interval);
             }
-            let wait = Duration::from_millis(wait as u64);
+            let wait = Duration::from_millis(wait.max(1) as u64);
             tokio::time::sleep(wait.min(every)).await;
-            if wait <= every {
+            if wait <= every && !held {
                 break (at, interval);
             }
         };
@@ -557,6 +783,8 @@ impl SharedGate {
     /// A slot comes back from a request: the next request of this process takes it, or after
     /// [`IDLE`] without one it goes back to the other processes.
     pub fn give_back(self: &Arc<Self>, mut h: Held) {
+        // Its next request is not a probe unless the breaker makes it one.
+        h.probe = false;
         let (generation, take_ms) = {
             let mut g = self.lock();
             if let Some(at) = h.lent_at.take() {
@@ -772,6 +1000,9 @@ mod tests {
         pressure: Mutex<Pressure>,
         writes: AtomicU64,
         reads: AtomicU64,
+        /// Health reports (one a second at most per sending process), apart from the slots'
+        /// writes.
+        reports: AtomicU64,
         /// How long each read and take takes (a round trip to DynamoDB).
         latency: Duration,
     }
@@ -887,6 +1118,72 @@ mod tests {
             p.paused_until = p.paused_until.max(until);
             Ok(())
         }
+        async fn report(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            slot: i64,
+            requests: u32,
+            failures: u32,
+        ) -> Result<Pressure, StoreError> {
+            self.reports.fetch_add(1, Ordering::Relaxed);
+            let mut p = self.pressure.lock().unwrap();
+            p.window.add(slot, requests, failures);
+            Ok(p.clone())
+        }
+        async fn trip(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            b: &touchpoint::health::Breaker,
+        ) -> Result<bool, StoreError> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut p = self.pressure.lock().unwrap();
+            if p.breaker.is_some() {
+                return Ok(false);
+            }
+            p.breaker = Some(b.clone());
+            p.paused_until = p.paused_until.max(b.until);
+            Ok(true)
+        }
+        async fn probe(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            now: Millis,
+            until: Millis,
+        ) -> Result<bool, StoreError> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut p = self.pressure.lock().unwrap();
+            match &mut p.breaker {
+                Some(b) if b.until <= now && b.probe_until < now => {
+                    b.probe_until = until;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }
+        async fn settle(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            next: Option<&touchpoint::health::Breaker>,
+        ) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut p = self.pressure.lock().unwrap();
+            match next {
+                Some(b) => {
+                    p.breaker = Some(b.clone());
+                    p.paused_until = b.until;
+                }
+                None => {
+                    p.breaker = None;
+                    p.paused_until = 0;
+                    p.window = Default::default();
+                }
+            }
+            Ok(())
+        }
     }
 
     /// Wall-clock milliseconds that follow tokio's (paused) time.
@@ -968,8 +1265,10 @@ mod tests {
             last - started
         );
         assert_eq!(store.writes.load(Ordering::Relaxed), 10);
+        // And one read of the back-pressure before the first (a pause lifted elsewhere is seen
+        // before anything is claimed).
         assert!(
-            store.reads.load(Ordering::Relaxed) <= 5,
+            store.reads.load(Ordering::Relaxed) <= 6,
             "{} reads",
             store.reads.load(Ordering::Relaxed)
         );
@@ -1057,6 +1356,95 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_receiver_down_pauses_every_process_and_one_probe_of_one_process_resumes_them() {
+        use touchpoint::health::HealthState;
+        let store = Arc::new(Store::default());
+        let p = processes(2, &store);
+        let tp = touchpoint(Some(4), None);
+        // Ten failures each: neither process alone has seen twenty, the shared window has.
+        for limits in &p {
+            for _ in 0..10 {
+                let pass = limits.acquire(&tp, Duration::from_secs(1)).await.unwrap();
+                pass.answered(Answer::Failed);
+                // Time for the reports (once a second per process).
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+        // The last counts reach the shared window within a report's time, and the process
+        // that sees the window full trips the breaker.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let tripped = store.pressure.lock().unwrap().breaker.clone();
+        let b = tripped.expect("the shared window tripped the breaker");
+        assert!(b.reason.contains("requests failed"), "{}", b.reason);
+        for limits in &p {
+            let health = limits.health(&tp).await;
+            assert_eq!(health.state, HealthState::Paused, "{health:?}");
+            assert!(!health.manual);
+            assert!(
+                limits.acquire(&tp, Duration::from_secs(5)).await.is_none(),
+                "nothing goes during the cool-down"
+            );
+            assert!(limits.paused_until(&tp, Duration::from_secs(30)).is_some());
+        }
+        // After the cool-down: one probe, from one process.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let (first, second) = tokio::join!(
+            p[0].acquire(&tp, Duration::from_secs(3)),
+            p[1].acquire(&tp, Duration::from_secs(3))
+        );
+        let probe = match (first, second) {
+            (Some(probe), None) | (None, Some(probe)) => probe,
+            (a, b) => panic!("one probe: {:?} {:?}", a.is_some(), b.is_some()),
+        };
+        // It fails: paused again, twice as long.
+        probe.answered(Answer::Unreachable);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = store.pressure.lock().unwrap().breaker.clone().unwrap();
+        assert_eq!(again.opened, 2);
+        assert_eq!(again.since, b.since);
+        assert!(p[0].acquire(&tp, Duration::from_secs(60)).await.is_none());
+        tokio::time::sleep(Duration::from_secs(121)).await;
+        let probe = p[1].acquire(&tp, Duration::from_secs(3)).await.unwrap();
+        probe.answered(Answer::Served);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.pressure.lock().unwrap().breaker.is_none(), "resumed");
+        // Every process sends again once it has read the store.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for limits in &p {
+            assert_eq!(limits.health(&tp).await.state, HealthState::Healthy);
+            assert!(limits.acquire(&tp, Duration::from_secs(1)).await.is_some());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_admin_resume_closes_the_breaker_for_every_process() {
+        let store = Arc::new(Store::default());
+        let p = processes(2, &store);
+        let tp = touchpoint(Some(4), None);
+        for _ in 0..10 {
+            p[0].acquire(&tp, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .answered(Answer::Unreachable);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            store.pressure.lock().unwrap().breaker.is_some(),
+            "ten refused in a row"
+        );
+        p[1].close_breaker(&tp).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for limits in &p {
+            assert!(
+                limits
+                    .acquire(&tp, Duration::from_millis(500))
+                    .await
+                    .is_some()
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn processes_together_keep_the_concurrency_and_the_rate() {
         let store = Arc::new(Store::default());
         let p = processes(3, &store);
@@ -1113,6 +1501,13 @@ mod tests {
             "{writes} writes for {} requests",
             sends.len()
         );
+        // Each process adds its counts to the receiver's health about once a second.
+        let reports = store.reports.load(Ordering::Relaxed);
+        assert!(
+            reports <= 3 * 31,
+            "{reports} reports in 30 s by three processes"
+        );
+        assert!(reports >= 3 * 20, "{reports} reports");
     }
 
     #[tokio::test(start_paused = true)]
