@@ -366,6 +366,27 @@ test('the console does everything on the product page, in English and Chinese', 
     await page.getByRole('heading', { name: 'Touchpoints', exact: true }).waitFor();
   });
 
+  await step(t, 'pause by hand with a reason, see it in the list and the health, then resume', async () => {
+    const r = row(page, 'SMS gateway');
+    await r.getByRole('button', { name: 'Pause' }).click();
+    await dialog.getByRole('heading', { name: 'Pause the touchpoint' }).waitFor();
+    await dialog.getByLabel('Reason (optional)').fill('gateway maintenance');
+    await dialog.getByRole('button', { name: 'Pause' }).click();
+    await page.getByText('“SMS gateway” is paused.').waitFor();
+    const badge = row(page, 'SMS gateway').locator('[data-health="paused"]');
+    await badge.waitFor();
+    assert.equal(await badge.textContent(), 'Paused');
+    assert.match(await badge.getAttribute('title'), /gateway maintenance/);
+    const health = (await call('GET', `/v1/touchpoints/${id}`, ADMIN)).body.health;
+    assert.equal(health.state, 'paused');
+    assert.equal(health.manual, true);
+    await row(page, 'SMS gateway').getByRole('button', { name: 'Resume' }).click();
+    await page.getByText('“SMS gateway” is resumed.').waitFor();
+    await row(page, 'SMS gateway').getByRole('button', { name: 'Pause' }).waitFor();
+    assert.equal(await row(page, 'SMS gateway').locator('[data-health]').count(), 0, 'healthy: no badge');
+    assert.equal((await call('GET', `/v1/touchpoints/${id}`, ADMIN)).body.health.state, 'healthy');
+  });
+
   await step(t, 'delivery view: totals, chart, failure reasons and a batch drill-down', async () => {
     const created = await call('POST', '/v1/touchpoints', ADMIN, {
       name: 'Coupons', kind: 'benefit', url: `http://127.0.0.1:${failing.address().port}/touch`, batchSize: 30, receipt: { mode: 'sync' }, ...PARAMS,

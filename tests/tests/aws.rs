@@ -1561,6 +1561,93 @@ async fn a_touchpoints_slots_and_back_pressure_hold_in_dynamodb() {
     );
 }
 
+/// A receiver's health in DynamoDB: every instance adds its counts to the window slot of the
+/// minute (a slot of an older number is started again, a late report of a passed slot is
+/// dropped); the breaker opens once, one instance takes the probe after the cool-down, and a
+/// probe's answer reopens (longer) or closes it, which empties the window and lifts its pause.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn a_receivers_health_and_breaker_hold_in_dynamodb() {
+    use touchpoint::health::Breaker;
+    use touchpoint::limits::SharedLimits;
+    let clients = clients().await;
+    let names = provision(&clients).await;
+    let store = touchpoint_aws::DynamoLimits::new(clients.dynamodb.clone(), &names.delivery_table);
+    let tp: touchpoint::ids::TouchpointId = "tp_health".into();
+    let p = store.report(1, &tp, 100, 3, 2).await.unwrap();
+    assert_eq!(p.window.totals(100), (3, 2));
+    let p = store.report(1, &tp, 100, 4, 4).await.unwrap();
+    assert_eq!(p.window.totals(100), (7, 6), "added by another instance");
+    let p = store.report(1, &tp, 101, 1, 1).await.unwrap();
+    assert_eq!(p.window.totals(101), (8, 7));
+    // Slot 105 takes slot 100's place (5 slots): its counts leave the window.
+    let p = store.report(1, &tp, 105, 2, 0).await.unwrap();
+    assert_eq!(p.window.totals(105), (3, 1));
+    let p = store.report(1, &tp, 100, 9, 9).await.unwrap();
+    assert_eq!(
+        p.window.totals(105),
+        (3, 1),
+        "a late report of a passed slot is dropped"
+    );
+    // Projects do not share health.
+    assert_eq!(
+        store
+            .report(2, &tp, 105, 1, 0)
+            .await
+            .unwrap()
+            .window
+            .totals(105),
+        (1, 0)
+    );
+
+    let b = Breaker {
+        since: 1_000,
+        reason: "20 of the last 20 requests failed".into(),
+        until: 61_000,
+        probe_until: 0,
+        opened: 1,
+    };
+    assert!(store.trip(1, &tp, &b).await.unwrap());
+    let mut other = b.clone();
+    other.reason = "another instance's".into();
+    assert!(!store.trip(1, &tp, &other).await.unwrap(), "open already");
+    let p = store.pressure(1, &tp).await.unwrap();
+    assert_eq!(p.breaker, Some(b.clone()));
+    assert_eq!(p.paused_until, 61_000, "its cool-down is a pause");
+    assert!(
+        !store.probe(1, &tp, 60_000, 70_000).await.unwrap(),
+        "cooling down"
+    );
+    assert!(store.probe(1, &tp, 61_000, 71_000).await.unwrap());
+    assert!(
+        !store.probe(1, &tp, 62_000, 72_000).await.unwrap(),
+        "one probe"
+    );
+    assert!(
+        store.probe(1, &tp, 71_001, 81_000).await.unwrap(),
+        "a lost probe's lease ran out"
+    );
+    let again = Breaker {
+        until: 200_000,
+        opened: 2,
+        ..b.clone()
+    };
+    store.settle(1, &tp, Some(&again)).await.unwrap();
+    let p = store.pressure(1, &tp).await.unwrap();
+    assert_eq!(p.breaker, Some(again));
+    assert_eq!(p.paused_until, 200_000);
+    store.settle(1, &tp, None).await.unwrap();
+    let p = store.pressure(1, &tp).await.unwrap();
+    assert_eq!(p.breaker, None);
+    assert_eq!(p.paused_until, 0);
+    assert_eq!(p.window.totals(105), (0, 0), "a fresh window");
+    assert!(
+        !store.probe(1, &tp, 300_000, 310_000).await.unwrap(),
+        "closed: nothing to probe"
+    );
+    assert!(store.trip(1, &tp, &b).await.unwrap(), "it can open again");
+}
+
 /// An instance delivers at most `BODY_BYTES_AT_ONCE` of dispatch bodies at once (an event of
 /// `BatchSize` records may refer to stored bodies far larger than its payload): a record whose
 /// body does not fit waits for the ones before it. Here the budget is one body: the two

@@ -330,11 +330,16 @@ fn audience(prefix: &str, users: usize) -> Vec<(String, usize)> {
 
 /// A Tracked receiver that answers 503 until `up_at`, then accepts every user.
 async fn receiver_down_until(up_at: Instant) -> (Receiver, Tracked) {
+    receiver_failing_until(up_at, 503).await
+}
+
+/// A Tracked receiver that answers `status` until `up_at`, then accepts every user.
+async fn receiver_failing_until(up_at: Instant, status: u16) -> (Receiver, Tracked) {
     let tracked = Tracked::default();
     let t = tracked.clone();
     let rx = Receiver::start(move |seen, _| {
         if Instant::now() < up_at {
-            t.answer(seen, Reply::Json(503, json!({})), true)
+            t.answer(seen, Reply::Json(status, json!({})), true)
         } else {
             t.answer(seen, Reply::all_ok(seen), false)
         }
@@ -1988,6 +1993,292 @@ async fn scenario_the_local_binary_signs_with_both_tokens_during_a_rotations_ove
     assert!(
         seen.before > 0 && seen.overlap > 0 && seen.after > 0,
         "requests in every phase: {seen:?}"
+    );
+    service.terminate();
+}
+
+/// The requests a receiver down from `from` for `outage` would have had from batches first sent
+/// at `from` without the breaker: each batch's attempts on the retry schedule (its nominal
+/// waits, scaled) that fall within the outage.
+fn requests_without_a_breaker(batches: usize, retry: &RetryPolicy, outage: Duration) -> usize {
+    let mut at = Duration::ZERO;
+    let mut attempts = 0;
+    for wait in std::iter::once(Duration::ZERO).chain(retry.waits.iter().copied()) {
+        at += wait;
+        if at < outage {
+            attempts += 1;
+        }
+    }
+    batches * attempts
+}
+
+/// Requests a receiver got at or after `from` and before `until` (wall milliseconds).
+fn requests_between(seen: &[Seen], from: i64, until: i64) -> usize {
+    seen.iter()
+        .filter(|s| (from..until).contains(&s.wall_ms))
+        .count()
+}
+
+/// Issue 17, item 2, on AWS: a receiver down for a fifth of the retry horizon, three instances,
+/// a hundred batches. The breaker opens on the shared window, only probes reach the receiver
+/// while it is down, the probe after it comes back resumes the touchpoint, and every user
+/// succeeds within the retry horizon, none sent twice. Prints the requests the breaker saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn scenario_a_receiver_down_pauses_its_touchpoint_and_a_probe_resumes_it() {
+    use touchpoint::health::HealthState;
+    use touchpoint_receiver::limits::ReceiverLimits;
+    let _heavy = HEAVY.acquire().await.unwrap();
+    let w = World::new(60.0).await;
+    let horizon = w.template.scaled(RetryPolicy::default().horizon());
+    let outage = horizon.mul_f64(0.2);
+    let started = Instant::now();
+    let down_from = wall_ms();
+    let (rx, tracked) = receiver_failing_until(started + outage, 500).await;
+    let up_at = down_from + outage.as_millis() as i64;
+    let tp = w
+        .touchpoint("breaker", json!({"url": rx.url(), "batchSize": 20}))
+        .await;
+    let dispatches: Vec<(String, usize)> =
+        (0..2).map(|i| (format!("breaker-{i}"), 1_000)).collect();
+    for (id, n) in &dispatches {
+        w.send(id, &tp, *n).await;
+    }
+    // What the admin API shows: the health the instances share, in the table.
+    let watcher = ReceiverLimits::new(4)
+        .with_time_scale(w.template.factor)
+        .with_shared(
+            Arc::new(touchpoint_aws::DynamoLimits::new(
+                w.clients.dynamodb.clone(),
+                &w.names.delivery_table,
+            )),
+            Arc::new(SystemClock),
+        );
+    let tp_read = w
+        .touchpoints
+        .get(1, &tp.as_str().into())
+        .await
+        .unwrap()
+        .unwrap();
+    let esm = w.esm(3, None);
+    // (paused at, resumed at), wall milliseconds, as the watcher saw them.
+    let seen_health: Arc<Mutex<(Option<i64>, Option<i64>)>> = Arc::default();
+    let watch = {
+        let seen_health = Arc::clone(&seen_health);
+        tokio::spawn(async move {
+            loop {
+                let health = watcher.health(&tp_read).await;
+                {
+                    let mut s = seen_health.lock().unwrap();
+                    match (health.state, s.0, s.1) {
+                        (HealthState::Paused, None, _) => {
+                            assert!(!health.manual);
+                            s.0 = Some(wall_ms());
+                        }
+                        (HealthState::Healthy | HealthState::Degraded, Some(_), None) => {
+                            s.1 = Some(wall_ms());
+                        }
+                        _ => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let elapsed = sim::until_final(&*w.ledger, &dispatches, horizon * 2).await;
+    watch.abort();
+    let (paused_at, resumed_at) = *seen_health.lock().unwrap();
+    let stats = esm.stop().await;
+    let paused_at = paused_at.expect("the touchpoint was paused");
+    let resumed_at = resumed_at.expect("and resumed");
+    let seen = rx.seen_at("/touch");
+    let during = requests_between(&seen, down_from, up_at);
+    // Paused and still down: probes only, one per cool-down at most (the first is a minute,
+    // each failed one doubles it; 0.5 s of slack for a request under way when it opened).
+    let while_paused = requests_between(&seen, paused_at + 500, up_at);
+    let without = requests_without_a_breaker(
+        100,
+        &RetryPolicy::default().scaled(w.template.factor),
+        outage,
+    );
+    let f = w.figures(&dispatches, &tracked, &stats).await;
+    eprintln!(
+        "scenario breaker, 3 instances, 100 batches, receiver down {outage:.1?} (a fifth of the \
+         retry horizon): requests while down {during} (paused after {:.1?}, probes while paused \
+         {while_paused}), without the breaker about {without}: {} saved; resumed {:.1?} after the \
+         receiver came back; all final after {elapsed:.1?}; succeeded {}, sent twice {}",
+        Duration::from_millis((paused_at - down_from).max(0) as u64),
+        without.saturating_sub(during),
+        Duration::from_millis((resumed_at - up_at).max(0) as u64),
+        f.succeeded,
+        f.sent_twice
+    );
+    assert_eq!(f.succeeded, 2_000, "{f:?}");
+    assert!(f.failed_by_reason.is_empty(), "{f:?}");
+    assert_eq!(f.sent_twice, 0, "{f:?}");
+    assert!(elapsed < horizon, "within the retry horizon: {elapsed:?}");
+    assert!(while_paused <= 6, "{while_paused} requests while paused");
+    assert!(
+        during * 2 < without,
+        "{during} requests while down, {without} without"
+    );
+    assert!(
+        resumed_at >= up_at - 500,
+        "resumed only once the receiver answered"
+    );
+}
+
+/// Issue 17, item 2, in the local binary: a receiver down for 30 seconds under 200 batches. The
+/// touchpoint shows `paused` through the admin API while only probes go, resumes once a probe is
+/// answered, and every user succeeds, none sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_the_local_binary_pauses_a_touchpoint_whose_receiver_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outage = Duration::from_secs(30);
+    let started = Instant::now();
+    let down_from = wall_ms();
+    // A 500 (not a 503 or 429, which slow the touchpoint down before anything else).
+    let (rx, tracked) = receiver_failing_until(started + outage, 500).await;
+    let up_at = down_from + outage.as_millis() as i64;
+    let service = local(
+        &tmp.path().join("data"),
+        &[("TOUCHPOINT_BREAKER_COOLDOWN", "5s")],
+    );
+    let body = json!({
+        "name": "breaker", "kind": "notification", "url": rx.url(), "batchSize": 50,
+        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
+        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
+    });
+    let tp = service.register(ADMIN, body, &["space-a"]).await;
+    let (status, _) = service
+        .call(
+            reqwest::Method::POST,
+            "/v1/dispatches",
+            CAMPAIGN,
+            Some(local_dispatch("breaker-local", &tp, 10_000)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let mut paused: Option<(i64, Value)> = None;
+    let mut resumed_at = None;
+    let d = loop {
+        let (_, t) = service
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/touchpoints/{tp}"),
+                ADMIN,
+                None,
+            )
+            .await;
+        match (t["health"]["state"].as_str(), &paused, resumed_at) {
+            (Some("paused"), None, _) => paused = Some((wall_ms(), t["health"].clone())),
+            (Some("healthy" | "degraded"), Some(_), None) => resumed_at = Some(wall_ms()),
+            _ => {}
+        }
+        let (_, d) = service
+            .call(
+                reqwest::Method::GET,
+                "/v1/dispatches/breaker-local",
+                CAMPAIGN,
+                None,
+            )
+            .await;
+        if d["state"] == "completed" {
+            break d;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "not completed: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (paused_at, health) = paused.expect("paused while down");
+    let resumed_at = resumed_at.expect("resumed");
+    assert_eq!(health["manual"], false);
+    assert!(
+        health["reason"].as_str().unwrap().contains("failed"),
+        "{health}"
+    );
+    let seen = rx.seen_at("/touch");
+    let during = requests_between(&seen, down_from, up_at);
+    let while_paused = requests_between(&seen, paused_at + 500, up_at);
+    let without = requests_without_a_breaker(200, &RetryPolicy::default(), outage);
+    eprintln!(
+        "scenario local breaker, 200 batches, receiver down {outage:?}: requests while down \
+         {during} (probes while paused {while_paused}), without the breaker about {without}: {} \
+         saved; resumed {:.1?} after the receiver came back; completed after {:.1?}; succeeded \
+         {}, sent twice {}",
+        without.saturating_sub(during),
+        Duration::from_millis((resumed_at - up_at).max(0) as u64),
+        started.elapsed(),
+        d["counts"]["succeeded"],
+        tracked.sent_twice()
+    );
+    assert_eq!(d["counts"]["succeeded"], 10_000, "{}", d["counts"]);
+    assert_eq!(tracked.sent_twice(), 0);
+    // Cool-downs of 5, 10 and 20 seconds: three probes at most while down.
+    assert!(while_paused <= 4, "{while_paused} requests while paused");
+    assert!(
+        during * 2 < without,
+        "{during} while down, {without} without"
+    );
+    let (_, logs) = service.terminate();
+    if std::env::var("SIM_LOG").is_ok() {
+        eprintln!("{logs}");
+    }
+}
+
+/// A receiver down for longer than the retry horizon: the breaker keeps the touchpoint paused,
+/// and once it has been down for the horizon the users still waiting fail, with the reason,
+/// rather than wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_a_touchpoint_paused_past_the_retry_horizon_fails_its_waiting_users() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rx, _tracked) =
+        receiver_failing_until(Instant::now() + Duration::from_secs(3600), 500).await;
+    let service = local(
+        &tmp.path().join("data"),
+        &[
+            ("TOUCHPOINT_RETRY_SCHEDULE", "2s,2s"),
+            ("TOUCHPOINT_BREAKER_COOLDOWN", "1s"),
+        ],
+    );
+    let body = json!({
+        "name": "down", "kind": "notification", "url": rx.url(), "batchSize": 10,
+        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
+        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
+    });
+    let tp = service.register(ADMIN, body, &["space-a"]).await;
+    let (status, _) = service
+        .call(
+            reqwest::Method::POST,
+            "/v1/dispatches",
+            CAMPAIGN,
+            Some(local_dispatch("down-local", &tp, 500)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let d = local_completed(&service, "down-local", Duration::from_secs(60)).await;
+    assert_eq!(d["counts"]["failed"], 500, "{}", d["counts"]);
+    let (_, stats) = service
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/touchpoints/{tp}/stats"),
+            ADMIN,
+            None,
+        )
+        .await;
+    let reasons = stats["failureReasons"].to_string();
+    assert!(
+        reasons.contains("paused past the retry horizon"),
+        "{reasons}"
+    );
+    // 50 batches of three attempts would be 150 requests.
+    assert!(rx.requests() < 100, "{} requests", rx.requests());
+    eprintln!(
+        "scenario local breaker past the horizon: 500 users failed after the horizon with {} \
+         requests (50 batches × 3 attempts would be 150)",
+        rx.requests()
     );
     service.terminate();
 }

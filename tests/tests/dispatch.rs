@@ -341,6 +341,12 @@ async fn batches_that_failed_together_are_retried_in_one_round() {
             ..touchpoint::ledger::RetryPolicy::parse("300ms").unwrap()
         },
         per_touchpoint_concurrency: 4,
+        // Twenty 503s in a row would pause the touchpoint (the breaker's own tests are
+        // elsewhere): this one is about the retry round.
+        health: touchpoint::health::HealthPolicy {
+            min_requests: 1_000,
+            ..Default::default()
+        },
         ..config("300ms", 2_000)
     };
     let rig = Rig::new(cfg);
@@ -1253,8 +1259,8 @@ async fn a_dispatch_reports_its_counts_whole_and_its_batches_a_page_at_a_time() 
 }
 
 /// A touchpoint paused (a `Retry-After` met by another request) for longer than a delivery has
-/// time left: nothing is claimed (no write, no lease to wait out), and a delivery after the
-/// pause sends at once.
+/// time left: nothing is claimed (no write, no lease to wait out), the delivery comes back when
+/// the pause ends (not at once, to find it paused again), and then sends at once.
 #[tokio::test]
 async fn a_touchpoint_paused_beyond_the_deliverys_time_claims_nothing() {
     use touchpoint::ports::TouchpointStore;
@@ -1281,11 +1287,11 @@ async fn a_touchpoint_paused_beyond_the_deliverys_time_claims_nothing() {
         .handle_delivery(d.clone(), 1, system_now() + 1_000)
         .await
         .unwrap();
-    assert_eq!(
-        handled,
-        Handled::Continue,
-        "the pause outlasts the delivery"
-    );
+    let Handled::RetryAt(at) = handled else {
+        panic!("the pause outlasts the delivery: {handled:?}");
+    };
+    let ends = system_now() + pause.saturating_sub(paused_at.elapsed()).as_millis() as i64;
+    assert!((at - ends).abs() < 200, "back at the pause's end: {at} vs {ends}");
     assert_eq!(rx.requests(), 0);
     assert!(rig.batches("paused-1").await.is_empty(), "nothing claimed");
     tokio::time::sleep(pause.saturating_sub(paused_at.elapsed()) + Duration::from_millis(50)).await;

@@ -1,9 +1,9 @@
 // The touchpoint list: filters, search and paging, each row's 24-hour success rate (one stats
-// request per page), and the row actions: edit, enable / disable, spaces, test, rotate token,
-// delivery, history, delete.
+// request per page), each touchpoint's health, and the row actions: edit, enable / disable,
+// pause / resume, spaces, test, rotate token, delivery, history, delete.
 import { api, enc, KINDS } from './api.js';
-import { closeDialog, openDialog } from './dialog.js';
-import { field, fmtRate, h, hostOf, nextId, toast } from './dom.js';
+import { closeDialog, openDialog, showApiErrors } from './dialog.js';
+import { clearErrors, field, fmtRate, fmtTime, h, hostOf, nextId, toast } from './dom.js';
 import { openEditor } from './editor.js';
 import { t } from './i18n.js';
 import { route } from './router.js';
@@ -103,6 +103,9 @@ function row(tp, rate) {
     tp.enabled
       ? h('button', { type: 'button', text: t('disable'), onclick: () => disable(tp) })
       : h('button', { type: 'button', text: t('enable'), onclick: () => enable(tp) }),
+    tp.health && tp.health.state === 'paused'
+      ? h('button', { type: 'button', text: t('resume'), onclick: () => resume(tp) })
+      : h('button', { type: 'button', text: t('pause'), onclick: () => openPause(tp) }),
     h('button', { type: 'button', text: t('authorize'), onclick: () => openSpaces(tp) }),
     h('button', { type: 'button', text: t('testSend'), onclick: () => openTest(tp) }),
     h('button', { type: 'button', text: t('rotateToken'), onclick: () => openRotate(tp) }),
@@ -117,10 +120,55 @@ function row(tp, rate) {
     h('td', { text: hostOf(tp.url) }),
     h('td.num', { text: tp.batchSize }),
     h('td', { text: tp.receipt.mode === 'async' ? t('receiptAsync') : t('receiptSync') }),
-    h('td', {}, h(`span.badge.${tp.enabled ? 'on' : 'off'}`, { text: tp.enabled ? t('enabled') : t('disabled') })),
+    h('td', {}, h(`span.badge.${tp.enabled ? 'on' : 'off'}`, { text: tp.enabled ? t('enabled') : t('disabled') }),
+      healthBadge(tp.health)),
     h('td', { text: tp.spaceIds.length ? tp.spaceIds.join(', ') : '—' }),
     rate,
     h('td', {}, actions));
+}
+
+/** The receiver's health when it is not healthy: paused (by an admin or the breaker) or degraded. */
+function healthBadge(health) {
+  if (!health || health.state === 'healthy') return null;
+  const text = health.state === 'paused'
+    ? (health.manual ? t('pausedByAdmin') : t('pausedByBreaker'))
+    : t('degraded');
+  const why = [health.reason, health.probeAt ? t('nextProbe', { at: fmtTime(health.probeAt) }) : null]
+    .filter(Boolean).join(' · ');
+  return h(`span.badge.${health.state}`, { text, title: why || null, 'data-health': health.state });
+}
+
+function openPause(tp) {
+  const reason = h('input', { type: 'text', maxlength: '200', autocomplete: 'off' });
+  const general = h('div.error-box', { role: 'alert', hidden: true });
+  const body = h('div', {}, general, h('p', { text: t('pauseIntro', { name: tp.name }) }),
+    field(t('pauseReason'), reason, { path: 'reason', wide: true }));
+  openDialog(t('pauseTitle'), [body], [
+    h('button', { type: 'button', text: t('cancel'), onclick: closeDialog }),
+    h('button.primary', { type: 'submit', text: t('pause') }),
+  ], async () => {
+    clearErrors(body);
+    general.hidden = true;
+    try {
+      const v = reason.value.trim();
+      await api('POST', `/v1/touchpoints/${enc(tp.id)}/pause`, { reason: v || null, version: tp.version });
+      closeDialog();
+      toast(t('pausedToast', { name: tp.name }), 'ok');
+      route();
+    } catch (e) {
+      showApiErrors(body, general, e);
+    }
+  });
+}
+
+async function resume(tp) {
+  try {
+    await api('POST', `/v1/touchpoints/${enc(tp.id)}/resume`, { version: tp.version });
+    toast(t('resumedToast', { name: tp.name }), 'ok');
+  } catch (e) {
+    toast(e.message, 'error');
+  }
+  route();
 }
 
 /** A button that, when `lockedWhy` is set, stays focusable but explains instead of acting. */

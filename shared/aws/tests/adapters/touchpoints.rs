@@ -255,6 +255,15 @@ async fn every_change_is_audited_in_its_own_transaction_and_no_token_is_stored_i
         Some(rotation),
         "the rotation is stored"
     );
+    // An admin's pause is stored with the touchpoint.
+    admin
+        .pause(1, &a.id, &json!({"reason": "维护"}))
+        .await
+        .unwrap();
+    let paused = tp.get(1, &a.id).await.unwrap().paused.expect("stored");
+    assert_eq!(paused.reason.as_deref(), Some("维护"));
+    admin.resume(1, &a.id, None).await.unwrap();
+    assert!(tp.get(1, &a.id).await.unwrap().paused.is_none());
     admin.disable(1, &a.id, None).await.unwrap();
     admin.delete(1, &a.id, None).await.unwrap();
 
@@ -278,6 +287,8 @@ async fn every_change_is_audited_in_its_own_transaction_and_no_token_is_stored_i
         [
             ("touchpoint.delete", "key-0a1b2c3d"),
             ("touchpoint.disable", "key-0a1b2c3d"),
+            ("touchpoint.resume", "key-0a1b2c3d"),
+            ("touchpoint.pause", "key-0a1b2c3d"),
             ("touchpoint.token.rotate", "key-0a1b2c3d"),
             ("campaign.put", "campaign-system"),
             ("campaign.put", "campaign-system"),
@@ -285,7 +296,7 @@ async fn every_change_is_audited_in_its_own_transaction_and_no_token_is_stored_i
             ("touchpoint.create", "key-0a1b2c3d"),
         ]
     );
-    let rotate = &page.items[2];
+    let rotate = &page.items[4];
     let token_change = rotate.changes.iter().find(|c| c.field == "token").unwrap();
     assert_eq!(token_change.after, Some(json!("changed")));
     assert!(
@@ -294,7 +305,7 @@ async fn every_change_is_audited_in_its_own_transaction_and_no_token_is_stored_i
             .iter()
             .any(|c| c.field == "tokenOverlapUntil")
     );
-    let ended = &page.items[3];
+    let ended = &page.items[5];
     assert_eq!(ended.target.as_deref(), Some("cmp-1"));
     let state = ended.changes.iter().find(|c| c.field == "state").unwrap();
     assert_eq!(state.before, Some(json!("running")));
@@ -323,7 +334,7 @@ async fn every_change_is_audited_in_its_own_transaction_and_no_token_is_stored_i
         )
         .await
         .unwrap();
-    assert_eq!(second.items.len(), 4);
+    assert_eq!(second.items.len(), 6);
     assert!(second.next_cursor.is_none());
     assert!(
         tp.audit_log(
@@ -353,7 +364,7 @@ async fn every_change_is_audited_in_its_own_transaction_and_no_token_is_stored_i
         .iter()
         .filter(|i| i["pk"].as_s().is_ok_and(|pk| pk == "AUDIT#1"))
         .collect();
-    assert_eq!(audit.len(), 7);
+    assert_eq!(audit.len(), 9);
     for item in audit {
         let text = format!("{item:?}");
         assert!(

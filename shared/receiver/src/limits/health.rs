@@ -13,8 +13,12 @@ pub(super) enum Gating {
     Go,
     /// The cool-down is over and no probe is out: this request may be the probe.
     Probe,
-    /// Wait until then at least (the cool-down's end, or a probe's answer).
-    Wait(Millis),
+    /// The cool-down runs until then: nothing goes, and nobody should wait for it in a
+    /// request (the batch goes back, and its delivery comes back then).
+    Cooling(Millis),
+    /// Another request probes: look again then (a probe's answer comes within a request's
+    /// time).
+    Probing(Millis),
 }
 
 /// What an answer makes of the breaker.
@@ -72,9 +76,9 @@ impl Tracker {
     pub fn gating(&self, now: Millis) -> Gating {
         match &self.breaker {
             None => Gating::Go,
-            Some(b) if now < b.until => Gating::Wait(b.until),
+            Some(b) if now < b.until => Gating::Cooling(b.until),
             Some(b) if b.probe_until > now || self.probing_until > now => {
-                Gating::Wait(b.probe_until.max(self.probing_until).min(now + 100))
+                Gating::Probing(b.probe_until.max(self.probing_until).min(now + 100))
             }
             Some(_) => Gating::Probe,
         }
@@ -186,12 +190,12 @@ mod tests {
         };
         assert_eq!(b.until, now + 19 + 60_000);
         t.apply(&turn);
-        assert_eq!(t.gating(now + 20), Gating::Wait(b.until));
+        assert_eq!(t.gating(now + 20), Gating::Cooling(b.until));
         now = b.until;
         assert_eq!(t.gating(now), Gating::Probe);
         t.probing_until = now + t.probe_lease();
         assert!(
-            matches!(t.gating(now + 1), Gating::Wait(_)),
+            matches!(t.gating(now + 1), Gating::Probing(_)),
             "one probe at a time"
         );
         let turn = t.answered(Answer::Unreachable, true, now + 5);

@@ -387,7 +387,9 @@ impl Reservation {
                     probe = true;
                     break;
                 }
-                Gating::Wait(t) => {
+                // During a cool-down nothing waits for it: the caller comes back at its end.
+                Gating::Cooling(_) => return None,
+                Gating::Probing(t) => {
                     let wait = Duration::from_millis((t - now_ms).clamp(1, 100) as u64);
                     if Instant::now() + wait > until {
                         return None;
@@ -466,8 +468,8 @@ impl Gate {
             .unwrap_or_else(|p| p.into_inner())
             .gating(now)
         {
-            Gating::Wait(t) => Duration::from_millis((t - now).max(0) as u64),
-            Gating::Go | Gating::Probe => Duration::ZERO,
+            Gating::Cooling(t) => Duration::from_millis((t - now).max(0) as u64),
+            Gating::Go | Gating::Probe | Gating::Probing(_) => Duration::ZERO,
         };
         retry_after.max(breaker)
     }

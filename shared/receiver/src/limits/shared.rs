@@ -261,8 +261,8 @@ impl SharedGate {
         let now = self.ctx.clock.now_ms();
         let g = self.lock();
         let breaker = match g.health.gating(now) {
-            Gating::Wait(t) => t,
-            Gating::Go | Gating::Probe => 0,
+            Gating::Cooling(t) => t,
+            Gating::Go | Gating::Probe | Gating::Probing(_) => 0,
         };
         let left = g.pressure.paused_until.max(breaker) - now;
         Duration::from_millis(left.max(0) as u64)
@@ -690,7 +690,14 @@ impl SharedGate {
             let held = gating != Gating::Go;
             match gating {
                 Gating::Go => {}
-                Gating::Wait(t) => paused = paused.max(t),
+                // During a cool-down nothing waits for it: the slot goes back, and the caller
+                // comes back at its end.
+                Gating::Cooling(_) => {
+                    h.lent_at = None;
+                    self.give_back(h);
+                    return Prepared::TooLate;
+                }
+                Gating::Probing(t) => paused = paused.max(t),
                 Gating::Probe => {
                     // One process's one request probes the receiver after a cool-down.
                     let lease = self.lock().health.probe_lease();
