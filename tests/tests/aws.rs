@@ -1632,11 +1632,21 @@ async fn a_receivers_health_and_breaker_hold_in_dynamodb() {
         opened: 2,
         ..b.clone()
     };
-    store.settle(1, &tp, Some(&again)).await.unwrap();
+    // The first probe's late answer changes nothing: the second holds the breaker.
+    store.settle(1, &tp, None, Some(71_000)).await.unwrap();
+    assert!(store.pressure(1, &tp).await.unwrap().breaker.is_some());
+    // A probe given back unsent lets another go at once.
+    store.release_probe(1, &tp, 81_000).await.unwrap();
+    assert!(store.probe(1, &tp, 71_002, 81_500).await.unwrap());
+    store
+        .settle(1, &tp, Some(&again), Some(81_500))
+        .await
+        .unwrap();
     let p = store.pressure(1, &tp).await.unwrap();
     assert_eq!(p.breaker, Some(again));
     assert_eq!(p.paused_until, 200_000);
-    store.settle(1, &tp, None).await.unwrap();
+    // An admin's resume closes it whatever holds it.
+    store.settle(1, &tp, None, None).await.unwrap();
     let p = store.pressure(1, &tp).await.unwrap();
     assert_eq!(p.breaker, None);
     assert_eq!(p.paused_until, 0);

@@ -754,6 +754,9 @@ impl TouchpointStore for PanicOnce {
     ) -> Result<bool, StoreError> {
         self.inner.delete_campaign(p, id, c, a).await
     }
+    async fn record_audit(&self, a: &AuditEntry) -> Result<(), StoreError> {
+        self.inner.record_audit(a).await
+    }
     async fn audit_log(
         &self,
         p: ProjectId,

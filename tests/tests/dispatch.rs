@@ -1291,7 +1291,10 @@ async fn a_touchpoint_paused_beyond_the_deliverys_time_claims_nothing() {
         panic!("the pause outlasts the delivery: {handled:?}");
     };
     let ends = system_now() + pause.saturating_sub(paused_at.elapsed()).as_millis() as i64;
-    assert!((at - ends).abs() < 200, "back at the pause's end: {at} vs {ends}");
+    assert!(
+        (at - ends).abs() < 200,
+        "back at the pause's end: {at} vs {ends}"
+    );
     assert_eq!(rx.requests(), 0);
     assert!(rig.batches("paused-1").await.is_empty(), "nothing claimed");
     tokio::time::sleep(pause.saturating_sub(paused_at.elapsed()) + Duration::from_millis(50)).await;

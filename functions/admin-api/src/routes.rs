@@ -297,7 +297,8 @@ pub async fn rotate_token(
 }
 
 /// Pause by hand, enabled or not: no request goes to the receiver until it is resumed; its
-/// batches wait without using up their attempts (the retry and receipt deadlines still apply).
+/// batches wait without using up their attempts and without a deadline (receipt deadlines
+/// still apply).
 #[utoipa::path(post, path = "/v1/touchpoints/{id}/pause", tag = "touchpoints",
     params(("id" = String, Path, description = "the touchpoint's id")),
     request_body(content = Option<PauseInput>, description = "optional"),
@@ -341,10 +342,17 @@ pub async fn resume_touchpoint(
     JsonInput(body): JsonInput<Option<VersionInput>>,
 ) -> Result<Response, ApiError> {
     let version = body.unwrap_or_default().version;
+    let before = state.touchpoints.get(who.project_id, &id).await?;
+    let breaker_open = state
+        .limits
+        .breaker_now(&before)
+        .await
+        .map_err(touchpoint::DomainError::from)?
+        .is_some();
     let tp = state
         .touchpoints
         .by(who.actor())
-        .resume(who.project_id, &id, version)
+        .resume(who.project_id, &id, version, breaker_open)
         .await?;
     state
         .limits

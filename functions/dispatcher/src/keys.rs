@@ -42,8 +42,9 @@ type Key = (i64, TouchpointId);
 pub struct Keys {
     store: Arc<dyn TouchpointStore>,
     known: Mutex<HashMap<Key, (Instant, KeySet)>>,
-    /// One re-read at a time: the batches in flight that find the keys old wait for it.
-    reading: tokio::sync::Mutex<()>,
+    /// One re-read of a touchpoint at a time: its batches in flight that find its keys old
+    /// wait for it (another touchpoint's do not).
+    reading: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Keys {
@@ -51,7 +52,7 @@ impl Keys {
         Keys {
             store,
             known: Mutex::default(),
-            reading: tokio::sync::Mutex::new(()),
+            reading: Mutex::default(),
         }
     }
 
@@ -83,7 +84,14 @@ impl Keys {
         if let Some(keys) = self.fresh(&key) {
             return keys;
         }
-        let _reading = self.reading.lock().await;
+        let lock = {
+            let mut reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+            if reading.len() > 1_000 {
+                reading.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            Arc::clone(reading.entry(key.clone()).or_default())
+        };
+        let _reading = lock.lock().await;
         if let Some(keys) = self.fresh(&key) {
             return keys;
         }
@@ -96,10 +104,14 @@ impl Keys {
                 if let Err(e) = other {
                     tracing::warn!(touchpoint = %tp.id, error = %e, "cannot read the touchpoint's tokens; signing with those it was read with");
                 }
-                // Not read again for a while: the keys it was delivered with stand in.
+                // Not read again for a while: the keys last read stand in (or, never read, those
+                // it was delivered with), never older ones.
                 let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-                known.insert(key, (Instant::now(), KeySet::of(tp)));
-                KeySet::of(tp)
+                let keys = known
+                    .get(&key)
+                    .map_or_else(|| KeySet::of(tp), |(_, k)| k.clone());
+                known.insert(key, (Instant::now(), keys.clone()));
+                keys
             }
         }
     }

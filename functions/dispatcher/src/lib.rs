@@ -679,32 +679,45 @@ impl Dispatcher {
             .request_timeout(self.cfg.request_timeout, self.cfg.time_scale)
     }
 
+    /// Why the users still waiting on `tp` should fail now, if they should: its receiver has
+    /// been down for longer than the retry horizon, so its pause does not keep them waiting
+    /// beyond what their retries would have. Decided only during a cool-down (a failed
+    /// probe's: once it ends a probe goes, and a receiver back resumes them), on the breaker
+    /// read afresh (what this process remembers costs nothing to look at; a read that fails
+    /// decides nothing).
+    async fn down_past_horizon(&self, tp: &Touchpoint) -> Option<String> {
+        let horizon = self.cfg.retry.horizon().as_millis() as i64;
+        let past = |b: &touchpoint::health::Breaker| {
+            let now = self.clock.now_ms();
+            now - b.since > horizon && now < b.until
+        };
+        let b = match self.limits.breaker_known(tp) {
+            Some(b) if past(&b) => self
+                .limits
+                .breaker_now(tp)
+                .await
+                .ok()
+                .flatten()
+                .filter(past),
+            _ => None,
+        }?;
+        Some(format!(
+            "receiver down since {} ({}): paused past the retry horizon",
+            touchpoint::clock::rfc3339(b.since),
+            b.reason
+        ))
+    }
+
     async fn deliver_all(&self, plan: Plan<'_>, deadline: Millis) -> Result<Handled, StoreError> {
         let tp = plan.tp;
-        // A receiver down for longer than the retry horizon: its pause does not keep the
-        // users waiting beyond what their retries would have.
-        let horizon = self.cfg.retry.horizon().as_millis() as i64;
-        let past = |b: &touchpoint::health::Breaker| self.clock.now_ms() - b.since > horizon;
-        // What this process knows costs nothing; it is read afresh before anyone fails.
-        let down = match self.limits.breaker_known(tp) {
-            Some(b) if past(&b) => self.limits.breaker_now(tp).await.filter(past),
-            _ => None,
-        };
-        if let Some(b) = down {
-            {
-                let why = format!(
-                    "receiver down since {} ({}): paused past the retry horizon",
-                    touchpoint::clock::rfc3339(b.since),
-                    b.reason
-                );
-                let left = Remaining {
-                    meta: plan.meta,
-                    dispatch: plan.dispatch,
-                    batch_size: plan.batch_size,
-                    progress: plan.progress,
-                };
-                return self.fail_remaining(&left, &why, deadline).await;
-            }
+        if let Some(why) = self.down_past_horizon(tp).await {
+            let left = Remaining {
+                meta: plan.meta,
+                dispatch: plan.dispatch,
+                batch_size: plan.batch_size,
+                progress: plan.progress,
+            };
+            return self.fail_remaining(&left, &why, deadline).await;
         }
         let limit = self.limits.concurrency(tp);
         let timeout = self.timeout(tp);
@@ -877,6 +890,17 @@ impl Dispatcher {
         if stopped {
             tracing::info!(dispatch = %plan.meta.dispatch_id, left = next.work(batches).count(), "time limit near: handing the rest back");
             return Ok(Handled::Continue);
+        }
+        if paused_at.is_some()
+            && let Some(why) = self.down_past_horizon(tp).await
+        {
+            let left = Remaining {
+                meta: plan.meta,
+                dispatch: plan.dispatch,
+                batch_size: plan.batch_size,
+                progress: next,
+            };
+            return self.fail_remaining(&left, &why, deadline).await;
         }
         waits.extend(paused_at);
         Ok(match next_round(now, &waits, now - started) {

@@ -343,8 +343,9 @@ impl SharedLimits for DynamoLimits {
         project: ProjectId,
         tp: &TouchpointId,
         next: Option<&Breaker>,
+        probe: Option<Millis>,
     ) -> Result<(), StoreError> {
-        let update = match next {
+        let mut update = match next {
             Some(b) => self
                 .pressure_update(project, tp)
                 .update_expression(
@@ -360,15 +361,35 @@ impl SharedLimits for DynamoLimits {
                 let window: Vec<String> = (0..SLOTS)
                     .flat_map(|k| [format!("hs{k}"), format!("hr{k}"), format!("hf{k}")])
                     .collect();
-                self.pressure_update(project, tp).update_expression(format!(
-                    "SET paused_until = :zero REMOVE br_since, br_reason, br_until, br_probe, br_opened, {}",
-                    window.join(", ")
-                ))
-                .expression_attribute_values(":zero", n(0))
+                self.pressure_update(project, tp)
+                    .update_expression(format!(
+                        "SET paused_until = :zero REMOVE br_since, br_reason, br_until, br_probe, br_opened, {}",
+                        window.join(", ")
+                    ))
+                    .expression_attribute_values(":zero", n(0))
             }
         };
-        update.send().await.map_err(aws_err)?;
-        Ok(())
+        if let Some(lease) = probe {
+            update = update
+                .condition_expression("br_probe = :probe")
+                .expression_attribute_values(":probe", n(lease));
+        }
+        // Refused on its condition: the probe no longer holds the breaker.
+        conditionally(update).await.map(|_| ())
+    }
+
+    async fn release_probe(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        probe: Millis,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .pressure_update(project, tp)
+            .update_expression("REMOVE br_probe")
+            .condition_expression("br_probe = :probe")
+            .expression_attribute_values(":probe", n(probe));
+        conditionally(update).await.map(|_| ())
     }
 
     async fn pause(

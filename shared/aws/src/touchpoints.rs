@@ -785,6 +785,16 @@ impl TouchpointStore for DynamoTouchpoints {
         self.change_ref(project, id, campaign_id, None, audit).await
     }
 
+    async fn record_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {
+        self.client
+            .transact_write_items()
+            .transact_items(self.audit(audit)?)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        Ok(())
+    }
+
     /// One partition per project, newest first; a touchpoint's entries are filtered from the
     /// project's (a read covers every entry in the time range it passes, so a narrow `since`
     /// keeps it cheap).

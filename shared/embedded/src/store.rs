@@ -762,6 +762,11 @@ impl TouchpointStore for SqliteStore {
         .await
     }
 
+    async fn record_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {
+        let audit = audit.clone();
+        self.tx(move |tx| write_audit(tx, &audit)).await
+    }
+
     async fn audit_log(
         &self,
         project: ProjectId,

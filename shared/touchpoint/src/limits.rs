@@ -144,12 +144,25 @@ pub trait SharedLimits: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// After a probe (or an admin's resume): `Some` opens the breaker again as given, `None`
-    /// closes it and empties the window.
+    /// closes it and empties the window. `probe`: the probe's lease as [`SharedLimits::probe`]
+    /// wrote it; the write is made only while that probe still holds it (a probe answered after
+    /// its lease ran out, or after an admin's resume, changes nothing). `None`: an admin's
+    /// resume, made whatever holds it.
     async fn settle(
         &self,
         project: ProjectId,
         tp: &TouchpointId,
         next: Option<&Breaker>,
+        probe: Option<Millis>,
+    ) -> Result<(), StoreError>;
+
+    /// Gives back a probe taken and not sent (its lease `probe`), so that another request may
+    /// probe at once rather than after the lease.
+    async fn release_probe(
+        &self,
+        project: ProjectId,
+        tp: &TouchpointId,
+        probe: Millis,
     ) -> Result<(), StoreError>;
 
     /// Holds every request until `until`, unless a longer pause is recorded.

@@ -263,14 +263,24 @@ pub struct ManualPause {
 /// Longest reason an admin may give for a pause, in characters.
 pub const MAX_PAUSE_REASON_CHARS: usize = 200;
 
-/// What a request sent at some moment is signed with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a request sent at some moment is signed with. Its `Debug` shows which tokens there
+/// are, never a token.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct Signing<'a> {
     /// The token of the GrowingIO `sign` (none: no `sign`).
     pub sign: Option<&'a str>,
     /// The tokens of the `webhook-signature` header, newest first (none: no signature
     /// headers).
     pub signatures: [Option<&'a str>; 2],
+}
+
+impl std::fmt::Debug for Signing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signing")
+            .field("sign", &self.sign.map(|_| "<redacted>"))
+            .field("signatures", &self.signature_tokens().count())
+            .finish()
+    }
 }
 
 impl<'a> Signing<'a> {

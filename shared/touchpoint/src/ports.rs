@@ -130,6 +130,10 @@ pub trait TouchpointStore: Send + Sync {
         audit: &AuditEntry,
     ) -> Result<bool, StoreError>;
 
+    /// Records an admin's action that changed nothing stored here (a resume that only closed
+    /// the circuit breaker).
+    async fn record_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
+
     /// Audit entries of a project, newest first, filtered; at most `filter.limit`.
     async fn audit_log(
         &self,

@@ -542,16 +542,31 @@ impl Touchpoints {
         .await
     }
 
-    /// Ends an admin's pause (the caller also closes the circuit breaker). Recorded even when
-    /// only the breaker held the touchpoint.
+    /// Ends an admin's pause (the caller also closes the circuit breaker, open or not as
+    /// `breaker_open` says). A resume that only closes the breaker is recorded on its own; one
+    /// with nothing to resume changes and records nothing.
     pub async fn resume(
         &self,
         project: ProjectId,
         id: &TouchpointId,
         expected: Option<u64>,
+        breaker_open: bool,
     ) -> Result<Touchpoint, DomainError> {
         let current = self.get(project, id).await?;
         check_version(&current, expected)?;
+        if current.paused.is_none() {
+            if breaker_open {
+                let audit = self
+                    .entry(project, AuditAction::Resume, id)
+                    .with_changes(vec![FieldChange {
+                        field: "health".into(),
+                        before: Some(Value::from("paused")),
+                        after: Some(Value::from("healthy")),
+                    }]);
+                self.store.record_audit(&audit).await?;
+            }
+            return Ok(current);
+        }
         let mut next = current.clone();
         next.paused = None;
         self.commit(
@@ -622,6 +637,15 @@ impl Touchpoints {
     ) -> Result<Touchpoint, DomainError> {
         next.version = expected + 1;
         next.updated_at = self.clock.now_ms().max(next.updated_at);
+        // A rotation whose overlap has ended leaves nothing to keep: the old token is dropped
+        // with the next change.
+        if next
+            .rotation
+            .as_ref()
+            .is_some_and(|r| r.until <= next.updated_at)
+        {
+            next.rotation = None;
+        }
         let audit = self
             .entry(next.project_id, action, &next.id)
             .with_changes(touchpoint_changes(Some(before), Some(&next)));

@@ -80,6 +80,10 @@ async fn an_admin_pauses_and_resumes_a_touchpoint_and_its_health_says_so() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["health"]["state"], "healthy");
     assert_eq!(r.body["version"], 3);
+    // Nothing to resume: nothing changes, nothing is recorded.
+    let r = api.post(&resume, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["version"], 3);
 
     let log = api.get(&format!("/v1/audit?touchpointId={id}")).await;
     let actions: Vec<&str> = log.body["items"]

@@ -49,8 +49,11 @@ pub(super) struct Tracker {
 }
 
 /// How long a probe may stay out before another process may probe (its answer, or its
-/// process, was lost).
-pub(super) const PROBE_LEASE_MS: i64 = 60_000;
+/// process, was lost): more than the longest request timeout (60 s) and its pace.
+pub(super) const PROBE_LEASE_MS: i64 = 90_000;
+
+/// While a probe is out, a request that cannot wait for its answer comes back this much later.
+pub(super) const PROBE_WAIT_MS: i64 = 2_000;
 
 impl Tracker {
     pub fn new(policy: HealthPolicy, scale: f64) -> Tracker {
@@ -71,6 +74,21 @@ impl Tracker {
 
     pub fn probe_lease(&self) -> i64 {
         (PROBE_LEASE_MS as f64 / self.scale).max(50.0) as i64
+    }
+
+    /// When requests may go again, if they may not now: the cool-down's end, or a little later
+    /// while a probe is out.
+    pub fn paused_until(&self, now: Millis) -> Option<Millis> {
+        match self.gating(now) {
+            Gating::Cooling(t) => Some(t),
+            Gating::Probing(_) => Some(now + (PROBE_WAIT_MS as f64 / self.scale).max(50.0) as i64),
+            Gating::Go | Gating::Probe => None,
+        }
+    }
+
+    /// Whether a cool-down runs (nothing is claimed then).
+    pub fn cooling(&self, now: Millis) -> bool {
+        matches!(self.gating(now), Gating::Cooling(_))
     }
 
     pub fn gating(&self, now: Millis) -> Gating {

@@ -113,10 +113,24 @@ pub struct Reservation {
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        if let PassOf::Shared { gate, held, .. } = &mut self.inner
-            && let Some(h) = held.take()
-        {
-            gate.give_back(h);
+        match &mut self.inner {
+            PassOf::Shared { gate, held, .. } => {
+                if let Some(mut h) = held.take() {
+                    // A probe that went without an answer given back: another may go at once.
+                    if let Some(lease) = h.probe.take() {
+                        gate.release_probe(lease);
+                    }
+                    gate.give_back(h);
+                }
+            }
+            PassOf::Local { gate, probe, .. } => {
+                if *probe {
+                    gate.health
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .probing_until = 0;
+                }
+            }
         }
     }
 }
@@ -324,16 +338,18 @@ impl ReceiverLimits {
             return None;
         }
         let shared = self.shared.as_ref().map(|ctx| self.shared_gate(ctx, tp));
-        let paused_for = match &shared {
+        let (paused_for, cooling) = match &shared {
             Some(shared) => {
                 // A pause lifted elsewhere (a probe answered, an admin's resume) is seen here
                 // within a read's time.
                 shared.refresh().await;
-                shared.paused_for()
+                (shared.paused_for(), shared.cooling())
             }
-            None => gate.paused_for(),
+            None => (gate.paused_for(), gate.cooling()),
         };
-        if paused_for > within {
+        // During the breaker's cool-down nothing is claimed, however long the caller could
+        // wait: it comes back at its end.
+        if paused_for > within || cooling {
             return None;
         }
         let slots = Arc::clone(&gate.slots.lock().unwrap_or_else(|p| p.into_inner()).1);
@@ -451,7 +467,15 @@ impl Reservation {
 }
 
 impl Gate {
-    /// How long no request may go: a `Retry-After`, or the breaker's cool-down.
+    fn cooling(&self) -> bool {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cooling(self.clock.now_ms())
+    }
+
+    /// How long no request may go: a `Retry-After`, or the breaker's cool-down (or a probe's
+    /// answer awaited).
     fn paused_for(&self) -> Duration {
         let retry_after = self
             .pace
@@ -462,15 +486,14 @@ impl Gate {
                 p.saturating_duration_since(Instant::now())
             });
         let now = self.clock.now_ms();
-        let breaker = match self
+        let breaker = self
             .health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .gating(now)
-        {
-            Gating::Cooling(t) => Duration::from_millis((t - now).max(0) as u64),
-            Gating::Go | Gating::Probe | Gating::Probing(_) => Duration::ZERO,
-        };
+            .paused_until(now)
+            .map_or(Duration::ZERO, |t| {
+                Duration::from_millis((t - now).max(0) as u64)
+            });
         retry_after.max(breaker)
     }
 }
@@ -521,14 +544,16 @@ impl ReceiverLimits {
         }
     }
 
-    /// The touchpoint's open breaker, read afresh where the limits are shared.
-    pub async fn breaker_now(&self, tp: &Touchpoint) -> Option<touchpoint::health::Breaker> {
+    /// The touchpoint's open breaker, read afresh where the limits are shared (an error when
+    /// it cannot be read: nothing is decided on what this process remembers).
+    pub async fn breaker_now(
+        &self,
+        tp: &Touchpoint,
+    ) -> Result<Option<touchpoint::health::Breaker>, touchpoint::StoreError> {
         if let Some(ctx) = &self.shared {
-            let gate = self.shared_gate(ctx, tp);
-            gate.health().await;
-            return gate.breaker();
+            return self.shared_gate(ctx, tp).read_breaker().await;
         }
-        self.breaker_known(tp)
+        Ok(self.breaker_known(tp))
     }
 
     /// Closes the touchpoint's breaker (an admin's resume): requests go again at once.
@@ -560,16 +585,17 @@ impl ReceiverLimits {
 impl Pass {
     /// Gives the receiver's answer back: an overload slows the whole touchpoint down, anything
     /// else lets it speed up again (additive increase, multiplicative decrease).
-    pub fn answered(self, answer: Answer) {
-        let (gate, probe) = match &self.inner {
+    pub fn answered(mut self, answer: Answer) {
+        let (gate, probe) = match &mut self.inner {
             PassOf::Shared { gate, held, .. } => {
                 if let Answer::Overloaded(retry_after) = answer {
                     gate.overloaded(retry_after);
                 }
-                gate.answered(answer, held.as_ref().is_some_and(|h| h.probe));
+                let probe = held.as_mut().and_then(|h| h.probe.take());
+                gate.answered(answer, probe);
                 return;
             }
-            PassOf::Local { gate, probe, .. } => (gate, *probe),
+            PassOf::Local { gate, probe, .. } => (Arc::clone(gate), std::mem::take(probe)),
         };
         {
             let now = gate.clock.now_ms();
@@ -728,11 +754,21 @@ pub(crate) mod tests {
         let asked = Instant::now();
         assert!(limits.acquire(&tp, Duration::from_secs(59)).await.is_none());
         assert!(limits.reserve(&tp, Duration::from_secs(30)).await.is_none());
+        assert!(
+            limits
+                .reserve(&tp, Duration::from_secs(3600))
+                .await
+                .is_none(),
+            "nothing is claimed during a cool-down, however long the caller could wait"
+        );
         assert!(asked.elapsed() < Duration::from_secs(1), "refused at once");
         // The cool-down ends: one probe, and nothing else while it is out.
         tokio::time::sleep(Duration::from_secs(61)).await;
         let probe = limits.acquire(&tp, Duration::from_secs(1)).await.unwrap();
         assert!(limits.acquire(&tp, Duration::from_secs(1)).await.is_none());
+        // Dropped unsent: the next request probes.
+        drop(probe);
+        let probe = limits.acquire(&tp, Duration::from_secs(1)).await.unwrap();
         probe.answered(Answer::Failed);
         assert!(
             limits

@@ -107,8 +107,8 @@ pub(super) struct Held {
     /// When a request of this process took it from the idle ones (its pace and its exchange
     /// with the receiver follow), while it is out.
     lent_at: Option<Instant>,
-    /// Its request is the breaker's probe.
-    pub probe: bool,
+    /// Its request is the breaker's probe, taken with this lease.
+    pub probe: Option<Millis>,
 }
 
 struct Inner {
@@ -260,12 +260,38 @@ impl SharedGate {
     pub fn paused_for(&self) -> Duration {
         let now = self.ctx.clock.now_ms();
         let g = self.lock();
-        let breaker = match g.health.gating(now) {
-            Gating::Cooling(t) => t,
-            Gating::Go | Gating::Probe | Gating::Probing(_) => 0,
-        };
+        let breaker = g.health.paused_until(now).unwrap_or(0);
         let left = g.pressure.paused_until.max(breaker) - now;
         Duration::from_millis(left.max(0) as u64)
+    }
+
+    /// Whether the breaker's cool-down runs (as this process knows).
+    pub fn cooling(&self) -> bool {
+        self.lock().health.cooling(self.ctx.clock.now_ms())
+    }
+
+    /// Gives back a probe taken and not sent.
+    pub fn release_probe(self: &Arc<Self>, lease: Millis) {
+        self.lock().health.probing_until = 0;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let gate = Arc::clone(self);
+            runtime.spawn(async move {
+                let _ = gate
+                    .ctx
+                    .store
+                    .release_probe(gate.project, &gate.tp, lease)
+                    .await;
+            });
+        }
+    }
+
+    /// The breaker as the shared store holds it now.
+    pub async fn read_breaker(
+        &self,
+    ) -> Result<Option<touchpoint::health::Breaker>, touchpoint::StoreError> {
+        let p = self.ctx.store.pressure(self.project, &self.tp).await?;
+        self.merge(&p);
+        Ok(p.breaker)
     }
 
     /// The breaker as this process last saw it.
@@ -283,7 +309,10 @@ impl SharedGate {
 
     /// Closes the breaker (an admin's resume), in the shared store and here.
     pub async fn close(&self) -> Result<(), touchpoint::StoreError> {
-        self.ctx.store.settle(self.project, &self.tp, None).await?;
+        self.ctx
+            .store
+            .settle(self.project, &self.tp, None, None)
+            .await?;
         let mut g = self.lock();
         g.health.apply(&Turn::Close);
         g.pressure.paused_until = 0;
@@ -294,11 +323,11 @@ impl SharedGate {
 
     /// Counts an answer towards the health; opens or settles the breaker when it says so, and
     /// adds this process's counts to the shared window within a [`REPORT`].
-    pub fn answered(self: &Arc<Self>, answer: Answer, probe: bool) {
+    pub fn answered(self: &Arc<Self>, answer: Answer, probe: Option<Millis>) {
         let now = self.ctx.clock.now_ms();
         let turn = {
             let mut g = self.lock();
-            let turn = g.health.answered(answer, probe, now);
+            let turn = g.health.answered(answer, probe.is_some(), now);
             g.health.apply(&turn);
             if turn != Turn::None {
                 g.breaker_writing = true;
@@ -308,7 +337,7 @@ impl SharedGate {
             }
             turn
         };
-        self.write_turn(turn);
+        self.write_turn(turn, probe);
         self.report_soon();
     }
 
@@ -369,14 +398,15 @@ impl SharedGate {
                 }
                 turn
             };
-            gate.write_turn(turn);
+            gate.write_turn(turn, None);
             // What came in meanwhile.
             gate.report_soon();
         });
     }
 
-    /// Writes a change of the breaker to the shared store.
-    fn write_turn(self: &Arc<Self>, turn: Turn) {
+    /// Writes a change of the breaker to the shared store (`probe`: the lease of the probe
+    /// whose answer made it).
+    fn write_turn(self: &Arc<Self>, turn: Turn, probe: Option<Millis>) {
         if turn == Turn::None {
             return;
         }
@@ -399,8 +429,8 @@ impl SharedGate {
             let store = &gate.ctx.store;
             let written = match &turn {
                 Turn::Trip(b) => store.trip(gate.project, &gate.tp, b).await.map(|_| ()),
-                Turn::Reopen(b) => store.settle(gate.project, &gate.tp, Some(b)).await,
-                Turn::Close => store.settle(gate.project, &gate.tp, None).await,
+                Turn::Reopen(b) => store.settle(gate.project, &gate.tp, Some(b), probe).await,
+                Turn::Close => store.settle(gate.project, &gate.tp, None, probe).await,
                 Turn::None => Ok(()),
             };
             if let Err(e) = written {
@@ -646,7 +676,7 @@ impl SharedGate {
                         next_at: free_at,
                         returned: 0,
                         lent_at: None,
-                        probe: false,
+                        probe: None,
                     });
                 }
                 Ok(None) => {}
@@ -678,7 +708,7 @@ impl SharedGate {
                     rate_now(&g.pressure, g.ceiling, now, self.ctx.scale),
                     g.pressure.paused_until,
                     g.limit,
-                    if h.probe {
+                    if h.probe.is_some() {
                         Gating::Go
                     } else {
                         g.health.gating(now)
@@ -689,7 +719,7 @@ impl SharedGate {
             // is a cool-down's end, when one probe goes, or a look at a probe's answer).
             let held = gating != Gating::Go;
             match gating {
-                Gating::Go => {}
+                Gating::Go | Gating::Probe => {}
                 // During a cool-down nothing waits for it: the slot goes back, and the caller
                 // comes back at its end.
                 Gating::Cooling(_) => {
@@ -698,25 +728,10 @@ impl SharedGate {
                     return Prepared::TooLate;
                 }
                 Gating::Probing(t) => paused = paused.max(t),
-                Gating::Probe => {
-                    // One process's one request probes the receiver after a cool-down.
-                    let lease = self.lock().health.probe_lease();
-                    match self
-                        .ctx
-                        .store
-                        .probe(self.project, &self.tp, now, now + lease)
-                        .await
-                    {
-                        Ok(true) => {
-                            h.probe = true;
-                            self.lock().health.probing_until = now + lease;
-                        }
-                        _ => paused = paused.max(now + 100),
-                    }
-                }
             }
             if usize::from(h.slot) >= limit {
                 // The limit was lowered: this slot is not one of the touchpoint's any more.
+                self.drop_probe(&mut h);
                 self.forget(h.slot);
                 self.release(h).await;
                 return Prepared::Lost;
@@ -725,14 +740,32 @@ impl SharedGate {
             let at = now.max(h.next_at).max(paused);
             let room = Shared::ms(deadline.saturating_duration_since(Instant::now()));
             if at > now + room {
-                // Not sent: no measure of a slot's time out; a probe not sent is given up.
+                // Not sent: no measure of a slot's time out; a probe not sent is given back.
                 h.lent_at = None;
-                if h.probe {
-                    h.probe = false;
-                    self.lock().health.probing_until = 0;
-                }
+                self.drop_probe(&mut h);
                 self.give_back(h);
                 return Prepared::TooLate;
+            }
+            // One process's one request probes the receiver after a cool-down, taken only
+            // once it can go in time.
+            if gating == Gating::Probe && at <= now {
+                let lease = self.lock().health.probe_lease();
+                match self
+                    .ctx
+                    .store
+                    .probe(self.project, &self.tp, now, now + lease)
+                    .await
+                {
+                    Ok(true) => {
+                        h.probe = Some(now + lease);
+                        self.lock().health.probing_until = now + lease;
+                    }
+                    // Another process probes: look again shortly.
+                    _ => {
+                        tokio::time::sleep(every.min(Duration::from_millis(100))).await;
+                        continue;
+                    }
+                }
             }
             // A holder sends only while its lease outlasts the request's pace: whoever takes
             // the slot after the lease ran out is an interval behind its last request.
@@ -748,13 +781,14 @@ impl SharedGate {
                 match renewed {
                     Ok(true) => h.until = until,
                     Ok(false) | Err(_) => {
+                        self.drop_probe(&mut h);
                         self.forget(h.slot);
                         return Prepared::Lost;
                     }
                 }
             }
             let wait = at - self.ctx.clock.now_ms();
-            let held = held && !h.probe;
+            let held = held && h.probe.is_none();
             if wait <= 0 && !held {
                 break (at, interval);
             }
@@ -782,6 +816,13 @@ impl SharedGate {
         Prepared::Pass(h)
     }
 
+    /// Gives back the probe a slot carries, if any (its request will not go).
+    fn drop_probe(self: &Arc<Self>, h: &mut Held) {
+        if let Some(lease) = h.probe.take() {
+            self.release_probe(lease);
+        }
+    }
+
     fn forget(&self, slot: u16) {
         self.lock().mine.remove(&slot);
         self.notify.notify_waiters();
@@ -791,7 +832,7 @@ impl SharedGate {
     /// [`IDLE`] without one it goes back to the other processes.
     pub fn give_back(self: &Arc<Self>, mut h: Held) {
         // Its next request is not a probe unless the breaker makes it one.
-        h.probe = false;
+        h.probe = None;
         let (generation, take_ms) = {
             let mut g = self.lock();
             if let Some(at) = h.lent_at.take() {
@@ -1170,14 +1211,35 @@ mod tests {
                 _ => Ok(false),
             }
         }
+        async fn release_probe(
+            &self,
+            _: ProjectId,
+            _: &TouchpointId,
+            probe: Millis,
+        ) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut p = self.pressure.lock().unwrap();
+            if let Some(b) = &mut p.breaker
+                && b.probe_until == probe
+            {
+                b.probe_until = 0;
+            }
+            Ok(())
+        }
         async fn settle(
             &self,
             _: ProjectId,
             _: &TouchpointId,
             next: Option<&touchpoint::health::Breaker>,
+            probe: Option<Millis>,
         ) -> Result<(), StoreError> {
             self.writes.fetch_add(1, Ordering::Relaxed);
             let mut p = self.pressure.lock().unwrap();
+            if let Some(lease) = probe
+                && p.breaker.as_ref().is_none_or(|b| b.probe_until != lease)
+            {
+                return Ok(());
+            }
             match next {
                 Some(b) => {
                     p.breaker = Some(b.clone());
@@ -1402,6 +1464,15 @@ mod tests {
         let probe = match (first, second) {
             (Some(probe), None) | (None, Some(probe)) => probe,
             (a, b) => panic!("one probe: {:?} {:?}", a.is_some(), b.is_some()),
+        };
+        // A probe dropped unsent (its request abandoned) is given back: another process probes
+        // at once, not after the probe's lease.
+        drop(probe);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let probe = tokio::select! {
+            Some(p) = p[0].acquire(&tp, Duration::from_secs(2)) => p,
+            Some(p) = p[1].acquire(&tp, Duration::from_secs(2)) => p,
+            else => panic!("no probe after one was given back"),
         };
         // It fails: paused again, twice as long.
         probe.answered(Answer::Unreachable);
