@@ -163,6 +163,7 @@ pub enum HealthState {
 
 /// A touchpoint's `health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = ReceiverHealth)]
 pub struct Health {
     pub state: HealthState,
     /// Since when (absent for a healthy touchpoint with no history).

@@ -790,6 +790,9 @@ async fn every_documented_operation_is_served() {
     }
     assert_eq!(operations, 25, "the API's surface");
     let schemas = &doc.body["components"]["schemas"];
+    // Two types of one name would share one schema: the service's health and a receiver's.
+    assert!(schemas["Health"]["properties"]["status"].is_object());
+    assert!(schemas["ReceiverHealth"]["properties"]["state"].is_object());
     let input = &schemas["TouchpointInput"];
     assert_eq!(input["additionalProperties"], false);
     assert_eq!(input["properties"]["name"]["maxLength"], 15);
