@@ -1473,6 +1473,16 @@ fn local(dir: &std::path::Path, extra: &[(&str, &str)]) -> support::service::Ser
     support::service::Service::start(dir, &env)
 }
 
+/// A touchpoint of the local scenarios: one user attribute (`usr_name` as `name`), one required
+/// text parameter (`title`).
+fn local_touchpoint(name: &str, url: &str, batch_size: u16) -> Value {
+    json!({
+        "name": name, "kind": "notification", "url": url, "batchSize": batch_size,
+        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
+        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
+    })
+}
+
 fn local_dispatch(id: &str, touchpoint: &str, users: i64) -> Value {
     let users: Vec<Value> = (0..users)
         .map(|g| json!({"gid": g, "attributes": {"usr_name": format!("u{g}")}}))
@@ -1942,12 +1952,8 @@ async fn scenario_the_local_binary_signs_with_both_tokens_during_a_rotations_ove
     let tmp = tempfile::tempdir().unwrap();
     let (rx, tracked) = slow_receiver(Duration::from_millis(100)).await;
     let service = local(&tmp.path().join("data"), &[]);
-    let body = json!({
-        "name": "rotation", "kind": "notification", "url": rx.url(), "batchSize": 10,
-        "token": "old-local-token",
-        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
-        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
-    });
+    let mut body = local_touchpoint("rotation", &rx.url(), 10);
+    body["token"] = json!("old-local-token");
     let tp = service.register(ADMIN, body, &["space-a"]).await;
     let (status, _) = service
         .call(
@@ -2147,11 +2153,7 @@ async fn scenario_the_local_binary_pauses_a_touchpoint_whose_receiver_is_down() 
         &tmp.path().join("data"),
         &[("TOUCHPOINT_BREAKER_COOLDOWN", "5s")],
     );
-    let body = json!({
-        "name": "breaker", "kind": "notification", "url": rx.url(), "batchSize": 50,
-        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
-        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
-    });
+    let body = local_touchpoint("breaker", &rx.url(), 50);
     let tp = service.register(ADMIN, body, &["space-a"]).await;
     let (status, _) = service
         .call(
@@ -2246,11 +2248,7 @@ async fn scenario_a_touchpoint_paused_past_the_retry_horizon_fails_its_waiting_u
             ("TOUCHPOINT_BREAKER_COOLDOWN", "1s"),
         ],
     );
-    let body = json!({
-        "name": "down", "kind": "notification", "url": rx.url(), "batchSize": 10,
-        "userAttributes": [{"attribute": "usr_name", "identifier": "name", "displayName": "n"}],
-        "templateParams": [{"identifier": "title", "displayName": "t", "type": "text", "required": true}]
-    });
+    let body = local_touchpoint("down", &rx.url(), 10);
     let tp = service.register(ADMIN, body, &["space-a"]).await;
     let (status, _) = service
         .call(

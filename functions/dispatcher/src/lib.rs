@@ -168,6 +168,18 @@ struct Remaining<'a> {
     progress: Progress,
 }
 
+impl<'a> Plan<'a> {
+    /// The dispatch's users still without an outcome, as of `progress`.
+    fn remaining(&self, progress: Progress) -> Remaining<'a> {
+        Remaining {
+            meta: self.meta,
+            dispatch: self.dispatch,
+            batch_size: self.batch_size,
+            progress,
+        }
+    }
+}
+
 /// A dispatch ready to deliver: read, checked, opened.
 struct Plan<'a> {
     tp: &'a Touchpoint,
@@ -711,12 +723,7 @@ impl Dispatcher {
     async fn deliver_all(&self, plan: Plan<'_>, deadline: Millis) -> Result<Handled, StoreError> {
         let tp = plan.tp;
         if let Some(why) = self.down_past_horizon(tp).await {
-            let left = Remaining {
-                meta: plan.meta,
-                dispatch: plan.dispatch,
-                batch_size: plan.batch_size,
-                progress: plan.progress,
-            };
+            let left = plan.remaining(plan.progress.clone());
             return self.fail_remaining(&left, &why, deadline).await;
         }
         let limit = self.limits.concurrency(tp);
@@ -894,13 +901,9 @@ impl Dispatcher {
         if paused_at.is_some()
             && let Some(why) = self.down_past_horizon(tp).await
         {
-            let left = Remaining {
-                meta: plan.meta,
-                dispatch: plan.dispatch,
-                batch_size: plan.batch_size,
-                progress: next,
-            };
-            return self.fail_remaining(&left, &why, deadline).await;
+            return self
+                .fail_remaining(&plan.remaining(next), &why, deadline)
+                .await;
         }
         waits.extend(paused_at);
         Ok(match next_round(now, &waits, now - started) {

@@ -720,16 +720,7 @@ fn read_rotation(
             }
         },
     };
-    let version = match m.get("version") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64().filter(|v| *v >= 1) {
-            Some(v) => Some(v),
-            None => {
-                errors.push(FieldError::new("version", "must be a positive integer"));
-                None
-            }
-        },
-    };
+    let version = read_version(m, &mut errors);
     match token {
         Some(token) if errors.is_empty() => Ok((
             token,
@@ -737,6 +728,17 @@ fn read_rotation(
             version,
         )),
         _ => Err(DomainError::Validation(errors)),
+    }
+}
+
+/// A body's optional `version`: the version a change is based on.
+fn read_version(m: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<u64> {
+    match m.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => v.as_u64().filter(|v| *v >= 1).or_else(|| {
+            errors.push(FieldError::new("version", "must be a positive integer"));
+            None
+        }),
     }
 }
 
@@ -771,16 +773,7 @@ fn read_pause(body: &Value) -> Result<(Option<String>, Option<u64>), DomainError
             None
         }
     };
-    let version = match m.get("version") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64().filter(|v| *v >= 1) {
-            Some(v) => Some(v),
-            None => {
-                errors.push(FieldError::new("version", "must be a positive integer"));
-                None
-            }
-        },
-    };
+    let version = read_version(&m, &mut errors);
     if errors.is_empty() {
         Ok((reason, version))
     } else {
