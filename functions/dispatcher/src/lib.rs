@@ -27,7 +27,7 @@ use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::UserStatus;
 use touchpoint::protocol::touch_request;
 use touchpoint_outbound::Outbound;
-use touchpoint_receiver::limits::{Answer, ReceiverLimits, Reservation};
+use touchpoint_receiver::limits::{ReceiverLimits, Reservation};
 use touchpoint_receiver::{EnumOptions, Verdict, exchange};
 use tracing::Instrument;
 
@@ -947,6 +947,18 @@ struct BatchJob {
 }
 
 impl BatchJob {
+    /// Ends this claim unsent at `now` (no attempt used); a failed hand-back leaves it to the
+    /// lease.
+    async fn hand_back(&self, meta: &DispatchMeta, attempt: u32, now: Millis) {
+        if let Err(e) = self
+            .ledger
+            .hand_back(meta, &self.batch.order_no, attempt, now)
+            .await
+        {
+            tracing::warn!(order_no = %self.batch.order_no, error = %e, "cannot hand a claimed batch back");
+        }
+    }
+
     /// Sends the batch if the ledger lets us; says where it stands afterwards, whether an
     /// outcome was recorded, and the outcome the checkpoint must count, if any.
     async fn run(mut self) -> Result<(BatchStatus, bool, Option<Settled>), StoreError> {
@@ -996,13 +1008,7 @@ impl BatchJob {
                     // Sent nothing: the claim ends now, and a later delivery sends the batch
                     // without waiting for its lease (a failed hand-back leaves it to the lease).
                     let now = self.clock.now_ms();
-                    if let Err(e) = self
-                        .ledger
-                        .hand_back(meta, &batch.order_no, attempt, now)
-                        .await
-                    {
-                        tracing::warn!(order_no = %batch.order_no, error = %e, "cannot hand a claimed batch back");
-                    }
+                    self.hand_back(meta, attempt, now).await;
                     let status = match self.limits.paused_until(tp, self.recheck) {
                         Some(at) => BatchStatus::Paused(at),
                         None => BatchStatus::Unsent,
@@ -1017,13 +1023,7 @@ impl BatchJob {
         let keys = self.keys.current(tp).await;
         if keys.paused {
             let now = self.clock.now_ms();
-            if let Err(e) = self
-                .ledger
-                .hand_back(meta, &batch.order_no, attempt, now)
-                .await
-            {
-                tracing::warn!(order_no = %batch.order_no, error = %e, "cannot hand a claimed batch back");
-            }
+            self.hand_back(meta, attempt, now).await;
             let recheck = now + self.recheck.as_millis() as Millis;
             return Ok((BatchStatus::Paused(recheck), false, None));
         }
@@ -1046,16 +1046,10 @@ impl BatchJob {
         )
         .await;
         let at = self.clock.now_ms();
-        // The answer paces every request to this touchpoint: an overload slows them all.
-        let retry_after = match &ex.verdict {
-            Verdict::Retry(r) => *r,
-            _ => None,
-        };
+        // The answer paces every request to this touchpoint (an overload slows them all, its
+        // `Retry-After` holds them) and counts towards its receiver's health.
         if let Some(pass) = pass {
-            pass.answered(match ex.answer {
-                Answer::Overloaded(_) => Answer::Overloaded(retry_after),
-                other => other,
-            });
+            pass.answered(ex.answer);
         }
         let (outcome, status) = match ex.verdict {
             Verdict::Final(statuses) => (final_results(&gids, statuses), BatchStatus::Finished),

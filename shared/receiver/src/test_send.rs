@@ -103,16 +103,7 @@ impl TestSend {
         };
         let exchange = exchange(&self.outbound, tp, body, &headers, &gids, timeout).await;
         if let Some(pass) = pass {
-            let retry_after = match &exchange.verdict {
-                Verdict::Retry(r) => *r,
-                _ => None,
-            };
-            pass.answered(match exchange.answer {
-                crate::limits::Answer::Overloaded(_) => {
-                    crate::limits::Answer::Overloaded(retry_after)
-                }
-                other => other,
-            });
+            pass.answered(exchange.answer);
         }
         if let Some(limits) = self.limits.as_ref().filter(|l| l.is_shared()) {
             // An admin Lambda instance keeps no slot once its request is answered.
