@@ -1430,8 +1430,9 @@ async fn aws_requests_and_cost_of_a_ten_thousand_user_dispatch() {
     // opens it (one PutItem: no dispatch record of its own) and a record, and one checkpoint
     // (its outcome, its user counted as sent, no read first), which the invocation's records
     // make together: one transaction and one SendMessageBatch for them, their counters moved
-    // once. 4.05–4.10 requests and 5.7–6.5 write units a dispatch (BENCHMARKS.md); 5.05 and 7.5 with an
-    // open of its own, 6.6 and 13 when each checkpointed alone.
+    // once. 3.70–3.80 requests and 4.9–5.3 write units a dispatch (BENCHMARKS.md); 4.5 and 7.4
+    // when a busy store split an invocation's checkpoints into four groups and each instance
+    // reported the receiver's health every second; 6.6 and 13 when each checkpointed alone.
     let triggered = metered_dispatches(20, 1, 1).await;
     let per_dispatch = triggered.requests as f64 / 20.0;
     assert_eq!(

@@ -29,11 +29,12 @@ use touchpoint::ports::StoreError;
 pub const WINDOW: Duration = Duration::from_millis(5);
 /// How long it waits when it knows how many writers are under way (the dispatcher Lambda's
 /// records, [`Groups::participant`]): it goes as soon as every one of them waits in a group or
-/// is done, and at the latest after this or twice the recent round trip of a group's write or
-/// send, whichever is longer (checkpoints of records that finish a store round trip apart
-/// still share a group).
+/// is done, and otherwise once no checkpoint has joined it for this or twice the recent round
+/// trip of a group's write or send, whichever is longer (checkpoints of records that finish a
+/// store round trip apart still share a group, however many come one after another: a busy
+/// store spreads an invocation's records over several of its round trips).
 pub const WINDOW_UNDER_WAY: Duration = Duration::from_millis(50);
-/// The longest a group waits however slowly the store answers.
+/// The longest a group waits however slowly the store answers or its checkpoints come.
 pub const WINDOW_SLOW: Duration = Duration::from_secs(1);
 /// Items of one group's transaction at most (DynamoDB's limit): a dispatch record per
 /// checkpoint, and for each distinct campaign and touchpoint its total and its hour rows. A
@@ -107,6 +108,8 @@ struct Unit {
 struct Pending {
     generation: u64,
     units: Vec<Unit>,
+    /// When its latest checkpoint joined.
+    latest: Option<std::time::Instant>,
 }
 
 struct Message {
@@ -120,6 +123,8 @@ struct Sends {
     queue: String,
     messages: Vec<Message>,
     bytes: usize,
+    /// When its latest message joined.
+    latest: Option<std::time::Instant>,
 }
 
 /// The checkpoint groups of one instance (one per DynamoDB ledger, shared by its clones).
@@ -228,11 +233,30 @@ impl Groups {
         Participant(Arc::clone(self))
     }
 
-    /// Runs `then` once the window of a group started now is over.
-    fn after_window(self: &Arc<Self>, then: impl FnOnce(&Arc<Groups>) + Send + 'static) {
+    /// Runs `then` once the window of a group started now is over: while writers are under
+    /// way, a window after its latest member joined (`latest`: when, `None` once it went),
+    /// at most [`WINDOW_SLOW`] after it started.
+    fn after_window(
+        self: &Arc<Self>,
+        latest: impl Fn(&Groups) -> Option<std::time::Instant> + Send + 'static,
+        then: impl FnOnce(&Arc<Groups>) + Send + 'static,
+    ) {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            tokio::time::sleep(me.wait()).await;
+            let started = std::time::Instant::now();
+            let mut wait = me.wait();
+            loop {
+                tokio::time::sleep(wait).await;
+                if me.active.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    break;
+                }
+                let Some(latest) = latest(&me) else { break };
+                let until = (latest + me.wait()).min(started + WINDOW_SLOW);
+                match until.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => wait = left,
+                    _ => break,
+                }
+            }
             then(&me);
         });
     }
@@ -302,13 +326,22 @@ impl Groups {
             }
             if pending.units.is_empty() {
                 let generation = pending.generation;
-                self.after_window(move |me| {
-                    let mut pending = me.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    if pending.generation == generation {
-                        me.flush(&mut pending);
-                    }
-                });
+                self.after_window(
+                    move |me| {
+                        let pending = me.pending.lock().unwrap_or_else(|p| p.into_inner());
+                        (pending.generation == generation)
+                            .then_some(pending.latest)
+                            .flatten()
+                    },
+                    move |me| {
+                        let mut pending = me.pending.lock().unwrap_or_else(|p| p.into_inner());
+                        if pending.generation == generation {
+                            me.flush(&mut pending);
+                        }
+                    },
+                );
             }
+            pending.latest = Some(std::time::Instant::now());
             pending.units.push(Unit {
                 key: key.to_owned(),
                 head,
@@ -425,13 +458,22 @@ impl Groups {
             if sends.messages.is_empty() {
                 sends.queue = queue.to_owned();
                 let generation = sends.generation;
-                self.after_window(move |me| {
-                    let mut sends = me.sends.lock().unwrap_or_else(|p| p.into_inner());
-                    if sends.generation == generation {
-                        me.flush_sends(&mut sends);
-                    }
-                });
+                self.after_window(
+                    move |me| {
+                        let sends = me.sends.lock().unwrap_or_else(|p| p.into_inner());
+                        (sends.generation == generation)
+                            .then_some(sends.latest)
+                            .flatten()
+                    },
+                    move |me| {
+                        let mut sends = me.sends.lock().unwrap_or_else(|p| p.into_inner());
+                        if sends.generation == generation {
+                            me.flush_sends(&mut sends);
+                        }
+                    },
+                );
             }
+            sends.latest = Some(std::time::Instant::now());
             sends.bytes += body.len();
             sends.messages.push(Message { entry, done });
             if sends.messages.len() >= GROUP_MESSAGES {

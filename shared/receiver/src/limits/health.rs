@@ -41,6 +41,9 @@ pub(super) struct Tracker {
     pub window: Window,
     /// This process's counts not yet added to the shared window: (slot, requests, failures).
     pub unreported: Option<(i64, u32, u32)>,
+    /// Counts of an earlier slot not yet added (the slot turned before they went): they go
+    /// first, at once.
+    pub overdue: Option<(i64, u32, u32)>,
     /// Connection failures in a row, this process's.
     pub unreachable: u32,
     pub breaker: Option<Breaker>,
@@ -62,6 +65,7 @@ impl Tracker {
             scale,
             window: Window::default(),
             unreported: None,
+            overdue: None,
             unreachable: 0,
             breaker: None,
             probing_until: 0,
@@ -117,7 +121,12 @@ impl Tracker {
         self.window.add(slot, 1, u32::from(failed));
         self.unreported = Some(match self.unreported {
             Some((s, r, f)) if s == slot => (s, r + 1, f + u32::from(failed)),
-            _ => (slot, 1, u32::from(failed)),
+            earlier => {
+                if earlier.is_some() {
+                    self.overdue = earlier;
+                }
+                (slot, 1, u32::from(failed))
+            }
         });
         self.unreachable = if matches!(answer, Answer::Unreachable) {
             self.unreachable + 1
@@ -158,6 +167,18 @@ impl Tracker {
         }
     }
 
+    /// Whether this process's unreported counts should go within a [`super::shared::REPORT`]
+    /// (a failure among them, or an earlier slot's), rather than within a
+    /// [`super::shared::QUIET_REPORT`].
+    pub fn report_urgent(&self) -> bool {
+        self.overdue.is_some() || self.unreported.is_some_and(|(_, _, f)| f > 0)
+    }
+
+    /// The next counts to add to the shared window: an earlier slot's first.
+    pub fn take_unreported(&mut self) -> Option<(i64, u32, u32)> {
+        self.overdue.take().or_else(|| self.unreported.take())
+    }
+
     /// Applies a turn to what this process knows.
     pub fn apply(&mut self, turn: &Turn) {
         match turn {
@@ -170,6 +191,7 @@ impl Tracker {
                 self.breaker = None;
                 self.window = Window::default();
                 self.unreported = None;
+                self.overdue = None;
                 self.unreachable = 0;
             }
         }

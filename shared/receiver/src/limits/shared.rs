@@ -32,8 +32,15 @@ use touchpoint::health::{Health, HealthPolicy};
 use super::health::{Gating, Tracker, Turn};
 use super::{Answer, INCREASE, MAX_PAUSE, MIN_RATE};
 
-/// How often a process that sends adds its requests and failures to the shared window.
+/// How often a process that sends adds its requests and failures to the shared window while
+/// some of its requests fail.
 pub const REPORT: Duration = Duration::from_secs(1);
+/// How long a process's answered requests may wait to be added to the shared window while none
+/// of them failed: they only weigh against failures, and every failure brings them along
+/// within a [`REPORT`]. A receiver that answers costs one write per process this often, not
+/// one a second (on AWS, a Lambda instance's counts wait through its frozen time between
+/// invocations: a triggered campaign's short invocations do not each pay a report).
+pub const QUIET_REPORT: Duration = Duration::from_secs(10);
 
 /// How long a slot is leased for at a time (scaled by compressed time); at least three of its
 /// intervals at a slow pace.
@@ -138,6 +145,8 @@ struct Inner {
     /// When this process last added its counts to the shared window, and whether it is.
     reported: Option<Instant>,
     reporting: bool,
+    /// Since when this process has counts not yet added.
+    pending_since: Option<Instant>,
 }
 
 /// How much of a new measure the smoothed ones take.
@@ -190,6 +199,8 @@ pub(super) struct SharedGate {
     ctx: Arc<Shared>,
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Wakes a report waiting out a [`QUIET_REPORT`] when a failure comes in.
+    report_wake: Notify,
 }
 
 /// The rate a touchpoint's requests go at `now`, all processes together (`None`: no limit):
@@ -239,8 +250,10 @@ impl SharedGate {
                 breaker_writing: false,
                 reported: None,
                 reporting: false,
+                pending_since: None,
             }),
             notify: Notify::new(),
+            report_wake: Notify::new(),
         }
     }
 
@@ -328,6 +341,9 @@ impl SharedGate {
         let turn = {
             let mut g = self.lock();
             let turn = g.health.answered(answer, probe.is_some(), now);
+            if g.pending_since.is_none() && g.health.unreported.is_some() {
+                g.pending_since = Some(Instant::now());
+            }
             g.health.apply(&turn);
             if turn != Turn::None {
                 g.breaker_writing = true;
@@ -341,29 +357,60 @@ impl SharedGate {
         self.report_soon();
     }
 
-    /// Adds this process's unreported counts to the shared window: now if the last report is a
-    /// [`REPORT`] old, otherwise when it will be (one report under way or planned at a time).
+    /// Adds this process's unreported counts to the shared window: a [`REPORT`] after the last
+    /// report while some failed, a [`QUIET_REPORT`] after the first of them while none did
+    /// (one report under way or planned at a time; a failure wakes a quiet one).
     fn report_soon(self: &Arc<Self>) {
-        let every = self.ctx.scaled(REPORT, Duration::from_millis(50));
-        let wait = {
+        {
             let mut g = self.lock();
-            if g.reporting || g.health.unreported.is_none() {
+            if g.reporting {
+                if g.health.report_urgent() {
+                    self.report_wake.notify_one();
+                }
+                return;
+            }
+            if g.health.unreported.is_none() && g.health.overdue.is_none() {
                 return;
             }
             g.reporting = true;
-            g.reported
-                .map_or(Duration::ZERO, |t| every.saturating_sub(t.elapsed()))
-        };
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.lock().reporting = false;
             return;
         };
+        let every = self.ctx.scaled(REPORT, Duration::from_millis(50));
+        let quiet = self.ctx.scaled(QUIET_REPORT, Duration::from_millis(50));
         let gate = Arc::clone(self);
         runtime.spawn(async move {
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            let Some((slot, requests, failures)) = gate.lock().health.unreported.take() else {
+            let taken = loop {
+                let due = {
+                    let mut g = gate.lock();
+                    let now = Instant::now();
+                    if g.health.unreported.is_none() && g.health.overdue.is_none() {
+                        // Cleared meanwhile (the breaker closed: a fresh window).
+                        g.pending_since = None;
+                        break None;
+                    }
+                    let due = if g.health.report_urgent() {
+                        g.reported.map_or(now, |t| t + every)
+                    } else {
+                        g.pending_since.unwrap_or(now) + quiet
+                    };
+                    if due <= now {
+                        let taken = g.health.take_unreported();
+                        if g.health.unreported.is_none() {
+                            g.pending_since = None;
+                        }
+                        break taken;
+                    }
+                    due
+                };
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = gate.report_wake.notified() => {}
+                }
+            };
+            let Some((slot, requests, failures)) = taken else {
                 gate.lock().reporting = false;
                 return;
             };
@@ -378,12 +425,15 @@ impl SharedGate {
                 g.reported = Some(Instant::now());
                 if reported.is_err() {
                     // Counted again in the next report (unless its slot has passed).
-                    let w = match g.health.unreported {
-                        Some((s, r, f)) if s == slot => (s, r + requests, f + failures),
-                        Some(other) => other,
-                        None => (slot, requests, failures),
-                    };
-                    g.health.unreported = Some(w);
+                    let back = (slot, requests, failures);
+                    match g.health.unreported {
+                        Some((s, r, f)) if s == slot => {
+                            g.health.unreported = Some((s, r + requests, f + failures));
+                        }
+                        Some(_) => g.health.overdue = g.health.overdue.or(Some(back)),
+                        None => g.health.unreported = Some(back),
+                    }
+                    g.pending_since = g.pending_since.or(Some(Instant::now()));
                 }
             }
             if let Ok(p) = &reported {
@@ -1048,8 +1098,8 @@ mod tests {
         pressure: Mutex<Pressure>,
         writes: AtomicU64,
         reads: AtomicU64,
-        /// Health reports (one a second at most per sending process), apart from the slots'
-        /// writes.
+        /// Health reports (one a second at most per sending process while requests fail),
+        /// apart from the slots' writes.
         reports: AtomicU64,
         /// How long each read and take takes (a round trip to DynamoDB).
         latency: Duration,
@@ -1579,13 +1629,55 @@ mod tests {
             "{writes} writes for {} requests",
             sends.len()
         );
-        // Each process adds its counts to the receiver's health about once a second.
+        // While every request is answered, each process adds its counts to the receiver's
+        // health once a QUIET_REPORT, not once a second.
         let reports = store.reports.load(Ordering::Relaxed);
         assert!(
-            reports <= 3 * 31,
+            reports <= 3 * 4,
             "{reports} reports in 30 s by three processes"
         );
-        assert!(reports >= 3 * 20, "{reports} reports");
+        assert!(reports >= 3 * 2, "{reports} reports");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_brings_the_answered_requests_before_it_within_a_report() {
+        let store = Arc::new(Store::default());
+        let p = processes(1, &store);
+        let tp = touchpoint(Some(4), None);
+        let counted = || {
+            let p = store.pressure.lock().unwrap();
+            p.window
+                .slots
+                .iter()
+                .fold((0, 0), |(r, f), (_, sr, sf)| (r + sr, f + sf))
+        };
+        for _ in 0..5 {
+            let pass = p[0].acquire(&tp, Duration::from_secs(1)).await.unwrap();
+            pass.answered(Answer::Served);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            store.reports.load(Ordering::Relaxed),
+            0,
+            "answered requests alone wait"
+        );
+        let pass = p[0].acquire(&tp, Duration::from_secs(1)).await.unwrap();
+        pass.answered(Answer::Failed);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(store.reports.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            counted(),
+            (6, 1),
+            "the failure and the five answered before it"
+        );
+        // Answered ones alone again: they go a QUIET_REPORT after the first of them.
+        let pass = p[0].acquire(&tp, Duration::from_secs(1)).await.unwrap();
+        pass.answered(Answer::Served);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(store.reports.load(Ordering::Relaxed), 1);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(store.reports.load(Ordering::Relaxed), 2);
+        assert_eq!(counted(), (7, 1));
     }
 
     #[tokio::test(start_paused = true)]
