@@ -25,6 +25,7 @@ const CAMPAIGN = 'console-campaign-key-99b2';
 const TOKEN = 'whsec_c2VjcmV0LWJyb3dzZXItdG9rZW4tNDI=';
 // The token a rotation brings in: it must never come back either.
 const ROTATED = 'rotated-browser-token-5e1b';
+const NOTIFY_TOKEN = 'notify-browser-token-77aa';
 /** How the audit log names an API key: `key-` and the first 8 hex digits of its SHA-256. */
 const keyId = (key) => `key-${createHash('sha256').update(key).digest('hex').slice(0, 8)}`;
 
@@ -387,6 +388,44 @@ test('the console does everything on the product page, in English and Chinese', 
     assert.equal((await call('GET', `/v1/touchpoints/${id}`, ADMIN)).body.health.state, 'healthy');
   });
 
+  await step(t, 'set where notifications go, keep their token on the next save, and remove them', async () => {
+    await page.getByRole('link', { name: 'Notifications' }).click();
+    await page.getByRole('heading', { name: 'Notifications', exact: true }).waitFor();
+    const url = page.getByLabel(/^Endpoint URL/);
+    await url.fill('ftp://ops.example.com/hooks');
+    await page.getByLabel(/^Signing token/).fill(NOTIFY_TOKEN);
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByText('must be an http or https URL').waitFor();
+    await url.fill('https://ops.example.com/hooks');
+    await page.getByRole('checkbox', { name: /receipt\.timeout/ }).uncheck();
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByText('Notifications saved.').waitFor();
+    let kept = (await call('GET', '/v1/notifications', ADMIN)).body;
+    assert.equal(kept.url, 'https://ops.example.com/hooks');
+    assert.deepEqual(kept.events, ['touchpoint.paused', 'touchpoint.resumed', 'dispatch.completed', 'batch.retries_exhausted']);
+    assert.equal(kept.tokenSet, true);
+    // Shown again: the token is not, and saving without one keeps it.
+    const token = page.getByLabel(/^Signing token/);
+    await token.waitFor();
+    assert.equal(await token.inputValue(), '');
+    assert.equal(await token.getAttribute('placeholder'), 'kept (type to replace)');
+    assert.equal(await page.getByRole('checkbox', { name: /receipt\.timeout/ }).isChecked(), false);
+    await page.getByRole('checkbox', { name: /dispatch\.completed/ }).uncheck();
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByText('Notifications saved.').waitFor();
+    kept = (await call('GET', '/v1/notifications', ADMIN)).body;
+    assert.equal(kept.events.includes('dispatch.completed'), false);
+    const audit = (await call('GET', '/v1/audit?limit=2', ADMIN)).body.items;
+    assert.deepEqual(audit.map((e) => e.action), ['notifications.put', 'notifications.put']);
+    assert.equal(audit[0].changes.some((c) => c.field === 'token'), false, 'the token was kept');
+    page.once('dialog', (d) => d.accept());
+    await page.getByRole('button', { name: 'Remove' }).click();
+    await page.getByText('Notifications removed.').waitFor();
+    assert.equal((await call('GET', '/v1/notifications', ADMIN)).status, 404);
+    await page.getByRole('link', { name: '← All touchpoints' }).click();
+    await page.getByRole('heading', { name: 'Touchpoints', exact: true }).waitFor();
+  });
+
   await step(t, 'delivery view: totals, chart, failure reasons and a batch drill-down', async () => {
     const created = await call('POST', '/v1/touchpoints', ADMIN, {
       name: 'Coupons', kind: 'benefit', url: `http://127.0.0.1:${failing.address().port}/touch`, batchSize: 30, receipt: { mode: 'sync' }, ...PARAMS,
@@ -564,7 +603,7 @@ test('the console does everything on the product page, in English and Chinese', 
 
   await step(t, 'the token never reaches the page, and nothing failed in it', async () => {
     assert.ok(bodies.length > 20, `responses seen: ${bodies.length}`);
-    const leaking = bodies.filter((b) => b.text.includes(TOKEN) || b.text.includes('c2VjcmV0LWJyb3dzZXItdG9rZW4tNDI') || b.text.includes(ROTATED));
+    const leaking = bodies.filter((b) => b.text.includes(TOKEN) || b.text.includes('c2VjcmV0LWJyb3dzZXItdG9rZW4tNDI') || b.text.includes(ROTATED) || b.text.includes(NOTIFY_TOKEN));
     assert.deepEqual(leaking.map((b) => b.url), []);
     assert.equal(await page.evaluate((tok) => document.documentElement.outerHTML.includes(tok), TOKEN), false);
     assert.equal(await page.evaluate((tok) => document.documentElement.outerHTML.includes(tok), ROTATED), false);

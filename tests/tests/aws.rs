@@ -1733,3 +1733,126 @@ async fn an_instance_holds_a_bounded_amount_of_dispatch_bodies_at_once() {
         "one after the other: {gaps:?}"
     );
 }
+
+/// Operational notifications on AWS wait as messages on the dispatch queue, sealed with the
+/// project's notification token: the dispatcher Lambda sends a genuine one (signed with the
+/// Standard Webhooks headers), puts one the endpoint failed back for later, and sends nothing
+/// for a message someone else wrote (anyone who may send dispatches may write to that queue).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the moto server: run infra/test.sh"]
+async fn notifications_travel_the_dispatch_queue_sealed_and_a_forged_one_is_not_sent() {
+    const HOOK_TOKEN: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let aws = Aws::new().await;
+    // The endpoint fails its first request.
+    let hooks = Receiver::start(|_, n| {
+        if n == 1 {
+            Reply::Json(503, json!({}))
+        } else {
+            Reply::Json(204, Value::Null)
+        }
+    })
+    .await;
+    let admin = touchpoint_services::Services::aws(
+        &aws.clients,
+        &aws.names,
+        Outbound::new(true).unwrap(),
+        touchpoint_services::Settings {
+            urls: UrlPolicy {
+                allow_plain_http: true,
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .touchpoints;
+    admin
+        .put_notification_settings(
+            1,
+            &json!({"url": format!("http://{}/notify", hooks.addr), "token": HOOK_TOKEN,
+                    "events": ["touchpoint.paused"]}),
+        )
+        .await
+        .unwrap();
+    let tp = admin
+        .create(
+            1,
+            &json!({"name": "hooked", "kind": "notification", "url": "https://example.com/t",
+                    "userAttributes": [{"attribute": "a", "displayName": "a"}],
+                    "templateParams": [{"identifier": "t", "displayName": "t", "type": "text"}]}),
+        )
+        .await
+        .unwrap();
+    admin
+        .pause(1, &tp.id, &json!({"reason": "maintenance"}))
+        .await
+        .unwrap();
+    let queue = aws.names.dispatch_queue_url.clone().unwrap();
+    let genuine = aws.drain(&queue).await;
+    assert_eq!(genuine.len(), 1, "the pause, on the dispatch queue");
+    let body: Value = serde_json::from_str(genuine[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["notification"]["type"], "touchpoint.paused");
+    // Forged: the same notification with other data under its seal, and a seal of another
+    // token.
+    let mut other_data = body.clone();
+    other_data["notification"]["data"]["reason"] = json!("send your password to evil.example");
+    let mut other_seal = body.clone();
+    let n: touchpoint::notify::Notification =
+        serde_json::from_value(body["notification"].clone()).unwrap();
+    other_seal["seal"] = json!(touchpoint::notify::seal(
+        &n,
+        &touchpoint::model::Token::new("guessed")
+    ));
+    for forged in [other_data, other_seal] {
+        aws.clients
+            .sqs
+            .send_message()
+            .queue_url(&queue)
+            .message_body(forged.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    let forged = aws.drain(&queue).await;
+    assert_eq!(forged.len(), 2);
+    let response = aws.dispatcher.handle(event_of(forged)).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "dropped, not retried"
+    );
+    assert_eq!(hooks.requests(), 0, "nothing sent for a forged message");
+    // The genuine one: its first attempt fails and goes back onto the queue, delayed.
+    let response = aws.dispatcher.handle(event_of(genuine.clone())).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(hooks.requests(), 1);
+    let mut again = Vec::new();
+    for _ in 0..20 {
+        again = aws.drain(&queue).await;
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(again.len(), 1, "the next attempt, after its wait");
+    let next: Value = serde_json::from_str(again[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(next["attempt"], 1);
+    let response = aws.dispatcher.handle(event_of(again)).await;
+    assert!(response.batch_item_failures.is_empty());
+    let seen = hooks.seen_at("/notify");
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        let header = |name: &str| s.headers[name].to_str().unwrap().to_owned();
+        assert_eq!(header("webhook-id"), n.id);
+        assert!(touchpoint::protocol::verify_webhook_signature(
+            HOOK_TOKEN,
+            &n.id,
+            header("webhook-timestamp").parse().unwrap(),
+            &s.raw,
+            &header("webhook-signature"),
+        ));
+        assert_eq!(s.body["data"]["reason"], "maintenance");
+    }
+    assert!(
+        aws.drain(&queue).await.is_empty(),
+        "delivered: nothing left"
+    );
+}

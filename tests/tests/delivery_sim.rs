@@ -98,6 +98,7 @@ impl World {
                 self.clients.dynamodb.clone(),
                 &self.names.delivery_table,
             ))),
+            outbox: None,
         }
     }
 
@@ -756,6 +757,20 @@ impl TouchpointStore for PanicOnce {
     }
     async fn record_audit(&self, a: &AuditEntry) -> Result<(), StoreError> {
         self.inner.record_audit(a).await
+    }
+    async fn notification_config(
+        &self,
+        p: ProjectId,
+    ) -> Result<Option<touchpoint::notify::NotificationConfig>, StoreError> {
+        self.inner.notification_config(p).await
+    }
+    async fn put_notification_config(
+        &self,
+        p: ProjectId,
+        c: Option<&touchpoint::notify::NotificationConfig>,
+        a: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.inner.put_notification_config(p, c, a).await
     }
     async fn audit_log(
         &self,
@@ -1463,6 +1478,88 @@ fn attribute_bytes(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
 const ADMIN: &str = "sim-admin-key-00001";
 const CAMPAIGN: &str = "sim-campaign-key-001";
 
+/// The operators' notification secret of the scenarios (Standard Webhooks' `whsec_` form).
+const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// An operators' endpoint that answers every notification.
+async fn hooks() -> Receiver {
+    Receiver::start(|_, _| Reply::Json(204, Value::Null)).await
+}
+
+/// An operators' endpoint subscribed to every notification of the local service's project.
+async fn subscribe_local(service: &support::service::Service) -> Receiver {
+    let hooks = hooks().await;
+    let (status, body) = service
+        .call(
+            reqwest::Method::PUT,
+            "/v1/notifications",
+            ADMIN,
+            Some(notification_settings(&hooks)),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    hooks
+}
+
+fn notification_settings(hooks: &Receiver) -> Value {
+    json!({
+        "url": format!("http://{}/notify", hooks.addr),
+        "token": HOOK_SECRET,
+        "events": ["touchpoint.paused", "touchpoint.resumed", "dispatch.completed",
+                   "batch.retries_exhausted", "receipt.timeout"],
+    })
+}
+
+/// The notifications `hooks` received once every type of `want` has come (within `limit`),
+/// each verified with the official Standard Webhooks library: (type, data) in arrival order.
+async fn notifications_of(
+    hooks: &Receiver,
+    want: &[&str],
+    limit: Duration,
+) -> Vec<(String, Value)> {
+    notifications_until(
+        hooks,
+        |told| want.iter().all(|w| told.iter().any(|(t, _)| t == w)),
+        limit,
+    )
+    .await
+}
+
+/// The notifications `hooks` received once `done` says they are all there (within `limit`),
+/// each verified with the official Standard Webhooks library: (type, data) in arrival order.
+async fn notifications_until(
+    hooks: &Receiver,
+    done: impl Fn(&[(String, Value)]) -> bool,
+    limit: Duration,
+) -> Vec<(String, Value)> {
+    let started = Instant::now();
+    loop {
+        let seen = hooks.seen_at("/notify");
+        let told: Vec<(String, Value)> = seen
+            .iter()
+            .map(|s| {
+                (
+                    s.body["type"].as_str().unwrap_or_default().to_owned(),
+                    s.body["data"].clone(),
+                )
+            })
+            .collect();
+        if done(&told) {
+            let refused = support::standard_webhooks_refusals(HOOK_SECRET, &seen);
+            assert!(
+                refused.is_empty(),
+                "refused by standardwebhooks: {refused:?}"
+            );
+            return told;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "notifications not all received: {told:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn local(dir: &std::path::Path, extra: &[(&str, &str)]) -> support::service::Service {
     let keys = format!("{ADMIN}=1:admin,{CAMPAIGN}=1:campaign");
     let mut env = vec![
@@ -2045,6 +2142,11 @@ async fn scenario_a_receiver_down_pauses_its_touchpoint_and_a_probe_resumes_it()
     let down_from = wall_ms();
     let (rx, tracked) = receiver_failing_until(started + outage, 500).await;
     let up_at = down_from + outage.as_millis() as i64;
+    let hooks = hooks().await;
+    w.admin
+        .put_notification_settings(1, &notification_settings(&hooks))
+        .await
+        .unwrap();
     let tp = w
         .touchpoint("breaker", json!({"url": rx.url(), "batchSize": 20}))
         .await;
@@ -2096,8 +2198,40 @@ async fn scenario_a_receiver_down_pauses_its_touchpoint_and_a_probe_resumes_it()
     };
     let elapsed = sim::until_final(&*w.ledger, &dispatches, horizon * 2).await;
     watch.abort();
+    // Told through the dispatch queue, sent by the instances, verified by the official library.
+    let told = notifications_of(
+        &hooks,
+        &[
+            "touchpoint.paused",
+            "touchpoint.resumed",
+            "dispatch.completed",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
     let (paused_at, resumed_at) = *seen_health.lock().unwrap();
     let stats = esm.stop().await;
+    let count = |t: &str| told.iter().filter(|(x, _)| x == t).count();
+    assert_eq!(
+        count("touchpoint.paused"),
+        1,
+        "one instance tells the pause: {told:?}"
+    );
+    assert_eq!(count("touchpoint.resumed"), 1, "{told:?}");
+    let paused = told.iter().find(|(t, _)| t == "touchpoint.paused").unwrap();
+    assert_eq!(paused.1["touchpointId"], tp.as_str());
+    assert_eq!(paused.1["manual"], false);
+    let completed: HashSet<&str> = told
+        .iter()
+        .filter(|(t, _)| t == "dispatch.completed")
+        .filter_map(|(_, d)| d["dispatchId"].as_str())
+        .collect();
+    assert_eq!(completed.len(), 2, "both dispatches: {told:?}");
+    eprintln!(
+        "scenario breaker: {} notifications through the dispatch queue, each verified by \
+         standardwebhooks",
+        told.len()
+    );
     let paused_at = paused_at.expect("the touchpoint was paused");
     let resumed_at = resumed_at.expect("and resumed");
     let seen = rx.seen_at("/touch");
@@ -2153,6 +2287,7 @@ async fn scenario_the_local_binary_pauses_a_touchpoint_whose_receiver_is_down() 
         &tmp.path().join("data"),
         &[("TOUCHPOINT_BREAKER_COOLDOWN", "5s")],
     );
+    let hooks = subscribe_local(&service).await;
     let body = local_touchpoint("breaker", &rx.url(), 50);
     let tp = service.register(ADMIN, body, &["space-a"]).await;
     let (status, _) = service
@@ -2227,6 +2362,43 @@ async fn scenario_the_local_binary_pauses_a_touchpoint_whose_receiver_is_down() 
         during * 2 < without,
         "{during} while down, {without} without"
     );
+    // The operators were told, and the official library verifies what they were told.
+    let told = notifications_of(
+        &hooks,
+        &[
+            "touchpoint.paused",
+            "touchpoint.resumed",
+            "dispatch.completed",
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    let of = |t: &str| {
+        told.iter()
+            .filter(|(x, _)| x == t)
+            .map(|(_, d)| d)
+            .collect::<Vec<_>>()
+    };
+    let pauses = of("touchpoint.paused");
+    assert_eq!(pauses[0]["touchpointId"], tp.as_str());
+    assert_eq!(pauses[0]["manual"], false);
+    assert!(
+        pauses[0]["reason"].as_str().unwrap().contains("failed"),
+        "{}",
+        pauses[0]
+    );
+    assert_eq!(
+        of("touchpoint.resumed")[0]["pausedSince"],
+        pauses[0]["since"]
+    );
+    let completed = of("dispatch.completed");
+    assert_eq!(completed.len(), 1, "{told:?}");
+    assert_eq!(completed[0]["succeeded"], 10_000);
+    assert!(of("batch.retries_exhausted").is_empty(), "{told:?}");
+    eprintln!(
+        "scenario local breaker: notifications {:?}, each verified by standardwebhooks",
+        told.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>()
+    );
     let (_, logs) = service.terminate();
     if std::env::var("SIM_LOG").is_ok() {
         eprintln!("{logs}");
@@ -2248,6 +2420,7 @@ async fn scenario_a_touchpoint_paused_past_the_retry_horizon_fails_its_waiting_u
             ("TOUCHPOINT_BREAKER_COOLDOWN", "1s"),
         ],
     );
+    let hooks = subscribe_local(&service).await;
     let body = local_touchpoint("down", &rx.url(), 10);
     let tp = service.register(ADMIN, body, &["space-a"]).await;
     let (status, _) = service
@@ -2281,5 +2454,34 @@ async fn scenario_a_touchpoint_paused_past_the_retry_horizon_fails_its_waiting_u
          requests (50 batches × 3 attempts would be 150)",
         rx.requests()
     );
+    // A batch may run out of attempts before the breaker opens; the horizon's give-up comes
+    // later, for the users still waiting.
+    let past_horizon = |(t, d): &(String, Value)| {
+        t == "batch.retries_exhausted"
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("paused past the retry horizon"))
+    };
+    let told = notifications_until(
+        &hooks,
+        |told| {
+            told.iter().any(past_horizon)
+                && ["touchpoint.paused", "dispatch.completed"]
+                    .iter()
+                    .all(|w| told.iter().any(|(t, _)| t == w))
+        },
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        told.iter().filter(|n| past_horizon(n)).count(),
+        1,
+        "{told:?}"
+    );
+    let completed = told
+        .iter()
+        .find(|(t, _)| t == "dispatch.completed")
+        .unwrap();
+    assert_eq!(completed.1["failed"], 500, "{}", completed.1);
     service.terminate();
 }

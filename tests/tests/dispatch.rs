@@ -1177,6 +1177,7 @@ async fn a_redelivery_resumes_where_the_last_one_stopped() {
             clock: Arc::new(touchpoint::clock::SystemClock),
             outbound: Outbound::new(true).unwrap(),
             limits: None,
+            outbox: None,
         },
         touchpoint_services::Settings::default().with_dispatcher(cfg),
     )

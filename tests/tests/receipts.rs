@@ -28,6 +28,7 @@ struct Rig {
     touchpoints: Touchpoints,
     dispatcher: Arc<Dispatcher>,
     poller: Arc<ReceiptPoller>,
+    sender: touchpoint_receiver::notify::NotificationSender,
     dir: tempfile::TempDir,
 }
 
@@ -59,6 +60,7 @@ impl Rig {
             touchpoints,
             dispatcher,
             poller,
+            sender: services.notification_sender,
             dir,
         }
     }
@@ -316,6 +318,155 @@ async fn users_whose_receipt_never_comes_fail_at_the_timeout_exactly_once() {
             (1, "TOU_FAIL".into(), "receipt timeout".into()),
             (2, "TOU_FAIL".into(), "receipt timeout".into()),
         ]
+    );
+}
+
+/// The receipt timeout and the dispatch it completes are notified, signed, and a notification
+/// the endpoint fails is sent again later under the same id.
+#[tokio::test]
+async fn a_receipt_timeout_and_the_completed_dispatch_are_notified_signed_and_retried() {
+    const HOOK_TOKEN: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let rx = Receiver::start(|seen, _| {
+        if seen.path == "/touch" {
+            Reply::statuses_for(&seen.order_no, &[0], |_| ("TOU_SUCC", ""))
+        } else {
+            Reply::Json(200, json!({"code": 0, "sendStatusList": []}))
+        }
+    })
+    .await;
+    // The endpoint fails its first request.
+    let hooks = Receiver::start(|_, n| {
+        if n == 1 {
+            Reply::Json(500, json!({}))
+        } else {
+            Reply::Json(204, Value::Null)
+        }
+    })
+    .await;
+    let rig = Rig::new();
+    let events: Vec<&str> = touchpoint::notify::EventType::ALL
+        .iter()
+        .map(|e| e.as_str())
+        .collect();
+    rig.touchpoints
+        .put_notification_settings(
+            1,
+            &json!({"url": format!("http://{}/notify", hooks.addr), "token": HOOK_TOKEN, "events": events}),
+        )
+        .await
+        .unwrap();
+    let tp = rig.touchpoint(&rx, 10).await;
+    rig.dispatch("d1", &tp, 3).await;
+    let none = rig
+        .store
+        .due_notifications(i64::MAX / 2, 0, 10)
+        .await
+        .unwrap();
+    assert!(
+        none.is_empty(),
+        "users await receipts: nothing to tell yet {none:?}"
+    );
+    rig.clock.advance(5 * MINUTE);
+    rig.round(&tp).await;
+    rig.clock.advance(5 * MINUTE);
+    assert_eq!(rig.round(&tp).await.timed_out, 2);
+    let due = rig
+        .store
+        .due_notifications(rig.clock.now_ms(), MINUTE, 10)
+        .await
+        .unwrap();
+    let mut types: Vec<&str> = due.iter().map(|(_, n)| n.event.as_str()).collect();
+    types.sort();
+    assert_eq!(types, ["dispatch.completed", "receipt.timeout"]);
+    let timeout = &due
+        .iter()
+        .find(|(_, n)| n.event.as_str() == "receipt.timeout")
+        .unwrap()
+        .1;
+    assert_eq!(timeout.data["users"], 2);
+    assert_eq!(timeout.data["touchpointId"], tp.as_str());
+    let completed = &due
+        .iter()
+        .find(|(_, n)| n.event.as_str() == "dispatch.completed")
+        .unwrap()
+        .1;
+    assert_eq!(
+        (
+            &completed.data["users"],
+            &completed.data["succeeded"],
+            &completed.data["failed"]
+        ),
+        (&json!(3), &json!(1), &json!(2))
+    );
+    assert_eq!(completed.data["state"], "completed");
+    use touchpoint_receiver::notify::Handled as Sent;
+    let mut outcomes = Vec::new();
+    for (attempt, n) in &due {
+        let handled = rig
+            .sender
+            .handle(n, *attempt, None, &rig.store)
+            .await
+            .unwrap();
+        if handled == Sent::Finished {
+            rig.store.notification_done(&n.id).await.unwrap();
+        }
+        outcomes.push(handled);
+    }
+    assert_eq!(
+        outcomes,
+        [Sent::Again, Sent::Finished],
+        "the first answered 500"
+    );
+    // Not due again before its wait.
+    let now = rig.clock.now_ms();
+    assert!(
+        rig.store
+            .due_notifications(now, MINUTE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    rig.clock.advance(5_000);
+    let again = rig
+        .store
+        .due_notifications(rig.clock.now_ms(), MINUTE, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].0, &again[0].1.id), (1, &due[0].1.id));
+    let handled = rig
+        .sender
+        .handle(&again[0].1, 1, None, &rig.store)
+        .await
+        .unwrap();
+    assert_eq!(handled, Sent::Finished);
+    rig.store.notification_done(&again[0].1.id).await.unwrap();
+    // Three requests, each signed as Standard Webhooks says; the retry under the same id.
+    let seen = hooks.seen_at("/notify");
+    assert_eq!(seen.len(), 3);
+    let header = |s: &support::Seen, name: &str| s.headers[name].to_str().unwrap().to_owned();
+    for s in &seen {
+        let (id, ts) = (header(s, "webhook-id"), header(s, "webhook-timestamp"));
+        assert!(touchpoint::protocol::verify_webhook_signature(
+            HOOK_TOKEN,
+            &id,
+            ts.parse().unwrap(),
+            &s.raw,
+            &header(s, "webhook-signature"),
+        ));
+        assert!(
+            s.body["timestamp"].is_string() && s.body["data"].is_object(),
+            "{}",
+            s.body
+        );
+    }
+    assert_eq!(
+        header(&seen[0], "webhook-id"),
+        header(&seen[2], "webhook-id")
+    );
+    assert_ne!(
+        header(&seen[0], "webhook-id"),
+        header(&seen[1], "webhook-id")
     );
 }
 

@@ -38,6 +38,7 @@ export function renderList(main) {
     h('div.toolbar', {},
       h('h2', { id: 'list-title', text: t('touchpoints') }),
       h('a.button', { href: '#/audit', text: t('auditLog') }),
+      h('a.button', { href: '#/notifications', text: t('notifications') }),
       h('button.primary', { type: 'button', text: t('addTouchpoint'), onclick: () => openEditor(null) })),
     h('form.filters', { role: 'search', onsubmit: (e) => e.preventDefault() },
       field(t('kind'), kind), field(t('state'), state), field(t('search'), search)),

@@ -1,6 +1,7 @@
 // Which page shows: the sign-in form until a key is kept, then the page the address's hash
 // names (#/, #/touchpoints/{id}/delivery, #/campaigns/{id}/delivery, #/dispatches/{id},
-// #/dispatches/{id}?from={batch index}, #/batches/{orderNo}, #/audit, #/audit?touchpoint={id});
+// #/dispatches/{id}?from={batch index}, #/batches/{orderNo}, #/audit, #/audit?touchpoint={id},
+// #/notifications);
 // and signing in and out. Path
 // segments are URL-encoded, so a `?` in the hash starts its query.
 import { api } from './api.js';
@@ -10,6 +11,7 @@ import { closeDialog } from './dialog.js';
 import { field, h, showError, toast } from './dom.js';
 import { t } from './i18n.js';
 import { renderList } from './list.js';
+import { renderNotifications } from './notifications.js';
 import { forgetKey, keepKey, signedInKey } from './state.js';
 
 /** Shows the page for the current address. */
@@ -26,6 +28,7 @@ export function route() {
   if (parts[0] === 'dispatches' && parts[1]) return renderDispatch(main, parts[1], index(query.get('from')));
   if (parts[0] === 'batches' && parts[1]) return renderBatch(main, parts[1]);
   if (parts[0] === 'audit') return renderAudit(main, query.get('touchpoint'));
+  if (parts[0] === 'notifications') return renderNotifications(main);
   return renderList(main);
 }
 

@@ -37,6 +37,7 @@ const ASSETS: &[(&str, &str, &str)] = assets![
     "delivery.js": JS,
     "rotate.js": JS,
     "audit.js": JS,
+    "notifications.js": JS,
     "app.css": CSS,
 ];
 

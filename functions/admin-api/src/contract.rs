@@ -476,6 +476,20 @@ pub struct RotateInput {
     pub version: Option<u64>,
 }
 
+/// Where the project's operational notifications go, signed with `token` (Standard
+/// Webhooks headers; a `whsec_` token is used as its base64-decoded bytes), and which.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotificationSettingsInput {
+    #[schema(schema_with = url)]
+    pub url: String,
+    /// Required the first time; left out, the current token is kept.
+    #[schema(schema_with = new_token)]
+    pub token: Option<String>,
+    #[schema(min_items = 1)]
+    pub events: Vec<touchpoint::notify::EventType>,
+}
+
 /// Why the touchpoint is paused, and the version the pause is based on (both optional).
 #[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -66,6 +66,11 @@ fn documented() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(pause_touchpoint))
         .routes(routes!(resume_touchpoint))
         .routes(routes!(audit_log))
+        .routes(routes!(
+            get_notifications,
+            put_notifications,
+            delete_notifications
+        ))
         .routes(routes!(list_campaigns))
         .routes(routes!(put_campaign, delete_campaign))
         .routes(routes!(space_touchpoints))

@@ -24,6 +24,7 @@ use crate::contract::*;
         (name = "campaigns", description = "The campaign system's references and statistics"),
         (name = "dispatches", description = "Hand in dispatches and follow their delivery"),
         (name = "audit", description = "Who changed what, and when (admins)"),
+        (name = "notifications", description = "Operational webhooks to the project's operators (admins)"),
         (name = "service", description = "The service itself"),
     ),
     components(schemas(

@@ -9,6 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use touchpoint::ListParams;
 use touchpoint::ids::TouchpointId;
+use touchpoint::notify::NotificationSettings;
 use touchpoint::view::{CampaignRefView, TouchpointView};
 
 use crate::AppState;
@@ -348,7 +349,7 @@ pub async fn resume_touchpoint(
         .breaker_now(&before)
         .await
         .map_err(touchpoint::DomainError::from)?
-        .is_some();
+        .map(|b| b.since);
     let tp = state
         .touchpoints
         .by(who.actor())
@@ -361,6 +362,79 @@ pub async fn resume_touchpoint(
         .map_err(touchpoint::DomainError::from)?;
     tracing::info!(project = tp.project_id, touchpoint = %tp.id, "touchpoint resumed by hand");
     Ok(touchpoint_json(&state, &tp).await.into_response())
+}
+
+/// The project's notification settings (never the token).
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications",
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "The settings", body = NotificationSettings),
+        (status = 404, description = "The project has none", body = ErrorBody),
+    ))]
+pub async fn get_notifications(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+) -> Result<Response, ApiError> {
+    match state
+        .touchpoints
+        .notification_settings(who.project_id)
+        .await?
+    {
+        Some(settings) => Ok(Json(settings).into_response()),
+        None => Err(ApiError::not_found(
+            "the project has no notification settings",
+        )),
+    }
+}
+
+/// Replace the project's notification settings: `touchpoint.paused` and `touchpoint.resumed`
+/// (the circuit breaker's and an admin's), `dispatch.completed`, `batch.retries_exhausted` and
+/// `receipt.timeout` go to `url`, signed with `token`, retried for about two hours.
+#[utoipa::path(put, path = "/v1/notifications", tag = "notifications",
+    request_body = NotificationSettingsInput,
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "The settings now", body = NotificationSettings),
+        (status = 422, description = "Invalid URL, token or events", body = ErrorBody),
+    ))]
+pub async fn put_notifications(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let settings = state
+        .touchpoints
+        .by(who.actor())
+        .put_notification_settings(who.project_id, &body)
+        .await?;
+    tracing::info!(project = who.project_id, "notification settings replaced");
+    Ok(Json(settings).into_response())
+}
+
+/// Remove the project's notification settings: nothing more is sent.
+#[utoipa::path(delete, path = "/v1/notifications", tag = "notifications",
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "The project has none", body = ErrorBody),
+    ))]
+pub async fn delete_notifications(
+    State(state): State<AppState>,
+    Admin(who): Admin,
+) -> Result<Response, ApiError> {
+    if state
+        .touchpoints
+        .by(who.actor())
+        .delete_notification_settings(who.project_id)
+        .await?
+    {
+        tracing::info!(project = who.project_id, "notification settings removed");
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(
+            "the project has no notification settings",
+        ))
+    }
 }
 
 /// The audit log: every admin mutation with its actor, time and changed fields, newest first.

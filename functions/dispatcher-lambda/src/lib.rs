@@ -29,15 +29,19 @@ use std::time::Duration;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use touchpoint::clock::{Clock, Millis, SystemClock};
 use touchpoint::ledger::stalled;
+use touchpoint::notify::{Notification, NotificationOutbox};
 use touchpoint_aws::bodies::Body;
+use touchpoint_aws::notify::{Queued, SqsOutbox, read_queued};
 use touchpoint_aws::{AwsNames, Clients, DispatchBodies};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_outbound::Outbound;
+use touchpoint_receiver::notify::NotificationSender;
 use touchpoint_services::{Services, Settings};
 use tracing::Instrument;
 
-/// The message attribute of a fresh copy: when it is due (epoch ms).
-pub const NOT_BEFORE: &str = "notBefore";
+/// The message attribute of a fresh copy (or of a notification's next attempt): when it is
+/// due (epoch ms).
+pub const NOT_BEFORE: &str = touchpoint_aws::notify::NOT_BEFORE;
 /// The longest delay SQS gives a message.
 const MAX_DELAY_SECONDS: u64 = 900;
 /// Bytes of dispatch bodies an instance delivers at once, at most: a record whose dispatch
@@ -66,6 +70,9 @@ pub struct DispatcherLambda {
     pub groups: Option<Arc<touchpoint_aws::group::Groups>>,
     /// Bytes of dispatch bodies being delivered (see [`BODY_BYTES_AT_ONCE`]).
     pub bodies_in_hand: Arc<tokio::sync::Semaphore>,
+    /// Sends the notifications that wait on the dispatch queue, and puts one back for its next
+    /// attempt (unset: a notification message is dropped with a warning).
+    pub notifications: Option<(NotificationSender, Arc<dyn NotificationOutbox>)>,
 }
 
 impl DispatcherLambda {
@@ -114,6 +121,7 @@ impl DispatcherLambda {
             bodies: None,
             groups: None,
             bodies_in_hand: Arc::new(tokio::sync::Semaphore::new(BODY_BYTES_AT_ONCE)),
+            notifications: None,
         }
     }
 
@@ -131,6 +139,11 @@ impl DispatcherLambda {
             outbound,
             Settings::default().with_dispatcher(cfg),
         )?;
+        let outbox: Arc<dyn NotificationOutbox> = Arc::new(SqsOutbox::new(
+            clients.sqs.clone(),
+            queue_url.clone(),
+            services.clock.clone(),
+        ));
         Ok(DispatcherLambda {
             dispatcher: services.dispatcher,
             sqs: clients.sqs.clone(),
@@ -141,6 +154,7 @@ impl DispatcherLambda {
             bodies: Some(DispatchBodies::new(clients, names)),
             groups: Some(groups),
             bodies_in_hand: Arc::new(tokio::sync::Semaphore::new(BODY_BYTES_AT_ONCE)),
+            notifications: Some((services.notification_sender, outbox)),
         })
     }
 
@@ -299,6 +313,22 @@ impl DispatcherLambda {
         }
     }
 
+    /// Sends a notification that waited on the queue (its next attempt goes back onto it);
+    /// true when the message may be deleted.
+    async fn send_notification(&self, n: &Notification, attempt: u32, seal: &str) -> bool {
+        let Some((sender, outbox)) = &self.notifications else {
+            tracing::warn!(notification = %n.id, "a notification arrived where none are sent; dropped");
+            return true;
+        };
+        match sender.handle(n, attempt, Some(seal), outbox.as_ref()).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(notification = %n.id, error = %e, "cannot put a notification back for its next attempt; SQS will redeliver it");
+                false
+            }
+        }
+    }
+
     /// True when the message may be deleted.
     async fn handle_record(&self, record: SqsMessage, deadline: Millis) -> bool {
         let id = record.message_id.as_deref().unwrap_or_default();
@@ -316,6 +346,13 @@ impl DispatcherLambda {
         if let Some(at) = not_before.filter(|at| *at > self.clock.now_ms() + 1_000) {
             self.delay(&record, at).await;
             return false;
+        }
+        match read_queued(body) {
+            Queued::Dispatch => {}
+            Queued::Unreadable(why) => return self.dead_letter(&record, &why).await,
+            Queued::Notification(n, attempt, seal) => {
+                return self.send_notification(&n, attempt, &seal).await;
+            }
         }
         // Its share of the bodies this instance holds at once, before anything is read.
         let size = DispatchBodies::size_of(body).clamp(1, BODY_BYTES_AT_ONCE);

@@ -21,8 +21,10 @@ use touchpoint::dispatch::{
     Dispatch, Malformed, PlannedBatch, batch_users, batches_of, order_no, plan_batch_sized,
     read_dispatch, read_dispatch_text, resolve_template_with,
 };
+use touchpoint::ids::DispatchId;
 use touchpoint::ledger::{exhausted_reason, may_claim, next_round, stalled};
-use touchpoint::model::{EnumSource, Receipt, Touchpoint};
+use touchpoint::model::{EnumSource, ProjectId, Receipt, Touchpoint};
+use touchpoint::notify::{EventType, Notification, Notifications};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::UserStatus;
 use touchpoint::protocol::touch_request;
@@ -141,6 +143,8 @@ pub struct Dispatcher {
     limits: Arc<ReceiverLimits>,
     options: Arc<EnumOptions>,
     schedules: Option<ScheduleCheck>,
+    /// Where completed dispatches and batches out of retries are told.
+    notifications: Arc<Notifications>,
 }
 
 /// Where a batch stands after a delivery looked at it.
@@ -216,7 +220,18 @@ impl Dispatcher {
             clock,
             cfg,
             schedules: None,
+            notifications: Arc::new(Notifications::none()),
         }
+    }
+
+    /// Tells completed dispatches, batches out of retries and the receivers' circuit breakers
+    /// (this dispatcher's limits) to `notifications`.
+    pub fn with_notifications(mut self, notifications: Arc<Notifications>) -> Dispatcher {
+        if notifications.is_wired() {
+            self.limits.notify_with(Arc::clone(&notifications));
+        }
+        self.notifications = notifications;
+        self
     }
 
     /// Makes sure an async touchpoint's receipt schedule exists before its batches go out, so
@@ -334,9 +349,39 @@ impl Dispatcher {
             project = dispatch.project_id,
             dispatch_id = %dispatch.dispatch_id,
         );
-        self.deliver_read(dispatch, problems, receives, deadline)
+        let (project, dispatch_id) = (dispatch.project_id, dispatch.dispatch_id.clone());
+        let handled = self
+            .deliver_read(dispatch, problems, receives, deadline)
             .instrument(span)
+            .await;
+        if matches!(handled, Ok(Handled::Done)) {
+            self.tell_completed(project, &dispatch_id).await;
+        }
+        handled
+    }
+
+    /// Tells `dispatch.completed` once every user of the dispatch has an outcome (a delivery
+    /// that leaves users waiting for their receipts leaves it to the receipt poller).
+    async fn tell_completed(&self, project: ProjectId, dispatch_id: &DispatchId) {
+        if !self
+            .notifications
+            .wants(project, EventType::DispatchCompleted)
             .await
+        {
+            return;
+        }
+        match self.ledger.dispatch(project, dispatch_id).await {
+            Ok(Some(view)) => {
+                if let Some(n) = touchpoint::notify::dispatch_completed(&view, self.clock.now_ms())
+                {
+                    self.notifications.notify(n).await;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the dispatch to tell its completion");
+            }
+        }
     }
 
     async fn deliver_read(
@@ -677,6 +722,9 @@ impl Dispatcher {
     /// Shares the limits of the receivers with the other senders of this process (receipt
     /// polls, test sends), so that one touchpoint's limits hold for all of them.
     pub fn with_limits(mut self, limits: Arc<ReceiverLimits>) -> Dispatcher {
+        if self.notifications.is_wired() {
+            limits.notify_with(Arc::clone(&self.notifications));
+        }
         self.limits = limits;
         self
     }
@@ -724,7 +772,23 @@ impl Dispatcher {
         let tp = plan.tp;
         if let Some(why) = self.down_past_horizon(tp).await {
             let left = plan.remaining(plan.progress.clone());
-            return self.fail_remaining(&left, &why, deadline).await;
+            let handled = self.fail_remaining(&left, &why, deadline).await;
+            let n = Notification::new(
+                plan.meta.project_id,
+                EventType::BatchRetriesExhausted,
+                &format!("{}.horizon", plan.meta.dispatch_id),
+                self.clock.now_ms(),
+                serde_json::json!({
+                    "projectId": plan.meta.project_id,
+                    "touchpointId": plan.meta.touchpoint_id,
+                    "campaignId": plan.meta.campaign_id,
+                    "dispatchId": plan.meta.dispatch_id,
+                    "orderNo": null,
+                    "reason": why,
+                }),
+            );
+            self.notifications.notify(n).await;
+            return handled;
         }
         let limit = self.limits.concurrency(tp);
         let timeout = self.timeout(tp);
@@ -812,6 +876,7 @@ impl Dispatcher {
                         request_timeout: timeout,
                         ..self.cfg.clone()
                     },
+                    notifications: Arc::clone(&self.notifications),
                 };
                 let span = tracing::debug_span!("batch", order_no = %job.batch.order_no);
                 set.spawn(
@@ -944,6 +1009,7 @@ struct BatchJob {
     outbound: Outbound,
     clock: Arc<dyn Clock>,
     cfg: DispatcherConfig,
+    notifications: Arc<Notifications>,
 }
 
 impl BatchJob {
@@ -1051,6 +1117,7 @@ impl BatchJob {
         if let Some(pass) = pass {
             pass.answered(ex.answer);
         }
+        let mut exhausted = None;
         let (outcome, status) = match ex.verdict {
             Verdict::Final(statuses) => (final_results(&gids, statuses), BatchStatus::Finished),
             Verdict::Accepted(statuses) => (
@@ -1074,6 +1141,7 @@ impl BatchJob {
                     }
                     None => {
                         let reason = exhausted_reason(counted, ex.error.as_deref());
+                        exhausted = Some(reason.clone());
                         (
                             final_results(&gids, vec![UserStatus::failed(reason); gids.len()]),
                             BatchStatus::Finished,
@@ -1101,6 +1169,25 @@ impl BatchJob {
                 outcome: outcome.bounded(),
             })
             .await?;
+        if let Some(reason) = exhausted {
+            let n = Notification::new(
+                meta.project_id,
+                EventType::BatchRetriesExhausted,
+                &batch.order_no,
+                at,
+                serde_json::json!({
+                    "projectId": meta.project_id,
+                    "touchpointId": meta.touchpoint_id,
+                    "campaignId": meta.campaign_id,
+                    "dispatchId": meta.dispatch_id,
+                    "orderNo": batch.order_no,
+                    "users": gids.len(),
+                    "attempts": attempt,
+                    "reason": reason,
+                }),
+            );
+            self.notifications.notify(n).await;
+        }
         Ok((status, true, settled))
     }
 }

@@ -257,6 +257,12 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
         cfg.dispatcher.receipt_poll_interval,
         stop_rx.clone(),
     ));
+    let notifier_task = tokio::spawn(worker::send_notifications(
+        store.clone(),
+        services.notification_sender.clone(),
+        services.clock.clone(),
+        stop_rx.clone(),
+    ));
     let publisher_task = tokio::spawn(worker::publish_results(results, store.clone(), stop_rx));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -291,6 +297,7 @@ async fn serve(mut cfg: Config) -> Result<(), String> {
     // Batches still in flight are sent again with the same orderNo after the next start.
     worker_task.abort();
     ticker_task.abort();
+    notifier_task.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), publisher_task).await;
     tracing::info!("stopped");
     Ok(())

@@ -206,3 +206,66 @@ pub async fn tick_receipts(
         }
     }
 }
+
+/// Notifications sent at once, at most, in one round of the local outbox.
+const NOTIFICATIONS_AT_ONCE: usize = 16;
+/// How long a notification taken to be sent stays hidden: a process that stops meanwhile
+/// leaves it to be sent again after the next start.
+const NOTIFICATION_HIDE_MS: i64 = 2 * 60 * 1000;
+
+/// Sends the notifications the local outbox holds when they are due, retried by the sender's
+/// schedule; never in the way of a delivery (their own task, their own requests).
+pub async fn send_notifications(
+    store: SqliteStore,
+    sender: touchpoint_receiver::notify::NotificationSender,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let wake = store.notifications_waiting();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let now = clock.now_ms();
+        let due = match store
+            .due_notifications(now, NOTIFICATION_HIDE_MS, NOTIFICATIONS_AT_ONCE)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the notification outbox");
+                Vec::new()
+            }
+        };
+        let full = due.len() == NOTIFICATIONS_AT_ONCE;
+        let sends = due.into_iter().map(|(attempt, n)| {
+            let (store, sender) = (store.clone(), sender.clone());
+            async move {
+                match sender.handle(&n, attempt, None, &store).await {
+                    Ok(touchpoint_receiver::notify::Handled::Finished) => {
+                        if let Err(e) = store.notification_done(&n.id).await {
+                            tracing::warn!(notification = %n.id, error = %e, "cannot remove a sent notification; it may be sent again");
+                        }
+                    }
+                    Ok(touchpoint_receiver::notify::Handled::Again) => {}
+                    Err(e) => {
+                        tracing::warn!(notification = %n.id, error = %e, "cannot keep a notification for its next attempt; it comes back when its hiding ends");
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        if full {
+            continue;
+        }
+        let wait = match store.next_notification_at().await {
+            Ok(Some(at)) => Duration::from_millis((at - clock.now_ms()).clamp(0, 1_000) as u64),
+            _ => IDLE_POLL,
+        };
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

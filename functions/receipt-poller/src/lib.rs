@@ -15,10 +15,13 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use touchpoint::ProjectId;
 use touchpoint::clock::{Clock, Millis};
-use touchpoint::delivery::{PendingBatch, PollRecord, ReceiptLedger, ReceiptSchedule, UserResult};
+use touchpoint::delivery::{
+    DeliveryReports, PendingBatch, PollRecord, ReceiptLedger, ReceiptSchedule, UserResult,
+};
 use touchpoint::ids::TouchpointId;
 use touchpoint::ledger::{PollDecision, decide_poll, may_claim, next_poll_at};
 use touchpoint::model::{Receipt, Touchpoint};
+use touchpoint::notify::{EventType, Notification, Notifications};
 use touchpoint::ports::{StoreError, TouchpointStore};
 use touchpoint::protocol::{ReceiptReading, UserStatus, read_receipt, receipt_poll};
 use touchpoint_outbound::Outbound;
@@ -87,6 +90,10 @@ pub struct ReceiptPoller {
     cfg: PollerConfig,
     /// The limits of the receivers, shared with the process's other senders.
     limits: Option<Arc<touchpoint_receiver::limits::ReceiverLimits>>,
+    /// Where receipt timeouts and completed dispatches are told, and where a completed
+    /// dispatch is read from.
+    notifications: Arc<Notifications>,
+    reports: Option<Arc<dyn DeliveryReports>>,
 }
 
 enum Polled {
@@ -117,6 +124,69 @@ impl ReceiptPoller {
             clock,
             cfg,
             limits: None,
+            notifications: Arc::new(Notifications::none()),
+            reports: None,
+        }
+    }
+
+    /// Tells receipt timeouts, and the completion of the dispatches whose last receipts came
+    /// in (read from `reports`), to `notifications`.
+    pub fn with_notifications(
+        mut self,
+        notifications: Arc<Notifications>,
+        reports: Arc<dyn DeliveryReports>,
+    ) -> ReceiptPoller {
+        self.notifications = notifications;
+        self.reports = Some(reports);
+        self
+    }
+
+    /// After a poll: the users that timed out, and the dispatch if its last users settled.
+    async fn tell(&self, b: &PendingBatch, settled: usize, timed_out: usize) {
+        let now = self.clock.now_ms();
+        if timed_out > 0 {
+            let n = Notification::new(
+                b.project_id,
+                EventType::ReceiptTimeout,
+                &b.order_no,
+                now,
+                serde_json::json!({
+                    "projectId": b.project_id,
+                    "touchpointId": b.touchpoint_id,
+                    "orderNo": b.order_no,
+                    "users": timed_out,
+                    "acceptedAt": touchpoint::clock::rfc3339(b.accepted_at),
+                    "deadline": touchpoint::clock::rfc3339(b.deadline),
+                }),
+            );
+            self.notifications.notify(n).await;
+        }
+        let Some(reports) = &self.reports else {
+            return;
+        };
+        if settled < b.pending.len()
+            || !self
+                .notifications
+                .wants(b.project_id, EventType::DispatchCompleted)
+                .await
+        {
+            return;
+        }
+        let view = match reports.batch(b.project_id, &b.order_no).await {
+            Ok(Some(batch)) => reports.dispatch(b.project_id, &batch.dispatch_id).await,
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match view {
+            Ok(Some(view)) => {
+                if let Some(n) = touchpoint::notify::dispatch_completed(&view, now) {
+                    self.notifications.notify(n).await;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(order_no = %b.order_no, error = %e, "cannot read the dispatch to tell its completion");
+            }
         }
     }
 
@@ -377,7 +447,7 @@ impl ReceiptPoller {
         self.ledger
             .record_poll(&PollRecord {
                 project_id: b.project_id,
-                order_no: b.order_no,
+                order_no: b.order_no.clone(),
                 at: answered,
                 settled,
                 next_poll_at,
@@ -385,6 +455,7 @@ impl ReceiptPoller {
                 error,
             })
             .await?;
+        self.tell(&b, n, timed_out).await;
         Ok(match (failed, timed_out) {
             (_, t) if t > 0 => Polled::TimedOut {
                 settled: n - t,

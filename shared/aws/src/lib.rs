@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod group;
 mod item;
 pub mod limits;
+pub mod notify;
 pub mod provision;
 pub mod schedule;
 pub mod touchpoints;

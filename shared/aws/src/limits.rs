@@ -344,7 +344,7 @@ impl SharedLimits for DynamoLimits {
         tp: &TouchpointId,
         next: Option<&Breaker>,
         probe: Option<Millis>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut update = match next {
             Some(b) => self
                 .pressure_update(project, tp)
@@ -375,7 +375,7 @@ impl SharedLimits for DynamoLimits {
                 .expression_attribute_values(":probe", n(lease));
         }
         // Refused on its condition: the probe no longer holds the breaker.
-        conditionally(update).await.map(|_| ())
+        conditionally(update).await.map(|out| out.is_some())
     }
 
     async fn release_probe(

@@ -7,6 +7,7 @@
 //! | space grant | `P#{project}#SPACE#{space}` | `TP#{id}` |
 //! | campaign reference | `P#{project}` | `CR#{id}#{campaign}` |
 //! | audit entry (delivery table, with its TTL) | `AUDIT#{project}` | entry id (time first) |
+//! | notification settings | `P#{project}` | `NOTIFY` |
 //!
 //! Every change is a conditional write on the touchpoint's `version`; the touchpoint keeps a
 //! `blocking` count of campaign references in a blocking state, so "disable unless a live
@@ -28,6 +29,7 @@ use touchpoint::ProjectId;
 use touchpoint::audit::{AuditAction, AuditEntry, AuditFilter};
 use touchpoint::ids::TouchpointId;
 use touchpoint::model::{CampaignRef, CampaignState, Token, TokenRotation, Touchpoint};
+use touchpoint::notify::NotificationConfig;
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 
 use crate::item::*;
@@ -40,6 +42,9 @@ pub struct DynamoTouchpoints {
     audit_table: String,
     retention_secs: i64,
 }
+
+/// The sort key of a project's notification settings (beside its touchpoints).
+const NOTIFY_SK: &str = "NOTIFY";
 
 fn audit_pk(project: ProjectId) -> String {
     format!("AUDIT#{project}")
@@ -783,6 +788,68 @@ impl TouchpointStore for DynamoTouchpoints {
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
         self.change_ref(project, id, campaign_id, None, audit).await
+    }
+
+    async fn notification_config(
+        &self,
+        project: ProjectId,
+    ) -> Result<Option<NotificationConfig>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(project_pk(project), NOTIFY_SK)))
+            .send()
+            .await
+            .map_err(aws_err)?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let events = get_s(&item, "events").ok_or_else(|| missing("events"))?;
+        Ok(Some(NotificationConfig {
+            url: get_s(&item, "url").ok_or_else(|| missing("url"))?,
+            token: Token::new(get_s(&item, "token").ok_or_else(|| missing("token"))?),
+            events: serde_json::from_str(&events).map_err(StoreError::backend)?,
+            updated_at: get_n(&item, "updated_at").unwrap_or_default(),
+        }))
+    }
+
+    async fn put_notification_config(
+        &self,
+        project: ProjectId,
+        config: Option<&NotificationConfig>,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let change = match config {
+            Some(c) => {
+                let mut item = key(project_pk(project), NOTIFY_SK);
+                item.insert("url".into(), s(&c.url));
+                item.insert("token".into(), s(c.token.expose()));
+                item.insert(
+                    "events".into(),
+                    s(serde_json::to_string(&c.events).map_err(StoreError::backend)?),
+                );
+                item.insert("updated_at".into(), n(c.updated_at));
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .build()
+                            .map_err(build_err)?,
+                    )
+                    .build()
+            }
+            None => self.delete(project_pk(project), NOTIFY_SK.to_owned())?,
+        };
+        self.client
+            .transact_write_items()
+            .transact_items(change)
+            .transact_items(self.audit(audit)?)
+            .send()
+            .await
+            .map_err(aws_err)?;
+        Ok(())
     }
 
     async fn record_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {

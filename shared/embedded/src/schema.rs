@@ -172,6 +172,21 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE touchpoints ADD COLUMN overlap_until INTEGER;
      ALTER TABLE touchpoints ADD COLUMN paused_since INTEGER;
      ALTER TABLE touchpoints ADD COLUMN paused_reason TEXT;",
+    // 9: a project's notification settings, and the notifications waiting to be sent.
+    "CREATE TABLE notification_settings (
+         project_id INTEGER PRIMARY KEY,
+         url        TEXT    NOT NULL,
+         token      TEXT    NOT NULL,
+         events     TEXT    NOT NULL,
+         updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE notification_outbox (
+         id         TEXT    PRIMARY KEY,
+         body       TEXT    NOT NULL,
+         attempt    INTEGER NOT NULL,
+         due_at     INTEGER NOT NULL
+     );
+     CREATE INDEX notification_outbox_due ON notification_outbox (due_at);",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use touchpoint::ProjectId;
 use touchpoint::audit::{AuditAction, AuditEntry, AuditFilter};
+use touchpoint::clock::Millis;
 use touchpoint::ids::TouchpointId;
 use touchpoint::model::{
     CampaignRef, CampaignState, ManualPause, Token, TokenRotation, Touchpoint, TouchpointSpec,
 };
+use touchpoint::notify::{EventType, Notification, NotificationConfig, NotificationOutbox};
 use touchpoint::ports::{ListFilter, StoreError, TouchpointStore, UpdateGuard};
 
 use crate::schema;
@@ -28,6 +30,7 @@ pub struct SqliteStore {
     writes: Arc<AtomicU64>,
     queue_ready: Arc<tokio::sync::Notify>,
     results_ready: Arc<tokio::sync::Notify>,
+    notifications: Arc<tokio::sync::Notify>,
 }
 
 /// What a committed write survives.
@@ -107,6 +110,7 @@ impl SqliteStore {
             writes: Arc::new(AtomicU64::new(0)),
             queue_ready: Arc::new(tokio::sync::Notify::new()),
             results_ready: Arc::new(tokio::sync::Notify::new()),
+            notifications: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -774,6 +778,181 @@ impl TouchpointStore for SqliteStore {
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let filter = filter.clone();
         self.tx(move |tx| audit_rows(tx, project, &filter)).await
+    }
+
+    async fn notification_config(
+        &self,
+        project: ProjectId,
+    ) -> Result<Option<NotificationConfig>, StoreError> {
+        self.tx(move |tx| {
+            tx.query_row(
+                "SELECT url, token, events, updated_at FROM notification_settings WHERE project_id = ?1",
+                params![project],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(backend)?
+            .map(|(url, token, events, updated_at)| {
+                let events: Vec<EventType> = serde_json::from_str(&events).map_err(StoreError::backend)?;
+                Ok(NotificationConfig {
+                    url,
+                    token: Token::new(token),
+                    events,
+                    updated_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn put_notification_config(
+        &self,
+        project: ProjectId,
+        config: Option<&NotificationConfig>,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let (config, audit) = (config.cloned(), audit.clone());
+        self.tx(move |tx| {
+            match &config {
+                Some(c) => {
+                    let events = serde_json::to_string(&c.events).map_err(StoreError::backend)?;
+                    tx.execute(
+                        "INSERT INTO notification_settings (project_id, url, token, events, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (project_id) DO UPDATE SET url = ?2, token = ?3, events = ?4, updated_at = ?5",
+                        params![project, c.url, c.token.expose(), events, c.updated_at],
+                    )
+                    .map_err(backend)?;
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM notification_settings WHERE project_id = ?1",
+                        params![project],
+                    )
+                    .map_err(backend)?;
+                }
+            }
+            write_audit(tx, &audit)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl NotificationOutbox for SqliteStore {
+    /// The seal is not kept: only this process writes the table.
+    async fn put(
+        &self,
+        n: &Notification,
+        attempt: u32,
+        due_at: Millis,
+        _seal: &str,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_string(n).map_err(StoreError::backend)?;
+        let id = n.id.clone();
+        let waiting = self.notifications_waiting();
+        self.tx(move |tx| {
+            // The same occurrence twice (two processes saw it): kept once.
+            tx.execute(
+                "INSERT INTO notification_outbox (id, body, attempt, due_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET attempt = ?3, due_at = ?4 WHERE ?3 > 0",
+                params![id, body, attempt, due_at],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await?;
+        waiting.notify_one();
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Notifications due at `now`, at most `limit`, each hidden for `hide_ms` while it is
+    /// sent (a process that stops meanwhile leaves it to come back then): (attempt, notification).
+    pub async fn due_notifications(
+        &self,
+        now: Millis,
+        hide_ms: Millis,
+        limit: usize,
+    ) -> Result<Vec<(u32, Notification)>, StoreError> {
+        self.tx(move |tx| {
+            let rows: Vec<(String, String, u32)> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT id, body, attempt FROM notification_outbox WHERE due_at <= ?1
+                         ORDER BY due_at LIMIT ?2",
+                    )
+                    .map_err(backend)?;
+                stmt.query_map(params![now, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?
+            };
+            let mut due = Vec::new();
+            for (id, body, attempt) in rows {
+                tx.execute(
+                    "UPDATE notification_outbox SET due_at = ?2 WHERE id = ?1",
+                    params![id, now.saturating_add(hide_ms)],
+                )
+                .map_err(backend)?;
+                match serde_json::from_str::<Notification>(&body) {
+                    Ok(n) => due.push((attempt, n)),
+                    Err(e) => {
+                        tracing::error!(notification = %id, error = %e, "unreadable notification dropped");
+                        tx.execute("DELETE FROM notification_outbox WHERE id = ?1", params![id])
+                            .map_err(backend)?;
+                    }
+                }
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    /// When the next notification is due (`None`: none waits).
+    pub async fn next_notification_at(&self) -> Result<Option<Millis>, StoreError> {
+        self.tx(|tx| {
+            tx.query_row("SELECT MIN(due_at) FROM notification_outbox", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    /// A notification sent, or given up on.
+    pub async fn notification_done(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.tx(move |tx| {
+            tx.execute("DELETE FROM notification_outbox WHERE id = ?1", params![id])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The project's notification settings with their token (tests).
+    pub async fn notification_config_for_test(
+        &self,
+        project: ProjectId,
+    ) -> Option<NotificationConfig> {
+        self.notification_config(project).await.ok().flatten()
+    }
+
+    /// Wakes the notification sender when one is put.
+    pub fn notifications_waiting(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.notifications)
     }
 }
 

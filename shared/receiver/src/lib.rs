@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod limits;
+pub mod notify;
 pub mod options;
 mod test_send;
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use touchpoint::clock::Clock;
 use touchpoint::delivery::{DeliveryStore, DispatchIntake, ReceiptSchedule};
 use touchpoint::limits::SharedLimits;
+use touchpoint::notify::{NotificationOutbox, Notifications};
 use touchpoint::ports::TouchpointStore;
 use touchpoint::reporting::Reporting;
 use touchpoint::{Touchpoints, UrlPolicy};
@@ -15,6 +16,7 @@ use touchpoint_dispatcher::{Dispatcher, DispatcherConfig};
 use touchpoint_outbound::Outbound;
 use touchpoint_receipt_poller::{PollerConfig, ReceiptPoller};
 use touchpoint_receiver::limits::ReceiverLimits;
+use touchpoint_receiver::notify::NotificationSender;
 use touchpoint_receiver::{EnumOptions, TestSend};
 
 /// What the use cases run on.
@@ -29,6 +31,8 @@ pub struct Ports {
     /// Where the receivers' limits are held when several processes send to them (every
     /// Lambda instance on AWS); `None`: in this process (the local binary).
     pub limits: Option<Arc<dyn SharedLimits>>,
+    /// Where operational notifications wait to be sent; `None`: none are made.
+    pub outbox: Option<Arc<dyn NotificationOutbox>>,
 }
 
 /// How the use cases behave.
@@ -75,6 +79,9 @@ pub struct Services {
     pub poller: Arc<ReceiptPoller>,
     pub intake: Arc<dyn DispatchIntake>,
     pub clock: Arc<dyn Clock>,
+    /// What every emitter tells, and what sends a notification from its outbox.
+    pub notifications: Arc<Notifications>,
+    pub notification_sender: NotificationSender,
 }
 
 impl Services {
@@ -90,10 +97,22 @@ impl Services {
             clock,
             outbound,
             limits: shared_limits,
+            outbox,
         } = ports;
+        let notifications = Arc::new(match outbox {
+            Some(outbox) => Notifications::new(store.clone(), outbox, clock.clone()),
+            None => Notifications::none(),
+        });
+        let notification_sender = NotificationSender::new(
+            store.clone(),
+            outbound.clone(),
+            clock.clone(),
+            settings.dispatcher.time_scale,
+        );
         let touchpoints = Touchpoints::new(store.clone(), clock.clone(), settings.urls)
             .with_receipt_schedule(schedule.clone(), delivery.clone())
-            .with_time_scale(settings.dispatcher.time_scale);
+            .with_time_scale(settings.dispatcher.time_scale)
+            .with_notifications(notifications.clone());
         let test_send = TestSend::new(
             outbound.clone(),
             clock.clone(),
@@ -116,6 +135,7 @@ impl Services {
                     .with_shared(shared, clock.clone()),
             ));
         }
+        let dispatcher = dispatcher.with_notifications(notifications.clone());
         // One set of receiver limits for every sender of the process.
         let limits = dispatcher.limits();
         let test_send = test_send.with_limits(limits.clone());
@@ -127,7 +147,8 @@ impl Services {
             clock.clone(),
             settings.poller,
         )
-        .with_limits(limits);
+        .with_limits(limits)
+        .with_notifications(notifications.clone(), delivery.clone());
         Services {
             touchpoints,
             reporting: Reporting::new(delivery, intake.clone(), clock.clone()),
@@ -137,6 +158,8 @@ impl Services {
             poller: Arc::new(poller),
             intake,
             clock,
+            notifications,
+            notification_sender,
         }
     }
 
@@ -154,10 +177,11 @@ impl Services {
                 touchpoints: store.clone(),
                 delivery: store.clone(),
                 intake: store.clone(),
-                schedule: store,
+                schedule: store.clone(),
                 clock,
                 outbound,
                 limits: None,
+                outbox: Some(store),
             },
             settings,
         )
@@ -185,6 +209,7 @@ impl Services {
     ) -> Result<(Services, Arc<touchpoint_aws::group::Groups>), String> {
         let mut settings = settings;
         settings.dispatcher.health = names.breaker.clone();
+        let clock: Arc<dyn Clock> = Arc::new(touchpoint::SystemClock);
         let delivery = Arc::new(touchpoint_aws::DynamoDelivery::new(clients, names));
         let groups = delivery.groups();
         let services = Services::new(
@@ -199,12 +224,19 @@ impl Services {
                     clients.scheduler.clone(),
                     names,
                 )?),
-                clock: Arc::new(touchpoint::SystemClock),
+                clock: clock.clone(),
                 outbound,
                 limits: Some(Arc::new(touchpoint_aws::DynamoLimits::new(
                     clients.dynamodb.clone(),
                     &names.delivery_table,
                 ))),
+                outbox: names.dispatch_queue_url.as_ref().map(|url| {
+                    Arc::new(touchpoint_aws::notify::SqsOutbox::new(
+                        clients.sqs.clone(),
+                        url.clone(),
+                        clock,
+                    )) as Arc<dyn NotificationOutbox>
+                }),
             },
             settings,
         );

@@ -61,6 +61,12 @@ pub enum AuditAction {
     #[serde(rename = "campaign.delete")]
     #[strum(serialize = "campaign.delete")]
     DeleteCampaign,
+    #[serde(rename = "notifications.put")]
+    #[strum(serialize = "notifications.put")]
+    PutNotifications,
+    #[serde(rename = "notifications.delete")]
+    #[strum(serialize = "notifications.delete")]
+    DeleteNotifications,
 }
 
 crate::model::wire_names!(AuditAction);

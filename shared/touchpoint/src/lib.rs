@@ -18,6 +18,7 @@ pub mod json;
 pub mod ledger;
 pub mod limits;
 pub mod model;
+pub mod notify;
 pub mod ports;
 pub mod protocol;
 pub mod reporting;

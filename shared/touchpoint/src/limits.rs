@@ -154,7 +154,7 @@ pub trait SharedLimits: Send + Sync {
         tp: &TouchpointId,
         next: Option<&Breaker>,
         probe: Option<Millis>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Gives back a probe taken and not sent (its lease `probe`), so that another request may
     /// probe at once rather than after the lease.

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use crate::audit::{AuditEntry, AuditFilter};
 use crate::ids::TouchpointId;
 use crate::model::{CampaignRef, Kind, ProjectId, Touchpoint};
+use crate::notify::NotificationConfig;
 
 /// Which touchpoints a listing returns, after which id, and how many.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -133,6 +134,21 @@ pub trait TouchpointStore: Send + Sync {
     /// Records an admin's action that changed nothing stored here (a resume that only closed
     /// the circuit breaker).
     async fn record_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
+
+    /// The project's notification settings (`None`: it has none).
+    async fn notification_config(
+        &self,
+        project: ProjectId,
+    ) -> Result<Option<NotificationConfig>, StoreError>;
+
+    /// Replaces the project's notification settings (`None`: removes them), with the audit
+    /// entry in the same atomic step.
+    async fn put_notification_config(
+        &self,
+        project: ProjectId,
+        config: Option<&NotificationConfig>,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
 
     /// Audit entries of a project, newest first, filtered; at most `filter.limit`.
     async fn audit_log(

@@ -20,6 +20,8 @@ use crate::input::{TokenPatch, check_token, parse_touchpoint};
 use crate::model::*;
 use crate::ports::{ListFilter, TouchpointStore, UpdateGuard};
 
+mod notifications;
+
 /// Listing size when none is asked for, and the most one page may hold.
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 pub const MAX_PAGE_SIZE: usize = 100;
@@ -56,6 +58,8 @@ pub struct Touchpoints {
     /// Divides a rotation's overlap (1 in production; compressed time in the delivery
     /// scenarios).
     time_scale: f64,
+    /// Where an admin's pauses and resumes are told.
+    notifications: Arc<crate::notify::Notifications>,
 }
 
 /// An audit listing request as it arrives (query-string values, unchecked).
@@ -76,6 +80,7 @@ impl Touchpoints {
             receipts: None,
             actor: Actor::system(),
             time_scale: 1.0,
+            notifications: Arc::new(crate::notify::Notifications::none()),
         }
     }
 
@@ -532,30 +537,33 @@ impl Touchpoints {
             since: self.clock.now_ms(),
             reason,
         });
-        self.commit(
-            &current,
-            next,
-            current.version,
-            UpdateGuard::None,
-            AuditAction::Pause,
-        )
-        .await
+        let paused = self
+            .commit(
+                &current,
+                next,
+                current.version,
+                UpdateGuard::None,
+                AuditAction::Pause,
+            )
+            .await?;
+        self.tell_paused(&paused).await;
+        Ok(paused)
     }
 
-    /// Ends an admin's pause (the caller also closes the circuit breaker, open or not as
-    /// `breaker_open` says). A resume that only closes the breaker is recorded on its own; one
+    /// Ends an admin's pause (the caller also closes the circuit breaker, open since
+    /// `breaker_open` or not). A resume that only closes the breaker is recorded on its own; one
     /// with nothing to resume changes and records nothing.
     pub async fn resume(
         &self,
         project: ProjectId,
         id: &TouchpointId,
         expected: Option<u64>,
-        breaker_open: bool,
+        breaker_open: Option<Millis>,
     ) -> Result<Touchpoint, DomainError> {
         let current = self.get(project, id).await?;
         check_version(&current, expected)?;
         if current.paused.is_none() {
-            if breaker_open {
+            if breaker_open.is_some() {
                 let audit = self
                     .entry(project, AuditAction::Resume, id)
                     .with_changes(vec![FieldChange {
@@ -564,19 +572,24 @@ impl Touchpoints {
                         after: Some(Value::from("healthy")),
                     }]);
                 self.store.record_audit(&audit).await?;
+                self.tell_resumed(&current, breaker_open).await;
             }
             return Ok(current);
         }
+        let since = current.paused.as_ref().map(|p| p.since);
         let mut next = current.clone();
         next.paused = None;
-        self.commit(
-            &current,
-            next,
-            current.version,
-            UpdateGuard::None,
-            AuditAction::Resume,
-        )
-        .await
+        let resumed = self
+            .commit(
+                &current,
+                next,
+                current.version,
+                UpdateGuard::None,
+                AuditAction::Resume,
+            )
+            .await?;
+        self.tell_resumed(&resumed, since).await;
+        Ok(resumed)
     }
 
     /// The project's audit log, newest first, a page at a time.

@@ -265,3 +265,47 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// Checks each request with the official Standard Webhooks library (the Python
+/// `standardwebhooks` package of the tools venv, whose interpreter `MOTO_PYTHON` names) and
+/// returns why each one it refused was refused (empty: it verified them all).
+pub fn standard_webhooks_refusals(secret: &str, seen: &[Seen]) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import json, sys
+from standardwebhooks import Webhook
+hook = Webhook(sys.argv[1])
+refused = []
+for item in json.load(open(sys.argv[2])):
+    try:
+        hook.verify(item["body"].encode(), item["headers"])
+    except Exception as e:
+        refused.append(f"{item['headers'].get('webhook-id')}: {type(e).__name__} {e}")
+print(json.dumps(refused))
+"#;
+    let python = std::env::var("MOTO_PYTHON")
+        .expect("MOTO_PYTHON names the tools venv's python: run through infra/test.sh");
+    let items: Vec<Value> = seen
+        .iter()
+        .map(|s| {
+            let headers: serde_json::Map<String, Value> = s
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), Value::from(v.to_str().ok()?))))
+                .collect();
+            json!({"headers": headers, "body": String::from_utf8_lossy(&s.raw)})
+        })
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&items).unwrap()).unwrap();
+    let out = std::process::Command::new(python)
+        .args(["-c", SCRIPT, secret])
+        .arg(file.path())
+        .output()
+        .expect("the tools venv's python runs");
+    assert!(
+        out.status.success(),
+        "standardwebhooks: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON list")
+}

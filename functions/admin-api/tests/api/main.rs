@@ -9,4 +9,5 @@ mod common;
 mod audit;
 mod health;
 mod hostile_input;
+mod notifications;
 mod routes;

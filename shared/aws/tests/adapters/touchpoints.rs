@@ -262,7 +262,7 @@ async fn every_change_is_audited_in_its_own_transaction_and_no_token_is_stored_i
         .unwrap();
     let paused = tp.get(1, &a.id).await.unwrap().paused.expect("stored");
     assert_eq!(paused.reason.as_deref(), Some("维护"));
-    admin.resume(1, &a.id, None, false).await.unwrap();
+    admin.resume(1, &a.id, None, None).await.unwrap();
     assert!(tp.get(1, &a.id).await.unwrap().paused.is_none());
     admin.disable(1, &a.id, None).await.unwrap();
     admin.delete(1, &a.id, None).await.unwrap();

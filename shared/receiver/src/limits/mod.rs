@@ -30,6 +30,7 @@ use touchpoint::clock::{Clock, Millis, SystemClock};
 use touchpoint::health::{Health, HealthPolicy};
 use touchpoint::ids::TouchpointId;
 use touchpoint::model::Touchpoint;
+use touchpoint::notify::{EventType, Notification, Notifications};
 
 use health::{Gating, Tracker, Turn};
 
@@ -54,9 +55,71 @@ pub struct ReceiverLimits {
     /// Limits held across processes, when set.
     shared: Option<Arc<shared::Shared>>,
     shared_gates: Mutex<HashMap<(ProjectId, TouchpointId), Arc<shared::SharedGate>>>,
+    notifier: Notifier,
+}
+
+/// Where the breaker's turns are told, once set ([`ReceiverLimits::notify_with`]).
+pub(crate) type Notifier = Arc<std::sync::OnceLock<Arc<Notifications>>>;
+
+/// The notification of a breaker's turn (`paused_since`: when the pause it ends began), if
+/// it makes one: a trip pauses, a close resumes; a failed probe changes nothing to tell.
+fn breaker_notification(
+    project: ProjectId,
+    tp: &TouchpointId,
+    turn: &Turn,
+    paused_since: Option<Millis>,
+    now: Millis,
+) -> Option<Notification> {
+    use touchpoint::clock::rfc3339;
+    match turn {
+        Turn::Trip(b) => Some(Notification::new(
+            project,
+            EventType::TouchpointPaused,
+            &format!("{tp}.{}", b.since),
+            now,
+            serde_json::json!({
+                "projectId": project,
+                "touchpointId": tp,
+                "manual": false,
+                "reason": b.reason,
+                "since": rfc3339(b.since),
+                "probeAt": rfc3339(b.until),
+            }),
+        )),
+        Turn::Close => {
+            let since = paused_since.unwrap_or(now);
+            Some(Notification::new(
+                project,
+                EventType::TouchpointResumed,
+                &format!("{tp}.{since}"),
+                now,
+                serde_json::json!({
+                    "projectId": project,
+                    "touchpointId": tp,
+                    "manual": false,
+                    "pausedSince": rfc3339(since),
+                }),
+            ))
+        }
+        Turn::Reopen(_) | Turn::None => None,
+    }
+}
+
+/// Hands a notification to the notifier, if one is set, without waiting for it.
+fn tell(notifier: &Notifier, n: Option<Notification>) {
+    let (Some(notifications), Some(n)) = (notifier.get(), n) else {
+        return;
+    };
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let notifications = Arc::clone(notifications);
+        runtime.spawn(async move { notifications.notify(n).await });
+    }
 }
 
 struct Gate {
+    project: ProjectId,
+    tp: TouchpointId,
+    notifier: Notifier,
     /// Keyed by the limit too: an edited `maxConcurrency` takes effect at once.
     slots: Mutex<(usize, Arc<Semaphore>)>,
     pace: Mutex<Pace>,
@@ -180,7 +243,14 @@ impl ReceiverLimits {
             gates: Mutex::new(HashMap::new()),
             shared: None,
             shared_gates: Mutex::new(HashMap::new()),
+            notifier: Notifier::default(),
         }
+    }
+
+    /// Tells the circuit breaker's own pauses and resumptions to `notifications` (once; an
+    /// admin's are told by the admin API).
+    pub fn notify_with(&self, notifications: Arc<Notifications>) {
+        let _ = self.notifier.set(notifications);
     }
 
     /// Holds the limits in `store`, shared with every other process that sends to the same
@@ -196,6 +266,7 @@ impl ReceiverLimits {
             clock,
             self.time_scale,
             self.policy.clone(),
+            Arc::clone(&self.notifier),
         )));
         self
     }
@@ -280,6 +351,9 @@ impl ReceiverLimits {
             .entry((tp.project_id, tp.id.clone()))
             .or_insert_with(|| {
                 Arc::new(Gate {
+                    project: tp.project_id,
+                    tp: tp.id.clone(),
+                    notifier: Arc::clone(&self.notifier),
                     health: Mutex::new(Tracker::new(self.policy.clone(), self.time_scale)),
                     clock: Arc::clone(&self.clock),
                     slots: Mutex::new((0, Arc::new(Semaphore::new(0)))),
@@ -600,7 +674,12 @@ impl Pass {
         {
             let now = gate.clock.now_ms();
             let mut health = gate.health.lock().unwrap_or_else(|p| p.into_inner());
+            let paused_since = health.breaker.as_ref().map(|b| b.since);
             let turn = health.answered(answer, probe, now);
+            tell(
+                &gate.notifier,
+                breaker_notification(gate.project, &gate.tp, &turn, paused_since, now),
+            );
             if let Turn::Trip(b) | Turn::Reopen(b) = &turn {
                 tracing::warn!(reason = %b.reason, cooldown_ms = b.until - now, "receiver down: touchpoint paused");
             } else if turn == Turn::Close {

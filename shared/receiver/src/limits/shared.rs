@@ -62,6 +62,7 @@ pub(super) struct Shared {
     leases: AtomicU64,
     pub scale: f64,
     pub policy: HealthPolicy,
+    notifier: super::Notifier,
 }
 
 impl Shared {
@@ -70,6 +71,7 @@ impl Shared {
         clock: Arc<dyn Clock>,
         scale: f64,
         policy: HealthPolicy,
+        notifier: super::Notifier,
     ) -> Shared {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);
@@ -80,6 +82,7 @@ impl Shared {
             leases: AtomicU64::new(0),
             scale,
             policy,
+            notifier,
         }
     }
 
@@ -338,8 +341,9 @@ impl SharedGate {
     /// adds this process's counts to the shared window within a [`REPORT`].
     pub fn answered(self: &Arc<Self>, answer: Answer, probe: Option<Millis>) {
         let now = self.ctx.clock.now_ms();
-        let turn = {
+        let (turn, paused_since) = {
             let mut g = self.lock();
+            let paused_since = g.health.breaker.as_ref().map(|b| b.since);
             let turn = g.health.answered(answer, probe.is_some(), now);
             if g.pending_since.is_none() && g.health.unreported.is_some() {
                 g.pending_since = Some(Instant::now());
@@ -351,9 +355,9 @@ impl SharedGate {
                     g.pressure.paused_until = g.pressure.paused_until.max(b.until);
                 }
             }
-            turn
+            (turn, paused_since)
         };
-        self.write_turn(turn, probe);
+        self.write_turn(turn, probe, paused_since);
         self.report_soon();
     }
 
@@ -448,7 +452,7 @@ impl SharedGate {
                 }
                 turn
             };
-            gate.write_turn(turn, None);
+            gate.write_turn(turn, None, None);
             // What came in meanwhile.
             gate.report_soon();
         });
@@ -456,7 +460,14 @@ impl SharedGate {
 
     /// Writes a change of the breaker to the shared store (`probe`: the lease of the probe
     /// whose answer made it).
-    fn write_turn(self: &Arc<Self>, turn: Turn, probe: Option<Millis>) {
+    /// The process whose write made the turn tells it (`paused_since`: when the pause a close
+    /// ends began).
+    fn write_turn(
+        self: &Arc<Self>,
+        turn: Turn,
+        probe: Option<Millis>,
+        paused_since: Option<Millis>,
+    ) {
         if turn == Turn::None {
             return;
         }
@@ -478,13 +489,26 @@ impl SharedGate {
         runtime.spawn(async move {
             let store = &gate.ctx.store;
             let written = match &turn {
-                Turn::Trip(b) => store.trip(gate.project, &gate.tp, b).await.map(|_| ()),
+                Turn::Trip(b) => store.trip(gate.project, &gate.tp, b).await,
                 Turn::Reopen(b) => store.settle(gate.project, &gate.tp, Some(b), probe).await,
                 Turn::Close => store.settle(gate.project, &gate.tp, None, probe).await,
-                Turn::None => Ok(()),
+                Turn::None => Ok(false),
             };
-            if let Err(e) = written {
-                tracing::warn!(touchpoint = %gate.tp, error = %e, "cannot write the breaker's state");
+            match written {
+                Ok(true) => super::tell(
+                    &gate.ctx.notifier,
+                    super::breaker_notification(
+                        gate.project,
+                        &gate.tp,
+                        &turn,
+                        paused_since,
+                        gate.ctx.clock.now_ms(),
+                    ),
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(touchpoint = %gate.tp, error = %e, "cannot write the breaker's state");
+                }
             }
             // What the store holds now (another process may have opened it first).
             let read = store.pressure(gate.project, &gate.tp).await;
@@ -1282,13 +1306,13 @@ mod tests {
             _: &TouchpointId,
             next: Option<&touchpoint::health::Breaker>,
             probe: Option<Millis>,
-        ) -> Result<(), StoreError> {
+        ) -> Result<bool, StoreError> {
             self.writes.fetch_add(1, Ordering::Relaxed);
             let mut p = self.pressure.lock().unwrap();
             if let Some(lease) = probe
                 && p.breaker.as_ref().is_none_or(|b| b.probe_until != lease)
             {
-                return Ok(());
+                return Ok(false);
             }
             match next {
                 Some(b) => {
@@ -1301,7 +1325,7 @@ mod tests {
                     p.window = Default::default();
                 }
             }
-            Ok(())
+            Ok(true)
         }
     }
 

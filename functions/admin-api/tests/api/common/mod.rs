@@ -30,6 +30,7 @@ pub const SECRET: &str = "SECRET-tok";
 pub struct Api {
     pub app: Router,
     pub dispatcher: Arc<Dispatcher>,
+    pub store: SqliteStore,
 }
 
 pub struct Reply {
@@ -70,6 +71,7 @@ impl Api {
         Api {
             app: router(services.app_state(Arc::new(keys))),
             dispatcher: services.dispatcher,
+            store,
         }
     }
 
