@@ -1321,7 +1321,9 @@ mod tests {
                 }
                 None => {
                     p.breaker = None;
-                    p.paused_until = 0;
+                    if probe.is_none() {
+                        p.paused_until = 0;
+                    }
                     p.window = Default::default();
                 }
             }
