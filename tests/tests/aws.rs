@@ -1763,6 +1763,7 @@ async fn an_instance_holds_a_bounded_amount_of_dispatch_bodies_at_once() {
 #[ignore = "needs the moto server: run infra/test.sh"]
 async fn notifications_travel_the_dispatch_queue_sealed_and_a_forged_one_is_not_sent() {
     const HOOK_TOKEN: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const NEW_TOKEN: &str = "whsec_c2Vjb25kLXRva2VuLWZvci1ub3RpZmljYXRpb25z";
     let aws = Aws::new().await;
     // The endpoint fails its first request.
     let hooks = Receiver::start(|_, n| {
@@ -1835,6 +1836,15 @@ async fn notifications_travel_the_dispatch_queue_sealed_and_a_forged_one_is_not_
     }
     let forged = aws.drain(&queue).await;
     assert_eq!(forged.len(), 2);
+    // The token changes while the genuine one waits: it is still sent, signed with the new one.
+    admin
+        .put_notification_settings(
+            1,
+            &json!({"url": format!("http://{}/notify", hooks.addr), "token": NEW_TOKEN,
+                    "events": ["touchpoint.paused"]}),
+        )
+        .await
+        .unwrap();
     let response = aws.dispatcher.handle(event_of(forged)).await;
     assert!(
         response.batch_item_failures.is_empty(),
@@ -1864,7 +1874,7 @@ async fn notifications_travel_the_dispatch_queue_sealed_and_a_forged_one_is_not_
         let header = |name: &str| s.headers[name].to_str().unwrap().to_owned();
         assert_eq!(header("webhook-id"), n.id);
         assert!(touchpoint::protocol::verify_webhook_signature(
-            HOOK_TOKEN,
+            NEW_TOKEN,
             &n.id,
             header("webhook-timestamp").parse().unwrap(),
             &s.raw,

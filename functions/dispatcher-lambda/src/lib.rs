@@ -31,7 +31,7 @@ use touchpoint::clock::{Clock, Millis, SystemClock};
 use touchpoint::ledger::stalled;
 use touchpoint::notify::{Notification, NotificationOutbox};
 use touchpoint_aws::bodies::Body;
-use touchpoint_aws::notify::{Queued, SqsOutbox, read_queued};
+use touchpoint_aws::notify::{Queued, SqsOutbox, is_notification, read_queued};
 use touchpoint_aws::{AwsNames, Clients, DispatchBodies};
 use touchpoint_dispatcher::{Dispatcher, DispatcherConfig, Handled};
 use touchpoint_outbound::Outbound;
@@ -173,18 +173,24 @@ impl DispatcherLambda {
         let mut set = tokio::task::JoinSet::new();
         let mut ids = HashMap::new();
         // Every record counted before any starts: a group never goes thinking all are in it
-        // while some have yet to begin.
-        let mut under_way: Vec<_> = event
+        // while some have yet to begin. A notification is no writer of a group: one sent to a
+        // slow endpoint does not hold the dispatches' checkpoints back.
+        let participants: Vec<_> = event
             .records
             .iter()
-            .filter_map(|_| self.groups.as_ref().map(|g| g.participant()))
+            .map(|r| {
+                if r.body.as_deref().is_some_and(is_notification) {
+                    None
+                } else {
+                    self.groups.as_ref().map(|g| g.participant())
+                }
+            })
             .collect();
-        for record in event.records {
+        for (record, under_way) in event.records.into_iter().zip(participants) {
             let me = Arc::clone(self);
             let id = record.message_id.clone().unwrap_or_default();
             // Every line logged while the record is handled names its message.
             let span = tracing::info_span!("sqs_record", message_id = %id);
-            let under_way = under_way.pop();
             let task = set.spawn(
                 async move {
                     let deletable = me.handle_record(record, deadline).await;
@@ -211,11 +217,14 @@ impl DispatcherLambda {
                 response.batch_item_failures.push(failure);
             }
         }
-        // The receivers' slots go back to the other instances before this one is frozen.
-        self.dispatcher
-            .limits()
+        // The receivers' slots go back to the other instances before this one is frozen, and
+        // the breaker's notifications reach the outbox.
+        let limits = self.dispatcher.limits();
+        limits
             .release_idle_within(deadline.saturating_sub(self.clock.now_ms()))
             .await;
+        let left = deadline.saturating_sub(self.clock.now_ms()).clamp(0, 2_000);
+        limits.told(Duration::from_millis(left as u64)).await;
         response
     }
 

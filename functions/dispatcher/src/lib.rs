@@ -583,7 +583,25 @@ impl Dispatcher {
             .await
     }
 
+    /// Gives up on a read dispatch, and tells its completion when that completes it.
     async fn give_up_read(
+        &self,
+        read: Result<(Dispatch, Vec<String>), Malformed>,
+        reason: &str,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
+        let id = read
+            .as_ref()
+            .ok()
+            .map(|(d, _)| (d.project_id, d.dispatch_id.clone()));
+        let handled = self.give_up_dispatch(read, reason, deadline).await;
+        if let (Ok(Handled::Done), Some((project, dispatch_id))) = (&handled, id) {
+            self.tell_completed(project, &dispatch_id).await;
+        }
+        handled
+    }
+
+    async fn give_up_dispatch(
         &self,
         read: Result<(Dispatch, Vec<String>), Malformed>,
         reason: &str,
@@ -768,27 +786,39 @@ impl Dispatcher {
         ))
     }
 
+    /// Fails the users still waiting on a receiver down past the retry horizon, and tells
+    /// `batch.retries_exhausted` for the dispatch (`orderNo` null: its waiting batches).
+    async fn fail_past_horizon(
+        &self,
+        left: &Remaining<'_>,
+        why: &str,
+        deadline: Millis,
+    ) -> Result<Handled, StoreError> {
+        let handled = self.fail_remaining(left, why, deadline).await?;
+        let meta = left.meta;
+        let n = Notification::new(
+            meta.project_id,
+            EventType::BatchRetriesExhausted,
+            &format!("{}.horizon", meta.dispatch_id),
+            self.clock.now_ms(),
+            serde_json::json!({
+                "projectId": meta.project_id,
+                "touchpointId": meta.touchpoint_id,
+                "campaignId": meta.campaign_id,
+                "dispatchId": meta.dispatch_id,
+                "orderNo": null,
+                "reason": why,
+            }),
+        );
+        self.notifications.notify(n).await;
+        Ok(handled)
+    }
+
     async fn deliver_all(&self, plan: Plan<'_>, deadline: Millis) -> Result<Handled, StoreError> {
         let tp = plan.tp;
         if let Some(why) = self.down_past_horizon(tp).await {
             let left = plan.remaining(plan.progress.clone());
-            let handled = self.fail_remaining(&left, &why, deadline).await;
-            let n = Notification::new(
-                plan.meta.project_id,
-                EventType::BatchRetriesExhausted,
-                &format!("{}.horizon", plan.meta.dispatch_id),
-                self.clock.now_ms(),
-                serde_json::json!({
-                    "projectId": plan.meta.project_id,
-                    "touchpointId": plan.meta.touchpoint_id,
-                    "campaignId": plan.meta.campaign_id,
-                    "dispatchId": plan.meta.dispatch_id,
-                    "orderNo": null,
-                    "reason": why,
-                }),
-            );
-            self.notifications.notify(n).await;
-            return handled;
+            return self.fail_past_horizon(&left, &why, deadline).await;
         }
         let limit = self.limits.concurrency(tp);
         let timeout = self.timeout(tp);
@@ -967,7 +997,7 @@ impl Dispatcher {
             && let Some(why) = self.down_past_horizon(tp).await
         {
             return self
-                .fail_remaining(&plan.remaining(next), &why, deadline)
+                .fail_past_horizon(&plan.remaining(next), &why, deadline)
                 .await;
         }
         waits.extend(paused_at);

@@ -33,9 +33,14 @@ pub enum Queued {
     Unreadable(String),
 }
 
-/// Tells a notification from a dispatch by its first key (a dispatch never starts so).
+/// Whether a message is marked a notification: its first key (a dispatch never starts so).
+pub fn is_notification(body: &str) -> bool {
+    body.trim_start().starts_with("{\"notification\"")
+}
+
+/// Tells a notification from a dispatch by its first key.
 pub fn read_queued(body: &str) -> Queued {
-    if !body.trim_start().starts_with("{\"notification\"") {
+    if !is_notification(body) {
         return Queued::Dispatch;
     }
     match serde_json::from_str::<Envelope>(body) {

@@ -811,6 +811,7 @@ impl TouchpointStore for DynamoTouchpoints {
             token: Token::new(get_s(&item, "token").ok_or_else(|| missing("token"))?),
             events: serde_json::from_str(&events).map_err(StoreError::backend)?,
             updated_at: get_n(&item, "updated_at").unwrap_or_default(),
+            seal_key: Token::new(get_s(&item, "seal_key").unwrap_or_default()),
         }))
     }
 
@@ -830,6 +831,7 @@ impl TouchpointStore for DynamoTouchpoints {
                     s(serde_json::to_string(&c.events).map_err(StoreError::backend)?),
                 );
                 item.insert("updated_at".into(), n(c.updated_at));
+                item.insert("seal_key".into(), s(c.seal_key.expose()));
                 TransactWriteItem::builder()
                     .put(
                         Put::builder()

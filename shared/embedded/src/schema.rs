@@ -187,6 +187,9 @@ const MIGRATIONS: &[&str] = &[
          due_at     INTEGER NOT NULL
      );
      CREATE INDEX notification_outbox_due ON notification_outbox (due_at);",
+    // 10: the key that seals notifications waiting in a queue (kept for the AWS layout's
+    // sake; the local outbox is written by this process alone).
+    "ALTER TABLE notification_settings ADD COLUMN seal_key TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Brings the database up to the newest schema; refuses a database from a newer release.

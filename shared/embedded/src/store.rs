@@ -786,7 +786,7 @@ impl TouchpointStore for SqliteStore {
     ) -> Result<Option<NotificationConfig>, StoreError> {
         self.tx(move |tx| {
             tx.query_row(
-                "SELECT url, token, events, updated_at FROM notification_settings WHERE project_id = ?1",
+                "SELECT url, token, events, updated_at, seal_key FROM notification_settings WHERE project_id = ?1",
                 params![project],
                 |r| {
                     Ok((
@@ -794,18 +794,20 @@ impl TouchpointStore for SqliteStore {
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
                     ))
                 },
             )
             .optional()
             .map_err(backend)?
-            .map(|(url, token, events, updated_at)| {
+            .map(|(url, token, events, updated_at, seal_key)| {
                 let events: Vec<EventType> = serde_json::from_str(&events).map_err(StoreError::backend)?;
                 Ok(NotificationConfig {
                     url,
                     token: Token::new(token),
                     events,
                     updated_at,
+                    seal_key: Token::new(seal_key),
                 })
             })
             .transpose()
@@ -825,10 +827,10 @@ impl TouchpointStore for SqliteStore {
                 Some(c) => {
                     let events = serde_json::to_string(&c.events).map_err(StoreError::backend)?;
                     tx.execute(
-                        "INSERT INTO notification_settings (project_id, url, token, events, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (project_id) DO UPDATE SET url = ?2, token = ?3, events = ?4, updated_at = ?5",
-                        params![project, c.url, c.token.expose(), events, c.updated_at],
+                        "INSERT INTO notification_settings (project_id, url, token, events, updated_at, seal_key)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (project_id) DO UPDATE SET url = ?2, token = ?3, events = ?4, updated_at = ?5, seal_key = ?6",
+                        params![project, c.url, c.token.expose(), events, c.updated_at, c.seal_key.expose()],
                     )
                     .map_err(backend)?;
                 }

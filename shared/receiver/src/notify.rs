@@ -69,10 +69,10 @@ impl NotificationSender {
             Err(e) => return Sent::Retry(format!("cannot read the settings: {e}")),
         };
         if let Some(given) = seal
-            && !seal_holds(n, &config.token, given)
+            && !seal_holds(n, &config.seal_key, given)
         {
             return Sent::Dropped(
-                "its seal does not hold: forged, or made under a token replaced since".into(),
+                "its seal does not hold: forged, or made for settings removed since".into(),
             );
         }
         if !config.events.contains(&n.event) {
@@ -122,7 +122,7 @@ impl NotificationSender {
                     tracing::info!(project = n.project_id, notification = %n.id, attempt, reason = %why, wait_ms = wait, "notification will be retried");
                     // Sealed again with the token of now (the one it was checked against).
                     let seal = match self.store.notification_config(n.project_id).await? {
-                        Some(c) => touchpoint::notify::seal(n, &c.token),
+                        Some(c) => touchpoint::notify::seal(n, &c.seal_key),
                         None => return Ok(Handled::Finished),
                     };
                     outbox

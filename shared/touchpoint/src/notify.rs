@@ -72,6 +72,17 @@ pub struct NotificationConfig {
     pub token: Token,
     pub events: Vec<EventType>,
     pub updated_at: Millis,
+    /// Seals the notifications that wait in a queue others may write to ([`seal`]): made when
+    /// the settings are first put and kept while they exist, so a changed token does not
+    /// break the seals of notifications already waiting. Never shown.
+    pub seal_key: Token,
+}
+
+/// A new seal key: 32 random bytes, hex.
+pub fn new_seal_key() -> Token {
+    let mut bytes = [0u8; 32];
+    let _ = getrandom::fill(&mut bytes);
+    Token::new(hex::encode(bytes))
 }
 
 /// A project's notification settings as the API shows them: never the token.
@@ -110,11 +121,14 @@ pub struct Notification {
     pub data: Value,
 }
 
-/// Longest key part of a notification id, in characters.
-const MAX_KEY_CHARS: usize = 200;
+/// Longest key kept as it is in a notification id; a longer one, or one with characters a
+/// header should not carry, is replaced by its digest.
+const MAX_KEY_CHARS: usize = 100;
 
 impl Notification {
-    /// A notification whose id is `{type}.{key}`, with only characters a header may carry.
+    /// A notification whose id is `{type}.{project}.{key}`: unique per project and occurrence
+    /// (a key that is not short header-safe text is written as `h` and 32 hex digits of its
+    /// SHA-256, so two keys never meet under one id).
     pub fn new(
         project_id: ProjectId,
         event: EventType,
@@ -122,19 +136,22 @@ impl Notification {
         at: Millis,
         data: Value,
     ) -> Notification {
-        let key: String = key
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(MAX_KEY_CHARS)
-            .collect();
+        let safe = !key.is_empty()
+            && key.len() <= MAX_KEY_CHARS
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        let key = if safe {
+            key.to_owned()
+        } else {
+            use sha2::Digest;
+            format!(
+                "h{}",
+                &hex::encode(sha2::Sha256::digest(key.as_bytes()))[..32]
+            )
+        };
         Notification {
-            id: format!("{}.{key}", event.as_str()),
+            id: format!("{}.{project_id}.{key}", event.as_str()),
             project_id,
             event,
             at,
@@ -171,8 +188,9 @@ pub trait NotificationOutbox: Send + Sync {
 const SEAL_CONTEXT: &str = "touchpoint-outbox";
 
 /// A seal over a notification as it waits in a queue that others may write to (on AWS, the
-/// dispatch queue the campaign system sends to): only a holder of the project's notification
-/// token can make one, so nobody can have the service sign a notification of their own.
+/// dispatch queue the campaign system sends to): only a holder of the project's seal key (see
+/// [`NotificationConfig::seal_key`]) can make one, so nobody can have the service sign a
+/// notification of their own.
 pub fn seal(n: &Notification, token: &Token) -> String {
     let body = serde_json::to_vec(n).unwrap_or_default();
     crate::protocol::webhook_signature(
@@ -309,7 +327,7 @@ impl Notifications {
         else {
             return;
         };
-        let seal = seal(&n, &config.token);
+        let seal = seal(&n, &config.seal_key);
         if let Err(e) = outbox.put(&n, 0, self.clock.now_ms(), &seal).await {
             tracing::warn!(project = n.project_id, notification = %n.id, error = %e, "cannot keep a notification; it is dropped");
         }
@@ -365,7 +383,18 @@ mod tests {
             1_664_590_280_000,
             serde_json::json!({"dispatchId": "d/1 é\n"}),
         );
-        assert_eq!(n.id, "dispatch.completed.d_1___");
+        assert!(n.id.starts_with("dispatch.completed.1.h"), "{}", n.id);
+        assert_eq!(n.id.len(), "dispatch.completed.1.h".len() + 32);
+        // Keys that a character-by-character cleaning would merge stay apart, and so do
+        // projects.
+        let id =
+            |p, k: &str| Notification::new(p, EventType::DispatchCompleted, k, 0, Value::Null).id;
+        assert_ne!(id(1, "a/b"), id(1, "a_b"));
+        assert_ne!(id(1, "春节-1"), id(1, "双11-1"));
+        assert_ne!(id(1, "1001"), id(2, "1001"));
+        assert_eq!(id(1, "1001"), "dispatch.completed.1.1001");
+        let long = "x".repeat(300);
+        assert_ne!(id(1, &long), id(1, &format!("{long}y")));
         let body: Value = serde_json::from_slice(&n.body()).unwrap();
         assert_eq!(body["type"], "dispatch.completed");
         assert_eq!(body["timestamp"], "2022-10-01T02:11:20Z");

@@ -58,8 +58,43 @@ pub struct ReceiverLimits {
     notifier: Notifier,
 }
 
-/// Where the breaker's turns are told, once set ([`ReceiverLimits::notify_with`]).
-pub(crate) type Notifier = Arc<std::sync::OnceLock<Arc<Notifications>>>;
+/// Where the breaker's turns are told, once set ([`ReceiverLimits::notify_with`]), and how
+/// many tellings are under way (from the breaker's write to its notification in the outbox):
+/// an invocation waits for them before it ends ([`ReceiverLimits::told`]).
+#[derive(Default)]
+pub(crate) struct Teller {
+    notifications: std::sync::OnceLock<Arc<Notifications>>,
+    pending: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+pub(crate) type Notifier = Arc<Teller>;
+
+/// A telling under way: counted until dropped.
+pub(crate) struct Telling(Notifier);
+
+impl Teller {
+    /// A telling under way, when notifications are told at all.
+    pub(crate) fn telling(self: &Arc<Self>) -> Option<Telling> {
+        self.notifications.get()?;
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Telling(Arc::clone(self)))
+    }
+}
+
+impl Drop for Telling {
+    fn drop(&mut self) {
+        if self
+            .0
+            .pending
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
 
 /// The notification of a breaker's turn (`paused_since`: when the pause it ends began), if
 /// it makes one: a trip pauses, a close resumes; a failed probe changes nothing to tell.
@@ -105,14 +140,19 @@ fn breaker_notification(
     }
 }
 
-/// Hands a notification to the notifier, if one is set, without waiting for it.
+/// Hands a notification to the notifier, if one is set, without waiting for it (counted
+/// under way until it is in the outbox).
 fn tell(notifier: &Notifier, n: Option<Notification>) {
-    let (Some(notifications), Some(n)) = (notifier.get(), n) else {
+    let (Some(notifications), Some(n)) = (notifier.notifications.get(), n) else {
         return;
     };
+    let telling = notifier.telling();
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         let notifications = Arc::clone(notifications);
-        runtime.spawn(async move { notifications.notify(n).await });
+        runtime.spawn(async move {
+            notifications.notify(n).await;
+            drop(telling);
+        });
     }
 }
 
@@ -247,10 +287,31 @@ impl ReceiverLimits {
         }
     }
 
+    /// Waits (at most `within`) until the breaker's pauses and resumptions this process made
+    /// are in the notification outbox: a Lambda invocation does this before it returns, as
+    /// its environment may be frozen or reaped after.
+    pub async fn told(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let idle = self.notifier.idle.notified();
+            if self
+                .notifier
+                .pending
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Tells the circuit breaker's own pauses and resumptions to `notifications` (once; an
     /// admin's are told by the admin API).
     pub fn notify_with(&self, notifications: Arc<Notifications>) {
-        let _ = self.notifier.set(notifications);
+        let _ = self.notifier.notifications.set(notifications);
     }
 
     /// Holds the limits in `store`, shared with every other process that sends to the same

@@ -486,7 +486,10 @@ impl SharedGate {
             return;
         };
         let gate = Arc::clone(self);
+        // Counted under way from the write on: the notification it makes follows it.
+        let telling = gate.ctx.notifier.telling();
         runtime.spawn(async move {
+            let _telling = telling;
             let store = &gate.ctx.store;
             let written = match &turn {
                 Turn::Trip(b) => store.trip(gate.project, &gate.tp, b).await,

@@ -50,6 +50,11 @@ impl Touchpoints {
                 .ok_or_else(|| DomainError::field("token", "is required"))?,
             events,
             updated_at: now,
+            seal_key: current
+                .as_ref()
+                .map(|c| c.seal_key.clone())
+                .filter(|k| !k.expose().is_empty())
+                .unwrap_or_else(crate::notify::new_seal_key),
         };
         let mut changes = Vec::new();
         let before = current.as_ref().map(NotificationSettings::from);
