@@ -2199,13 +2199,22 @@ async fn scenario_a_receiver_down_pauses_its_touchpoint_and_a_probe_resumes_it()
     let elapsed = sim::until_final(&*w.ledger, &dispatches, horizon * 2).await;
     watch.abort();
     // Told through the dispatch queue, sent by the instances, verified by the official library.
-    let told = notifications_of(
+    let completed_both = |told: &[(String, Value)]| {
+        told.iter()
+            .filter(|(t, _)| t == "dispatch.completed")
+            .filter_map(|(_, d)| d["dispatchId"].as_str())
+            .collect::<HashSet<&str>>()
+            .len()
+            == 2
+    };
+    let told = notifications_until(
         &hooks,
-        &[
-            "touchpoint.paused",
-            "touchpoint.resumed",
-            "dispatch.completed",
-        ],
+        |told| {
+            completed_both(told)
+                && ["touchpoint.paused", "touchpoint.resumed"]
+                    .iter()
+                    .all(|w| told.iter().any(|(t, _)| t == w))
+        },
         Duration::from_secs(30),
     )
     .await;

@@ -53,14 +53,7 @@ fn pressure_of(item: &crate::item::Item) -> Pressure {
             (Some(to), Some(from), Some(at)) => Some(Cut { to, from, at }),
             _ => None,
         },
-        // A `Retry-After` pause and the breaker's cool-down are kept apart (neither shortens
-        // the other): the touchpoint is paused until the later of the two.
-        paused_until: get_n::<Millis>(item, "paused_until").unwrap_or(0).max(
-            match get_n::<Millis>(item, "br_since") {
-                Some(_) => get_n(item, "br_until").unwrap_or(0),
-                None => 0,
-            },
-        ),
+        paused_until: get_n(item, "paused_until").unwrap_or(0),
         window: {
             let mut w = Window::default();
             for k in 0..SLOTS {
@@ -315,7 +308,7 @@ impl SharedLimits for DynamoLimits {
             .pressure_update(project, tp)
             .update_expression(
                 "SET br_since = :since, br_reason = :reason, br_until = :until, br_opened = :opened, \
-                 expires_at = :e REMOVE br_probe",
+                 paused_until = :until, expires_at = :e REMOVE br_probe",
             )
             .condition_expression("attribute_not_exists(br_since)")
             .expression_attribute_values(":since", n(b.since))
@@ -357,30 +350,23 @@ impl SharedLimits for DynamoLimits {
                 .pressure_update(project, tp)
                 .update_expression(
                     "SET br_since = :since, br_reason = :reason, br_until = :until, \
-                     br_opened = :opened, expires_at = :e REMOVE br_probe",
+                     br_opened = :opened, paused_until = :until, expires_at = :e REMOVE br_probe",
                 )
                 .expression_attribute_values(":since", n(b.since))
                 .expression_attribute_values(":reason", s(&b.reason))
                 .expression_attribute_values(":until", n(b.until))
                 .expression_attribute_values(":opened", n(b.opened))
                 .expression_attribute_values(":e", expires(b.until)),
-            // A probe's close leaves a receiver's `Retry-After` in force; an admin's resume
-            // ends every pause.
             None => {
                 let window: Vec<String> = (0..SLOTS)
                     .flat_map(|k| [format!("hs{k}"), format!("hr{k}"), format!("hf{k}")])
                     .collect();
-                let remove = format!(
-                    "REMOVE br_since, br_reason, br_until, br_probe, br_opened, {}",
-                    window.join(", ")
-                );
-                match probe {
-                    Some(_) => self.pressure_update(project, tp).update_expression(remove),
-                    None => self
-                        .pressure_update(project, tp)
-                        .update_expression(format!("SET paused_until = :zero {remove}"))
-                        .expression_attribute_values(":zero", n(0)),
-                }
+                self.pressure_update(project, tp)
+                    .update_expression(format!(
+                        "SET paused_until = :zero REMOVE br_since, br_reason, br_until, br_probe, br_opened, {}",
+                        window.join(", ")
+                    ))
+                    .expression_attribute_values(":zero", n(0))
             }
         };
         if let Some(lease) = probe {

@@ -1324,9 +1324,7 @@ mod tests {
                 }
                 None => {
                     p.breaker = None;
-                    if probe.is_none() {
-                        p.paused_until = 0;
-                    }
+                    p.paused_until = 0;
                     p.window = Default::default();
                 }
             }
