@@ -120,17 +120,14 @@ impl NotificationSender {
             Sent::Retry(why) => match retry_wait(attempt, self.time_scale) {
                 Some(wait) => {
                     tracing::info!(project = n.project_id, notification = %n.id, attempt, reason = %why, wait_ms = wait, "notification will be retried");
-                    // Sealed again with the token of now (the one it was checked against).
-                    let seal = match self.store.notification_config(n.project_id).await? {
-                        Some(c) => touchpoint::notify::seal(n, &c.seal_key),
-                        None => return Ok(Handled::Finished),
-                    };
+                    // Its seal holds for the next attempt too: the key lives as long as the
+                    // settings (an outbox this process alone writes keeps none).
                     outbox
                         .put(
                             n,
                             attempt + 1,
                             self.clock.now_ms().saturating_add(wait),
-                            &seal,
+                            seal.unwrap_or_default(),
                         )
                         .await?;
                     Ok(Handled::Again)

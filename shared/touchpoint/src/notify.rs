@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 
 use crate::clock::{Clock, Millis, rfc3339};
 use crate::delivery::DispatchView;
+use crate::ids::TouchpointId;
 use crate::model::{ProjectId, Token};
 use crate::ports::{StoreError, TouchpointStore};
 use crate::reporting::{DispatchState, dispatch_state};
@@ -332,6 +333,80 @@ impl Notifications {
             tracing::warn!(project = n.project_id, notification = %n.id, error = %e, "cannot keep a notification; it is dropped");
         }
     }
+}
+
+/// Who paused or resumed a touchpoint: its circuit breaker, or an admin.
+pub enum PausedBy<'a> {
+    /// With when it probes next, on a pause.
+    Breaker {
+        probe_at: Option<Millis>,
+    },
+    Admin {
+        actor: &'a str,
+    },
+}
+
+impl PausedBy<'_> {
+    fn describe(&self, data: &mut serde_json::Map<String, Value>) {
+        match self {
+            PausedBy::Breaker { probe_at } => {
+                data.insert("manual".into(), false.into());
+                if let Some(at) = probe_at {
+                    data.insert("probeAt".into(), rfc3339(*at).into());
+                }
+            }
+            PausedBy::Admin { actor } => {
+                data.insert("manual".into(), true.into());
+                data.insert("actor".into(), (*actor).into());
+            }
+        }
+    }
+}
+
+/// `touchpoint.paused`: paused since `since` for `reason`.
+pub fn touchpoint_paused(
+    project: ProjectId,
+    tp: &TouchpointId,
+    by: PausedBy<'_>,
+    reason: Option<&str>,
+    since: Millis,
+    now: Millis,
+) -> Notification {
+    let mut data = serde_json::Map::new();
+    data.insert("projectId".into(), project.into());
+    data.insert("touchpointId".into(), tp.as_str().into());
+    data.insert("reason".into(), reason.into());
+    data.insert("since".into(), rfc3339(since).into());
+    by.describe(&mut data);
+    Notification::new(
+        project,
+        EventType::TouchpointPaused,
+        &format!("{tp}.{since}"),
+        now,
+        Value::Object(data),
+    )
+}
+
+/// `touchpoint.resumed`: the pause since `paused_since` ended.
+pub fn touchpoint_resumed(
+    project: ProjectId,
+    tp: &TouchpointId,
+    by: PausedBy<'_>,
+    paused_since: Millis,
+    now: Millis,
+) -> Notification {
+    let mut data = serde_json::Map::new();
+    data.insert("projectId".into(), project.into());
+    data.insert("touchpointId".into(), tp.as_str().into());
+    data.insert("pausedSince".into(), rfc3339(paused_since).into());
+    by.describe(&mut data);
+    Notification::new(
+        project,
+        EventType::TouchpointResumed,
+        &format!("{tp}.{paused_since}"),
+        now,
+        Value::Object(data),
+    )
 }
 
 /// `dispatch.completed` for a dispatch whose users all have an outcome (or that was refused

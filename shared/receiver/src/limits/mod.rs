@@ -30,7 +30,7 @@ use touchpoint::clock::{Clock, Millis, SystemClock};
 use touchpoint::health::{Health, HealthPolicy};
 use touchpoint::ids::TouchpointId;
 use touchpoint::model::Touchpoint;
-use touchpoint::notify::{EventType, Notification, Notifications};
+use touchpoint::notify::{Notification, Notifications};
 
 use health::{Gating, Tracker, Turn};
 
@@ -105,37 +105,25 @@ fn breaker_notification(
     paused_since: Option<Millis>,
     now: Millis,
 ) -> Option<Notification> {
-    use touchpoint::clock::rfc3339;
+    use touchpoint::notify::{PausedBy, touchpoint_paused, touchpoint_resumed};
     match turn {
-        Turn::Trip(b) => Some(Notification::new(
+        Turn::Trip(b) => Some(touchpoint_paused(
             project,
-            EventType::TouchpointPaused,
-            &format!("{tp}.{}", b.since),
+            tp,
+            PausedBy::Breaker {
+                probe_at: Some(b.until),
+            },
+            Some(&b.reason),
+            b.since,
             now,
-            serde_json::json!({
-                "projectId": project,
-                "touchpointId": tp,
-                "manual": false,
-                "reason": b.reason,
-                "since": rfc3339(b.since),
-                "probeAt": rfc3339(b.until),
-            }),
         )),
-        Turn::Close => {
-            let since = paused_since.unwrap_or(now);
-            Some(Notification::new(
-                project,
-                EventType::TouchpointResumed,
-                &format!("{tp}.{since}"),
-                now,
-                serde_json::json!({
-                    "projectId": project,
-                    "touchpointId": tp,
-                    "manual": false,
-                    "pausedSince": rfc3339(since),
-                }),
-            ))
-        }
+        Turn::Close => Some(touchpoint_resumed(
+            project,
+            tp,
+            PausedBy::Breaker { probe_at: None },
+            paused_since.unwrap_or(now),
+            now,
+        )),
         Turn::Reopen(_) | Turn::None => None,
     }
 }

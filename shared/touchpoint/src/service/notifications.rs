@@ -7,12 +7,12 @@ use serde_json::{Map, Value};
 
 use super::Touchpoints;
 use crate::audit::{AuditAction, AuditEntry, FieldChange};
-use crate::clock::rfc3339;
 use crate::error::{DomainError, FieldError};
 use crate::input::{check_token, check_url};
 use crate::model::{ProjectId, Token, Touchpoint};
 use crate::notify::{
-    EventType, Notification, NotificationConfig, NotificationSettings, Notifications,
+    EventType, NotificationConfig, NotificationSettings, Notifications, PausedBy,
+    touchpoint_paused, touchpoint_resumed,
 };
 
 impl Touchpoints {
@@ -121,40 +121,21 @@ impl Touchpoints {
     /// Tells an admin's pause of `tp`.
     pub(super) async fn tell_paused(&self, tp: &Touchpoint) {
         let Some(p) = &tp.paused else { return };
-        let n = Notification::new(
-            tp.project_id,
-            EventType::TouchpointPaused,
-            &format!("{}.{}", tp.id, p.since),
-            self.clock.now_ms(),
-            serde_json::json!({
-                "projectId": tp.project_id,
-                "touchpointId": tp.id,
-                "manual": true,
-                "reason": p.reason,
-                "since": rfc3339(p.since),
-                "actor": self.actor.0,
-            }),
-        );
+        let by = PausedBy::Admin {
+            actor: &self.actor.0,
+        };
+        let now = self.clock.now_ms();
+        let n = touchpoint_paused(tp.project_id, &tp.id, by, p.reason.as_deref(), p.since, now);
         self.notifications.notify(n).await;
     }
 
     /// Tells an admin's resume of `tp` (paused since `since`, by hand or by its breaker).
     pub(super) async fn tell_resumed(&self, tp: &Touchpoint, since: Option<i64>) {
         let now = self.clock.now_ms();
-        let since = since.unwrap_or(now);
-        let n = Notification::new(
-            tp.project_id,
-            EventType::TouchpointResumed,
-            &format!("{}.{since}", tp.id),
-            now,
-            serde_json::json!({
-                "projectId": tp.project_id,
-                "touchpointId": tp.id,
-                "manual": true,
-                "pausedSince": rfc3339(since),
-                "actor": self.actor.0,
-            }),
-        );
+        let by = PausedBy::Admin {
+            actor: &self.actor.0,
+        };
+        let n = touchpoint_resumed(tp.project_id, &tp.id, by, since.unwrap_or(now), now);
         self.notifications.notify(n).await;
     }
 }
